@@ -1,0 +1,39 @@
+# Quick start: `make run` (set up, then run the workflow on the bundled example) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+CORES  ?= all
+MEM_MB ?= 4096
+BIN    := $(VENV)/bin
+
+.PHONY: install run example test dryrun dag lint clean
+
+install: $(VENV)/.installed
+
+# Re-install whenever the pins change.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==25.3"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+example: install
+	$(BIN)/python scripts/make_example_data.py data/example
+
+run: example
+	$(BIN)/snakemake --cores $(CORES) --resources mem_mb=$(MEM_MB)
+	$(BIN)/python -m workflow_lib results
+
+dryrun: example
+	$(BIN)/snakemake -n --quiet rules
+
+dag: example
+	$(BIN)/snakemake --rulegraph | dot -Tsvg > rulegraph.svg
+
+lint: install
+	$(BIN)/snakemake --lint
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf results logs benchmarks .cache

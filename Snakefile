@@ -1,0 +1,17 @@
+# Resample large rasters onto one target grid, tile by tile, and merge the tiles into mosaics and
+# one aligned stack. See README.md; the logic lives in workflow_lib/, tested without Snakemake.
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/register.smk"
+include: "rules/tiles.smk"
+include: "rules/mosaic.smk"
+include: "rules/stack.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/stack.tif",

@@ -1,0 +1,49 @@
+# Shared set-up: validate the config, make the plan (from headers only, cached) and the helpers
+# that rules use. Everything here runs at parse time, again in every cluster job: keep it cheap.
+from workflow_lib.config import validate_config
+from workflow_lib.errors import WorkflowLibError
+from workflow_lib.plan import load_plan
+
+try:
+    validate_config(config)
+    PLAN = load_plan(config)
+except WorkflowLibError as exc:
+    # A bad config stops the run before any job, with the key and the problem, not a traceback.
+    raise WorkflowError(str(exc)) from None
+
+DATASETS = list(PLAN.datasets)
+OUTPUT = config["output"]
+
+# Memory, in MB, declared by each kind of job on its first attempt; retries ask for more
+# (--retries N). Override per rule with --set-resources, e.g. resample_tile:mem_mb=2000.
+TILE_MEM_MB = 512
+MOSAIC_MEM_MB = 1024
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_-]+",
+    tile=r"r\d+_c\d+",
+
+
+def dataset_path(wildcards):
+    return config["datasets"][wildcards.dataset]["path"]
+
+
+def dataset_plan(wildcards):
+    return PLAN.datasets[wildcards.dataset].to_dict()
+
+
+def dataset_tiles(wildcards):
+    return expand(
+        "results/tiles/{dataset}/{tile}.tif",
+        dataset=wildcards.dataset,
+        tile=PLAN.datasets[wildcards.dataset].tiles,
+    )
+
+
+def tile_mem_mb(wildcards, attempt):
+    return TILE_MEM_MB * attempt
+
+
+def mosaic_mem_mb(wildcards, attempt):
+    return MOSAIC_MEM_MB * attempt

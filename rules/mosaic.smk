@@ -1,0 +1,18 @@
+rule mosaic:
+    input:
+        meta="results/datasets/{dataset}.json",
+        tiles=dataset_tiles,
+    output:
+        "results/mosaics/{dataset}.tif",
+    log:
+        "logs/mosaic/{dataset}.log",
+    benchmark:
+        "benchmarks/mosaic/{dataset}.tsv"
+    params:
+        compress=OUTPUT["compress"],
+        cog=OUTPUT["cog"],
+    threads: 2
+    resources:
+        mem_mb=mosaic_mem_mb,
+    script:
+        "../scripts/mosaic.py"

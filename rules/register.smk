@@ -1,0 +1,17 @@
+rule register_dataset:
+    input:
+        source=dataset_path,
+    output:
+        "results/datasets/{dataset}.json",
+    log:
+        "logs/register_dataset/{dataset}.log",
+    benchmark:
+        "benchmarks/register_dataset/{dataset}.tsv"
+    params:
+        dataset=dataset_plan,
+        grid=PLAN.grid.to_dict(),
+    threads: 1
+    resources:
+        mem_mb=tile_mem_mb,
+    script:
+        "../scripts/register_dataset.py"

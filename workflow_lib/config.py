@@ -1,0 +1,96 @@
+"""Loading and checking the workflow's configuration.
+
+The JSON Schema (``schemas/config.schema.yaml``) checks shapes and fills defaults; the checks here
+need GDAL or the file system (a CRS that parses, files that exist) and run before any job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from importlib import resources
+from typing import Any
+
+import yaml
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+
+from .errors import ConfigError
+
+SCHEMA_PATH = str(resources.files("workflow_lib") / "schemas" / "config.schema.yaml")
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate against the schema (filling defaults in place) and check what the schema cannot.
+
+    Returns the same dict. Raises ConfigError naming the key and what is wrong.
+    """
+    # Imported here: snakemake.utils is what the Snakefile uses too, so both paths fill the
+    # same defaults, but library users who only resample should not pay for importing it.
+    from snakemake.utils import validate
+
+    try:
+        validate(config, SCHEMA_PATH, set_default=True)
+    except Exception as exc:  # snakemake wraps jsonschema's error in a WorkflowError
+        raise ConfigError(_schema_message(exc)) from exc
+    check_config(config)
+    return config
+
+
+def load_config(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    return validate_config(config)
+
+
+def check_config(config: dict[str, Any]) -> None:
+    target = config["target"]
+    target_crs(config)
+    extent = target.get("extent", "union")
+    if isinstance(extent, dict) and not (extent["right"] > extent["left"] and extent["top"] > extent["bottom"]):
+        raise ConfigError(f"target.extent: right must exceed left and top must exceed bottom, got {extent}")
+    for name, ds in config["datasets"].items():
+        path = ds["path"]
+        if not os.path.exists(path):
+            raise ConfigError(f"datasets.{name}.path: file not found: {path} (dataset '{name}')")
+        if os.path.isdir(path):
+            raise ConfigError(f"datasets.{name}.path: is a directory, not a raster: {path} (dataset '{name}')")
+
+
+def target_crs(config: dict[str, Any]) -> CRS:
+    text = config["target"]["crs"]
+    try:
+        return CRS.from_user_input(text)
+    except CRSError as exc:
+        raise ConfigError(f"target.crs: cannot parse {text!r}: {exc}") from exc
+
+
+def target_resolution(config: dict[str, Any]) -> tuple[float, float]:
+    res = config["target"]["resolution"]
+    if isinstance(res, (int, float)):
+        return float(res), float(res)
+    return float(res[0]), float(res[1])
+
+
+def nodata_override(dataset: dict[str, Any]) -> float | None:
+    value = dataset.get("nodata")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return math.nan
+    return float(value)
+
+
+def _schema_message(exc: Exception) -> str:
+    """Name the failing key and the rule it broke, from jsonschema's error inside snakemake's."""
+    import jsonschema
+
+    error = next((a for a in exc.args if isinstance(a, jsonschema.ValidationError)), None)
+    if error is None:
+        return f"invalid config: {exc}"
+    if error.context:  # oneOf/anyOf: the alternative that came closest says the most
+        error = jsonschema.exceptions.best_match(error.context)
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "pattern" and not error.absolute_path:
+        return f"invalid config: dataset name {error.instance!r} must match [A-Za-z0-9_-]+"
+    return f"invalid config at {key}: {error.message}"

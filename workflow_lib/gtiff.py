@@ -1,0 +1,37 @@
+"""GeoTIFF creation options shared by tiles, mosaics and the stack."""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_SIZE = 256
+
+
+def compression_options(compress: str, dtype: str, threads: int = 1) -> dict:
+    if compress == "none":
+        return {}
+    options = {"compress": compress, "num_threads": str(max(threads, 1))}
+    # Horizontal differencing shrinks smooth rasters by a third or more; floats need predictor 3.
+    options["predictor"] = "3" if np.dtype(dtype).kind == "f" else "2"
+    if compress == "zstd":
+        options["zstd_level"] = "9"
+    return options
+
+
+def tile_profile(width: int, height: int, transform, crs, dtype: str, nodata: float, compress: str) -> dict:
+    """A tiled, compressed, single-band GeoTIFF on an exact target-grid window."""
+    return {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": 1,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": BLOCK_SIZE,
+        "blockysize": BLOCK_SIZE,
+        "bigtiff": "if_safer",
+        **compression_options(compress, dtype),
+    }

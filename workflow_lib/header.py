@@ -1,0 +1,139 @@
+"""What the workflow knows of an input raster without reading a single pixel."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+
+from .errors import InputRasterError
+
+# GDAL's warper cannot resample complex numbers with most methods, and nothing in this workflow's
+# field (elevation, climate, land cover, ranges) needs them.
+_SUPPORTED_KINDS = "biuf"
+
+
+@dataclass(frozen=True)
+class RasterHeader:
+    path: str
+    size_bytes: int
+    mtime_ns: int
+    driver: str
+    crs_wkt: str
+    transform: tuple[float, ...]  # six GDAL-order affine coefficients (a, b, c, d, e, f)
+    width: int
+    height: int
+    count: int
+    dtype: str  # of the selected band
+    nodata: float | None  # declared nodata of the selected band; NaN stays NaN
+    block_shape: tuple[int, int]  # (rows, cols) of the selected band
+    overviews: int
+
+    @property
+    def crs(self) -> CRS:
+        return CRS.from_wkt(self.crs_wkt)
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform)
+
+    @property
+    def is_north_up(self) -> bool:
+        a, b, _, d, e, _ = self.transform
+        return b == 0 and d == 0 and a > 0 and e < 0
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        """Lengths of a pixel's sides in CRS units (also for rotated transforms)."""
+        a, b, _, d, e, _ = self.transform
+        return math.hypot(a, d), math.hypot(b, e)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["nodata"] = _json_number(self.nodata)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RasterHeader":
+        data = dict(data)
+        data["transform"] = tuple(data["transform"])
+        data["block_shape"] = tuple(data["block_shape"])
+        data["nodata"] = _number_from_json(data["nodata"])
+        return cls(**data)
+
+
+def read_header(dataset: str, path: str, band: int = 1) -> RasterHeader:
+    """Read one raster's header and check that the workflow can use it.
+
+    Raises InputRasterError naming the dataset, the file and the problem.
+    """
+    if not os.path.exists(path):
+        raise InputRasterError(dataset, path, "file not found; check datasets.%s.path in the config" % dataset)
+    try:
+        stat = os.stat(path)
+        with rasterio.open(path) as src:
+            if not 1 <= band <= src.count:
+                raise InputRasterError(dataset, path, f"band {band} requested but the file has {src.count} band(s)")
+            if src.crs is None:
+                raise InputRasterError(
+                    dataset, path, "the raster has no CRS; assign one (gdal_edit.py -a_srs EPSG:...) before using it"
+                )
+            if src.transform.is_identity and not src.gcps[0]:
+                raise InputRasterError(dataset, path, "the raster has no geotransform (it is not georeferenced)")
+            dtype = src.dtypes[band - 1]
+            if np.dtype(dtype).kind not in _SUPPORTED_KINDS:
+                raise InputRasterError(dataset, path, f"data type {dtype} is not supported (use integer or real data)")
+            nodata = src.nodatavals[band - 1]
+            header = RasterHeader(
+                path=os.path.abspath(path),
+                size_bytes=stat.st_size,
+                mtime_ns=stat.st_mtime_ns,
+                driver=src.driver,
+                crs_wkt=src.crs.to_wkt(),
+                transform=tuple(src.transform)[:6],
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                dtype=dtype,
+                nodata=None if nodata is None else float(nodata),
+                block_shape=tuple(src.block_shapes[band - 1]),
+                overviews=len(src.overviews(band)),
+            )
+    except RasterioIOError as exc:
+        raise InputRasterError(dataset, path, f"cannot be opened as a raster: {exc}") from exc
+    check_nodata_fits(dataset, path, header.nodata, header.dtype, "declared nodata")
+    return header
+
+
+def check_nodata_fits(dataset: str, path: str, nodata: float | None, dtype: str, what: str) -> None:
+    """A nodata value outside the range of the data type can never match a pixel: refuse it."""
+    if nodata is None or math.isnan(nodata):
+        if nodata is not None and np.dtype(dtype).kind in "iu":
+            raise InputRasterError(dataset, path, f"{what} NaN is impossible for integer type {dtype}")
+        return
+    kind = np.dtype(dtype).kind
+    if kind in "iu":
+        info = np.iinfo(dtype)
+        if nodata != int(nodata) or not info.min <= nodata <= info.max:
+            raise InputRasterError(
+                dataset, path, f"{what} {nodata:g} does not fit data type {dtype} (range {info.min}..{info.max})"
+            )
+    elif kind == "f" and abs(nodata) > np.finfo(dtype).max:
+        raise InputRasterError(dataset, path, f"{what} {nodata:g} does not fit data type {dtype}")
+
+
+def _json_number(value: float | None):
+    # JSON has no NaN; keep it as a string so that headers round-trip exactly.
+    if value is not None and math.isnan(value):
+        return "nan"
+    return value
+
+
+def _number_from_json(value):
+    return float("nan") if value == "nan" else value

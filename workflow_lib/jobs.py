@@ -1,0 +1,110 @@
+"""Entry points of the workflow's jobs: each reads the ``snakemake`` object and calls the library.
+
+Kept apart from the logic so that tests reach the logic without Snakemake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import resource
+import sys
+from collections.abc import Iterator
+
+from .atomic import write_json_atomic
+from .errors import InputRasterError
+from .grid import TargetGrid
+from .header import read_header
+from .mosaic import write_mosaic, write_stack
+from .plan import DatasetPlan
+from .resample import resample_tile
+
+log = logging.getLogger("workflow_lib.jobs")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+@contextlib.contextmanager
+def job_logging(log_path: str | None) -> Iterator[None]:
+    """Send the library's log to the job's log file; record any failure there before re-raising."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO, handlers=handlers, force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        yield
+    except Exception:
+        log.exception("job failed")
+        raise
+    finally:
+        log.info("peak RSS %.0f MB", peak_rss_mb())
+
+
+def _mem_mb(snakemake) -> int:
+    # Snakemake caps a job's declared mem_mb at the run's --resources limit: the value the job was
+    # actually granted is in snakemake.resources, so the budget comes from there.
+    return int(snakemake.resources.get("mem_mb", 1024))
+
+
+def load_dataset(meta_path: str) -> tuple[TargetGrid, DatasetPlan]:
+    with open(meta_path) as f:
+        meta = json.load(f)
+    return TargetGrid.from_dict(meta["grid"]), DatasetPlan.from_dict(meta["dataset"])
+
+
+def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> None:
+    """Check that the input still is what the plan saw, and record its header and settings."""
+    planned = DatasetPlan.from_dict(dataset)
+    header = read_header(name, planned.header.path, planned.settings.band)
+    if (header.size_bytes, header.mtime_ns) != (planned.header.size_bytes, planned.header.mtime_ns):
+        raise InputRasterError(
+            name, header.path, "the file changed after the workflow was planned; run snakemake again"
+        )
+    log.info(
+        "dataset %s: %s, %dx%d px, %s, nodata %s, CRS %s, %d tiles, settings %s",
+        name, header.path, header.width, header.height, header.dtype, header.nodata,
+        header.crs.to_string(), len(planned.tiles), planned.settings,
+    )
+    write_json_atomic(out_path, {"grid": grid, "dataset": planned.to_dict()})
+
+
+def run_register_job(snakemake) -> None:
+    with job_logging(snakemake.log[0]):
+        register_dataset(snakemake.wildcards.dataset, snakemake.params.dataset, snakemake.params.grid,
+                         snakemake.output[0])
+
+
+def run_tile_job(snakemake) -> None:
+    with job_logging(snakemake.log[0]):
+        grid, dataset = load_dataset(snakemake.input.meta)
+        tile = grid.tile_by_id(snakemake.wildcards.tile)
+        resample_tile(
+            dataset.name, dataset.header, dataset.settings, grid, tile, snakemake.output[0],
+            mem_mb=_mem_mb(snakemake), threads=snakemake.threads, compress=snakemake.params.compress,
+        )
+
+
+def run_mosaic_job(snakemake) -> None:
+    with job_logging(snakemake.log[0]):
+        grid, dataset = load_dataset(snakemake.input.meta)
+        write_mosaic(
+            dataset.name, dataset.settings, grid, list(snakemake.input.tiles), snakemake.output[0],
+            mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
+            compress=snakemake.params.compress, cog=snakemake.params.cog,
+        )
+
+
+def run_stack_job(snakemake) -> None:
+    with job_logging(snakemake.log[0]):
+        grid = TargetGrid.from_dict(snakemake.params.grid)
+        write_stack(
+            list(snakemake.params.names), list(snakemake.input.mosaics), grid, snakemake.output[0],
+            mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
+            compress=snakemake.params.compress, cog=snakemake.params.cog,
+        )

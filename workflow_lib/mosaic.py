@@ -1,0 +1,132 @@
+"""Merge tiles into one mosaic per dataset, and mosaics into one aligned stack.
+
+Both are streamed: a VRT places every tile (or mosaic) on the target grid and GDAL's COG driver
+copies it block by block, building overviews from the copy. Missing tiles are nodata.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+
+from .atomic import atomic_path
+from .grid import TargetGrid
+from .gtiff import compression_options
+from .settings import CATEGORICAL_METHODS, WarpSettings
+from .vrt import Band, Source, vrt_xml
+
+log = logging.getLogger(__name__)
+
+
+def write_mosaic(
+    dataset: str,
+    settings: WarpSettings,
+    grid: TargetGrid,
+    tile_paths: list[str],
+    out_path: str,
+    mem_mb: int,
+    threads: int = 1,
+    compress: str = "deflate",
+    cog: bool = True,
+) -> None:
+    band = Band(
+        dtype=settings.dst_dtype,
+        nodata=settings.dst_nodata,
+        description=dataset,
+        metadata={"method": settings.method},
+    )
+    for path in tile_paths:
+        if not os.path.exists(path):
+            log.warning("tile %s of %s is missing: its area stays nodata", path, dataset)
+            continue
+        tile = grid.tile_by_id(os.path.splitext(os.path.basename(path))[0])
+        band.sources.append(
+            Source(os.path.abspath(path), 1, int(tile.window.col_off), int(tile.window.row_off),
+                   tile.width, tile.height, settings.dst_dtype)
+        )
+    overview = "NEAREST" if settings.method in CATEGORICAL_METHODS else "AVERAGE"
+    log.info("mosaic of %s: %d tiles on a %d x %d grid", dataset, len(band.sources), grid.width, grid.height)
+    _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview)
+
+
+def stack_dtype_and_nodata(bands: list[tuple[str, float]]) -> tuple[str, float]:
+    """One type and nodata for all bands: kept when all agree, else a real type with NaN."""
+    dtypes = {d for d, _ in bands}
+    nodatas = {("nan" if math.isnan(n) else n) for _, n in bands}
+    if len(dtypes) == 1 and len(nodatas) == 1:
+        return bands[0]
+    common = np.result_type(*dtypes, np.float32)
+    return str(common), math.nan
+
+
+def write_stack(
+    names: list[str],
+    mosaic_paths: list[str],
+    grid: TargetGrid,
+    out_path: str,
+    mem_mb: int,
+    threads: int = 1,
+    compress: str = "deflate",
+    cog: bool = True,
+) -> None:
+    """All mosaics on the common grid, one band per dataset named after it."""
+    found = []
+    for path in mosaic_paths:
+        with rasterio.open(path) as src:
+            found.append((src.dtypes[0], src.nodata))
+    dtype, nodata = stack_dtype_and_nodata(found)
+    bands = []
+    for name, path, (src_dtype, src_nodata) in zip(names, mosaic_paths, found):
+        converting = (src_dtype, src_nodata) != (dtype, nodata) and not (
+            src_dtype == dtype and math.isnan(src_nodata) and math.isnan(nodata)
+        )
+        source = Source(
+            os.path.abspath(path), 1, 0, 0, grid.width, grid.height, src_dtype,
+            # Masking the source's own nodata lets the band's NaN show through where it differs.
+            nodata=src_nodata if converting else None,
+        )
+        bands.append(Band(dtype=dtype, nodata=nodata, description=name, sources=[source]))
+    log.info("stack of %d datasets as %s, nodata %s", len(bands), dtype, nodata)
+    _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, "NEAREST")
+
+
+def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_resampling) -> None:
+    xml = vrt_xml(grid.width, grid.height, grid.crs, grid.transform, bands)
+    dtype = bands[0].dtype
+    options = compression_options(compress, dtype, threads)
+    if cog:
+        driver = "COG"
+        if "predictor" in options:
+            options["predictor"] = "YES"  # the COG driver picks 2 or 3 from the data type
+        options.update(blocksize="512", overview_resampling=overview_resampling, bigtiff="IF_SAFER")
+    else:
+        driver = "GTiff"
+        options.update(tiled="YES", blockxsize="512", blockysize="512", bigtiff="IF_SAFER")
+    # GDAL's block cache bounds the copy's memory; leave room for the interpreter itself.
+    cache_mb = int(min(max((mem_mb - 160) * 0.5, 16), 1024))
+    with atomic_path(out_path) as tmp, atomic_vrt(out_path, xml) as vrt_path:
+        with rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_NUM_THREADS=max(threads, 1)):
+            rasterio.shutil.copy(vrt_path, tmp, driver=driver, **options)
+
+
+class atomic_vrt:
+    """A throwaway VRT file beside the output (GDAL's COG driver reads sources by path)."""
+
+    def __init__(self, out_path: str, xml: str):
+        folder = os.path.dirname(os.path.abspath(out_path))
+        self.path = os.path.join(folder, f".tmp-{os.path.basename(out_path)}.{os.getpid()}.vrt")
+        self.xml = xml
+
+    def __enter__(self) -> str:
+        with open(self.path, "w") as f:
+            f.write(self.xml)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        os.unlink(self.path)
+

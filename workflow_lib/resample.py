@@ -1,0 +1,217 @@
+"""Resample one tile with GDAL's warper, streaming it in chunks that fit the job's memory.
+
+A tile (the unit of checkpointing) is not read at once: it is cut into chunks of output rows (and,
+if a single row is still too large, columns) whose source windows fit the job's memory budget. For
+each chunk, the source window it needs, plus a padding wide enough for the resampling kernel, is
+read from the input's full-resolution band (never its overviews), NaN is turned into the nodata
+value, and GDAL warps it with the dataset's fixed XSCALE/YSCALE, so that the result does not depend
+on where chunks and tiles begin.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+from rasterio.warp import transform as transform_points
+from rasterio.windows import Window
+
+from .atomic import atomic_path
+from .errors import InputRasterError
+from .grid import TargetGrid, Tile
+from .gtiff import BLOCK_SIZE, tile_profile
+from .header import RasterHeader
+from .settings import WarpSettings
+
+log = logging.getLogger(__name__)
+
+# Resident memory of a job before it touches data: Python, NumPy, GDAL and Snakemake's script
+# preamble (measured at about 120 MB; kept above that).
+BASELINE_MB = 160
+# Points sampled along each edge of a chunk (and across it) to find its source window: the
+# inverse projection of a straight target edge is curved.
+_EDGE_SAMPLES = 33
+_INTERIOR_SAMPLES = 9
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """How a job's ``mem_mb`` is shared between GDAL's block cache and the chunk buffers."""
+
+    mem_mb: int
+    cache_mb: int
+    chunk_bytes: int
+
+    @classmethod
+    def for_job(cls, mem_mb: int) -> "MemoryBudget":
+        free_mb = max(mem_mb - BASELINE_MB, 32)
+        cache_mb = int(min(max(free_mb * 0.2, 8), 256))
+        return cls(mem_mb, cache_mb, int((free_mb - cache_mb) * 0.75 * 1e6))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    window: Window  # in the tile
+    source: Window | None  # in the input raster; None when the chunk sees no input pixel
+
+
+def kernel_padding(settings: WarpSettings) -> int:
+    """Source pixels to add around a chunk's footprint so that every kernel sees all its inputs.
+
+    GDAL widens kernels by 1/scale when downsampling (radius 2 for cubic); padding beyond what GDAL
+    itself pads also keeps its window-dependent weighting (see README: sum) out of interior chunks.
+    """
+    shrink = min(settings.x_scale, settings.y_scale, 1.0)
+    return int(math.ceil(3.0 / shrink)) + 2
+
+
+def source_window(
+    header: RasterHeader, dst_transform: Affine, width: int, height: int, dst_crs: CRS, pad: int
+) -> Window | None:
+    """The window of the input that the target window ``dst_transform`` x (width, height) needs."""
+    edge = np.linspace(0.0, 1.0, _EDGE_SAMPLES)
+    inner = np.linspace(0.0, 1.0, _INTERIOR_SAMPLES)
+    gx, gy = np.meshgrid(inner, inner)
+    fx = np.concatenate([edge, np.ones_like(edge), edge, np.zeros_like(edge), gx.ravel()])
+    fy = np.concatenate([np.zeros_like(edge), edge, np.ones_like(edge), edge, gy.ravel()])
+    xs, ys = dst_transform * (fx * width, fy * height)
+    if header.crs != dst_crs:
+        xs, ys = (np.asarray(v) for v in transform_points(dst_crs, header.crs, xs, ys))
+    cols, rows = ~header.affine * (np.asarray(xs), np.asarray(ys))
+    ok = np.isfinite(cols) & np.isfinite(rows)
+    if not ok.any():
+        return None
+    c0 = max(int(math.floor(cols[ok].min())) - pad, 0)
+    r0 = max(int(math.floor(rows[ok].min())) - pad, 0)
+    c1 = min(int(math.ceil(cols[ok].max())) + pad, header.width)
+    r1 = min(int(math.ceil(rows[ok].max())) + pad, header.height)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def chunk_cost(source: Window | None, window: Window, src_dtype: str, dst_dtype: str) -> int:
+    """Bytes a chunk holds at its peak: our source read and GDAL's copy of it with validity masks,
+    and the destination with GDAL's working buffers (density and masks)."""
+    src_px = 0 if source is None else int(source.width) * int(source.height)
+    dst_px = int(window.width) * int(window.height)
+    return src_px * (2 * np.dtype(src_dtype).itemsize + 2) + dst_px * (2 * np.dtype(dst_dtype).itemsize + 8)
+
+
+def plan_chunks(
+    header: RasterHeader, settings: WarpSettings, tile: Tile, dst_crs: CRS, budget_bytes: int
+) -> list[Chunk]:
+    """Cut a tile into chunks whose cost fits ``budget_bytes``: whole rows first, then columns."""
+    pad = kernel_padding(settings)
+
+    def make(window: Window) -> Chunk:
+        transform = tile.transform * Affine.translation(window.col_off, window.row_off)
+        return Chunk(window, source_window(header, transform, int(window.width), int(window.height), dst_crs, pad))
+
+    def split(window: Window) -> Iterator[Chunk]:
+        chunk = make(window)
+        fits = chunk_cost(chunk.source, window, header.dtype, settings.dst_dtype) <= budget_bytes
+        if fits or (window.width == 1 and window.height == 1):
+            yield chunk
+            return
+        if window.height > 1:
+            # Split on a block boundary where possible so that output blocks fill up in order.
+            half = int(window.height) // 2
+            if half > BLOCK_SIZE:
+                half -= half % BLOCK_SIZE
+            first = Window(window.col_off, window.row_off, window.width, half)
+            second = Window(window.col_off, window.row_off + half, window.width, window.height - half)
+        else:
+            half = int(window.width) // 2
+            first = Window(window.col_off, window.row_off, half, window.height)
+            second = Window(window.col_off + half, window.row_off, window.width - half, window.height)
+        yield from split(first)
+        yield from split(second)
+
+    return list(split(Window(0, 0, tile.width, tile.height)))
+
+
+def resample_tile(
+    dataset: str,
+    header: RasterHeader,
+    settings: WarpSettings,
+    grid: TargetGrid,
+    tile: Tile,
+    out_path: str,
+    mem_mb: int,
+    threads: int = 1,
+    compress: str = "deflate",
+) -> dict:
+    """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures."""
+    budget = MemoryBudget.for_job(mem_mb)
+    chunks = plan_chunks(header, settings, tile, grid.crs, budget.chunk_bytes)
+    log.info(
+        "tile %s of %s: %dx%d px in %d chunk(s), budget %d MB (GDAL cache %d MB, chunks %.0f MB), method %s",
+        tile.id, dataset, tile.width, tile.height, len(chunks), mem_mb, budget.cache_mb,
+        budget.chunk_bytes / 1e6, settings.method,
+    )
+    profile = tile_profile(
+        tile.width, tile.height, tile.transform, grid.crs, settings.dst_dtype, settings.dst_nodata, compress
+    )
+    resampling = Resampling[settings.method]
+    src_crs = header.crs
+    started = time.monotonic()
+    pixels_read = 0
+    env = {"GDAL_CACHEMAX": budget.cache_mb, "GDAL_NUM_THREADS": max(threads, 1)}
+    with rasterio.Env(**env), atomic_path(out_path) as tmp:
+        try:
+            src = rasterio.open(header.path, OVERVIEW_LEVEL="NONE")
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputRasterError(dataset, header.path, f"cannot be opened: {exc}") from exc
+        with src, rasterio.open(tmp, "w", **profile) as dst:
+            for i, chunk in enumerate(chunks, 1):
+                out = np.full((int(chunk.window.height), int(chunk.window.width)), settings.dst_nodata,
+                              dtype=settings.dst_dtype)
+                if chunk.source is not None:
+                    data = read_source(dataset, src, settings, chunk.source)
+                    pixels_read += data.size
+                    reproject(
+                        data,
+                        out,
+                        src_transform=src.window_transform(chunk.source),
+                        src_crs=src_crs,
+                        src_nodata=settings.src_nodata,
+                        dst_transform=tile.transform * Affine.translation(chunk.window.col_off, chunk.window.row_off),
+                        dst_crs=grid.crs,
+                        dst_nodata=settings.dst_nodata,
+                        resampling=resampling,
+                        num_threads=max(threads, 1),
+                        init_dest_nodata=True,
+                        warp_mem_limit=max(int(budget.chunk_bytes / 1e6), 16),
+                        tolerance=settings.error_threshold,
+                        XSCALE=repr(settings.x_scale),
+                        YSCALE=repr(settings.y_scale),
+                    )
+                    del data
+                dst.write(out, 1, window=chunk.window)
+                log.debug("chunk %d/%d %s <- source %s", i, len(chunks), chunk.window, chunk.source)
+    seconds = time.monotonic() - started
+    log.info("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
+    return {"chunks": len(chunks), "seconds": seconds, "pixels_read": pixels_read,
+            "pixels_written": tile.width * tile.height}
+
+
+def read_source(dataset: str, src, settings: WarpSettings, window: Window) -> np.ndarray:
+    """Read a full-resolution window of the selected band, with NaN turned into the nodata value."""
+    try:
+        data = src.read(settings.band, window=window)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputRasterError(dataset, src.name, f"read of window {window} failed: {exc}") from exc
+    if data.dtype.kind == "f" and settings.src_nodata is not None and not math.isnan(settings.src_nodata):
+        # GDAL skips only the declared nodata value; a NaN beside it would poison average and sum.
+        np.copyto(data, data.dtype.type(settings.src_nodata), where=np.isnan(data))
+    return data

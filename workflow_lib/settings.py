@@ -1,0 +1,89 @@
+"""How one dataset is warped: fixed once per dataset so that every tile agrees."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .header import RasterHeader, _json_number, _number_from_json, check_nodata_fits
+
+# Methods whose outputs are classes or picks of input values: their overviews must pick too.
+CATEGORICAL_METHODS = {"nearest", "mode", "min", "max", "med"}
+
+
+@dataclass(frozen=True)
+class WarpSettings:
+    method: str
+    band: int
+    src_nodata: float | None  # value GDAL treats as missing in the input (NaN allowed)
+    dst_nodata: float  # value written where there is no data
+    dst_dtype: str
+    x_scale: float  # GDAL warp option XSCALE: target pixels per source pixel
+    y_scale: float  # GDAL warp option YSCALE
+    error_threshold: float  # 0 within one CRS: the transformation is affine and exact
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["src_nodata"] = _json_number(self.src_nodata)
+        data["dst_nodata"] = _json_number(self.dst_nodata)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WarpSettings":
+        data = dict(data)
+        data["src_nodata"] = _number_from_json(data["src_nodata"])
+        data["dst_nodata"] = _number_from_json(data["dst_nodata"])
+        return cls(**data)
+
+
+def default_nodata(dtype: str) -> float:
+    """Nodata for outputs of inputs that declare none: NaN for reals, else an extreme value."""
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return math.nan
+    info = np.iinfo(dtype)
+    return float(info.max if kind == "u" else info.min)
+
+
+def resolve_settings(
+    name: str,
+    header: RasterHeader,
+    method: str,
+    band: int,
+    nodata_override: float | None,
+    dtype: str | None,
+    scale: tuple[float, float],
+    error_threshold: float,
+    same_crs: bool,
+) -> WarpSettings:
+    dst_dtype = dtype or header.dtype
+    if nodata_override is not None:
+        check_nodata_fits(name, header.path, nodata_override, header.dtype, f"datasets.{name}.nodata")
+        src_nodata = nodata_override
+    elif header.nodata is not None:
+        src_nodata = header.nodata
+    elif np.dtype(header.dtype).kind == "f":
+        # Undeclared NaN would poison average and sum; GDAL skips it once it is the nodata value.
+        src_nodata = math.nan
+    else:
+        src_nodata = None
+    dst_nodata = default_nodata(dst_dtype) if src_nodata is None else src_nodata
+    check_nodata_fits(
+        name,
+        header.path,
+        dst_nodata,
+        dst_dtype,
+        f"nodata of the output (set datasets.{name}.nodata or datasets.{name}.dtype)",
+    )
+    return WarpSettings(
+        method=method,
+        band=band,
+        src_nodata=src_nodata,
+        dst_nodata=dst_nodata,
+        dst_dtype=dst_dtype,
+        x_scale=scale[0],
+        y_scale=scale[1],
+        error_threshold=0.0 if same_crs else error_threshold,
+    )

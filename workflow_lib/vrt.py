@@ -1,0 +1,88 @@
+"""Minimal VRT documents: how tiles become one mosaic, and mosaics one stack, without ever holding
+a whole raster in memory (GDAL reads the VRT's sources block by block while copying)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from xml.sax.saxutils import escape, quoteattr
+
+from affine import Affine
+from rasterio.crs import CRS
+
+GDAL_TYPE_NAMES = {
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str
+    band: int
+    col_off: int  # where the source goes on the VRT's grid
+    row_off: int
+    width: int
+    height: int
+    dtype: str
+    nodata: float | None = None  # set: pixels equal to it are not copied (ComplexSource)
+
+
+@dataclass
+class Band:
+    dtype: str
+    nodata: float | None
+    description: str = ""
+    sources: list[Source] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _number(value: float) -> str:
+    return "nan" if math.isnan(value) else repr(float(value))
+
+
+def _source_xml(s: Source) -> str:
+    kind = "ComplexSource" if s.nodata is not None else "SimpleSource"
+    lines = [
+        f"    <{kind}>",
+        f'      <SourceFilename relativeToVRT="0">{escape(s.path)}</SourceFilename>',
+        f"      <SourceBand>{s.band}</SourceBand>",
+        # Declaring the source's size and type spares GDAL from opening every tile up front.
+        f'      <SourceProperties RasterXSize="{s.width}" RasterYSize="{s.height}" '
+        f'DataType="{GDAL_TYPE_NAMES[s.dtype]}" BlockXSize="256" BlockYSize="256"/>',
+        f'      <SrcRect xOff="0" yOff="0" xSize="{s.width}" ySize="{s.height}"/>',
+        f'      <DstRect xOff="{s.col_off}" yOff="{s.row_off}" xSize="{s.width}" ySize="{s.height}"/>',
+    ]
+    if s.nodata is not None:
+        lines.append(f"      <NODATA>{_number(s.nodata)}</NODATA>")
+    lines.append(f"    </{kind}>")
+    return "\n".join(lines)
+
+
+def vrt_xml(width: int, height: int, crs: CRS, transform: Affine, bands: list[Band]) -> str:
+    gt = ", ".join(repr(float(v)) for v in transform.to_gdal())
+    parts = [
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+        f'  <SRS dataAxisToSRSAxisMapping="1,2">{escape(crs.to_wkt())}</SRS>',
+        f"  <GeoTransform>{gt}</GeoTransform>",
+    ]
+    for i, band in enumerate(bands, 1):
+        parts.append(f'  <VRTRasterBand dataType="{GDAL_TYPE_NAMES[band.dtype]}" band="{i}">')
+        if band.description:
+            parts.append(f"    <Description>{escape(band.description)}</Description>")
+        if band.nodata is not None:
+            parts.append(f"    <NoDataValue>{_number(band.nodata)}</NoDataValue>")
+        if band.metadata:
+            parts.append("    <Metadata>")
+            parts.extend(f"      <MDI key={quoteattr(k)}>{escape(v)}</MDI>" for k, v in band.metadata.items())
+            parts.append("    </Metadata>")
+        parts.extend(_source_xml(s) for s in band.sources)
+        parts.append("  </VRTRasterBand>")
+    parts.append("</VRTDataset>")
+    return "\n".join(parts) + "\n"
