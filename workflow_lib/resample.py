@@ -61,7 +61,8 @@ class MemoryBudget:
 @dataclass(frozen=True)
 class Chunk:
     window: Window  # in the tile
-    source: Window | None  # in the input raster; None when the chunk sees no input pixel
+    source: Window | None  # to read, within the input raster; None when the chunk sees no pixel
+    padded: Window | None  # the source window before clipping to the raster (may reach outside)
 
 
 def kernel_padding(settings: WarpSettings) -> int:
@@ -77,7 +78,8 @@ def kernel_padding(settings: WarpSettings) -> int:
 def source_window(
     header: RasterHeader, dst_transform: Affine, width: int, height: int, dst_crs: CRS, pad: int
 ) -> Window | None:
-    """The window of the input that the target window ``dst_transform`` x (width, height) needs."""
+    """The window of the input that the target window ``dst_transform`` x (width, height) needs,
+    padded by ``pad`` pixels and not clipped to the raster (None if no point transforms)."""
     edge = np.linspace(0.0, 1.0, _EDGE_SAMPLES)
     inner = np.linspace(0.0, 1.0, _INTERIOR_SAMPLES)
     gx, gy = np.meshgrid(inner, inner)
@@ -90,10 +92,17 @@ def source_window(
     ok = np.isfinite(cols) & np.isfinite(rows)
     if not ok.any():
         return None
-    c0 = max(int(math.floor(cols[ok].min())) - pad, 0)
-    r0 = max(int(math.floor(rows[ok].min())) - pad, 0)
-    c1 = min(int(math.ceil(cols[ok].max())) + pad, header.width)
-    r1 = min(int(math.ceil(rows[ok].max())) + pad, header.height)
+    c0 = int(math.floor(cols[ok].min())) - pad
+    r0 = int(math.floor(rows[ok].min())) - pad
+    c1 = int(math.ceil(cols[ok].max())) + pad
+    r1 = int(math.ceil(rows[ok].max())) + pad
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def clip_window(window: Window, header: RasterHeader) -> Window | None:
+    c0, r0 = max(int(window.col_off), 0), max(int(window.row_off), 0)
+    c1 = min(int(window.col_off + window.width), header.width)
+    r1 = min(int(window.row_off + window.height), header.height)
     if c1 <= c0 or r1 <= r0:
         return None
     return Window(c0, r0, c1 - c0, r1 - r0)
@@ -113,13 +122,19 @@ def plan_chunks(
     """Cut a tile into chunks whose cost fits ``budget_bytes``: whole rows first, then columns."""
     pad = kernel_padding(settings)
 
+    padded_sum = settings.method == "sum"
+    src_dtype = "float64" if padded_sum else header.dtype
+
     def make(window: Window) -> Chunk:
         transform = tile.transform * Affine.translation(window.col_off, window.row_off)
-        return Chunk(window, source_window(header, transform, int(window.width), int(window.height), dst_crs, pad))
+        padded = source_window(header, transform, int(window.width), int(window.height), dst_crs, pad)
+        source = None if padded is None else clip_window(padded, header)
+        return Chunk(window, source, padded if source is not None else None)
 
     def split(window: Window) -> Iterator[Chunk]:
         chunk = make(window)
-        fits = chunk_cost(chunk.source, window, header.dtype, settings.dst_dtype) <= budget_bytes
+        held = chunk.padded if padded_sum else chunk.source
+        fits = chunk_cost(held, window, src_dtype, settings.dst_dtype) <= budget_bytes
         if fits or (window.width == 1 and window.height == 1):
             yield chunk
             return
@@ -150,10 +165,16 @@ def resample_tile(
     mem_mb: int,
     threads: int = 1,
     compress: str = "deflate",
+    max_chunk_bytes: int | None = None,
 ) -> dict:
-    """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures."""
+    """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures.
+
+    ``max_chunk_bytes`` caps chunks below what ``mem_mb`` allows (tests use it to make many chunks
+    out of small data).
+    """
     budget = MemoryBudget.for_job(mem_mb)
-    chunks = plan_chunks(header, settings, tile, grid.crs, budget.chunk_bytes)
+    chunk_bytes = min(budget.chunk_bytes, max_chunk_bytes or budget.chunk_bytes)
+    chunks = plan_chunks(header, settings, tile, grid.crs, chunk_bytes)
     log.info(
         "tile %s of %s: %dx%d px in %d chunk(s), budget %d MB (GDAL cache %d MB, chunks %.0f MB), method %s",
         tile.id, dataset, tile.width, tile.height, len(chunks), mem_mb, budget.cache_mb,
@@ -179,19 +200,22 @@ def resample_tile(
                 if chunk.source is not None:
                     data = read_source(dataset, src, settings, chunk.source)
                     pixels_read += data.size
+                    src_window, src_nodata = chunk.source, settings.src_nodata
+                    if settings.method == "sum":
+                        data, src_window, src_nodata = pad_for_sum(data, chunk, settings), chunk.padded, math.nan
                     reproject(
                         data,
                         out,
-                        src_transform=src.window_transform(chunk.source),
+                        src_transform=src.window_transform(src_window),
                         src_crs=src_crs,
-                        src_nodata=settings.src_nodata,
+                        src_nodata=src_nodata,
                         dst_transform=tile.transform * Affine.translation(chunk.window.col_off, chunk.window.row_off),
                         dst_crs=grid.crs,
                         dst_nodata=settings.dst_nodata,
                         resampling=resampling,
                         num_threads=max(threads, 1),
                         init_dest_nodata=True,
-                        warp_mem_limit=max(int(budget.chunk_bytes / 1e6), 16),
+                        warp_mem_limit=max(int(chunk_bytes / 1e6), 16),
                         tolerance=settings.error_threshold,
                         XSCALE=repr(settings.x_scale),
                         YSCALE=repr(settings.y_scale),
@@ -203,6 +227,24 @@ def resample_tile(
     log.info("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
     return {"chunks": len(chunks), "seconds": seconds, "pixels_read": pixels_read,
             "pixels_written": tile.width * tile.height}
+
+
+def pad_for_sum(data: np.ndarray, chunk: Chunk, settings: WarpSettings) -> np.ndarray:
+    """The chunk's source as float64 with NaN for nodata, padded with NaN out to its unclipped window.
+
+    GDAL 3.10 weights its sum by a factor that it derives from the source window; when that window
+    is clipped on one side only (a chunk at the raster's edge) the factor is off by up to a few
+    percent. Padding beyond the raster with missing values keeps the window whole, and missing
+    pixels do not count in a sum, so the result is that of the whole-image warp.
+    """
+    out = np.full((int(chunk.padded.height), int(chunk.padded.width)), np.nan)
+    r = int(chunk.source.row_off - chunk.padded.row_off)
+    c = int(chunk.source.col_off - chunk.padded.col_off)
+    view = out[r:r + data.shape[0], c:c + data.shape[1]]
+    view[...] = data
+    if settings.src_nodata is not None and not math.isnan(settings.src_nodata):
+        view[data == settings.src_nodata] = np.nan
+    return out
 
 
 def read_source(dataset: str, src, settings: WarpSettings, window: Window) -> np.ndarray:

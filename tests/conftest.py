@@ -1,0 +1,37 @@
+import os
+import shutil
+
+import pytest
+
+from .helpers import REAL_DATA
+
+# Figures of every comparison with the GDAL reference, printed at the end of the run so that the
+# closing note (and anyone reading CI's log) sees what was compared, not just "passed".
+COMPARISONS: list[str] = []
+
+
+@pytest.fixture
+def record():
+    return COMPARISONS.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if COMPARISONS:
+        terminalreporter.section("comparisons with the whole-image GDAL reference")
+        for line in COMPARISONS:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def real_raster(tmp_path):
+    """Copy one of ../shared/data/real/ into the test's folder (never write next to the originals)."""
+    if not os.path.isdir(REAL_DATA):
+        pytest.skip(f"real test rasters not found at {REAL_DATA} (set REAL_DATA_DIR)")
+
+    def copy(name: str) -> str:
+        dst = tmp_path / name
+        shutil.copy(os.path.join(REAL_DATA, name), dst)
+        os.chmod(dst, 0o644)
+        return str(dst)
+
+    return copy

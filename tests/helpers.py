@@ -1,0 +1,128 @@
+"""Test helpers: synthetic rasters, the independent GDAL reference, and comparisons.
+
+The reference is GDAL itself on the whole image: the full raster read at once (overviews off) and
+warped in one ``rasterio.warp.reproject`` call onto the same grid. Nothing of workflow_lib's
+chunking, windows or padding is used to make it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_DATA = os.environ.get("REAL_DATA_DIR", os.path.join(os.path.dirname(REPO), "shared", "data", "real"))
+
+
+def write_raster(path, array, crs, transform, nodata=None, **extra) -> str:
+    profile = {
+        "driver": "GTiff", "width": array.shape[1], "height": array.shape[0], "count": 1,
+        "dtype": str(array.dtype), "crs": crs, "transform": transform, "nodata": nodata,
+        "tiled": True, "blockxsize": 128, "blockysize": 128, "compress": "deflate", **extra,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array, 1)
+    return str(path)
+
+
+def smooth_field(height, width, seed=0, dtype="float32", scale=100.0):
+    """A smooth surface with some noise: realistic enough for bilinear and cubic to matter."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype("float64")
+    z = 50 * np.sin(x / 17.0) * np.cos(y / 23.0) + 30 * np.sin((x + 2 * y) / 41.0) + rng.normal(0, 3, (height, width))
+    return (z + scale).astype(dtype)
+
+
+def classes_field(height, width, seed=0, n=6, dtype="uint8"):
+    """Patchy classes 1..n with many ties in 2x2 / 4x4 blocks (exercises mode's tie rule)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(1, n + 1, size=(height // 3 + 1, width // 3 + 1))
+    field = np.kron(coarse, np.ones((3, 3), dtype=int))[:height, :width]
+    speckle = rng.random((height, width)) < 0.15
+    field[speckle] = rng.integers(1, n + 1, size=int(speckle.sum()))
+    return field.astype(dtype)
+
+
+@dataclass
+class Reference:
+    data: np.ndarray
+    nodata: float
+
+
+def reference_warp(
+    path: str,
+    band: int,
+    dst_transform: Affine,
+    width: int,
+    height: int,
+    dst_crs,
+    method: str,
+    dst_dtype: str,
+    src_nodata,
+    dst_nodata,
+    warp_options: dict | None = None,
+    tolerance: float = 0.125,
+) -> Reference:
+    """GDAL on the whole image: one reproject of the full raster onto the full grid."""
+    with rasterio.open(path, OVERVIEW_LEVEL="NONE") as src:
+        data = src.read(band)
+        src_transform, src_crs = src.transform, src.crs
+    if data.dtype.kind == "f" and src_nodata is not None and not math.isnan(src_nodata):
+        data[np.isnan(data)] = src_nodata  # the documented meaning of NaN beside a nodata value
+    out = np.full((height, width), dst_nodata, dtype=dst_dtype)
+    reproject(
+        data, out, src_transform=src_transform, src_crs=src_crs, src_nodata=src_nodata,
+        dst_transform=dst_transform, dst_crs=dst_crs, dst_nodata=dst_nodata,
+        resampling=Resampling[method], init_dest_nodata=True,
+        # Large enough that GDAL warps the whole image in one piece.
+        warp_mem_limit=2048, tolerance=tolerance, **(warp_options or {}),
+    )
+    return Reference(out, dst_nodata)
+
+
+def read_mosaic_from_tiles(tile_paths: list[str], grid_transform: Affine, width: int, height: int, fill, dtype):
+    """Test-only assembly of tile files onto the full grid (small test grids only)."""
+    out = np.full((height, width), fill, dtype=dtype)
+    for path in tile_paths:
+        with rasterio.open(path) as src:
+            col, row = ~grid_transform * (src.transform.c, src.transform.f)
+            col, row = int(round(col)), int(round(row))
+            out[row:row + src.height, col:col + src.width] = src.read(1)
+    return out
+
+
+def valid_mask(a: np.ndarray, nodata) -> np.ndarray:
+    if nodata is not None and isinstance(nodata, float) and math.isnan(nodata):
+        return ~np.isnan(a)
+    return a != nodata
+
+
+@dataclass
+class Comparison:
+    max_abs_diff: float
+    compared: int  # pixels valid in both
+    nodata_mismatch: int  # pixels valid in one only
+    differing: int  # pixels valid in both whose values differ at all
+
+    def row(self, label: str) -> str:
+        return (f"{label:<52} max|diff| {self.max_abs_diff:<12.6g} compared {self.compared:>9,d} "
+                f"differing {self.differing:>7,d} nodata-mismatch {self.nodata_mismatch}")
+
+
+def compare(result: np.ndarray, reference: np.ndarray, nodata) -> Comparison:
+    a, b = valid_mask(result, nodata), valid_mask(reference, nodata)
+    both = a & b
+    diff = np.abs(result[both].astype("float64") - reference[both].astype("float64"))
+    return Comparison(
+        max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        compared=int(both.sum()),
+        nodata_mismatch=int((a != b).sum()),
+        differing=int((diff > 0).sum()),
+    )
