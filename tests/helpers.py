@@ -92,7 +92,7 @@ def read_mosaic_from_tiles(tile_paths: list[str], grid_transform: Affine, width:
     out = np.full((height, width), fill, dtype=dtype)
     for path in tile_paths:
         with rasterio.open(path) as src:
-            col, row = ~grid_transform * (src.transform.c, src.transform.f)
+            col, row = ~grid_transform @ (src.transform.c, src.transform.f)
             col, row = int(round(col)), int(round(row))
             out[row:row + src.height, col:col + src.width] = src.read(1)
     return out
@@ -126,3 +126,41 @@ def compare(result: np.ndarray, reference: np.ndarray, nodata) -> Comparison:
         nodata_mismatch=int((a != b).sum()),
         differing=int((diff > 0).sum()),
     )
+
+
+def run_tiles_and_mosaics(config: dict, workdir, mem_mb: int = 400, max_chunk_bytes: int | None = None):
+    """The workflow's library path without Snakemake: plan, every tile, then the real mosaic code.
+
+    Returns the plan and {dataset: mosaic path}.
+    """
+    from workflow_lib.config import validate_config
+    from workflow_lib.mosaic import write_mosaic
+    from workflow_lib.plan import build_plan
+    from workflow_lib.resample import resample_tile
+
+    plan = build_plan(validate_config(config))
+    mosaics = {}
+    for name, dataset in plan.datasets.items():
+        tiles = []
+        for tid in dataset.tiles:
+            out = os.path.join(str(workdir), "tiles", name, f"{tid}.tif")
+            resample_tile(name, dataset.header, dataset.settings, plan.grid, plan.grid.tile_by_id(tid), out,
+                          mem_mb=mem_mb, max_chunk_bytes=max_chunk_bytes)
+            tiles.append(out)
+        mosaics[name] = os.path.join(str(workdir), "mosaics", f"{name}.tif")
+        write_mosaic(name, dataset.settings, plan.grid, tiles, mosaics[name], mem_mb=mem_mb)
+    return plan, mosaics
+
+
+def reference_for(plan, name: str, fixed_scale: bool = True) -> Reference:
+    """The whole-image GDAL warp of one planned dataset onto the plan's full grid."""
+    d, g = plan.datasets[name], plan.grid
+    s = d.settings
+    options = {"XSCALE": repr(s.x_scale), "YSCALE": repr(s.y_scale)} if fixed_scale else {}
+    return reference_warp(d.header.path, s.band, g.transform, g.width, g.height, g.crs, s.method, s.dst_dtype,
+                          s.src_nodata, s.dst_nodata, options)
+
+
+def read_band(path: str) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)

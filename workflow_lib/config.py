@@ -25,14 +25,11 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     Returns the same dict. Raises ConfigError naming the key and what is wrong.
     """
-    # Imported here: snakemake.utils is what the Snakefile uses too, so both paths fill the
-    # same defaults, but library users who only resample should not pay for importing it.
+    # Imported here: library users who only resample should not pay for importing Snakemake.
     from snakemake.utils import validate
 
-    try:
-        validate(config, SCHEMA_PATH, set_default=True)
-    except Exception as exc:  # snakemake wraps jsonschema's error in a WorkflowError
-        raise ConfigError(_schema_message(exc)) from exc
+    _check_schema(config)
+    validate(config, SCHEMA_PATH, set_default=True)  # fills defaults, as in any Snakemake workflow
     check_config(config)
     return config
 
@@ -81,16 +78,20 @@ def nodata_override(dataset: dict[str, Any]) -> float | None:
     return float(value)
 
 
-def _schema_message(exc: Exception) -> str:
-    """Name the failing key and the rule it broke, from jsonschema's error inside snakemake's."""
+def _check_schema(config: dict[str, Any]) -> None:
+    """Validate against the schema with jsonschema itself, to word the error for people: the
+    failing key as a dotted path, and for alternatives (oneOf) the one that came closest."""
     import jsonschema
 
-    error = next((a for a in exc.args if isinstance(a, jsonschema.ValidationError)), None)
+    with open(SCHEMA_PATH) as f:
+        schema = yaml.safe_load(f)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
-        return f"invalid config: {exc}"
-    if error.context:  # oneOf/anyOf: the alternative that came closest says the most
+        return
+    while error.context:  # oneOf/anyOf: the alternative that came closest says the most
         error = jsonschema.exceptions.best_match(error.context)
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    if error.validator == "pattern" and not error.absolute_path:
-        return f"invalid config: dataset name {error.instance!r} must match [A-Za-z0-9_-]+"
-    return f"invalid config at {key}: {error.message}"
+    if error.validator == "pattern" and list(error.absolute_path) == ["datasets"]:
+        raise ConfigError(f"invalid config at datasets: dataset name {error.instance!r} must match [A-Za-z0-9_-]+")
+    raise ConfigError(f"invalid config at {key}: {error.message}")

@@ -89,7 +89,7 @@ def write_layer(layer: ExampleLayer, path: str, block: int = 512) -> None:
         for row in range(0, layer.height, block):
             rows = min(block, layer.height - row)
             cols, rws = np.meshgrid(np.arange(layer.width) + 0.5, np.arange(row, row + rows) + 0.5)
-            x, y = layer.transform * (cols, rws)
+            x, y = layer.transform @ (cols, rws)
             dst.write(layer.values(x, y), 1, window=Window(0, row, layer.width, rows))
 
 

@@ -69,7 +69,7 @@ def pixel_scale(header: RasterHeader, grid: TargetGrid) -> tuple[float, float]:
     it once per dataset is what makes tiles join without seams.
     """
     src = header.affine
-    cx, cy = src * (header.width / 2.0, header.height / 2.0)
+    cx, cy = src @ (header.width / 2.0, header.height / 2.0)
     res_x, res_y = grid.resolution
     if header.crs == grid.crs:
         tx, ty = [cx, cx + res_x, cx], [cy, cy, cy - res_y]
@@ -77,7 +77,7 @@ def pixel_scale(header: RasterHeader, grid: TargetGrid) -> tuple[float, float]:
         (gx,), (gy,) = transform_points(header.crs, grid.crs, [cx], [cy])
         tx, ty = transform_points(grid.crs, header.crs, [gx, gx + res_x, gx], [gy, gy, gy - res_y])
     inverse = ~src
-    (c0, r0), (c1, r1), (c2, r2) = (inverse * (x, y) for x, y in zip(tx, ty))
+    (c0, r0), (c1, r1), (c2, r2) = (inverse @ (x, y) for x, y in zip(tx, ty))
     # Source pixels spanned by one target pixel along the target's x and y axes.
     span_x = float(np.hypot(c1 - c0, r1 - r0))
     span_y = float(np.hypot(c2 - c0, r2 - r0))

@@ -98,7 +98,7 @@ class TargetGrid:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         left, top = self.transform.c, self.transform.f
-        right, bottom = self.transform * (self.width, self.height)
+        right, bottom = self.transform @ (self.width, self.height)
         return left, bottom, right, top
 
     @property
@@ -112,7 +112,7 @@ class TargetGrid:
     @cached_property
     def tile_transform(self) -> Affine:
         """Maps (tile col, tile row) to target coordinates: one 'pixel' per tile."""
-        return self.transform * Affine.scale(self.tile_size)
+        return self.transform @ Affine.scale(self.tile_size)
 
     def tile(self, row: int, col: int) -> Tile:
         if not (0 <= row < self.tile_rows and 0 <= col < self.tile_cols):

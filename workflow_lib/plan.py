@@ -141,8 +141,8 @@ def load_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pla
     try:
         with open(path) as f:
             return Plan.from_dict(json.load(f))
-    except (OSError, ValueError, KeyError):
-        pass  # no cache yet, or an unreadable one: rebuild it below
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no cache yet, or one from another version of this library: rebuild it below
     plan = build_plan(config)
     write_json_atomic(path, plan.to_dict())
     return plan

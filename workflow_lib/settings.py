@@ -22,7 +22,8 @@ class WarpSettings:
     dst_dtype: str
     x_scale: float  # GDAL warp option XSCALE: target pixels per source pixel
     y_scale: float  # GDAL warp option YSCALE
-    error_threshold: float  # 0 within one CRS: the transformation is affine and exact
+    error_threshold: float  # GDAL's approximate transformer's error across CRSs, in pixels
+    same_crs: bool  # input and target share one CRS: the transformation is affine
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -85,5 +86,6 @@ def resolve_settings(
         dst_dtype=dst_dtype,
         x_scale=scale[0],
         y_scale=scale[1],
-        error_threshold=0.0 if same_crs else error_threshold,
+        error_threshold=error_threshold,
+        same_crs=same_crs,
     )

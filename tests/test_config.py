@@ -1,0 +1,121 @@
+"""A bad config fails before any job runs, naming the key and what is wrong."""
+
+import os
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from workflow_lib.config import validate_config
+from workflow_lib.errors import ConfigError, InputRasterError
+from workflow_lib.plan import build_plan
+
+from .helpers import write_raster
+
+
+@pytest.fixture
+def raster(tmp_path):
+    return write_raster(tmp_path / "in.tif", np.ones((50, 60), "float32"), "EPSG:32632",
+                        Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+
+
+def config(path, **overrides):
+    cfg = {
+        "target": {"crs": "EPSG:32632", "resolution": 20},
+        "datasets": {"dem": {"path": path, "method": "average"}},
+    }
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg[section][name] = value
+        else:
+            cfg[section] = value
+    return cfg
+
+
+def test_defaults_are_filled_in(raster):
+    cfg = validate_config(config(raster))
+    assert cfg["tile_size"] == 1024
+    assert cfg["target"]["extent"] == "union"
+    assert cfg["target"]["origin"] == [0.0, 0.0]
+    assert cfg["datasets"]["dem"]["band"] == 1
+    assert cfg["output"] == {"compress": "deflate", "cog": True}
+    assert cfg["warp"]["error_threshold"] == 0.125
+
+
+def test_unknown_method_names_the_key(raster):
+    cfg = config(raster)
+    cfg["datasets"]["dem"]["method"] = "bilinearr"
+    with pytest.raises(ConfigError, match=r"datasets\.dem\.method: 'bilinearr' is not one of"):
+        validate_config(cfg)
+
+
+def test_missing_file_names_dataset_and_path(tmp_path):
+    missing = str(tmp_path / "nowhere.tif")
+    with pytest.raises(ConfigError, match=rf"datasets\.dem\.path: file not found: {missing} \(dataset 'dem'\)"):
+        validate_config(config(missing))
+
+
+def test_unparsable_crs_names_the_key(raster):
+    with pytest.raises(ConfigError, match=r"target\.crs: cannot parse 'EPSG:999999'"):
+        validate_config(config(raster, target__crs="EPSG:999999"))
+
+
+@pytest.mark.parametrize("resolution", [0, -5, [10, 0]])
+def test_non_positive_resolution_names_the_key(raster, resolution):
+    with pytest.raises(ConfigError, match=r"target\.resolution"):
+        validate_config(config(raster, target__resolution=resolution))
+
+
+@pytest.mark.parametrize("name", ["my dem", "dem/1", "dém", "a.b"])
+def test_dataset_names_outside_the_allowed_characters_are_refused(raster, name):
+    cfg = config(raster)
+    cfg["datasets"] = {name: {"path": raster, "method": "average"}}
+    with pytest.raises(ConfigError, match=r"dataset name .* must match \[A-Za-z0-9_-\]\+"):
+        validate_config(cfg)
+
+
+def test_input_outside_the_extent_is_refused_before_any_job(raster):
+    cfg = validate_config(config(raster, target__extent={"left": 0, "bottom": 0, "right": 1000, "top": 1000}))
+    with pytest.raises(ConfigError, match=r"datasets\.dem: .*in\.tif does not overlap the target extent"):
+        build_plan(cfg)
+
+
+def test_unknown_keys_are_refused(raster):
+    cfg = config(raster)
+    cfg["datasets"]["dem"]["resampling"] = "average"
+    with pytest.raises(ConfigError, match=r"datasets\.dem: Additional properties are not allowed \('resampling'"):
+        validate_config(cfg)
+
+
+def test_empty_extent_is_refused(raster):
+    with pytest.raises(ConfigError, match=r"target\.extent: right must exceed left"):
+        validate_config(config(raster, target__extent={"left": 10, "bottom": 0, "right": 0, "top": 10}))
+
+
+def test_band_beyond_the_file_names_dataset_file_and_band(raster):
+    cfg = config(raster)
+    cfg["datasets"]["dem"]["band"] = 3
+    with pytest.raises(InputRasterError, match=r"dataset 'dem' \(.*in\.tif\): band 3 requested but the file has 1"):
+        build_plan(validate_config(cfg))
+
+
+def test_nodata_that_cannot_fit_the_output_type_is_refused(raster):
+    cfg = config(raster)
+    cfg["datasets"]["dem"]["dtype"] = "uint8"  # input nodata is -9999
+    with pytest.raises(InputRasterError, match=r"-9999 does not fit data type uint8"):
+        build_plan(validate_config(cfg))
+
+
+def test_text_file_named_tif_is_refused_with_dataset_and_path(tmp_path):
+    path = tmp_path / "notes.tif"
+    path.write_text("not a raster\n")
+    with pytest.raises(InputRasterError, match=r"dataset 'dem' \(.*notes\.tif\): cannot be opened as a raster"):
+        build_plan(validate_config(config(str(path))))
+
+
+def test_raster_without_crs_is_refused(tmp_path):
+    path = write_raster(tmp_path / "nocrs.tif", np.ones((10, 10), "uint8"), None, Affine(1, 0, 0, 0, -1, 10))
+    with pytest.raises(InputRasterError, match=r"nocrs\.tif\): the raster has no CRS"):
+        build_plan(validate_config(config(path)))
+    assert os.path.exists(path)

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+
+from workflow_lib.grid import TargetGrid, parse_tile_id, tile_id
+
+CRS3035 = CRS.from_epsg(3035)
+
+
+def test_extent_is_snapped_outwards_to_the_grid_origin():
+    grid = TargetGrid.from_bounds(CRS3035, (1003.0, 2001.0, 1999.0, 2950.5), (100.0, 100.0), (0.0, 0.0), 4)
+    assert grid.bounds == (1000.0, 2000.0, 2000.0, 3000.0)
+    assert (grid.width, grid.height) == (10, 10)
+
+
+def test_bounds_on_grid_lines_add_no_empty_pixels():
+    grid = TargetGrid.from_bounds(CRS3035, (1000.0, 2000.0, 2000.0, 3000.0000000001), (100.0, 100.0), (0.0, 0.0), 4)
+    assert (grid.width, grid.height) == (10, 10)
+
+
+def test_grids_with_the_same_origin_align_pixel_for_pixel():
+    a = TargetGrid.from_bounds(CRS3035, (10.0, 10.0, 990.0, 990.0), (30.0, 30.0), (5.0, 7.0), 8)
+    b = TargetGrid.from_bounds(CRS3035, (400.0, 300.0, 2000.0, 1500.0), (30.0, 30.0), (5.0, 7.0), 8)
+    col, row = ~a.transform @ (b.transform.c, b.transform.f)
+    assert col == pytest.approx(round(col), abs=1e-9) and row == pytest.approx(round(row), abs=1e-9)
+
+
+def test_tiles_cover_the_grid_exactly_once():
+    grid = TargetGrid.from_bounds(CRS3035, (0.0, 0.0, 1030.0, 770.0), (10.0, 10.0), (0.0, 0.0), 32)
+    cover = np.zeros((grid.height, grid.width), dtype=int)
+    for row in range(grid.tile_rows):
+        for col in range(grid.tile_cols):
+            tile = grid.tile(row, col)
+            w = tile.window
+            cover[int(w.row_off):int(w.row_off + w.height), int(w.col_off):int(w.col_off + w.width)] += 1
+            assert tile.transform @ (0, 0) == grid.transform @ (w.col_off, w.row_off)
+    assert (cover == 1).all()
+    last = grid.tile(grid.tile_rows - 1, grid.tile_cols - 1)
+    assert (last.width, last.height) == (103 - 3 * 32, 77 - 2 * 32)
+
+
+def test_tile_ids_round_trip_and_reject_garbage():
+    assert parse_tile_id(tile_id(3, 12)) == (3, 12)
+    assert tile_id(3, 12) == "r0003_c0012"
+    with pytest.raises(ValueError, match="not a tile id"):
+        parse_tile_id("tile_3_12")
+
+
+def test_grid_round_trips_through_its_dict():
+    grid = TargetGrid(CRS3035, Affine(25.0, 0, 4000000.0, 0, -25.0, 3000000.0), 123, 45, 16)
+    assert TargetGrid.from_dict(grid.to_dict()) == grid
+
+
+def test_non_positive_resolution_is_refused():
+    with pytest.raises(ValueError, match="resolution must be positive"):
+        TargetGrid.from_bounds(CRS3035, (0.0, 0.0, 10.0, 10.0), (0.0, 1.0), (0.0, 0.0), 4)
