@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,23 +70,37 @@ def reference_warp(
     src_nodata,
     dst_nodata,
     warp_options: dict | None = None,
-    tolerance: float = 0.125,
+    error_threshold: float = 0.125,
 ) -> Reference:
-    """GDAL on the whole image: one reproject of the full raster onto the full grid."""
+    """GDAL on the whole image: the full raster warped onto the full grid in one GDAL operation.
+
+    ``rasterio.warp.reproject`` where it can (one CRS, or rasterio 1.4's fixed 0.125 px transformer
+    error), else a WarpedVRT of the whole raster with the transformer error asked for.
+    """
     with rasterio.open(path, OVERVIEW_LEVEL="NONE") as src:
         data = src.read(band)
         src_transform, src_crs = src.transform, src.crs
     if data.dtype.kind == "f" and src_nodata is not None and not math.isnan(src_nodata):
         data[np.isnan(data)] = src_nodata  # the documented meaning of NaN beside a nodata value
-    out = np.full((height, width), dst_nodata, dtype=dst_dtype)
-    reproject(
-        data, out, src_transform=src_transform, src_crs=src_crs, src_nodata=src_nodata,
-        dst_transform=dst_transform, dst_crs=dst_crs, dst_nodata=dst_nodata,
-        resampling=Resampling[method], init_dest_nodata=True,
-        # Large enough that GDAL warps the whole image in one piece.
-        warp_mem_limit=2048, tolerance=tolerance, **(warp_options or {}),
-    )
-    return Reference(out, dst_nodata)
+    options = warp_options or {}
+    if src_crs == dst_crs or error_threshold == 0.125:
+        out = np.full((height, width), dst_nodata, dtype=dst_dtype)
+        reproject(
+            data, out, src_transform=src_transform, src_crs=src_crs, src_nodata=src_nodata,
+            dst_transform=dst_transform, dst_crs=dst_crs, dst_nodata=dst_nodata,
+            resampling=Resampling[method], init_dest_nodata=True,
+            # Large enough that GDAL warps the whole image in one piece.
+            warp_mem_limit=2048, **options,
+        )
+        return Reference(out, dst_nodata)
+    with warnings.catch_warnings(), rasterio.open("/vsimem/reference", "w", driver="MEM", width=data.shape[1], height=data.shape[0],
+                       count=1, dtype=data.dtype, crs=src_crs, transform=src_transform, nodata=src_nodata) as mem:
+        warnings.filterwarnings("ignore", message="Source dataset should be opened in read-only mode")
+        mem.write(data, 1)
+        with WarpedVRT(mem, crs=dst_crs, transform=dst_transform, width=width, height=height,
+                       src_nodata=src_nodata, nodata=dst_nodata, dtype=dst_dtype, resampling=Resampling[method],
+                       tolerance=max(error_threshold, 1e-6), warp_mem_limit=2048, **options) as vrt:
+            return Reference(vrt.read(1), dst_nodata)
 
 
 def read_mosaic_from_tiles(tile_paths: list[str], grid_transform: Affine, width: int, height: int, fill, dtype):
@@ -158,7 +174,7 @@ def reference_for(plan, name: str, fixed_scale: bool = True) -> Reference:
     s = d.settings
     options = {"XSCALE": repr(s.x_scale), "YSCALE": repr(s.y_scale)} if fixed_scale else {}
     return reference_warp(d.header.path, s.band, g.transform, g.width, g.height, g.crs, s.method, s.dst_dtype,
-                          s.src_nodata, s.dst_nodata, options)
+                          s.src_nodata, s.dst_nodata, options, error_threshold=s.error_threshold)
 
 
 def read_band(path: str) -> np.ndarray:

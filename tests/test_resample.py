@@ -2,12 +2,17 @@
 
 Stated tolerances (README, "Accuracy"):
 - same CRS: exact for nearest, mode, min, max, med, average and sum; bilinear, cubic and average
-  within float rounding (a few units in the last place of the output type) where a chunk's source
-  origin changes the last bits of the kernel weights;
-- across CRSs GDAL's approximate transformer (always on in rasterio 1.4) makes GDAL's own
-  whole-image result change with how GDAL chunks it; our tiles stay within that variation:
-  picks (nearest, mode, min, max, med) differ on at most 4 % of pixels, interpolations (bilinear,
-  cubic, average) by at most 1 % of the data range, sums by at most 10 % of the largest sum.
+  within float rounding (1e-6 of the data's largest magnitude) where a chunk's source origin
+  changes the last bits of the kernel weights;
+- across CRSs with an exact transformation (warp.error_threshold: 0): the same as within one CRS,
+  except that picks may differ on 0.01 % of pixels (rasterio 1.4 refuses a threshold of exactly 0,
+  and at 1e-6 pixel a sample that close to a source pixel's edge may fall on either side), and
+  except sum (GDAL's own sum changes with the source window it is given at the raster's edge);
+- across CRSs with GDAL's approximate transformation (the default error threshold, 0.125 pixel as
+  gdalwarp), GDAL's own whole-image result changes with how GDAL chunks it; our tiles stay within
+  that variation: picks (nearest, mode, min, max, med) differ on at most 4 % of pixels,
+  interpolations (bilinear, cubic, average) by at most 1 % of the data range, sums by at most 10 %
+  of the largest sum.
 """
 
 import math
@@ -40,12 +45,14 @@ def inputs(tmp_path_factory):
 
 
 GRIDS = {
-    # name: (crs, resolution, origin, tile_size)
-    "same CRS, aligned x4": ("EPSG:32632", 40, [0, 0], 24),
-    "same CRS, unaligned x2.5": ("EPSG:32632", 25, [7, 3], 40),
-    "same CRS, upsampling x0.4": ("EPSG:32632", 4, [0, 0], 256),
-    "EPSG:32632 -> EPSG:3035": ("EPSG:3035", 35, [0, 0], 48),
-    "EPSG:32632 -> EPSG:4326": ("EPSG:4326", 0.0004, [0, 0], 48),
+    # name: (crs, resolution, origin, tile_size, transformer error threshold)
+    "same CRS, aligned x4": ("EPSG:32632", 40, [0, 0], 24, 0.125),
+    "same CRS, unaligned x2.5": ("EPSG:32632", 25, [7, 3], 40, 0.125),
+    "same CRS, upsampling x0.4": ("EPSG:32632", 4, [0, 0], 256, 0.125),
+    "EPSG:32632 -> EPSG:3035 exact": ("EPSG:3035", 35, [0, 0], 48, 0.0),
+    "EPSG:32632 -> EPSG:4326 exact": ("EPSG:4326", 0.0004, [0, 0], 48, 0.0),
+    "EPSG:32632 -> EPSG:3035 et=0.125": ("EPSG:3035", 35, [0, 0], 48, 0.125),
+    "EPSG:32632 -> EPSG:4326 et=0.125": ("EPSG:4326", 0.0004, [0, 0], 48, 0.125),
 }
 
 
@@ -59,8 +66,9 @@ def cases():
 
 @pytest.mark.parametrize("grid,method,kind", list(cases()))
 def test_mosaic_of_chunked_tiles_equals_whole_image_warp(tmp_path, inputs, record, grid, method, kind):
-    crs, res, origin, tile_size = GRIDS[grid]
+    crs, res, origin, tile_size, threshold = GRIDS[grid]
     config = {"target": {"crs": crs, "resolution": res, "origin": origin}, "tile_size": tile_size,
+              "warp": {"error_threshold": threshold},
               "datasets": {"d": {"path": inputs[kind], "method": method}}}
     # 60 kB chunks: every tile is cut into several chunks, some of them by columns.
     plan, mosaics = run_tiles_and_mosaics(config, tmp_path, max_chunk_bytes=60_000)
@@ -70,16 +78,14 @@ def test_mosaic_of_chunked_tiles_equals_whole_image_warp(tmp_path, inputs, recor
     c = compare(result, reference, settings.dst_nodata)
     record(c.row(f"{method:<8} {kind:<7} {grid}"))
     assert c.compared > 1000
-    same_crs = crs == "EPSG:32632"
-    if same_crs:
+    valid = reference[valid_mask(reference, settings.dst_nodata)].astype("float64")
+    if settings.same_crs or (threshold == 0 and method != "sum"):
         assert c.nodata_mismatch == 0
         if method in PICKS or (method in ("average", "sum") and res > 10):
-            assert c.max_abs_diff == 0, c
-        else:
-            ulp = np.spacing(np.float32(np.nanmax(np.abs(reference[valid_mask(reference, settings.dst_nodata)]))))
-            assert c.max_abs_diff <= 4 * ulp, c
+            assert c.differing <= (0 if settings.same_crs else 1e-4 * c.compared), c
+        else:  # float rounding: a chunk's source origin changes the last bits of kernel weights
+            assert c.max_abs_diff <= 1e-6 * np.abs(valid).max(), c
     else:
-        valid = reference[valid_mask(reference, settings.dst_nodata)].astype("float64")
         assert c.nodata_mismatch <= 0.01 * c.compared, c
         if method in PICKS:
             assert c.differing <= 0.04 * c.compared, c

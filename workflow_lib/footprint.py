@@ -15,7 +15,7 @@ from .header import RasterHeader
 _EDGE_POINTS = 256
 
 
-def footprint_ring(header: RasterHeader, dst_crs: CRS, margin_px: float = 1.0) -> list[tuple[float, float]]:
+def footprint_ring(header: RasterHeader, dst_crs: CRS, margin_px: float) -> list[tuple[float, float]]:
     """The raster's outline, densified and moved into ``dst_crs``.
 
     The outline is taken ``margin_px`` source pixels outside the raster so that target pixels whose

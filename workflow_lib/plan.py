@@ -80,7 +80,9 @@ def build_plan(config: dict[str, Any]) -> Plan:
     crs = target_crs(config)
     datasets = config["datasets"]
     headers = {name: read_header(name, ds["path"], ds.get("band", 1)) for name, ds in datasets.items()}
-    rings = {name: footprint_ring(h, crs) for name, h in headers.items()}
+    # Tiles are chosen from outlines taken a pixel outside each raster, so that rounding never loses
+    # a target pixel that grazes its edge; the union extent uses the exact outlines.
+    rings = {name: footprint_ring(h, crs, margin_px=1.0) for name, h in headers.items()}
     for name, ring in rings.items():
         if len(ring) < 4:
             raise ConfigError(
@@ -89,7 +91,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
             )
     extent = config["target"].get("extent", "union")
     if extent == "union":
-        bounds = union_bounds(list(rings.values()))
+        bounds = union_bounds([footprint_ring(h, crs, margin_px=0.0) for h in headers.values()])
     else:
         bounds = (extent["left"], extent["bottom"], extent["right"], extent["top"])
     target = config["target"]

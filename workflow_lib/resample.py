@@ -20,8 +20,6 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
-from rasterio.warp import reproject
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
@@ -31,6 +29,7 @@ from .grid import TargetGrid, Tile
 from .gtiff import BLOCK_SIZE, tile_profile
 from .header import RasterHeader
 from .settings import WarpSettings
+from .warp import warp_chunk
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +107,14 @@ def clip_window(window: Window, header: RasterHeader) -> Window | None:
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def chunk_cost(source: Window | None, window: Window, src_dtype: str, dst_dtype: str) -> int:
-    """Bytes a chunk holds at its peak: our source read and GDAL's copy of it with validity masks,
-    and the destination with GDAL's working buffers (density and masks)."""
+def chunk_cost(source: Window | None, window: Window, src_dtype: str, dst_dtype: str, same_crs: bool = True) -> int:
+    """Bytes a chunk holds at its peak: our source read and GDAL's copy of it with validity masks
+    (plus the in-memory dataset across CRSs, see warp.py), and the destination with GDAL's working
+    buffers (density and masks)."""
     src_px = 0 if source is None else int(source.width) * int(source.height)
     dst_px = int(window.width) * int(window.height)
-    return src_px * (2 * np.dtype(src_dtype).itemsize + 2) + dst_px * (2 * np.dtype(dst_dtype).itemsize + 8)
+    copies = 2 if same_crs else 3
+    return src_px * (copies * np.dtype(src_dtype).itemsize + 2) + dst_px * (2 * np.dtype(dst_dtype).itemsize + 8)
 
 
 def plan_chunks(
@@ -134,7 +135,7 @@ def plan_chunks(
     def split(window: Window) -> Iterator[Chunk]:
         chunk = make(window)
         held = chunk.padded if padded_sum else chunk.source
-        fits = chunk_cost(held, window, src_dtype, settings.dst_dtype) <= budget_bytes
+        fits = chunk_cost(held, window, src_dtype, settings.dst_dtype, settings.same_crs) <= budget_bytes
         if fits or (window.width == 1 and window.height == 1):
             yield chunk
             return
@@ -183,7 +184,6 @@ def resample_tile(
     profile = tile_profile(
         tile.width, tile.height, tile.transform, grid.crs, settings.dst_dtype, settings.dst_nodata, compress
     )
-    resampling = Resampling[settings.method]
     src_crs = header.crs
     started = time.monotonic()
     pixels_read = 0
@@ -195,30 +195,20 @@ def resample_tile(
             raise InputRasterError(dataset, header.path, f"cannot be opened: {exc}") from exc
         with src, rasterio.open(tmp, "w", **profile) as dst:
             for i, chunk in enumerate(chunks, 1):
-                out = np.full((int(chunk.window.height), int(chunk.window.width)), settings.dst_nodata,
-                              dtype=settings.dst_dtype)
-                if chunk.source is not None:
+                shape = (int(chunk.window.height), int(chunk.window.width))
+                if chunk.source is None:  # nothing of the input maps here
+                    out = np.full(shape, settings.dst_nodata, dtype=settings.dst_dtype)
+                else:
                     data = read_source(dataset, src, settings, chunk.source)
                     pixels_read += data.size
                     src_window, src_nodata = chunk.source, settings.src_nodata
                     if pads_sum(settings):
                         data, src_window, src_nodata = pad_for_sum(data, chunk, settings), chunk.padded, math.nan
-                    reproject(
-                        data,
-                        out,
-                        src_transform=src.window_transform(src_window),
-                        src_crs=src_crs,
-                        src_nodata=src_nodata,
-                        dst_transform=tile.transform @ Affine.translation(chunk.window.col_off, chunk.window.row_off),
-                        dst_crs=grid.crs,
-                        dst_nodata=settings.dst_nodata,
-                        resampling=resampling,
-                        num_threads=max(threads, 1),
-                        init_dest_nodata=True,
-                        warp_mem_limit=max(int(chunk_bytes / 1e6), 16),
-                        tolerance=settings.error_threshold,
-                        XSCALE=repr(settings.x_scale),
-                        YSCALE=repr(settings.y_scale),
+                    out = warp_chunk(
+                        data, src.window_transform(src_window), src_crs, src_nodata,
+                        tile.transform @ Affine.translation(chunk.window.col_off, chunk.window.row_off),
+                        grid.crs, shape, settings, threads=max(threads, 1),
+                        mem_limit_mb=max(int(chunk_bytes / 1e6), 16),
                     )
                     del data
                 dst.write(out, 1, window=chunk.window)
