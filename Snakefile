@@ -5,6 +5,14 @@ configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_-]+",
+    tile=r"r\d+_c\d+",
+
+
+
 include: "rules/register.smk"
 include: "rules/tiles.smk"
 include: "rules/mosaic.smk"

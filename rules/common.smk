@@ -15,14 +15,9 @@ DATASETS = list(PLAN.datasets)
 OUTPUT = config["output"]
 
 # Memory, in MB, declared by each kind of job on its first attempt; retries ask for more
-# (--retries N). Override per rule with --set-resources, e.g. resample_tile:mem_mb=2000.
+# (--retries N). Override them with --set-resources, as in resample_tile:mem_mb=2000.
 TILE_MEM_MB = 512
 MOSAIC_MEM_MB = 1024
-
-
-wildcard_constraints:
-    dataset="[A-Za-z0-9_-]+",
-    tile=r"r\d+_c\d+",
 
 
 def dataset_path(wildcards):

@@ -14,5 +14,7 @@ rule mosaic:
     threads: 2
     resources:
         mem_mb=mosaic_mem_mb,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/mosaic.py"

@@ -13,5 +13,7 @@ rule register_dataset:
     threads: 1
     resources:
         mem_mb=tile_mem_mb,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/register_dataset.py"

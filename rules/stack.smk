@@ -15,5 +15,7 @@ rule stack:
     threads: 2
     resources:
         mem_mb=mosaic_mem_mb,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/stack.py"

@@ -13,5 +13,7 @@ rule resample_tile:
     threads: 1
     resources:
         mem_mb=tile_mem_mb,
+    conda:
+        "../envs/workflow.yaml"
     script:
         "../scripts/resample_tile.py"

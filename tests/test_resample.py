@@ -167,3 +167,17 @@ def test_rotated_input_is_warped_like_gdal_warps_the_whole_image(tmp_path, recor
     record(c.row("bilinear float  rotated 30deg, same CRS"))
     assert c.compared > 5000 and c.nodata_mismatch == 0
     assert c.max_abs_diff <= 1e-3, c
+
+
+def test_mosaic_is_a_cog_with_overviews_and_bigtiff_when_needed(tmp_path, inputs):
+    import rasterio
+
+    config = {"target": {"crs": "EPSG:32632", "resolution": 4}, "tile_size": 256,
+              "datasets": {"d": {"path": inputs["classes"], "method": "mode"}}}
+    plan, mosaics = run_tiles_and_mosaics(config, tmp_path)
+    assert plan.grid.width > 512
+    with rasterio.open(mosaics["d"]) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.overviews(1) == [2]
+        assert src.block_shapes[0] == (512, 512)
+        assert src.descriptions == ("d",) and src.tags(1)["method"] == "mode"

@@ -1,0 +1,222 @@
+"""The workflow end to end: snakemake as a subprocess in a temporary folder, results compared
+with GDAL's whole-image warp."""
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from affine import Affine
+
+from workflow_lib.config import validate_config
+from workflow_lib.plan import build_plan
+
+from .helpers import REAL_DATA, REPO, classes_field, compare, reference_for, smooth_field, valid_mask, write_raster
+
+pytestmark = pytest.mark.integration
+UTM = Affine(10, 0, 500000, 0, -10, 5200000)
+
+
+def snakemake(workdir, *args, check=True):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"),
+           "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_config(workdir, config):
+    os.makedirs(os.path.join(workdir, "config"), exist_ok=True)
+    with open(os.path.join(workdir, "config", "config.yaml"), "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+
+
+def synthetic_config(folder):
+    values = smooth_field(360, 400)
+    values[50:80, 100:180] = -9999
+    values[200:210, 20:60] = np.nan
+    classes = classes_field(300, 320)
+    classes[:30, :40] = 0
+    lonlat = Affine(0.0005, 0, 8.995, 0, -0.0005, 46.952)
+    temperature = (smooth_field(80, 90, seed=3) * 10).astype("int16")
+    return {
+        "target": {"crs": "EPSG:32632", "resolution": 40, "origin": [0, 0]},
+        "tile_size": 48,
+        "warp": {"error_threshold": 0},
+        "datasets": {
+            "dem": {"path": write_raster(folder / "dem.tif", values, "EPSG:32632", UTM, -9999.0),
+                    "method": "average"},
+            "landcover": {"path": write_raster(folder / "landcover.tif", classes, "EPSG:32632",
+                                               Affine(10, 0, 500400, 0, -10, 5199600), 0),
+                          "method": "mode"},
+            "temperature": {"path": write_raster(folder / "temperature.tif", temperature, "EPSG:4326", lonlat,
+                                                 -32768),
+                            "method": "bilinear", "dtype": "float32"},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One full run of the workflow on synthetic inputs in three CRSs/dtypes."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = synthetic_config(workdir)
+    write_config(workdir, config)
+    dry = snakemake(workdir, "-n", "--cores", "2")
+    done = snakemake(workdir, "--cores", "2", "--resources", "mem_mb=2000")
+    plan = build_plan(validate_config(yaml.safe_load(open(workdir / "config" / "config.yaml"))))
+    return {"workdir": workdir, "plan": plan, "dry": dry.stdout + dry.stderr, "log": done.stdout + done.stderr}
+
+
+def test_dry_run_lists_every_tile_job(run):
+    plan = run["plan"]
+    listed = set(re.findall(r"results/tiles/([\w-]+)/(r\d+_c\d+)\.tif", run["dry"]))
+    planned = {(name, t) for name, d in plan.datasets.items() for t in d.tiles}
+    assert listed == planned
+    assert re.search(rf"resample_tile\s+{plan.tile_count}\b", run["dry"])
+
+
+def test_mosaics_equal_whole_image_gdal_warp(run, record):
+    plan, workdir = run["plan"], run["workdir"]
+    for name, dataset in plan.datasets.items():
+        s = dataset.settings
+        with rasterio.open(workdir / "results" / "mosaics" / f"{name}.tif") as src:
+            assert src.crs == plan.grid.crs
+            assert src.transform == plan.grid.transform
+            assert (src.width, src.height) == (plan.grid.width, plan.grid.height)
+            assert src.dtypes[0] == s.dst_dtype
+            assert src.nodata == s.dst_nodata or (math.isnan(src.nodata) and math.isnan(s.dst_nodata))
+            assert src.descriptions == (name,)
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+            result = src.read(1)
+        reference = reference_for(plan, name).data
+        c = compare(result, reference, s.dst_nodata)
+        record(c.row(f"workflow: {name} ({s.method}, {dataset.header.crs.to_string()} -> EPSG:32632)"))
+        assert c.compared > 1000 and c.nodata_mismatch == 0, c
+        valid = reference[valid_mask(reference, s.dst_nodata)]
+        assert c.max_abs_diff <= 1e-6 * float(np.abs(valid).max()), c
+
+
+def test_stack_has_one_named_band_per_dataset_on_the_common_grid(run):
+    plan, workdir = run["plan"], run["workdir"]
+    with rasterio.open(workdir / "results" / "stack.tif") as stack:
+        assert stack.descriptions == tuple(plan.datasets)  # config order
+        assert stack.transform == plan.grid.transform and stack.crs == plan.grid.crs
+        assert stack.dtypes[0] == "float32" and math.isnan(stack.nodata)  # mixed types -> real + NaN
+        for i, name in enumerate(plan.datasets, 1):
+            band = stack.read(i)
+            with rasterio.open(workdir / "results" / "mosaics" / f"{name}.tif") as mosaic:
+                values = mosaic.read(1).astype("float64")
+                valid = valid_mask(values, mosaic.nodata)
+            assert np.array_equal(np.isnan(band), ~valid), name  # each dataset's nodata became NaN
+            np.testing.assert_array_equal(band[valid], values[valid].astype("float32"))
+
+
+def test_outputs_logs_and_benchmarks_exist_and_no_temporary_file_is_left(run):
+    plan, workdir = run["plan"], run["workdir"]
+    for name, dataset in plan.datasets.items():
+        tiles = sorted(os.listdir(workdir / "results" / "tiles" / name))
+        assert tiles == sorted(f"{t}.tif" for t in dataset.tiles)
+        for t in dataset.tiles:
+            assert (workdir / "logs" / "resample_tile" / name / f"{t}.log").exists()
+            assert (workdir / "benchmarks" / "resample_tile" / name / f"{t}.tsv").exists()
+        with rasterio.open(workdir / "results" / "tiles" / name / f"{dataset.tiles[0]}.tif") as tile:
+            assert tile.profile["tiled"] and tile.profile["compress"] == "deflate"
+            assert tile.nodata == dataset.settings.dst_nodata or math.isnan(tile.nodata)
+    leftovers = [os.path.join(d, f) for d, _, files in os.walk(workdir / "results") for f in files
+                 if f.startswith(".tmp-")]
+    assert leftovers == []
+
+
+def test_second_run_has_nothing_to_do_and_missing_tiles_alone_are_remade(run):
+    workdir, plan = run["workdir"], run["plan"]
+    again = snakemake(workdir, "--cores", "2")
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # As after a stop during the tile jobs: some tiles done, two not, no mosaic or stack yet.
+    dem_tiles = plan.datasets["dem"].tiles
+    for t in dem_tiles[:2]:
+        os.unlink(workdir / "results" / "tiles" / "dem" / f"{t}.tif")
+    os.unlink(workdir / "results" / "mosaics" / "dem.tif")
+    os.unlink(workdir / "results" / "stack.tif")
+    before = {t: os.stat(workdir / "results" / "tiles" / "dem" / f"{t}.tif").st_mtime_ns for t in dem_tiles[2:]}
+    resumed = snakemake(workdir, "--cores", "2")
+    text = resumed.stdout + resumed.stderr
+    assert re.search(r"resample_tile\s+2\b", text) and re.search(r"mosaic\s+1\b", text), text
+    after = {t: os.stat(workdir / "results" / "tiles" / "dem" / f"{t}.tif").st_mtime_ns for t in dem_tiles[2:]}
+    assert before == after  # complete tiles were not computed again
+
+
+def test_lint_reports_nothing(run):
+    proc = snakemake(run["workdir"], "--lint")
+    text = proc.stdout + proc.stderr
+    assert "Lints for" not in text, text
+
+
+def test_dag_and_rulegraph_render(run):
+    for flag in ("--dag", "--rulegraph"):
+        dot_text = snakemake(run["workdir"], flag).stdout
+        assert dot_text.lstrip().startswith("digraph"), dot_text[:500]
+        if shutil.which("dot") is None:
+            if os.environ.get("CI"):
+                pytest.fail("graphviz 'dot' must be installed in CI (.ci/run installs it)")
+            pytest.skip("graphviz 'dot' not installed: rendering not checked")
+        svg = subprocess.run(["dot", "-Tsvg"], input=dot_text, capture_output=True, text=True, check=True).stdout
+        assert "<svg" in svg and "resample_tile" in svg
+
+
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
+    config = synthetic_config(tmp_path)
+    config["datasets"]["dem"]["method"] = "bicubic"
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "--cores", "1", check=False)
+    assert proc.returncode != 0
+    assert "datasets.dem.method: 'bicubic' is not one of" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_input_fails_before_any_job_naming_dataset_and_path(tmp_path):
+    config = synthetic_config(tmp_path)
+    os.unlink(config["datasets"]["landcover"]["path"])
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert f"datasets.landcover.path: file not found: {config['datasets']['landcover']['path']}" in proc.stdout + proc.stderr
+
+
+def test_real_overlapping_cogs_through_the_workflow(tmp_path, real_raster, record):
+    """Two overlapping real COGs (slightly different pixel sizes, misaligned grids) and a third band,
+    through snakemake onto one grid, each mosaic equal to GDAL's whole-image warp."""
+    cog1, cog2 = real_raster("rio-tiler__mosaic_cog1.tif"), real_raster("rio-tiler__mosaic_cog2.tif")
+    config = {
+        "target": {"crs": "EPSG:32618", "resolution": 600},
+        "tile_size": 64,
+        "datasets": {
+            "cog1_red": {"path": cog1, "method": "average", "band": 1},
+            "cog2_red": {"path": cog2, "method": "average", "band": 1},
+            "cog1_blue": {"path": cog1, "method": "med", "band": 3},
+        },
+    }
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "--cores", "2", "--resources", "mem_mb=2000")
+    plan = build_plan(validate_config(config))
+    for name in config["datasets"]:
+        with rasterio.open(tmp_path / "results" / "mosaics" / f"{name}.tif") as src:
+            result = src.read(1)
+        c = compare(result, reference_for(plan, name).data, plan.datasets[name].settings.dst_nodata)
+        record(c.row(f"workflow real: {name}"))
+        assert c.compared > 10000 and c.max_abs_diff == 0 and c.nodata_mismatch == 0, c
+    with rasterio.open(tmp_path / "results" / "stack.tif") as stack:
+        assert stack.descriptions == ("cog1_red", "cog2_red", "cog1_blue")
+        assert stack.dtypes[0] == "uint16" and stack.nodata == 0  # all agree: kept as they are
+
+
+if not os.path.isdir(REAL_DATA):
+    test_real_overlapping_cogs_through_the_workflow = pytest.mark.skip(
+        reason=f"real test rasters not found at {REAL_DATA}")(test_real_overlapping_cogs_through_the_workflow)
