@@ -71,6 +71,11 @@ def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> Non
         name, header.path, header.width, header.height, header.dtype, header.nodata,
         header.crs.to_string(), len(planned.tiles), planned.settings,
     )
+    if planned.settings.method == "sum" and not planned.settings.same_crs:
+        log.warning(
+            "dataset %s: sum across CRSs depends on how GDAL 3.10 chunks the warp (README, Accuracy); "
+            "prefer summing in the input's CRS", name,
+        )
     write_json_atomic(out_path, {"grid": grid, "dataset": planned.to_dict()})
 
 

@@ -1,0 +1,57 @@
+"""A tile job stays inside the memory it declares, whatever the size of its source region."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from .helpers import REPO
+
+JOB = """
+import json, resource, sys
+from workflow_lib.config import validate_config
+from workflow_lib.plan import build_plan
+from workflow_lib.resample import resample_tile
+config, out, mem_mb = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+plan = build_plan(validate_config(config))
+d = plan.datasets["d"]
+figures = resample_tile("d", d.header, d.settings, plan.grid, plan.grid.tile_by_id(d.tiles[0]), out, mem_mb=mem_mb)
+figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(figures))
+"""
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory):
+    """8,000 x 8,000 float32 (256 MB of pixels), tiled and compressed, written block by block."""
+    path = tmp_path_factory.mktemp("big") / "big.tif"
+    profile = dict(driver="GTiff", width=8000, height=8000, count=1, dtype="float32", crs="EPSG:32632",
+                   transform=Affine(10, 0, 500000, 0, -10, 5200000), nodata=-9999.0, tiled=True,
+                   blockxsize=512, blockysize=512, compress="deflate", predictor=3)
+    rng = np.random.default_rng(1)
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, 8000, 512):
+            h = min(512, 8000 - row)
+            dst.write((rng.random((h, 8000), dtype="float32") * 1000), 1, window=Window(0, row, 8000, h))
+    return str(path)
+
+
+@pytest.mark.parametrize("method,crs,res", [("average", "EPSG:32632", 40), ("bilinear", "EPSG:3035", 40)])
+def test_tile_job_peak_rss_stays_below_its_mem_mb(tmp_path, big_source, method, crs, res):
+    config = {"target": {"crs": crs, "resolution": res}, "tile_size": 4096,
+              "datasets": {"d": {"path": big_source, "method": method}}}
+    mem_mb = 300
+    proc = subprocess.run([sys.executable, "-c", JOB, json.dumps(config), str(tmp_path / "t.tif"), str(mem_mb)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(figures)
+    # The tile's source region alone is 256 MB of float32 (and GDAL would need twice that at once).
+    assert figures["pixels_read"] * 4 > 250e6
+    assert figures["chunks"] > 1
+    assert figures["peak_rss_mb"] <= mem_mb, figures
