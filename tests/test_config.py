@@ -119,3 +119,16 @@ def test_raster_without_crs_is_refused(tmp_path):
     with pytest.raises(InputRasterError, match=r"nocrs\.tif\): the raster has no CRS"):
         build_plan(validate_config(config(path)))
     assert os.path.exists(path)
+
+
+def test_raster_georeferenced_by_gcps_only_is_refused(tmp_path):
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    path = tmp_path / "gcps.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8") as dst:
+        dst.write(np.ones((10, 10), "uint8"), 1)
+        dst.gcps = ([GroundControlPoint(0, 0, 500000, 5200000), GroundControlPoint(10, 0, 500100, 5200000),
+                     GroundControlPoint(0, 10, 500000, 5199900)], "EPSG:32632")
+    with pytest.raises(InputRasterError, match=r"gcps\.tif\): the raster is georeferenced only by ground control"):
+        build_plan(validate_config(config(str(path))))

@@ -155,16 +155,17 @@ def test_undeclared_nan_in_float_input_is_nodata(tmp_path):
     assert np.isfinite(result[0:4, 0:4]).all() and np.isfinite(result[20:32, 20:32]).all()
 
 
-def test_rotated_input_is_warped_like_gdal_warps_the_whole_image(tmp_path, record):
-    """A rotated geotransform (north-west-up) is warped correctly, not silently misplaced."""
-    rotated = Affine.translation(500000, 5200000) @ Affine.rotation(30) @ Affine.scale(10, -10)
+@pytest.mark.parametrize("kind,matrix", [("rotated 30deg", Affine.rotation(30)), ("sheared 15deg", Affine.shear(15, 0))])
+def test_rotated_or_sheared_input_is_warped_like_gdal_warps_the_whole_image(tmp_path, record, kind, matrix):
+    """A rotated or sheared geotransform is warped correctly, not silently misplaced."""
+    rotated = Affine.translation(500000, 5200000) @ matrix @ Affine.scale(10, -10)
     path = write_raster(tmp_path / "rotated.tif", smooth_field(200, 150), "EPSG:32632", rotated, -9999.0)
     config = {"target": {"crs": "EPSG:32632", "resolution": 20}, "tile_size": 32,
               "datasets": {"d": {"path": path, "method": "bilinear"}}}
     plan, mosaics = run_tiles_and_mosaics(config, tmp_path, max_chunk_bytes=60_000)
     reference = reference_for(plan, "d").data
     c = compare(read_band(mosaics["d"]), reference, -9999.0)
-    record(c.row("bilinear float  rotated 30deg, same CRS"))
+    record(c.row(f"bilinear float   {kind}, same CRS"))
     assert c.compared > 5000 and c.nodata_mismatch == 0
     assert c.max_abs_diff <= 1e-3, c
 
@@ -181,3 +182,26 @@ def test_mosaic_is_a_cog_with_overviews_and_bigtiff_when_needed(tmp_path, inputs
         assert src.overviews(1) == [2]
         assert src.block_shapes[0] == (512, 512)
         assert src.descriptions == ("d",) and src.tags(1)["method"] == "mode"
+
+
+def test_missing_tiles_are_nodata_in_the_mosaic(tmp_path, inputs):
+    from workflow_lib.mosaic import write_mosaic
+
+    config = {"target": {"crs": "EPSG:32632", "resolution": 40}, "tile_size": 24,
+              "datasets": {"d": {"path": inputs["float"], "method": "average"}}}
+    plan, mosaics = run_tiles_and_mosaics(config, tmp_path)
+    d, grid = plan.datasets["d"], plan.grid
+    full = read_band(mosaics["d"])
+    gone = grid.tile_by_id(d.tiles[1])
+    tiles = [str(tmp_path / "tiles" / "d" / f"{t}.tif") for t in d.tiles]
+    import os
+
+    os.unlink(tiles[1])
+    out = str(tmp_path / "partial.tif")
+    write_mosaic("d", d.settings, grid, tiles, out, mem_mb=400)
+    partial = read_band(out)
+    w = gone.window
+    rows, cols = slice(int(w.row_off), int(w.row_off + w.height)), slice(int(w.col_off), int(w.col_off + w.width))
+    assert (partial[rows, cols] == -9999).all() and (full[rows, cols] != -9999).any()
+    partial[rows, cols] = full[rows, cols]
+    assert np.array_equal(partial, full)

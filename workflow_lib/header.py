@@ -80,12 +80,18 @@ def read_header(dataset: str, path: str, band: int = 1) -> RasterHeader:
         with rasterio.open(path) as src:
             if not 1 <= band <= src.count:
                 raise InputRasterError(dataset, path, f"band {band} requested but the file has {src.count} band(s)")
+            if src.transform.is_identity:
+                # Ground control points or RPCs alone would need another kind of warp; an identity
+                # transform would silently put the raster at the origin of its CRS.
+                how = "only by ground control points" if src.gcps[0] else "by no geotransform"
+                raise InputRasterError(
+                    dataset, path, f"the raster is georeferenced {how}; warp it onto a geotransform first "
+                    "(gdalwarp in.tif out.tif)",
+                )
             if src.crs is None:
                 raise InputRasterError(
                     dataset, path, "the raster has no CRS; assign one (gdal_edit.py -a_srs EPSG:...) before using it"
                 )
-            if src.transform.is_identity and not src.gcps[0]:
-                raise InputRasterError(dataset, path, "the raster has no geotransform (it is not georeferenced)")
             dtype = src.dtypes[band - 1]
             if np.dtype(dtype).kind not in _SUPPORTED_KINDS:
                 raise InputRasterError(dataset, path, f"data type {dtype} is not supported (use integer or real data)")

@@ -29,10 +29,10 @@ def peak_rss_mb() -> float:
 
 @contextlib.contextmanager
 def job_logging(log_path: str | None) -> Iterator[None]:
-    """Send the library's log to the job's log file; record any failure there before re-raising."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_path:
-        handlers.append(logging.FileHandler(log_path, mode="w"))
+    """Send the library's log to the job's log file (Snakemake shows it when the job fails; the
+    console keeps to Snakemake's own progress); record any failure there before re-raising."""
+    handler = logging.FileHandler(log_path, mode="w") if log_path else logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [handler]
     logging.basicConfig(
         level=logging.INFO, handlers=handlers, force=True,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
