@@ -33,14 +33,50 @@ def results(results_dir: str) -> int:
     return 0
 
 
+def status(url: str | None, as_json: bool, watch: float | None) -> int:
+    import time
+
+    import yaml
+
+    from .status import StatusStore, resolve_url
+    from .status.report import build_report, render, to_json
+
+    config_url = None
+    if os.path.exists("config/config.yaml"):
+        with open("config/config.yaml") as f:
+            config_url = ((yaml.safe_load(f) or {}).get("database") or {}).get("url")
+    store = StatusStore(url or resolve_url(config_url))
+    while True:
+        store.replay()
+        report = build_report(store)
+        text = to_json(report) if as_json else render(report)
+        if watch:
+            print("\033[2J\033[H" + text, flush=True)  # clear the screen, then redraw
+            time.sleep(watch)
+            continue
+        print(text)
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflow_lib")
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("results", help="list the mosaics and the stack of a run")
     show.add_argument("results_dir", nargs="?", default="results")
+    st = sub.add_parser("status", help="progress of the run from the status database")
+    st.add_argument("--db", help="database URL (default: WORKFLOW_STATUS_DB, config database.url, or "
+                                 "sqlite:///results/status.sqlite)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
+                    help="redraw every SECONDS (default 2) until interrupted")
     args = parser.parse_args(argv)
     if args.command == "results":
         return results(args.results_dir)
+    if args.command == "status":
+        try:
+            return status(args.db, args.json, args.watch)
+        except KeyboardInterrupt:
+            return 0
     return 2
 
 

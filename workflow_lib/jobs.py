@@ -8,8 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import resource
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 from .atomic import write_json_atomic
@@ -19,6 +22,9 @@ from .header import read_header
 from .mosaic import write_mosaic, write_stack
 from .plan import DatasetPlan
 from .resample import resample_tile
+from .status import Event, StatusStore, resolve_url
+
+SPOOL_DIR = "results/.status-spool"
 
 log = logging.getLogger("workflow_lib.jobs")
 
@@ -79,20 +85,62 @@ def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> Non
     write_json_atomic(out_path, {"grid": grid, "dataset": planned.to_dict()})
 
 
+def status_store(snakemake) -> StatusStore:
+    return StatusStore(resolve_url(snakemake.config["database"]["url"]), spool_dir=SPOOL_DIR)
+
+
+@contextlib.contextmanager
+def heartbeat(snakemake, dataset: str, tile: str) -> Iterator[None]:
+    """Say every few seconds that this tile job is alive, from a thread with its own connection."""
+    stop = threading.Event()
+    interval = float(snakemake.config["database"]["heartbeat_seconds"])
+
+    def beat() -> None:
+        store = status_store(snakemake)
+        try:
+            while not stop.wait(interval):
+                store.heartbeat(dataset, tile)
+        finally:
+            store.close()
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def run_register_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
-        register_dataset(snakemake.wildcards.dataset, snakemake.params.dataset, snakemake.params.grid,
-                         snakemake.output[0])
+        name = snakemake.wildcards.dataset
+        register_dataset(name, snakemake.params.dataset, snakemake.params.grid, snakemake.output[0])
+        h = DatasetPlan.from_dict(snakemake.params.dataset).header
+        store = status_store(snakemake)
+        store.record(Event("dataset", dataset=name, payload={
+            "path": h.path, "file_size": h.size_bytes, "crs": h.crs.to_string(), "width": h.width,
+            "height": h.height, "dtype": h.dtype, "nodata": h.nodata,
+            "block_size": f"{h.block_shape[1]}x{h.block_shape[0]}",
+            "tile_count": len(snakemake.params.dataset["tiles"]), "status": "registered"}))
+        store.close()
 
 
 def run_tile_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
         grid, dataset = load_dataset(snakemake.input.meta)
         tile = grid.tile_by_id(snakemake.wildcards.tile)
-        resample_tile(
-            dataset.name, dataset.header, dataset.settings, grid, tile, snakemake.output[0],
-            mem_mb=_mem_mb(snakemake), threads=snakemake.threads, compress=snakemake.params.compress,
-        )
+        started = time.monotonic()
+        with heartbeat(snakemake, dataset.name, tile.id):
+            figures = resample_tile(
+                dataset.name, dataset.header, dataset.settings, grid, tile, snakemake.output[0],
+                mem_mb=_mem_mb(snakemake), threads=snakemake.threads, compress=snakemake.params.compress,
+            )
+        store = status_store(snakemake)
+        store.record(Event("tile_measured", dataset=dataset.name, tile=tile.id, payload={
+            "seconds": time.monotonic() - started, "peak_rss_mb": peak_rss_mb(), "engine": "gdal-warp",
+            "pixels_written": figures["pixels_written"], "external_job_id": os.environ.get("SLURM_JOB_ID")}))
+        store.close()
 
 
 def run_mosaic_job(snakemake) -> None:

@@ -137,9 +137,13 @@ def plan_cache_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def plan_cache_path(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> str:
+    return os.path.join(cache_dir, f"{plan_cache_key(config)}.json")
+
+
 def load_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Plan:
     """The plan for this config, from the cache when inputs and config are unchanged."""
-    path = os.path.join(cache_dir, f"{plan_cache_key(config)}.json")
+    path = plan_cache_path(config, cache_dir)
     try:
         with open(path) as f:
             return Plan.from_dict(json.load(f))

@@ -1,0 +1,146 @@
+"""Snakemake logger plugin that records the run and every job's lifecycle in the status database.
+
+Switched on by the default profile (``logger: [tilestatus]``). It runs in Snakemake's main process,
+which sees every job start, finish and fail, including jobs killed by the OOM killer or SIGKILL
+(Snakemake reports them as errors), so no tile is left "running" forever. Tile jobs add their own
+measurements (workflow_lib.jobs). The database never stops the run: see workflow_lib.status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from snakemake_interface_logger_plugins.base import LogHandlerBase
+from snakemake_interface_logger_plugins.common import LogEvent
+from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
+
+RUN_CONTEXT = os.path.join(".cache", "status", "run.json")
+TILE_RULE = "resample_tile"
+REGISTER_RULE = "register_dataset"
+
+log = logging.getLogger("workflow_lib.status")
+
+
+@dataclass
+class LogHandlerSettings(LogHandlerSettingsBase):
+    pass
+
+
+class LogHandler(LogHandlerBase):
+    def __post_init__(self) -> None:
+        self.store = None
+        self.run_id: Optional[str] = None
+        self.jobs: dict[int, dict] = {}
+        self.errors = 0
+        self.finished = False
+
+    @property
+    def writes_to_stream(self) -> bool:
+        return False
+
+    @property
+    def writes_to_file(self) -> bool:
+        return False
+
+    @property
+    def has_filter(self) -> bool:
+        return True  # it takes every record it needs itself, whatever the verbosity
+
+    @property
+    def has_formatter(self) -> bool:
+        return True
+
+    @property
+    def needs_rulegraph(self) -> bool:
+        return False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "event", None)
+        if event is None or self.common_settings.dryrun:
+            return
+        try:
+            if event == LogEvent.WORKFLOW_STARTED:
+                self._started(record)
+            elif self.store is None:
+                return
+            elif event == LogEvent.JOB_INFO:
+                # Logged as the job is handed to the executor (JOB_STARTED comes earlier, before
+                # the jobs are described), so this is when a tile starts.
+                self.jobs[record.jobid] = {
+                    "rule": record.rule_name,
+                    "wildcards": dict(record.wildcards or {}),
+                    "log": list(record.log or []),
+                }
+                self._tile_event("tile_started", record.jobid)
+            elif event == LogEvent.JOB_FINISHED:
+                self._tile_event("tile_finished", record.job_id)
+            elif event == LogEvent.JOB_ERROR:
+                self.errors += 1
+                self._job_error(record)
+        except Exception:  # noqa: BLE001 - the status database must never stop the run
+            log.exception("status logger: could not record %s", event)
+
+    def _started(self, record) -> None:
+        from workflow_lib.status import Event, StatusStore
+        from workflow_lib.status.run import planned_tiles
+
+        cwd = os.getcwd()  # Snakemake has changed into --directory by now
+        path = os.path.join(cwd, RUN_CONTEXT)
+        if not os.path.exists(path):
+            return  # not this project's workflow
+        with open(path) as f:
+            context = json.load(f)
+        self.store = StatusStore(context["database_url"], spool_dir=os.path.join(cwd, context["spool_dir"]))
+        self.run_id = str(getattr(record, "workflow_id", "")) or None
+        self.store.record(Event("run_started", run_id=self.run_id, payload={
+            "config_digest": getattr(record, "config_md5", None),
+            "snakemake_version": getattr(record, "snakemake_version", None),
+            "user": getattr(record, "user", None),
+        }))
+        for name, dataset, tiles in planned_tiles(context, cwd):
+            self.store.record(Event("dataset", run_id=self.run_id, dataset=name, payload=dataset))
+            self.store.record(Event("tiles_planned", run_id=self.run_id, dataset=name, payload={"tiles": tiles}))
+
+    def _tile_event(self, kind: str, jobid: int, payload: Optional[dict] = None) -> None:
+        from workflow_lib.status import Event
+
+        job = self.jobs.get(jobid)
+        if job is None or job["rule"] != TILE_RULE:
+            return
+        w = job["wildcards"]
+        self.store.record(Event(kind, run_id=self.run_id, dataset=w.get("dataset"), tile=w.get("tile"),
+                                payload=payload or {}))
+
+    def _job_error(self, record) -> None:
+        from workflow_lib.status import Event
+        from workflow_lib.status.run import error_from_logs
+
+        job = self.jobs.get(record.jobid, {"rule": record.rule_name, "wildcards": {}, "log": []})
+        message = error_from_logs(list(getattr(record, "log", None) or job["log"]))
+        if job["rule"] == TILE_RULE:
+            self._tile_event("tile_failed", record.jobid, {"error": message})
+        elif job["rule"] == REGISTER_RULE:
+            name = job["wildcards"].get("dataset")
+            self.store.record(Event("dataset", run_id=self.run_id, dataset=name,
+                                    payload={"status": "failed", "error": message}))
+        self.store.record(Event("note", run_id=self.run_id, dataset=job["wildcards"].get("dataset"),
+                                tile=job["wildcards"].get("tile"),
+                                payload={"rule": job["rule"], "error": message}))
+
+    def close(self) -> None:
+        if self.store is not None and not self.finished:
+            from workflow_lib.status import Event
+
+            self.finished = True
+            try:
+                self.store.record(Event("run_finished", run_id=self.run_id,
+                                        payload={"status": "failed" if self.errors else "finished"}))
+                self.store.replay()
+            except Exception:  # noqa: BLE001
+                log.exception("status logger: could not record the end of the run")
+            self.store.close()
+        super().close()

@@ -1,0 +1,58 @@
+"""What the status logger needs from the workflow: the run context written at parse time, the
+planned tiles with what is already on disk, and a failed job's message from its log."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..atomic import write_json_atomic
+
+RUN_CONTEXT = os.path.join(".cache", "status", "run.json")
+
+
+def write_run_context(plan_path: str, database_url: str, spool_dir: str) -> None:
+    """Written by the Snakefile in the main process only (cluster jobs do not touch it)."""
+    context = {"plan": plan_path, "database_url": database_url, "spool_dir": spool_dir}
+    try:
+        with open(RUN_CONTEXT) as f:
+            if json.load(f) == context:
+                return
+    except (OSError, ValueError):
+        pass
+    write_json_atomic(RUN_CONTEXT, context)
+    os.chmod(RUN_CONTEXT, 0o600)  # it may hold a database URL
+
+
+def planned_tiles(context: dict, cwd: str):
+    """(name, dataset payload, [[tile, status]]) per dataset; tiles whose file exists are done."""
+    from ..plan import Plan
+
+    with open(os.path.join(cwd, context["plan"])) as f:
+        plan = Plan.from_dict(json.load(f))
+    for name, d in plan.datasets.items():
+        h = d.header
+        dataset = {
+            "path": h.path, "file_size": h.size_bytes, "crs": h.crs.to_string(), "width": h.width,
+            "height": h.height, "dtype": h.dtype, "nodata": h.nodata,
+            "block_size": f"{h.block_shape[1]}x{h.block_shape[0]}", "tile_count": len(d.tiles), "status": "planned",
+        }
+        tiles = [[t, "done" if os.path.exists(os.path.join(cwd, "results", "tiles", name, f"{t}.tif"))
+                  else "pending"] for t in d.tiles]
+        yield name, dataset, tiles
+
+
+def error_from_logs(paths: list[str]) -> str:
+    """The last line of a failed job's log that says what went wrong."""
+    for path in paths:
+        try:
+            with open(path) as f:
+                lines = [line.strip() for line in f if line.strip()]
+        except OSError:
+            continue
+        for line in reversed(lines):
+            if "Error" in line or "error" in line or "Exception" in line:
+                return line[-2000:]
+        if lines:
+            return lines[-1][-2000:]
+    return "the job ended without a message (killed by a signal or the out-of-memory killer?)"

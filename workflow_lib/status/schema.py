@@ -1,0 +1,71 @@
+"""The status database's schema, as numbered migrations applied in order.
+
+Written in the SQL that SQLite and PostgreSQL share: TEXT, INTEGER, BIGINT and DOUBLE PRECISION
+(times are seconds since the epoch, UTC), so one text serves both backends.
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            started_at DOUBLE PRECISION,
+            ended_at DOUBLE PRECISION,
+            status TEXT NOT NULL,
+            host TEXT,
+            run_user TEXT,
+            config_digest TEXT,
+            snakemake_version TEXT
+        );
+        CREATE TABLE datasets (
+            name TEXT PRIMARY KEY,
+            path TEXT,
+            file_size BIGINT,
+            crs TEXT,
+            width INTEGER,
+            height INTEGER,
+            dtype TEXT,
+            nodata TEXT,
+            block_size TEXT,
+            tile_count INTEGER,
+            status TEXT NOT NULL,
+            registered_at DOUBLE PRECISION
+        );
+        CREATE TABLE tiles (
+            dataset TEXT NOT NULL,
+            tile TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            run_id TEXT,
+            started_at DOUBLE PRECISION,
+            ended_at DOUBLE PRECISION,
+            seconds DOUBLE PRECISION,
+            peak_rss_mb DOUBLE PRECISION,
+            host TEXT,
+            pid INTEGER,
+            external_job_id TEXT,
+            engine TEXT,
+            pixels_written BIGINT,
+            heartbeat_at DOUBLE PRECISION,
+            error TEXT,
+            PRIMARY KEY (dataset, tile)
+        );
+        CREATE INDEX tiles_by_status ON tiles (status);
+        CREATE TABLE events (
+            id TEXT PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            kind TEXT NOT NULL,
+            run_id TEXT,
+            dataset TEXT,
+            tile TEXT,
+            host TEXT,
+            pid INTEGER,
+            payload TEXT
+        );
+        CREATE INDEX events_by_time ON events (at);
+        """,
+    ),
+]
+
+CURRENT_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,371 @@
+"""The job status database: SQLite by default, PostgreSQL when many machines share a run.
+
+Every write is an event with a unique id: it is appended to ``events`` and applied to ``runs``,
+``datasets`` and ``tiles`` in the same transaction, and an event already present is not applied
+twice. When the database cannot be reached, events go to a spool file (one per process) and are
+replayed, by whichever process next reaches the database; the ids make replays harmless. The
+database never stops the work: a failed write is spooled and said in the log, never raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import glob
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .schema import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite:///results/status.sqlite"
+URL_ENV = "WORKFLOW_STATUS_DB"
+
+
+@dataclass
+class Event:
+    kind: str
+    run_id: str | None = None
+    dataset: str | None = None
+    tile: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    at: float = field(default_factory=time.time)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+
+def resolve_url(config_url: str | None = None) -> str:
+    """The environment variable wins over the config, which wins over the SQLite default."""
+    return os.environ.get(URL_ENV) or config_url or DEFAULT_URL
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
+
+
+class _Backend:
+    """What differs between SQLite and PostgreSQL: connecting, parameters, transactions."""
+
+    unreachable: tuple[type[BaseException], ...] = ()
+
+    def connect(self): ...
+
+    def sql(self, text: str) -> str:
+        return text
+
+    @contextlib.contextmanager
+    def transaction(self, conn):
+        yield conn
+
+
+class _Sqlite(_Backend):
+    unreachable = (sqlite3.OperationalError,)
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def connect(self):
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        # Shared by the threads of one process (Snakemake logs from several); StatusStore serialises.
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        # WAL lets readers (the status command) run beside writers; the busy timeout makes
+        # concurrent writers on one machine queue instead of failing.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=60000")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self, conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+class _Postgres(_Backend):
+    def __init__(self, url: str):
+        import psycopg
+
+        self.url = url
+        self.psycopg = psycopg
+        self.unreachable = (psycopg.OperationalError, psycopg.InterfaceError)
+
+    def connect(self):
+        # The password comes from the URL, PGPASSWORD or ~/.pgpass (libpq reads both).
+        return self.psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+    @contextlib.contextmanager
+    def transaction(self, conn):
+        with conn.transaction():
+            yield conn
+
+
+def _backend(url: str) -> _Backend:
+    if url.startswith(("postgresql://", "postgres://")):
+        return _Postgres(url)
+    if url.startswith("sqlite:///"):
+        return _Sqlite(url[len("sqlite:///"):])
+    if url.endswith((".sqlite", ".db")):
+        return _Sqlite(url)
+    raise ValueError(f"status database URL must start with sqlite:/// or postgresql://, got {redact(url)!r}")
+
+
+class StatusStore:
+    def __init__(self, url: str | None = None, spool_dir: str = "results/.status-spool"):
+        self.url = url or DEFAULT_URL
+        self.backend = _backend(self.url)
+        self.spool_dir = spool_dir
+        self._conn = None
+        self._migrated = False
+        self._warned = False
+        self._lock = threading.RLock()  # one connection, used by one thread at a time
+
+    # ---------------------------------------------------------------- connection and schema
+    def _connection(self):
+        if self._conn is None:
+            self._conn = self.backend.connect()
+        if not self._migrated:
+            self._migrate(self._conn)
+            self._migrated = True
+        return self._conn
+
+    def _execute(self, conn, text: str, params: tuple = ()):
+        return conn.execute(self.backend.sql(text), params)
+
+    def _migrate(self, conn) -> None:
+        with self.backend.transaction(conn):
+            if isinstance(self.backend, _Postgres):
+                # One migrating process at a time, whatever the number of cluster jobs starting.
+                conn.execute("SELECT pg_advisory_xact_lock(74390815)")
+            self._execute(conn, "CREATE TABLE IF NOT EXISTS schema_migrations "
+                                "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION)")
+            done = {row[0] for row in self._execute(conn, "SELECT version FROM schema_migrations").fetchall()}
+            for version, script in MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in filter(str.strip, script.split(";")):
+                    self._execute(conn, statement)
+                self._execute(conn, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                              (version, time.time()))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
+
+    def _lost(self, exc: BaseException) -> None:
+        self.close()
+        if not self._warned:
+            log.warning("status database %s unreachable (%s): events are spooled to %s and replayed later",
+                        redact(self.url), str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
+                        self.spool_dir)
+            self._warned = True
+
+    # ---------------------------------------------------------------- writing
+    def record(self, event: Event) -> bool:
+        """Write one event; spool it if the database is unreachable. True if it reached the database."""
+        with self._lock:
+            return self._record(event)
+
+    def _record(self, event: Event) -> bool:
+        try:
+            conn = self._connection()
+            self._replay_spools(conn)
+            self._write(conn, event)
+            return True
+        except self.backend.unreachable as exc:
+            self._lost(exc)
+            self._spool(event)
+            return False
+
+    def _write(self, conn, event: Event) -> None:
+        with self.backend.transaction(conn):
+            cur = self._execute(
+                conn,
+                "INSERT INTO events (id, at, kind, run_id, dataset, tile, host, pid, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (event.id, event.at, event.kind, event.run_id, event.dataset, event.tile, event.host, event.pid,
+                 json.dumps(event.payload)),
+            )
+            if cur.rowcount == 1:  # new: apply it; a replayed event that is already there is not
+                _APPLY[event.kind](self, conn, event)
+
+    def heartbeat(self, dataset: str, tile: str) -> None:
+        """Mark a running tile as alive. Not an event: a lost heartbeat only ages, nothing else."""
+        with self._lock:
+            self._heartbeat(dataset, tile)
+
+    def _heartbeat(self, dataset: str, tile: str) -> None:
+        try:
+            conn = self._connection()
+            with self.backend.transaction(conn):
+                self._execute(conn, "UPDATE tiles SET heartbeat_at = ? WHERE dataset = ? AND tile = ?",
+                              (time.time(), dataset, tile))
+        except self.backend.unreachable as exc:
+            self._lost(exc)
+
+    # ---------------------------------------------------------------- spool
+    def _spool_path(self) -> str:
+        return os.path.join(self.spool_dir, f"spool-{socket.gethostname()}-{os.getpid()}.jsonl")
+
+    def _spool(self, event: Event) -> None:
+        os.makedirs(self.spool_dir, exist_ok=True)
+        with open(self._spool_path(), "a") as f:
+            f.write(json.dumps(asdict(event)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _replay_spools(self, conn) -> None:
+        for path in sorted(glob.glob(os.path.join(self.spool_dir, "spool-*.jsonl"))):
+            claimed = path.replace("spool-", f"replaying-{os.getpid()}-", 1)
+            try:
+                os.rename(path, claimed)  # whoever renames it owns it
+            except FileNotFoundError:
+                continue
+            with open(claimed) as f:
+                lines = f.readlines()
+            for i, line in enumerate(lines):
+                try:
+                    event = Event(**json.loads(line))
+                except (ValueError, TypeError):
+                    log.warning("skipping an unreadable line of %s (a process died while writing it)", claimed)
+                    continue
+                try:
+                    self._write(conn, event)
+                except self.backend.unreachable:
+                    with open(self._spool_path(), "a") as out:  # keep the rest for later
+                        out.writelines(lines[i:])
+                    os.unlink(claimed)
+                    raise
+            os.unlink(claimed)
+            log.info("replayed %d spooled status events from %s", len(lines), os.path.basename(path))
+
+    def replay(self) -> None:
+        """Replay any spooled events now (the status command and the end of a run do this)."""
+        with self._lock:
+            self._replay()
+
+    def _replay(self) -> None:
+        try:
+            self._replay_spools(self._connection())
+        except self.backend.unreachable as exc:
+            self._lost(exc)
+
+    # ---------------------------------------------------------------- reading
+    def query(self, text: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._execute(self._connection(), text, params).fetchall()
+
+
+def _apply_run_started(store, conn, e: Event) -> None:
+    p = e.payload
+    store._execute(conn, "INSERT INTO runs (id, started_at, status, host, run_user, config_digest, snakemake_version) "
+                         "VALUES (?, ?, 'running', ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                   (e.run_id, e.at, e.host, p.get("user") or getpass.getuser(), p.get("config_digest"),
+                    p.get("snakemake_version")))
+
+
+def _apply_run_finished(store, conn, e: Event) -> None:
+    store._execute(conn, "UPDATE runs SET ended_at = ?, status = ? WHERE id = ?",
+                   (e.at, e.payload.get("status", "finished"), e.run_id))
+    # Jobs that were still running when the run ended did not finish: say so.
+    store._execute(conn, "UPDATE tiles SET status = 'failed', ended_at = ?, "
+                         "error = COALESCE(error, 'the run ended while this tile was running') "
+                         "WHERE run_id = ? AND status = 'running'", (e.at, e.run_id))
+
+
+def _apply_dataset(store, conn, e: Event) -> None:
+    p = e.payload
+    store._execute(
+        conn,
+        "INSERT INTO datasets (name, path, file_size, crs, width, height, dtype, nodata, block_size, tile_count, "
+        "status, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+        "path = excluded.path, file_size = excluded.file_size, crs = excluded.crs, width = excluded.width, "
+        "height = excluded.height, dtype = excluded.dtype, nodata = excluded.nodata, "
+        "block_size = excluded.block_size, tile_count = excluded.tile_count, status = excluded.status, "
+        "registered_at = COALESCE(excluded.registered_at, datasets.registered_at)",
+        (e.dataset, p.get("path"), p.get("file_size"), p.get("crs"), p.get("width"), p.get("height"),
+         p.get("dtype"), str(p.get("nodata")), p.get("block_size"), p.get("tile_count"), p.get("status", "planned"),
+         e.at if p.get("status") == "registered" else None),
+    )
+
+
+def _apply_tiles_planned(store, conn, e: Event) -> None:
+    for tile, status in e.payload["tiles"]:
+        store._execute(conn, "INSERT INTO tiles (dataset, tile, status, run_id) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (dataset, tile) DO UPDATE SET status = excluded.status, "
+                             "run_id = excluded.run_id", (e.dataset, tile, status, e.run_id))
+
+
+def _apply_tile_started(store, conn, e: Event) -> None:
+    store._execute(conn, "INSERT INTO tiles (dataset, tile, status, attempt, run_id, started_at, host, "
+                         "external_job_id) VALUES (?, ?, 'running', 1, ?, ?, ?, ?) ON CONFLICT (dataset, tile) "
+                         "DO UPDATE SET status = 'running', attempt = tiles.attempt + 1, run_id = excluded.run_id, "
+                         "started_at = excluded.started_at, ended_at = NULL, error = NULL, "
+                         "heartbeat_at = NULL, host = excluded.host, external_job_id = excluded.external_job_id",
+                   (e.dataset, e.tile, e.run_id, e.at, e.host, e.payload.get("external_job_id")))
+
+
+def _apply_tile_finished(store, conn, e: Event) -> None:
+    store._execute(conn, "UPDATE tiles SET status = 'done', ended_at = ?, error = NULL, "
+                         "seconds = COALESCE(seconds, ? - started_at) WHERE dataset = ? AND tile = ?",
+                   (e.at, e.at, e.dataset, e.tile))
+
+
+def _apply_tile_failed(store, conn, e: Event) -> None:
+    store._execute(conn, "UPDATE tiles SET status = 'failed', ended_at = ?, error = ? WHERE dataset = ? AND tile = ?",
+                   (e.at, e.payload.get("error"), e.dataset, e.tile))
+
+
+def _apply_tile_measured(store, conn, e: Event) -> None:
+    p = e.payload
+    store._execute(conn, "INSERT INTO tiles (dataset, tile, status, seconds, peak_rss_mb, engine, pixels_written, "
+                         "host, pid, external_job_id) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?) "
+                         "ON CONFLICT (dataset, tile) DO UPDATE SET seconds = excluded.seconds, "
+                         "peak_rss_mb = excluded.peak_rss_mb, engine = excluded.engine, "
+                         "pixels_written = excluded.pixels_written, host = excluded.host, pid = excluded.pid, "
+                         "external_job_id = COALESCE(excluded.external_job_id, tiles.external_job_id)",
+                   (e.dataset, e.tile, p.get("seconds"), p.get("peak_rss_mb"), p.get("engine"),
+                    p.get("pixels_written"), e.host, e.pid, p.get("external_job_id")))
+
+
+def _apply_note(store, conn, e: Event) -> None:
+    """Events that only go into the log of events (messages, tests' load)."""
+
+
+_APPLY = {
+    "run_started": _apply_run_started,
+    "run_finished": _apply_run_finished,
+    "dataset": _apply_dataset,
+    "tiles_planned": _apply_tiles_planned,
+    "tile_started": _apply_tile_started,
+    "tile_finished": _apply_tile_finished,
+    "tile_failed": _apply_tile_failed,
+    "tile_measured": _apply_tile_measured,
+    "note": _apply_note,
+}
