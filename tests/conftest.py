@@ -17,7 +17,7 @@ def record():
 
 def pytest_terminal_summary(terminalreporter):
     if COMPARISONS:
-        terminalreporter.section("comparisons with the whole-image GDAL reference")
+        terminalreporter.section("figures measured by the tests (comparisons with GDAL, status database)")
         for line in COMPARISONS:
             terminalreporter.write_line(line)
 
@@ -35,3 +35,20 @@ def real_raster(tmp_path):
         return str(dst)
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    from .pg import PgCluster
+
+    cluster = PgCluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh, empty status database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/status.sqlite"
+    return request.getfixturevalue("pg_cluster").new_database()

@@ -43,7 +43,9 @@ def planned_tiles(context: dict, cwd: str):
 
 
 def error_from_logs(paths: list[str]) -> str:
-    """The last line of a failed job's log that says what went wrong."""
+    """What a failed job's log says went wrong, or that it said nothing (a job killed by a signal
+    or the out-of-memory killer stops mid-sentence)."""
+    last = ""
     for path in paths:
         try:
             with open(path) as f:
@@ -51,8 +53,8 @@ def error_from_logs(paths: list[str]) -> str:
         except OSError:
             continue
         for line in reversed(lines):
-            if "Error" in line or "error" in line or "Exception" in line:
+            if "Error" in line or "Exception" in line:
                 return line[-2000:]
-        if lines:
-            return lines[-1][-2000:]
-    return "the job ended without a message (killed by a signal or the out-of-memory killer?)"
+        last = lines[-1] if lines else last
+    message = "the job ended without an error message (killed by a signal or the out-of-memory killer?)"
+    return f"{message}; its log ends with: {last[-500:]}" if last else message

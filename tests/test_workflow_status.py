@@ -1,0 +1,140 @@
+"""The status database as a run fills it: rows that match the files, a PostgreSQL outage in the
+middle of a run, failed and killed jobs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+from affine import Affine
+
+from workflow_lib.status import StatusStore
+
+from .helpers import REPO, smooth_field, write_raster
+from .test_workflow import snakemake, synthetic_config, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def status_json(workdir, url=None):
+    cmd = [sys.executable, "-m", "workflow_lib", "status", "--json"] + (["--db", url] if url else [])
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def tile_files(workdir):
+    root = workdir / "results" / "tiles"
+    return {(d, f[:-4]) for d in os.listdir(root) for f in os.listdir(root / d) if f.endswith(".tif")}
+
+
+def test_rows_of_a_full_run_match_the_files_it_produced(tmp_path):
+    write_config(tmp_path, synthetic_config(tmp_path))
+    snakemake(tmp_path, "--cores", "2", "--resources", "mem_mb=2000")
+    store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
+    rows = store.query("SELECT dataset, tile, status, attempt, peak_rss_mb, engine, seconds, host FROM tiles")
+    assert {(d, t) for d, t, *_ in rows} == tile_files(tmp_path)
+    assert {r[2] for r in rows} == {"done"} and {r[3] for r in rows} == {1}
+    assert all(r[4] and 50 < r[4] < 2000 and r[5] == "gdal-warp" and r[6] > 0 and r[7] for r in rows)
+    assert store.query("SELECT status FROM runs") == [("finished",)]
+    assert store.query("SELECT COUNT(*) FROM datasets WHERE status = 'registered'") == [(3,)]
+    kinds = dict(store.query("SELECT kind, COUNT(*) FROM events GROUP BY kind"))
+    assert kinds["tile_started"] == kinds["tile_finished"] == kinds["tile_measured"] == len(rows)
+    report = status_json(tmp_path)
+    assert report["complete"] and [d["name"] for d in report["datasets"]] == ["dem", "landcover", "temperature"]
+    text = subprocess.run([sys.executable, "-m", "workflow_lib", "status"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": REPO}).stdout
+    assert "all datasets complete" in text and "[####################]" in text
+
+
+def test_postgresql_stopped_in_the_middle_of_a_run_loses_no_event(tmp_path, pg_cluster, record):
+    url = pg_cluster.new_database()
+    config = synthetic_config(tmp_path)
+    config["tile_size"] = 24  # more, shorter jobs: the outage falls in the middle of them
+    write_config(tmp_path, config)
+    env = {**os.environ, "WORKFLOW_STATUS_DB": url}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
+           str(tmp_path), "--cores", "2", "--resources", "mem_mb=2000"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tiles_root = tmp_path / "results" / "tiles"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not tiles_root.exists() or len(tile_files(tmp_path)) < 5):
+        time.sleep(0.2)
+    pg_cluster.stop()
+    done_at_stop = len(tile_files(tmp_path))
+    time.sleep(4)
+    pg_cluster.start()
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    status_json(tmp_path, url)  # the status command replays whatever is still spooled
+    store = StatusStore(url)
+    files = tile_files(tmp_path)
+    kinds = dict(store.query("SELECT kind, COUNT(*) FROM events GROUP BY kind"))
+    rows = store.query("SELECT status, COUNT(*) FROM tiles GROUP BY status")
+    record(f"status postgresql stopped 4 s mid-run ({done_at_stop}/{len(files)} tiles done at the stop): "
+           f"events {kinds}, tiles {rows}")
+    assert kinds["tile_started"] == kinds["tile_finished"] == kinds["tile_measured"] == len(files)
+    assert rows == [("done", len(files))]
+    assert store.query("SELECT status FROM runs") == [("finished",)]
+    said = [p for p in (tmp_path / "logs").rglob("*.log") if "unreachable" in p.read_text()]
+    assert said, "jobs that ran during the outage say so in their logs"
+
+
+def test_failed_and_killed_tile_jobs_are_recorded_as_failed_with_their_message(tmp_path):
+    # A raster whose header is fine and whose pixel data is corrupt: its tile jobs fail on read.
+    path = tmp_path / "corrupt.tif"
+    write_raster(path, smooth_field(512, 512), "EPSG:32632", Affine(10, 0, 500000, 0, -10, 5200000), -9999.0,
+                 blockxsize=256, blockysize=256)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 3)
+        f.write(b"\x00\xff" * (size // 4))
+    config = synthetic_config(tmp_path)
+    config["datasets"]["corrupt"] = {"path": str(path), "method": "average"}
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "--cores", "2", "--keep-going", check=False)
+    assert proc.returncode != 0
+    store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
+    failed = store.query("SELECT tile, error FROM tiles WHERE dataset = 'corrupt' AND status = 'failed'")
+    assert failed, store.query("SELECT * FROM tiles WHERE dataset = 'corrupt'")
+    assert all("dataset 'corrupt'" in e and "corrupt.tif" in e for _, e in failed), failed
+    # --keep-going: the other datasets still complete.
+    for name in ("dem", "landcover", "temperature"):
+        assert (tmp_path / "results" / "mosaics" / f"{name}.tif").exists()
+    assert store.query("SELECT status FROM runs") == [("failed",)]
+
+
+def test_tile_job_killed_with_sigkill_is_recorded_as_failed(tmp_path):
+    config = synthetic_config(tmp_path)
+    config["tile_size"] = 16
+    write_config(tmp_path, config)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
+           str(tmp_path), "--cores", "1", "--keep-going"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if any("resample_tile" in part for part in child.cmdline()):
+                    victim = child
+                    break
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    assert victim is not None, "no tile job seen running"
+    victim.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
+    failed = store.query("SELECT dataset, tile, error FROM tiles WHERE status = 'failed'")
+    assert len(failed) == 1, (failed, out)
+    assert failed[0][2].startswith("the job ended without an error message (killed by a signal"), failed
+    assert store.query("SELECT COUNT(*) FROM tiles WHERE status = 'running'") == [(0,)]
