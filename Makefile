@@ -5,7 +5,7 @@ CORES  ?= all
 MEM_MB ?= 4096
 BIN    := $(VENV)/bin
 
-.PHONY: install run example test dryrun dag lint clean
+.PHONY: install run example status test dryrun dag lint clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ example: install
 run: example
 	$(BIN)/snakemake --cores $(CORES) --resources mem_mb=$(MEM_MB)
 	$(BIN)/python -m workflow_lib results
+	$(BIN)/python -m workflow_lib status
+
+status: install
+	$(BIN)/python -m workflow_lib status
 
 dryrun: example
 	$(BIN)/snakemake -n --quiet rules

@@ -59,6 +59,9 @@ class LogHandler(LogHandlerBase):
         return False
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            # Whatever the error (a job, the scheduler, a stop by signal): the run did not succeed.
+            self.errors += 1
         event = getattr(record, "event", None)
         if event is None or self.common_settings.dryrun:
             return
@@ -79,7 +82,6 @@ class LogHandler(LogHandlerBase):
             elif event == LogEvent.JOB_FINISHED:
                 self._tile_event("tile_finished", record.job_id)
             elif event == LogEvent.JOB_ERROR:
-                self.errors += 1
                 self._job_error(record)
         except Exception:  # noqa: BLE001 - the status database must never stop the run
             log.exception("status logger: could not record %s", event)

@@ -138,3 +138,25 @@ def test_tile_job_killed_with_sigkill_is_recorded_as_failed(tmp_path):
     assert len(failed) == 1, (failed, out)
     assert failed[0][2].startswith("the job ended without an error message (killed by a signal"), failed
     assert store.query("SELECT COUNT(*) FROM tiles WHERE status = 'running'") == [(0,)]
+    assert store.query("SELECT status FROM runs") == [("failed",)]
+
+
+def test_run_stopped_by_sigterm_is_recorded_as_failed_with_no_tile_left_running(tmp_path):
+    config = synthetic_config(tmp_path)
+    config["tile_size"] = 16
+    write_config(tmp_path, config)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
+           str(tmp_path), "--cores", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not (tmp_path / "results" / "tiles").exists()
+                                           or len(tile_files(tmp_path)) < 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
+    assert store.query("SELECT status FROM runs") == [("failed",)], out
+    assert store.query("SELECT COUNT(*) FROM tiles WHERE status = 'running'") == [(0,)]
+    done = store.query("SELECT dataset, tile FROM tiles WHERE status = 'done'")
+    assert set(done) <= tile_files(tmp_path)
