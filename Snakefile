@@ -4,6 +4,13 @@
 configfile: "config/config.yaml"
 
 
+# SIGTERM pauses a run: Snakemake starts no new job and waits for the running ones. Jobs run as
+# `bash -c 'python script'`; when SIGTERM reaches the whole process group, the shell must not die
+# under its job (the ignore is inherited until the job installs its own handler). Ctrl-C and
+# SIGKILL still stop everything at once.
+shell.prefix("trap '' TERM; set -euo pipefail; ")
+
+
 include: "rules/common.smk"
 
 

@@ -7,6 +7,7 @@ atomic: same file system) and renamed at the end; on any failure the temporary f
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -15,14 +16,41 @@ from collections.abc import Iterator
 TMP_PREFIX = ".tmp-"
 
 
+def temporary_prefix(path: str) -> str:
+    """Every temporary file made for ``path`` starts with this (in the same folder).
+
+    Names of outputs never contain a dot before their extension (dataset names are
+    [A-Za-z0-9_-], tile ids r<row>_c<col>), so the dot after the stem keeps "dem" from matching
+    the temporary files of "dem-2".
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(folder, f"{TMP_PREFIX}{stem}.")
+
+
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Remove what a killed writer of ``path`` left behind (SIGKILL gives it no chance to)."""
+    removed = []
+    for stale in glob.glob(glob.escape(temporary_prefix(path)) + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+            removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+
+    Only one job writes a given output at a time (Snakemake sees to it), so temporaries of the
+    same output found on entry are a killed job's leftovers and are removed.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    base = os.path.basename(path)
-    stem, ext = os.path.splitext(base)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{stem}-", suffix=ext, dir=folder)
+    remove_stale_temporaries(path)
+    ext = os.path.splitext(path)[1]
+    prefix = temporary_prefix(path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(prefix), suffix=ext, dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -30,7 +58,8 @@ def atomic_path(path: str) -> Iterator[str]:
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        for leftover in (tmp, tmp + ".aux.xml", tmp + ".ovr"):
+        # The temporary file and whatever GDAL made beside it (.aux.xml, COG overview scratch).
+        for leftover in glob.glob(glob.escape(tmp) + "*"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
         raise

@@ -1,8 +1,13 @@
-"""GeoTIFF creation options shared by tiles, mosaics and the stack."""
+"""GeoTIFF creation options shared by tiles, mosaics and the stack, and writing them."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
+import rasterio
+from .errors import GDAL_ERRORS, OutputWriteError
 
 BLOCK_SIZE = 256
 
@@ -35,3 +40,23 @@ def tile_profile(width: int, height: int, transform, crs, dtype: str, nodata: fl
         "bigtiff": "if_safer",
         **compression_options(compress, dtype),
     }
+
+
+@contextlib.contextmanager
+def open_output(tmp: str, out_path: str, profile: dict) -> Iterator:
+    """Open ``tmp`` for writing; any failure to create, write or close it (a full disk often only
+    shows when the last compressed blocks are flushed at close) names ``out_path`` and the cause."""
+    try:
+        dst = rasterio.open(tmp, "w", **profile)
+    except (*GDAL_ERRORS, OSError) as exc:
+        raise OutputWriteError(out_path, exc) from exc
+    try:
+        yield dst
+    except BaseException:
+        with contextlib.suppress(Exception):
+            dst.close()
+        raise
+    try:
+        dst.close()
+    except (*GDAL_ERRORS, OSError) as exc:
+        raise OutputWriteError(out_path, exc) from exc

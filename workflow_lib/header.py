@@ -33,7 +33,6 @@ class RasterHeader:
     dtype: str  # of the selected band
     nodata: float | None  # declared nodata of the selected band; NaN stays NaN
     block_shape: tuple[int, int]  # (rows, cols) of the selected band
-    overviews: int
 
     @property
     def crs(self) -> CRS:
@@ -108,8 +107,9 @@ def read_header(dataset: str, path: str, band: int = 1) -> RasterHeader:
                 count=src.count,
                 dtype=dtype,
                 nodata=None if nodata is None else float(nodata),
+                # Not the overviews: for a VRT, counting them opens every source file, which on a
+                # hung mount would hang the plan; the workflow never reads overviews anyway.
                 block_shape=tuple(src.block_shapes[band - 1]),
-                overviews=len(src.overviews(band)),
             )
     except RasterioIOError as exc:
         raise InputRasterError(dataset, path, f"cannot be opened as a raster: {exc}") from exc

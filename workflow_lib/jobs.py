@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from .mosaic import write_mosaic, write_stack
 from .plan import DatasetPlan
 from .resample import resample_tile
 from .status import Event, StatusStore, resolve_url
+from .watchdog import Watchdog
 
 SPOOL_DIR = "results/.status-spool"
 
@@ -43,6 +45,10 @@ def job_logging(log_path: str | None) -> Iterator[None]:
         level=logging.INFO, handlers=handlers, force=True,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # SIGTERM (also sent to a whole process group, or by a cluster before its time limit) pauses
+    # the run: Snakemake starts no new job, and this one finishes its output rather than lose it.
+    # Ctrl-C (SIGINT) and SIGKILL still stop it at once.
+    signal.signal(signal.SIGTERM, _finish_first)
     try:
         yield
     except Exception:
@@ -50,6 +56,13 @@ def job_logging(log_path: str | None) -> Iterator[None]:
         raise
     finally:
         log.info("peak RSS %.0f MB", peak_rss_mb())
+        # The work is done; ignore SIGTERM while exiting. At shutdown CPython resets handlers it
+        # installed to the default (die on SIGTERM), but leaves an ignored signal ignored.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _finish_first(signum, frame) -> None:
+    log.warning("SIGTERM received: finishing this job first (Ctrl-C or SIGKILL stop it at once)")
 
 
 def _mem_mb(snakemake) -> int:
@@ -131,10 +144,12 @@ def run_tile_job(snakemake) -> None:
         grid, dataset = load_dataset(snakemake.input.meta)
         tile = grid.tile_by_id(snakemake.wildcards.tile)
         started = time.monotonic()
-        with heartbeat(snakemake, dataset.name, tile.id):
+        what = f"tile {tile.id} of dataset '{dataset.name}' ({dataset.header.path})"
+        with heartbeat(snakemake, dataset.name, tile.id), Watchdog(snakemake.config["stall_timeout"], what) as dog:
             figures = resample_tile(
                 dataset.name, dataset.header, dataset.settings, grid, tile, snakemake.output[0],
                 mem_mb=_mem_mb(snakemake), threads=snakemake.threads, compress=snakemake.params.compress,
+                progress=dog.tick,
             )
         store = status_store(snakemake)
         store.record(Event("tile_measured", dataset=dataset.name, tile=tile.id, payload={

@@ -14,7 +14,8 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 
-from .atomic import atomic_path
+from .atomic import atomic_path, temporary_prefix
+from .errors import GDAL_ERRORS, InputRasterError, OutputWriteError
 from .grid import TargetGrid
 from .gtiff import compression_options
 from .settings import CATEGORICAL_METHODS, WarpSettings
@@ -51,7 +52,34 @@ def write_mosaic(
         )
     overview = "NEAREST" if settings.method in CATEGORICAL_METHODS else "AVERAGE"
     log.info("mosaic of %s: %d tiles on a %d x %d grid", dataset, len(band.sources), grid.width, grid.height)
-    _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview)
+    try:
+        _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview)
+    except OutputWriteError:
+        # Reading a tile may be what failed: find corrupt tiles (only now, so a healthy run never
+        # reads its tiles twice), remove them so that the next run makes them again, and say so.
+        corrupt = [s.path for s in band.sources if not tile_is_readable(s, settings.dst_dtype)]
+        if not corrupt:
+            raise
+        for path in corrupt:
+            os.unlink(path)
+        raise InputRasterError(
+            dataset, corrupt[0],
+            f"{len(corrupt)} corrupt tile file(s) ({', '.join(os.path.basename(p) for p in corrupt)}; left by a "
+            "crash?) were removed: run the workflow again to make them anew",
+        ) from None
+
+
+def tile_is_readable(source: Source, dtype: str) -> bool:
+    """Whether a tile file opens with the expected shape and type and all its pixels read."""
+    try:
+        with rasterio.open(source.path) as src:
+            if (src.width, src.height, src.dtypes[0]) != (source.width, source.height, dtype):
+                return False
+            for _, window in src.block_windows(1):
+                src.read(1, window=window)
+        return True
+    except GDAL_ERRORS:
+        return False
 
 
 def stack_dtype_and_nodata(bands: list[tuple[str, float]]) -> tuple[str, float]:
@@ -111,15 +139,18 @@ def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_re
     cache_mb = int(min(max((mem_mb - 160) * 0.5, 16), 1024))
     with atomic_path(out_path) as tmp, atomic_vrt(out_path, xml) as vrt_path:
         with rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_NUM_THREADS=max(threads, 1)):
-            rasterio.shutil.copy(vrt_path, tmp, driver=driver, **options)
+            try:
+                rasterio.shutil.copy(vrt_path, tmp, driver=driver, **options)
+            except (*GDAL_ERRORS, OSError) as exc:
+                raise OutputWriteError(out_path, exc) from exc
 
 
 class atomic_vrt:
-    """A throwaway VRT file beside the output (GDAL's COG driver reads sources by path)."""
+    """A throwaway VRT file beside the output (GDAL's COG driver reads sources by path), named
+    like the output's other temporaries so that a killed job's VRT is cleaned up too."""
 
     def __init__(self, out_path: str, xml: str):
-        folder = os.path.dirname(os.path.abspath(out_path))
-        self.path = os.path.join(folder, f".tmp-{os.path.basename(out_path)}.{os.getpid()}.vrt")
+        self.path = f"{temporary_prefix(out_path)}vrt-{os.getpid()}.vrt"
         self.xml = xml
 
     def __enter__(self) -> str:

@@ -22,7 +22,7 @@ from .header import RasterHeader, read_header
 from .settings import WarpSettings, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 DEFAULT_CACHE_DIR = ".cache/plan"
 
 

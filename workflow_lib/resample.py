@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +24,9 @@ from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
 from .atomic import atomic_path
-from .errors import InputRasterError
+from .errors import GDAL_ERRORS, InputRasterError, OutputWriteError
 from .grid import TargetGrid, Tile
-from .gtiff import BLOCK_SIZE, tile_profile
+from .gtiff import BLOCK_SIZE, open_output, tile_profile
 from .header import RasterHeader
 from .settings import WarpSettings
 from .warp import warp_chunk
@@ -167,12 +167,14 @@ def resample_tile(
     threads: int = 1,
     compress: str = "deflate",
     max_chunk_bytes: int | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> dict:
     """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures.
 
     ``max_chunk_bytes`` caps chunks below what ``mem_mb`` allows (tests use it to make many chunks
-    out of small data).
+    out of small data). ``progress`` is called after every chunk read and written (the watchdog).
     """
+    progress = progress or (lambda: None)
     budget = MemoryBudget.for_job(mem_mb)
     chunk_bytes = min(budget.chunk_bytes, max_chunk_bytes or budget.chunk_bytes)
     chunks = plan_chunks(header, settings, tile, grid.crs, chunk_bytes)
@@ -193,13 +195,14 @@ def resample_tile(
             src = rasterio.open(header.path, OVERVIEW_LEVEL="NONE")
         except rasterio.errors.RasterioIOError as exc:
             raise InputRasterError(dataset, header.path, f"cannot be opened: {exc}") from exc
-        with src, rasterio.open(tmp, "w", **profile) as dst:
+        with src, open_output(tmp, out_path, profile) as dst:
             for i, chunk in enumerate(chunks, 1):
                 shape = (int(chunk.window.height), int(chunk.window.width))
                 if chunk.source is None:  # nothing of the input maps here
                     out = np.full(shape, settings.dst_nodata, dtype=settings.dst_dtype)
                 else:
                     data = read_source(dataset, src, settings, chunk.source)
+                    progress()
                     pixels_read += data.size
                     src_window, src_nodata = chunk.source, settings.src_nodata
                     if pads_sum(settings):
@@ -211,7 +214,11 @@ def resample_tile(
                         mem_limit_mb=max(int(chunk_bytes / 1e6), 16),
                     )
                     del data
-                dst.write(out, 1, window=chunk.window)
+                try:
+                    dst.write(out, 1, window=chunk.window)
+                except GDAL_ERRORS as exc:
+                    raise OutputWriteError(out_path, exc) from exc
+                progress()
                 log.debug("chunk %d/%d %s <- source %s", i, len(chunks), chunk.window, chunk.source)
     seconds = time.monotonic() - started
     log.info("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
@@ -251,7 +258,7 @@ def read_source(dataset: str, src, settings: WarpSettings, window: Window) -> np
     """Read a full-resolution window of the selected band, with NaN turned into the nodata value."""
     try:
         data = src.read(settings.band, window=window)
-    except rasterio.errors.RasterioIOError as exc:
+    except GDAL_ERRORS as exc:
         raise InputRasterError(dataset, src.name, f"read of window {window} failed: {exc}") from exc
     if data.dtype.kind == "f" and settings.src_nodata is not None and not math.isnan(settings.src_nodata):
         # GDAL skips only the declared nodata value; a NaN beside it would poison average and sum.
