@@ -3,19 +3,20 @@
 from workflow_lib.config import validate_config
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.plan import load_plan, plan_cache_path
-from workflow_lib.status import resolve_url
+from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
 from workflow_lib.status.run import write_run_context
 
 try:
     validate_config(config)
-    PLAN = load_plan(config)
+    PLAN_PATH = plan_cache_path(config)
+    PLAN = load_plan(config, path=PLAN_PATH)
 except WorkflowLibError as exc:
     # A bad config stops the run before any job, with the key and the problem, not a traceback.
     raise WorkflowError(str(exc)) from None
 
 if workflow.is_main_process:
     # For the status logger plugin (profiles/default): which plan, which database.
-    write_run_context(plan_cache_path(config), resolve_url(config["database"]["url"]), "results/.status-spool")
+    write_run_context(PLAN_PATH, resolve_url(config["database"]["url"]), DEFAULT_SPOOL_DIR)
 
 DATASETS = list(PLAN.datasets)
 OUTPUT = config["output"]

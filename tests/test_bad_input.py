@@ -2,8 +2,6 @@
 the problem, losing nothing that was already done."""
 
 import os
-import resource
-import signal
 import subprocess
 import sys
 
@@ -13,9 +11,8 @@ import rasterio
 from affine import Affine
 
 from workflow_lib.config import validate_config
-from workflow_lib.errors import InputRasterError, OutputWriteError
+from workflow_lib.errors import InputRasterError
 from workflow_lib.plan import build_plan
-from workflow_lib.status import StatusStore
 
 from .helpers import REPO, read_band, run_tiles_and_mosaics, smooth_field, write_raster
 from .test_workflow import snakemake, synthetic_config, write_config

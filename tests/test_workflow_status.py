@@ -6,13 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
-import numpy as np
 import psutil
 import pytest
-import yaml
 from affine import Affine
 
 from workflow_lib.status import StatusStore

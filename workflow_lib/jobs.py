@@ -23,10 +23,8 @@ from .header import read_header
 from .mosaic import write_mosaic, write_stack
 from .plan import DatasetPlan
 from .resample import resample_tile
-from .status import Event, StatusStore, resolve_url
+from .status import DEFAULT_SPOOL_DIR, Event, StatusStore, resolve_url
 from .watchdog import Watchdog
-
-SPOOL_DIR = "results/.status-spool"
 
 log = logging.getLogger("workflow_lib.jobs")
 
@@ -99,7 +97,7 @@ def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> Non
 
 
 def status_store(snakemake) -> StatusStore:
-    return StatusStore(resolve_url(snakemake.config["database"]["url"]), spool_dir=SPOOL_DIR)
+    return StatusStore(resolve_url(snakemake.config["database"]["url"]), spool_dir=DEFAULT_SPOOL_DIR)
 
 
 @contextlib.contextmanager

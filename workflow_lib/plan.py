@@ -141,9 +141,10 @@ def plan_cache_path(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) 
     return os.path.join(cache_dir, f"{plan_cache_key(config)}.json")
 
 
-def load_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Plan:
-    """The plan for this config, from the cache when inputs and config are unchanged."""
-    path = plan_cache_path(config, cache_dir)
+def load_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR, path: str | None = None) -> Plan:
+    """The plan for this config, from the cache when inputs and config are unchanged (``path``:
+    the cache file, when the caller has already worked it out)."""
+    path = path or plan_cache_path(config, cache_dir)
     try:
         with open(path) as f:
             return Plan.from_dict(json.load(f))

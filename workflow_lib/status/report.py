@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from .store import StatusStore
+from .store import StatusStore, redact
 
 # A running tile whose last sign of life is older than this is flagged as stalled.
 STALL_SECONDS = 120.0
@@ -73,8 +73,6 @@ def build_report(store: StatusStore, now: float | None = None) -> Report:
         for d, t, a, err in store.query("SELECT dataset, tile, attempt, error FROM tiles WHERE status = 'failed' "
                                         "ORDER BY ended_at DESC")
     ]
-    from .store import redact
-
     return Report(redact(store.url), run, datasets, running, failed)
 
 

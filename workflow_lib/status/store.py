@@ -28,6 +28,7 @@ from .schema import MIGRATIONS
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///results/status.sqlite"
+DEFAULT_SPOOL_DIR = "results/.status-spool"
 URL_ENV = "WORKFLOW_STATUS_DB"
 
 
@@ -134,7 +135,7 @@ def _backend(url: str) -> _Backend:
 
 
 class StatusStore:
-    def __init__(self, url: str | None = None, spool_dir: str = "results/.status-spool"):
+    def __init__(self, url: str | None = None, spool_dir: str = DEFAULT_SPOOL_DIR):
         self.url = url or DEFAULT_URL
         self.backend = _backend(self.url)
         self.spool_dir = spool_dir
