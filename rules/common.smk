@@ -3,6 +3,7 @@
 from workflow_lib.config import validate_config
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.plan import load_plan, plan_cache_path
+from workflow_lib.snakemake_fixes import graceful_sigterm_without_deadlock
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
 from workflow_lib.status.run import write_run_context
 
@@ -17,6 +18,8 @@ except WorkflowLibError as exc:
 if workflow.is_main_process:
     # For the status logger plugin (profiles/default): which plan, which database.
     write_run_context(PLAN_PATH, resolve_url(config["database"]["url"]), DEFAULT_SPOOL_DIR)
+    # SIGTERM must pause the run, never hang it (see the function).
+    graceful_sigterm_without_deadlock()
 
 DATASETS = list(PLAN.datasets)
 OUTPUT = config["output"]
