@@ -3,8 +3,6 @@
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import psutil
@@ -13,26 +11,9 @@ import rasterio
 
 from workflow_lib.status import StatusStore
 
-from .helpers import REPO
-from .test_workflow import snakemake, synthetic_config, write_config
+from .test_workflow import finish, snakemake, start, synthetic_config, write_config
 
 pytestmark = pytest.mark.integration
-
-
-def start(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
-           str(workdir), *args]
-    # Its own process group, as a terminal gives it: signals go to snakemake and all its jobs.
-    # Output to a file: an unread pipe would fill up and block snakemake while the test watches.
-    out = open(workdir / "snakemake.out", "w")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    proc.output_path = workdir / "snakemake.out"
-    return proc
-
-
-def finish(proc, timeout=300) -> str:
-    proc.wait(timeout=timeout)
-    return proc.output_path.read_text()
 
 
 def digest(path):

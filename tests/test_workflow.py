@@ -32,6 +32,25 @@ def snakemake(workdir, *args, check=True):
     return proc
 
 
+def start(workdir, *args, env=None):
+    """Start snakemake in its own process group (as a terminal gives it: a signal sent to the group
+    reaches snakemake and all its jobs), its output going to a file: an unread pipe would fill up
+    and block snakemake while a test watches it."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"),
+           "--directory", str(workdir), *args]
+    out = open(os.path.join(workdir, "snakemake.out"), "w")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=env)
+    proc.output_path = os.path.join(workdir, "snakemake.out")
+    return proc
+
+
+def finish(proc, timeout=600) -> str:
+    proc.wait(timeout=timeout)
+    with open(proc.output_path) as f:
+        return f.read()
+
+
 def write_config(workdir, config):
     os.makedirs(os.path.join(workdir, "config"), exist_ok=True)
     with open(os.path.join(workdir, "config", "config.yaml"), "w") as f:

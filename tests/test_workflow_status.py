@@ -15,7 +15,7 @@ from affine import Affine
 from workflow_lib.status import StatusStore
 
 from .helpers import REPO, smooth_field, write_raster
-from .test_workflow import snakemake, synthetic_config, write_config
+from .test_workflow import finish, snakemake, start, synthetic_config, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +57,8 @@ def test_postgresql_stopped_in_the_middle_of_a_run_loses_no_event(tmp_path, pg_c
     config = synthetic_config(tmp_path)
     config["tile_size"] = 24  # more, shorter jobs: the outage falls in the middle of them
     write_config(tmp_path, config)
-    env = {**os.environ, "WORKFLOW_STATUS_DB": url}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
-           str(tmp_path), "--cores", "2", "--resources", "mem_mb=2000"]
-    proc = subprocess.Popen(cmd, env=env, stdout=open(tmp_path / "snakemake.out", "w"), stderr=subprocess.STDOUT,
-                            text=True)
+    proc = start(tmp_path, "--cores", "2", "--resources", "mem_mb=2000",
+                 env={**os.environ, "WORKFLOW_STATUS_DB": url})
     tiles_root = tmp_path / "results" / "tiles"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not tiles_root.exists() or len(tile_files(tmp_path)) < 5):
@@ -70,8 +67,7 @@ def test_postgresql_stopped_in_the_middle_of_a_run_loses_no_event(tmp_path, pg_c
     done_at_stop = len(tile_files(tmp_path))
     time.sleep(4)
     pg_cluster.start()
-    proc.wait(timeout=600)
-    out = (tmp_path / "snakemake.out").read_text()
+    out = finish(proc)
     assert proc.returncode == 0, out
     status_json(tmp_path, url)  # the status command replays whatever is still spooled
     store = StatusStore(url)
@@ -115,9 +111,7 @@ def test_tile_job_killed_with_sigkill_is_recorded_as_failed(tmp_path):
     config = synthetic_config(tmp_path)
     config["tile_size"] = 16
     write_config(tmp_path, config)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
-           str(tmp_path), "--cores", "1", "--keep-going"]
-    proc = subprocess.Popen(cmd, stdout=open(tmp_path / "snakemake.out", "w"), stderr=subprocess.STDOUT, text=True)
+    proc = start(tmp_path, "--cores", "1", "--keep-going")
     victim = None
     deadline = time.monotonic() + 120
     while victim is None and time.monotonic() < deadline:
@@ -131,8 +125,7 @@ def test_tile_job_killed_with_sigkill_is_recorded_as_failed(tmp_path):
         time.sleep(0.05)
     assert victim is not None, "no tile job seen running"
     victim.send_signal(signal.SIGKILL)
-    proc.wait(timeout=600)
-    out = (tmp_path / "snakemake.out").read_text()
+    out = finish(proc)
     store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
     failed = store.query("SELECT dataset, tile, error FROM tiles WHERE status = 'failed'")
     assert len(failed) == 1, (failed, out)
@@ -145,17 +138,13 @@ def test_run_stopped_by_sigterm_is_recorded_as_failed_with_no_tile_left_running(
     config = synthetic_config(tmp_path)
     config["tile_size"] = 16
     write_config(tmp_path, config)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
-           str(tmp_path), "--cores", "2"]
-    proc = subprocess.Popen(cmd, stdout=open(tmp_path / "snakemake.out", "w"), stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = start(tmp_path, "--cores", "2")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not (tmp_path / "results" / "tiles").exists()
                                            or len(tile_files(tmp_path)) < 3):
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=300)
-    out = (tmp_path / "snakemake.out").read_text()
+    proc.send_signal(signal.SIGTERM)  # to snakemake alone, as `kill PID` does
+    out = finish(proc)
     store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
     assert store.query("SELECT status FROM runs") == [("failed",)], out
     assert store.query("SELECT COUNT(*) FROM tiles WHERE status = 'running'") == [(0,)]
