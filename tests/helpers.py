@@ -103,17 +103,6 @@ def reference_warp(
             return Reference(vrt.read(1), dst_nodata)
 
 
-def read_mosaic_from_tiles(tile_paths: list[str], grid_transform: Affine, width: int, height: int, fill, dtype):
-    """Test-only assembly of tile files onto the full grid (small test grids only)."""
-    out = np.full((height, width), fill, dtype=dtype)
-    for path in tile_paths:
-        with rasterio.open(path) as src:
-            col, row = ~grid_transform @ (src.transform.c, src.transform.f)
-            col, row = int(round(col)), int(round(row))
-            out[row:row + src.height, col:col + src.width] = src.read(1)
-    return out
-
-
 def valid_mask(a: np.ndarray, nodata) -> np.ndarray:
     if nodata is not None and isinstance(nodata, float) and math.isnan(nodata):
         return ~np.isnan(a)

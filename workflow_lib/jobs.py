@@ -24,6 +24,7 @@ from .mosaic import write_mosaic, write_stack
 from .plan import DatasetPlan
 from .resample import resample_tile
 from .status import DEFAULT_SPOOL_DIR, Event, StatusStore, resolve_url
+from .status.run import dataset_payload
 from .watchdog import Watchdog
 
 log = logging.getLogger("workflow_lib.jobs")
@@ -75,7 +76,7 @@ def load_dataset(meta_path: str) -> tuple[TargetGrid, DatasetPlan]:
     return TargetGrid.from_dict(meta["grid"]), DatasetPlan.from_dict(meta["dataset"])
 
 
-def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> None:
+def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> DatasetPlan:
     """Check that the input still is what the plan saw, and record its header and settings."""
     planned = DatasetPlan.from_dict(dataset)
     header = read_header(name, planned.header.path, planned.settings.band)
@@ -94,6 +95,7 @@ def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> Non
             "prefer summing in the input's CRS", name,
         )
     write_json_atomic(out_path, {"grid": grid, "dataset": planned.to_dict()})
+    return planned
 
 
 def status_store(snakemake) -> StatusStore:
@@ -126,14 +128,9 @@ def heartbeat(snakemake, dataset: str, tile: str) -> Iterator[None]:
 def run_register_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
         name = snakemake.wildcards.dataset
-        register_dataset(name, snakemake.params.dataset, snakemake.params.grid, snakemake.output[0])
-        h = DatasetPlan.from_dict(snakemake.params.dataset).header
+        planned = register_dataset(name, snakemake.params.dataset, snakemake.params.grid, snakemake.output[0])
         store = status_store(snakemake)
-        store.record(Event("dataset", dataset=name, payload={
-            "path": h.path, "file_size": h.size_bytes, "crs": h.crs.to_string(), "width": h.width,
-            "height": h.height, "dtype": h.dtype, "nodata": h.nodata,
-            "block_size": f"{h.block_shape[1]}x{h.block_shape[0]}",
-            "tile_count": len(snakemake.params.dataset["tiles"]), "status": "registered"}))
+        store.record(Event("dataset", dataset=name, payload=dataset_payload(planned, "registered")))
         store.close()
 
 

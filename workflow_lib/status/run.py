@@ -24,6 +24,16 @@ def write_run_context(plan_path: str, database_url: str, spool_dir: str) -> None
     os.chmod(RUN_CONTEXT, 0o600)  # it may hold a database URL
 
 
+def dataset_payload(dataset, status: str) -> dict:
+    """What the status database keeps of a planned dataset (a plan.DatasetPlan)."""
+    h = dataset.header
+    return {
+        "path": h.path, "file_size": h.size_bytes, "crs": h.crs.to_string(), "width": h.width,
+        "height": h.height, "dtype": h.dtype, "nodata": h.nodata,
+        "block_size": f"{h.block_shape[1]}x{h.block_shape[0]}", "tile_count": len(dataset.tiles), "status": status,
+    }
+
+
 def planned_tiles(context: dict, cwd: str):
     """(name, dataset payload, [[tile, status]]) per dataset; tiles whose file exists are done."""
     from ..plan import Plan
@@ -31,15 +41,9 @@ def planned_tiles(context: dict, cwd: str):
     with open(os.path.join(cwd, context["plan"])) as f:
         plan = Plan.from_dict(json.load(f))
     for name, d in plan.datasets.items():
-        h = d.header
-        dataset = {
-            "path": h.path, "file_size": h.size_bytes, "crs": h.crs.to_string(), "width": h.width,
-            "height": h.height, "dtype": h.dtype, "nodata": h.nodata,
-            "block_size": f"{h.block_shape[1]}x{h.block_shape[0]}", "tile_count": len(d.tiles), "status": "planned",
-        }
         tiles = [[t, "done" if os.path.exists(os.path.join(cwd, "results", "tiles", name, f"{t}.tif"))
                   else "pending"] for t in d.tiles]
-        yield name, dataset, tiles
+        yield name, dataset_payload(d, "planned"), tiles
 
 
 def error_from_logs(paths: list[str]) -> str:
