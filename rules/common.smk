@@ -24,10 +24,10 @@ if workflow.is_main_process:
 DATASETS = list(PLAN.datasets)
 OUTPUT = config["output"]
 
-# Memory, in MB, declared by each kind of job on its first attempt; retries ask for more
-# (--retries N). Override them with --set-resources, as in resample_tile:mem_mb=2000.
-TILE_MEM_MB = 512
-MOSAIC_MEM_MB = 1024
+# Memory, in MB, declared by each kind of job on its first attempt (config "memory"); retries ask
+# for more (--retries N). --set-resources resample_tile:mem_mb=2000 overrides it for every attempt.
+TILE_MEM_MB = config["memory"]["tile_mb"]
+MOSAIC_MEM_MB = config["memory"]["mosaic_mb"]
 
 
 def dataset_path(wildcards):

@@ -1,6 +1,6 @@
 """Named errors whose messages say which dataset, which file, and what to do."""
 
-from rasterio._err import CPLE_BaseError
+from rasterio._err import CPLE_BaseError, CPLE_OutOfMemoryError
 from rasterio.errors import RasterioError
 
 # What GDAL raises through rasterio: most calls raise RasterioError subclasses, but some (copies,
@@ -33,3 +33,26 @@ class OutputWriteError(WorkflowLibError):
     def __init__(self, path: str, cause: BaseException):
         self.path = path
         super().__init__(f"writing {path} failed: {cause}; nothing was left under that name")
+
+
+class JobMemoryError(WorkflowLibError):
+    """A job needed more memory than the limit it was given (its granted mem_mb)."""
+
+    def __init__(self, what: str, mem_mb: int, cause: BaseException):
+        self.mem_mb = mem_mb
+        super().__init__(
+            f"{what} ran out of memory: its limit is {mem_mb} MB (mem_mb) and it needed more ({cause!r}); "
+            "run with --retries N to retry it with more memory (mem_mb grows with each attempt), "
+            "or raise memory.tile_mb / memory.mosaic_mb in the config"
+        )
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from, is Python's or GDAL's out-of-memory error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (MemoryError, CPLE_OutOfMemoryError)) or "out of memory" in str(exc).lower():
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

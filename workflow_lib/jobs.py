@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 from .atomic import write_json_atomic
-from .errors import InputRasterError
+from .errors import InputRasterError, JobMemoryError, out_of_memory
 from .grid import TargetGrid
 from .header import read_header
 from .mosaic import write_mosaic, write_stack
@@ -62,6 +62,31 @@ def job_logging(log_path: str | None) -> Iterator[None]:
 
 def _finish_first(signum, frame) -> None:
     log.warning("SIGTERM received: finishing this job first (Ctrl-C or SIGKILL stop it at once)")
+
+
+@contextlib.contextmanager
+def memory_limit(snakemake, what: str) -> Iterator[None]:
+    """Hold the job to the memory it was granted, when the config asks for it (memory.enforce).
+
+    RLIMIT_DATA bounds the heap and private mappings, where the pixel buffers, GDAL's block cache and
+    the interpreter live: a job that needs more than its mem_mb gets an out-of-memory error, which is
+    reported as such (Snakemake's --retries then runs it again with more), instead of growing until
+    the machine swaps or the kernel's OOM killer picks some other process.
+    """
+    mem_mb = _mem_mb(snakemake)
+    if snakemake.config["memory"]["enforce"]:
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        limit = mem_mb * 2**20  # mem_mb is MiB to Snakemake's executors and to SLURM's --mem
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+        log.info("memory limit: %d MB (mem_mb granted to this job)", mem_mb)
+    try:
+        yield
+    except Exception as exc:
+        if out_of_memory(exc):
+            raise JobMemoryError(what, mem_mb, exc) from exc
+        raise
 
 
 def _mem_mb(snakemake) -> int:
@@ -140,7 +165,11 @@ def run_tile_job(snakemake) -> None:
         tile = grid.tile_by_id(snakemake.wildcards.tile)
         started = time.monotonic()
         what = f"tile {tile.id} of dataset '{dataset.name}' ({dataset.header.path})"
-        with heartbeat(snakemake, dataset.name, tile.id), Watchdog(snakemake.config["stall_timeout"], what) as dog:
+        with (
+            memory_limit(snakemake, what),
+            heartbeat(snakemake, dataset.name, tile.id),
+            Watchdog(snakemake.config["stall_timeout"], what) as dog,
+        ):
             figures = resample_tile(
                 dataset.name, dataset.header, dataset.settings, grid, tile, snakemake.output[0],
                 mem_mb=_mem_mb(snakemake), threads=snakemake.threads, compress=snakemake.params.compress,
@@ -156,18 +185,20 @@ def run_tile_job(snakemake) -> None:
 def run_mosaic_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
         grid, dataset = load_dataset(snakemake.input.meta)
-        write_mosaic(
-            dataset.name, dataset.settings, grid, list(snakemake.input.tiles), snakemake.output[0],
-            mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
-            compress=snakemake.params.compress, cog=snakemake.params.cog,
-        )
+        with memory_limit(snakemake, f"mosaic of dataset '{dataset.name}'"):
+            write_mosaic(
+                dataset.name, dataset.settings, grid, list(snakemake.input.tiles), snakemake.output[0],
+                mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
+                compress=snakemake.params.compress, cog=snakemake.params.cog,
+            )
 
 
 def run_stack_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
         grid = TargetGrid.from_dict(snakemake.params.grid)
-        write_stack(
-            list(snakemake.params.names), list(snakemake.input.mosaics), grid, snakemake.output[0],
-            mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
-            compress=snakemake.params.compress, cog=snakemake.params.cog,
-        )
+        with memory_limit(snakemake, "stack"):
+            write_stack(
+                list(snakemake.params.names), list(snakemake.input.mosaics), grid, snakemake.output[0],
+                mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
+                compress=snakemake.params.compress, cog=snakemake.params.cog,
+            )
