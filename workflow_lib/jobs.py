@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 from .atomic import write_json_atomic
+from .blocks import ENGINE_LABELS
 from .errors import InputRasterError, JobMemoryError, out_of_memory
 from .grid import TargetGrid
 from .header import read_header
@@ -31,7 +32,17 @@ log = logging.getLogger("workflow_lib.jobs")
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+    """This process's peak resident memory since it started its program, in MB.
+
+    Not getrusage's ru_maxrss: Linux carries the parent's peak over a fork and exec into it, so a
+    job started by a 200 MB Snakemake would report at least 200 MB. VmHWM belongs to the process's
+    own address space.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: the best there is
 
 
 @contextlib.contextmanager
@@ -114,6 +125,8 @@ def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> Dat
         name, header.path, header.width, header.height, header.dtype, header.nodata,
         header.crs.to_string(), len(planned.tiles), planned.settings,
     )
+    log.info("dataset %s: engine %s (%s)", name, ENGINE_LABELS[planned.settings.engine],
+             planned.settings.engine_reason)
     if planned.settings.method == "sum" and not planned.settings.same_crs:
         log.warning(
             "dataset %s: sum across CRSs depends on how GDAL 3.10 chunks the warp (README, Accuracy); "
@@ -177,7 +190,8 @@ def run_tile_job(snakemake) -> None:
             )
         store = status_store(snakemake)
         store.record(Event("tile_measured", dataset=dataset.name, tile=tile.id, payload={
-            "seconds": time.monotonic() - started, "peak_rss_mb": peak_rss_mb(), "engine": "gdal-warp",
+            "seconds": time.monotonic() - started, "peak_rss_mb": peak_rss_mb(),
+            "engine": ENGINE_LABELS[dataset.settings.engine],
             "pixels_written": figures["pixels_written"], "external_job_id": os.environ.get("SLURM_JOB_ID")}))
         store.close()
 
