@@ -1,5 +1,6 @@
 # Shared set-up: validate the config, make the plan (from headers only, cached) and the helpers
 # that rules use. Everything here runs at parse time, again in every cluster job: keep it cheap.
+from workflow_lib.blocks import ENGINE_LABELS
 from workflow_lib.config import validate_config
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.plan import load_plan, plan_cache_path
@@ -52,3 +53,8 @@ def tile_mem_mb(wildcards, attempt):
 
 def mosaic_mem_mb(wildcards, attempt):
     return MOSAIC_MEM_MB * attempt
+
+
+def tile_engine(wildcards):
+    # Shown in each tile job's message, so that a dry run tells which engine each dataset gets.
+    return ENGINE_LABELS[PLAN.datasets[wildcards.dataset].settings.engine]

@@ -10,6 +10,9 @@ rule resample_tile:
         "benchmarks/resample_tile/{dataset}/{tile}.tsv"
     params:
         compress=OUTPUT["compress"],
+        engine=tile_engine,
+    message:
+        "resample {output} with the {params.engine} engine"
     threads: 1
     resources:
         mem_mb=tile_mem_mb,

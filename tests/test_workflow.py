@@ -100,6 +100,9 @@ def test_dry_run_lists_every_tile_job(run):
     planned = {(name, t) for name, d in plan.datasets.items() for t in d.tiles}
     assert listed == planned
     assert re.search(rf"resample_tile\s+{plan.tile_count}\b", run["dry"])
+    # Each tile job says which engine resamples it.
+    engines = dict(re.findall(r"resample results/tiles/([\w-]+)/r\d+_c\d+\.tif with the ([\w-]+) engine", run["dry"]))
+    assert engines == {"dem": "numpy-blocks", "landcover": "numpy-blocks", "temperature": "gdal-warp"}
 
 
 def test_mosaics_equal_whole_image_gdal_warp(run, record):

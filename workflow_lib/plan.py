@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .atomic import write_json_atomic
+from .blocks import choose_engine
 from .config import nodata_override, target_crs, target_resolution
 from .errors import ConfigError
 from .footprint import footprint_ring, pixel_scale, touched_tiles, union_bounds
@@ -22,7 +23,7 @@ from .header import RasterHeader, read_header
 from .settings import WarpSettings, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3
 DEFAULT_CACHE_DIR = ".cache/plan"
 
 
@@ -112,6 +113,12 @@ def build_plan(config: dict[str, Any]) -> Plan:
                 f"datasets.{name}: {ds['path']} does not overlap the target extent {grid.bounds} "
                 f"(in {target['crs']}); remove the dataset or widen target.extent"
             )
+        same_crs = header.crs == crs
+        try:
+            engine = choose_engine(ds.get("engine", "auto"), ds["method"], same_crs, header.dtype, header.affine,
+                                   grid.transform)
+        except ValueError as exc:
+            raise ConfigError(f"datasets.{name}.engine: {exc} ({ds['path']})") from None
         settings = resolve_settings(
             name,
             header,
@@ -121,7 +128,8 @@ def build_plan(config: dict[str, Any]) -> Plan:
             dtype=ds.get("dtype"),
             scale=pixel_scale(header, grid),
             error_threshold=error_threshold,
-            same_crs=header.crs == crs,
+            same_crs=same_crs,
+            engine=engine,
         )
         plans[name] = DatasetPlan(name, header, settings, tuple(tiles))
     return Plan(grid, plans)

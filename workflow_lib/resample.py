@@ -24,6 +24,7 @@ from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
 from .atomic import atomic_path
+from .blocks import ENGINE_LABELS, block_geometry, reduce_blocks, valid_mask
 from .errors import GDAL_ERRORS, InputRasterError, OutputWriteError
 from .grid import TargetGrid, Tile
 from .gtiff import BLOCK_SIZE, open_output, tile_profile
@@ -177,11 +178,18 @@ def resample_tile(
     progress = progress or (lambda: None)
     budget = MemoryBudget.for_job(mem_mb)
     chunk_bytes = min(budget.chunk_bytes, max_chunk_bytes or budget.chunk_bytes)
-    chunks = plan_chunks(header, settings, tile, grid.crs, chunk_bytes)
+    blocks = None
+    if settings.engine == "numpy":
+        blocks, why = block_geometry(header.affine, tile.transform)
+        if blocks is None:  # the plan checked the grid; a tile can only disagree if the plan is stale
+            raise InputRasterError(dataset, header.path, f"the numpy engine cannot resample tile {tile.id}: {why}")
+        chunks = block_chunks(header, settings, tile, blocks, chunk_bytes)
+    else:
+        chunks = plan_chunks(header, settings, tile, grid.crs, chunk_bytes)
     log.info(
-        "tile %s of %s: %dx%d px in %d chunk(s), budget %d MB (GDAL cache %d MB, chunks %.0f MB), method %s",
-        tile.id, dataset, tile.width, tile.height, len(chunks), mem_mb, budget.cache_mb,
-        budget.chunk_bytes / 1e6, settings.method,
+        "tile %s of %s: %dx%d px in %d chunk(s), budget %d MB (GDAL cache %d MB, chunks %.0f MB), method %s, "
+        "engine %s (%s)", tile.id, dataset, tile.width, tile.height, len(chunks), mem_mb, budget.cache_mb,
+        chunk_bytes / 1e6, settings.method, ENGINE_LABELS[settings.engine], settings.engine_reason,
     )
     profile = tile_profile(
         tile.width, tile.height, tile.transform, grid.crs, settings.dst_dtype, settings.dst_nodata, compress
@@ -198,7 +206,14 @@ def resample_tile(
         with src, open_output(tmp, out_path, profile) as dst:
             for i, chunk in enumerate(chunks, 1):
                 shape = (int(chunk.window.height), int(chunk.window.width))
-                if chunk.source is None:  # nothing of the input maps here
+                if blocks is not None:
+                    data, valid = read_blocks(dataset, src, settings, chunk, blocks)
+                    progress()
+                    pixels_read += 0 if chunk.source is None else int(chunk.source.width * chunk.source.height)
+                    out = reduce_blocks(data, valid, blocks.kx, blocks.ky, settings.method, settings.dst_dtype,
+                                        settings.dst_nodata)
+                    del data, valid
+                elif chunk.source is None:  # nothing of the input maps here
                     out = np.full(shape, settings.dst_nodata, dtype=settings.dst_dtype)
                 else:
                     data = read_source(dataset, src, settings, chunk.source)
@@ -224,6 +239,87 @@ def resample_tile(
     log.info("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
     return {"chunks": len(chunks), "seconds": seconds, "pixels_read": pixels_read,
             "pixels_written": tile.width * tile.height}
+
+
+def block_chunk_cost(settings: WarpSettings, src_dtype: str, kx: int, ky: int) -> float:
+    """Bytes held per source pixel by the block engine: the read (twice at the raster's edges,
+    where it is copied into a padded array), its validity mask and NaN test, the method's working
+    arrays (median: a float64 copy to sort; mode: per-position counts), and output-sized float64
+    accumulators."""
+    extra = {"med": 9, "mode": 3}.get(settings.method, 0)
+    return 2 * np.dtype(src_dtype).itemsize + 2 + extra + 40 / (kx * ky)
+
+
+def block_chunks(header: RasterHeader, settings: WarpSettings, tile: Tile, blocks, budget_bytes: int) -> list[Chunk]:
+    """Cut a tile into chunks of whole output rows (or, for very wide tiles, columns too) whose
+    blocks of source pixels fit ``budget_bytes``; ``blocks``: the tile's BlockGeometry."""
+    kx, ky = blocks.kx, blocks.ky
+    per_px = block_chunk_cost(settings, header.dtype, kx, ky)
+    per_out_px = per_px * kx * ky
+    cols = max(1, min(tile.width, int(budget_bytes // per_out_px)))
+    rows = max(1, min(tile.height, int(budget_bytes // (per_out_px * cols))))
+    chunks = []
+    for r in range(0, tile.height, rows):
+        for c in range(0, tile.width, cols):
+            window = Window(c, r, min(cols, tile.width - c), min(rows, tile.height - r))
+            padded = Window(blocks.col_off + c * kx, blocks.row_off + r * ky, window.width * kx, window.height * ky)
+            chunks.append(Chunk(window, clip_window(padded, header), padded))
+    return chunks
+
+
+# Methods for which GDAL 3.10 gives the target pixel just above (left of) the raster, when its
+# edge is the raster's top (left) edge, the reduction of the raster's first row (column) under it:
+# measured in tests/test_blocks.py and reproduced here so that the engines agree at the edges.
+_EDGE_BLEED_METHODS = {"average", "min", "max", "mode", "med"}
+
+
+def read_blocks(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks) -> tuple[np.ndarray, np.ndarray | None]:
+    """A chunk's whole blocks of source pixels and where they hold values (None: everywhere);
+    pixels beyond the raster's edge hold none, except as GDAL has it at the top and left edges."""
+    if chunk.source == chunk.padded:
+        data = read_source(dataset, src, settings, chunk.source)
+        return data, valid_mask(data, settings.src_nodata)
+    p = chunk.padded
+    shape = (int(p.height), int(p.width))
+    full = np.zeros(shape, np.dtype(src.dtypes[settings.band - 1]))
+    inside = np.zeros(shape, bool)
+
+    def put(window: Window) -> None:
+        data = read_source(dataset, src, settings, window)
+        valid = valid_mask(data, settings.src_nodata)
+        r, c = int(window.row_off - p.row_off), int(window.col_off - p.col_off)
+        full[r:r + data.shape[0], c:c + data.shape[1]] = data
+        inside[r:r + data.shape[0], c:c + data.shape[1]] = True if valid is None else valid
+
+    if chunk.source is not None:
+        put(chunk.source)
+    if settings.method in _EDGE_BLEED_METHODS:
+        top, left = -int(p.row_off), -int(p.col_off)  # the raster's first row and column in the chunk
+        top_bleeds = 0 < top <= shape[0] and top % blocks.ky == 0
+        left_bleeds = 0 < left <= shape[1] and left % blocks.kx == 0
+        c0, c1 = max(int(p.col_off), 0), min(int(p.col_off + p.width), src.width)
+        r0, r1 = max(int(p.row_off), 0), min(int(p.row_off + p.height), src.height)
+
+        def edge(window: Window) -> tuple[np.ndarray, np.ndarray | bool]:
+            data = read_source(dataset, src, settings, window)
+            valid = valid_mask(data, settings.src_nodata)
+            return data, (True if valid is None else valid)
+
+        if top_bleeds and c1 > c0:  # the row just above the raster takes its first row
+            data, valid = edge(Window(c0, 0, c1 - c0, 1))
+            cols = slice(c0 - int(p.col_off), c1 - int(p.col_off))
+            full[top - 1, cols] = data[0]
+            inside[top - 1, cols] = valid if valid is True else valid[0]
+        if left_bleeds and r1 > r0:  # the column just left of it takes its first column
+            data, valid = edge(Window(0, r0, 1, r1 - r0))
+            rows = slice(r0 - int(p.row_off), r1 - int(p.row_off))
+            full[rows, left - 1] = data[:, 0]
+            inside[rows, left - 1] = valid if valid is True else valid[:, 0]
+        if top_bleeds and left_bleeds:  # and the corner its first pixel
+            data, valid = edge(Window(0, 0, 1, 1))
+            full[top - 1, left - 1] = data[0, 0]
+            inside[top - 1, left - 1] = valid if valid is True else valid[0, 0]
+    return full, inside
 
 
 def pads_sum(settings: WarpSettings) -> bool:

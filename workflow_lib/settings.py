@@ -24,6 +24,8 @@ class WarpSettings:
     y_scale: float  # GDAL warp option YSCALE
     error_threshold: float  # GDAL's approximate transformer's error across CRSs, in pixels
     same_crs: bool  # input and target share one CRS: the transformation is affine
+    engine: str = "gdal"  # "numpy" (aligned blocks, workflow_lib.blocks) or "gdal" (GDAL's warper)
+    engine_reason: str = ""
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -58,6 +60,7 @@ def resolve_settings(
     scale: tuple[float, float],
     error_threshold: float,
     same_crs: bool,
+    engine: tuple[str, str] = ("gdal", ""),
 ) -> WarpSettings:
     dst_dtype = dtype or header.dtype
     if nodata_override is not None:
@@ -88,4 +91,6 @@ def resolve_settings(
         y_scale=scale[1],
         error_threshold=error_threshold,
         same_crs=same_crs,
+        engine=engine[0],
+        engine_reason=engine[1],
     )

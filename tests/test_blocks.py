@@ -1,0 +1,254 @@
+"""The NumPy block engine against GDAL's warper on the same inputs: synthetic data with nodata,
+NaN, ties and edges, real rasters, and the engine choice."""
+
+import math
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+
+from workflow_lib.blocks import block_geometry, choose_engine, reduce_blocks, valid_mask
+from workflow_lib.config import validate_config
+from workflow_lib.errors import ConfigError
+from workflow_lib.plan import build_plan
+
+from .helpers import compare, read_band, reference_for, run_tiles_and_mosaics, write_raster
+
+SRC = Affine(10, 0, 1000, 0, -10, 5000)
+METHODS = ["nearest", "average", "sum", "min", "max", "med", "mode"]
+
+
+def gdal_blocks(data, kx, ky, method, src_nodata, dst_nodata, dst_dtype):
+    """GDAL's warper on the whole array, onto the grid of kx x ky blocks."""
+    out = np.full((data.shape[0] // ky, data.shape[1] // kx), dst_nodata, dst_dtype)
+    reproject(data, out, src_transform=SRC, src_crs="EPSG:32632", src_nodata=src_nodata,
+              dst_transform=SRC @ Affine.scale(kx, ky), dst_crs="EPSG:32632", dst_nodata=dst_nodata,
+              resampling=Resampling[method], init_dest_nodata=True, warp_mem_limit=512)
+    return out
+
+
+def synthetic(dtype, src_nodata, kx, ky, seed):
+    """Values with missing pixels scattered and in whole blocks; few distinct integers (mode ties)."""
+    rng = np.random.default_rng(seed)
+    shape = (ky * 30, kx * 28)
+    if np.dtype(dtype).kind == "f":
+        data = rng.normal(0, 1000, shape).astype(dtype)
+    else:
+        data = rng.integers(0, 6, shape).astype(dtype)
+        if np.dtype(dtype).kind == "u":
+            data[rng.random(shape) < 0.05] = np.iinfo(dtype).max  # the default output nodata as a value
+    if src_nodata is not None:
+        missing = rng.random(shape) < 0.25
+        missing[: ky * 3, : kx * 4] = True  # blocks with no value at all
+        data[missing] = src_nodata
+    if np.dtype(dtype).kind == "f":
+        data[rng.random(shape) < 0.05] = np.nan  # NaN is missing too (read_source maps it to nodata)
+        if src_nodata is not None and not math.isnan(src_nodata):
+            data[np.isnan(data)] = src_nodata
+    return data
+
+
+CASES = [  # dtype, input nodata, output dtype, output nodata
+    ("float32", -9999.0, "float32", -9999.0),
+    ("float32", math.nan, "float32", math.nan),
+    ("float64", math.nan, "float64", math.nan),
+    ("uint8", 0, "uint8", 0),
+    ("uint8", None, "uint8", 255),  # no nodata: GDAL nudges values off the output's nodata
+    ("uint8", 3, "uint8", 3),  # nodata inside the value range
+    ("int16", -32768, "int16", -32768),
+    ("uint16", 7, "uint16", 7),
+    ("int16", -32768, "float32", -32768),
+    ("uint8", None, "float32", math.nan),
+]
+FACTORS = [(1, 1), (2, 2), (4, 4), (3, 3), (5, 4), (2, 3)]
+
+
+@pytest.mark.parametrize("dtype,src_nodata,dst_dtype,dst_nodata", CASES)
+@pytest.mark.parametrize("kx,ky", FACTORS)
+def test_blocks_equal_gdal_bit_for_bit(dtype, src_nodata, dst_dtype, dst_nodata, kx, ky, record):
+    data = synthetic(dtype, src_nodata, kx, ky, seed=kx * 10 + ky)
+    valid = valid_mask(data, src_nodata)
+    for method in METHODS:
+        engine, why = choose_engine("auto", method, True, dtype, SRC, SRC @ Affine.scale(kx, ky))
+        if engine != "numpy":  # documented exceptions, tested below
+            continue
+        ours = reduce_blocks(data, valid, kx, ky, method, dst_dtype, dst_nodata)
+        ref = gdal_blocks(data, kx, ky, method, src_nodata, dst_nodata, dst_dtype)
+        assert ours.dtype == ref.dtype
+        same = (ours == ref) | (np.isnan(ours.astype(float)) & np.isnan(ref.astype(float)))
+        if method == "sum" and dst_dtype == "float64":
+            # GDAL adds in another order than row by row: the last bits of a float64 sum differ.
+            # Stated bound: 4 float64 epsilons of the sum of the block's absolute values.
+            bound = 4 * np.finfo("float64").eps * reduce_blocks(np.abs(data), valid, kx, ky, "sum", "float64", 0)
+            assert np.array_equal(np.isnan(ours), np.isnan(ref))
+            assert (np.abs(ours - ref)[~np.isnan(ref)] <= bound[~np.isnan(ref)]).all()
+            record(f"numpy engine: float64 sum {kx}x{ky}: {int((~same).sum())} of {same.size} differ in the last "
+                   f"bits, max {np.nanmax(np.abs(ours - ref)):.3g}")
+            continue
+        assert same.all(), (method, ours[~same][:5], ref[~same][:5], why)
+
+
+def test_mode_ties_follow_gdal_running_mode():
+    # Row-major blocks: 3,1,1,3 -> 1 (1 reaches two first); 1,3,3,1 -> 3; all distinct -> the first.
+    blocks = [([3, 1], [1, 3]), ([1, 3], [3, 1]), ([5, 2], [7, 9]), ([9, 7], [2, 5])]
+    for dtype in ("uint8", "int16", "float32"):
+        data = np.block([[np.array(b, dtype) for b in blocks]] * 2)
+        ours = reduce_blocks(data, None, 2, 2, "mode", dtype, 255)
+        assert ours[0].tolist() == [1, 3, 5, 9]
+        assert np.array_equal(ours, gdal_blocks(np.tile(data, (4, 4)), 2, 2, "mode", None, 255, dtype)[:2, :4])
+
+
+def test_nearest_picks_the_block_pixel_gdal_picks():
+    for k in (2, 3, 4, 5):
+        data = np.arange(k * k * 16, dtype="float32").reshape(k * 4, k * 4)
+        ours = reduce_blocks(data, None, k, k, "nearest", "float32", -1)
+        assert ours[1, 1] == data[k + k // 2, k + k // 2]
+        assert np.array_equal(ours, gdal_blocks(data, k, k, "nearest", None, -1, "float32"))
+
+
+def test_integer_average_rounds_as_gdal_does():
+    # Means of exactly x.5 come out of GDAL's running mean just below or at x.5: 4,7,3,3,... has mean
+    # 4.5 but GDAL's 4.4999999999999991 rounds to 4, where a plain mean would give 5.
+    block = np.array([4, 7, 3, 3, 8, 7, 6, 3, 2, 5, 4, 8, 4, 1, 5, 2], "uint8").reshape(4, 4)
+    data = np.tile(block, (4, 4))
+    ours = reduce_blocks(data, None, 4, 4, "average", "uint8", 255)
+    assert block.mean() == 4.5 and (ours == 4).all()
+    assert np.array_equal(ours, gdal_blocks(data, 4, 4, "average", None, 255, "uint8"))
+
+
+def test_documented_differences_are_left_to_gdal_unless_asked_for():
+    dst3 = SRC @ Affine.scale(3, 3)
+    assert choose_engine("auto", "sum", True, "float32", SRC, dst3)[0] == "gdal"
+    assert choose_engine("auto", "sum", True, "float32", SRC, SRC @ Affine.scale(4, 2))[0] == "numpy"
+    assert choose_engine("auto", "mode", True, "float64", SRC, dst3)[0] == "gdal"
+    assert choose_engine("auto", "mode", True, "int32", SRC, dst3)[0] == "gdal"
+    assert choose_engine("numpy", "sum", True, "float32", SRC, dst3)[0] == "numpy"
+    # GDAL's sum over 3x3 blocks depends on the image's size (its window-derived factor): on this
+    # 108 x 90 image it lets neighbours in with weights of ~1e-15, so that blocks with no value get
+    # ~1e-12 instead of nodata and sums move by up to a float32 epsilon; the exact block sum does not.
+    data = np.random.default_rng(5).normal(0, 1000, (90, 108)).astype("float32")
+    data[:9, :15] = -9999.0
+    ours = reduce_blocks(data, valid_mask(data, -9999.0), 3, 3, "sum", "float32", -9999.0)
+    ref = gdal_blocks(data, 3, 3, "sum", -9999.0, -9999.0, "float32")
+    exact = data.astype("float64").reshape(30, 3, 36, 3).sum(axis=(1, 3))
+    assert (ours[:3, :5] == -9999).all() and (np.abs(ref[:3, :5]) < 1e-9).any()
+    valid = ours != -9999
+    assert np.array_equal(ours[valid], exact[valid].astype("float32"))
+    assert (ours[valid] != ref[valid]).any()
+    assert np.allclose(ours[valid], ref[valid], rtol=2e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("src,dst,expected", [
+    (SRC, SRC @ Affine.scale(4), (4, 4, 0, 0)),
+    (SRC, Affine(30, 0, 1020, 0, -20, 4960), (3, 2, 2, 4)),
+    (Affine(0.1, 0, 5.3, 0, -0.1, 47.9), Affine(0.4, 0, 5.3, 0, -0.4, 47.9), (4, 4, 0, 0)),  # decimal steps
+    (SRC, Affine(25, 0, 1000, 0, -20, 5000), None),  # 2.5 px
+    (SRC, Affine(20, 0, 1005, 0, -20, 5000), None),  # corners between input pixels
+    (Affine(10, 1, 1000, 0, -10, 5000), SRC @ Affine.scale(2), None),  # rotated
+    (Affine(10, 0, 1000, 0, 10, 5000), SRC @ Affine.scale(2), None),  # south-up
+])
+def test_block_geometry(src, dst, expected):
+    geometry, why = block_geometry(src, dst)
+    if expected is None:
+        assert geometry is None and why
+    else:
+        assert (geometry.kx, geometry.ky, geometry.col_off, geometry.row_off) == expected
+
+
+def test_engine_is_chosen_per_dataset_and_can_be_overridden(tmp_path):
+    path = write_raster(tmp_path / "a.tif", np.ones((64, 64), "float32"), "EPSG:32632", SRC, -9999.0)
+
+    def plan(**dataset):
+        config = {"target": {"crs": dataset.pop("crs", "EPSG:32632"), "resolution": 40}, "tile_size": 16,
+                  "datasets": {"d": {"path": path, "method": "average", **dataset}}}
+        return build_plan(validate_config(config)).datasets["d"].settings
+
+    assert (plan().engine, plan().engine_reason) == ("numpy", "aligned 4x4 blocks")
+    assert plan(method="bilinear").engine == "gdal"
+    assert plan(engine="gdal").engine == "gdal"
+    assert plan(crs="EPSG:3035").engine == "gdal"
+    with pytest.raises(ConfigError, match=r"datasets\.d\.engine: the numpy engine cannot be used: the input and the "
+                                          r"target are in different CRSs \(.*a\.tif\)"):
+        plan(crs="EPSG:3035", engine="numpy")
+
+
+def real_config(path, band, method, k, engine="auto"):
+    """A grid aligned with the file: its own origin and CRS, whole multiples of its pixel size."""
+    with rasterio.open(path) as src:
+        crs, (rx, ry), t = src.crs.to_wkt(), src.res, src.transform
+    return {"target": {"crs": crs, "resolution": [rx * k, ry * k], "origin": [t.c, t.f]}, "tile_size": 48,
+            "datasets": {"d": {"path": path, "method": method, "band": band, "engine": engine}}}
+
+
+@pytest.mark.parametrize("method,k", [(m, k) for m in METHODS for k in (2, 3, 4)])
+def test_real_raster_on_a_dyadic_grid_equals_gdal(tmp_path, real_raster, record, method, k):
+    """world.byte (0.125 degree pixels from -180, 75): GDAL's block weights are exact, and the
+    engine's tiles and chunks equal GDAL's warp of the whole image."""
+    config = real_config(real_raster("rasterio__world.byte.tif"), 1, method, k)
+    plan, mosaics = run_tiles_and_mosaics(config, tmp_path, max_chunk_bytes=100_000)
+    settings = plan.datasets["d"].settings
+    if method == "sum" and k == 3:
+        assert settings.engine == "gdal"
+        return
+    assert settings.engine == "numpy", settings.engine_reason
+    c = compare(read_band(mosaics["d"]), reference_for(plan, "d").data, settings.dst_nodata)
+    record(c.row(f"numpy engine, real: world uint8 {method} x{k}"))
+    assert c.compared > 10_000 and c.nodata_mismatch == 0 and c.max_abs_diff == 0, c
+
+
+REAL = {  # file, band, method, factor: pixel sizes such as 100.01126757344893 m, non-dyadic
+    "RGB uint8 nodata 0 mode x3": ("rasterio__RGB.byte.tif", 1, "mode", 3),
+    "RGB uint8 nodata 0 average x2": ("rasterio__RGB.byte.tif", 2, "average", 2),
+    "cog int16 average x4": ("rio-tiler__cog_int16.tif", 1, "average", 4),
+    "cog int16 med x3": ("rio-tiler__cog_int16.tif", 1, "med", 3),
+    "cog int16 min x5": ("rio-tiler__cog_int16.tif", 1, "min", 5),
+    "cog int16 nearest x4": ("rio-tiler__cog_int16.tif", 1, "nearest", 4),
+    "mosaic uint16 mode x2": ("rio-tiler__mosaic_cog1.tif", 3, "mode", 2),
+    "Albers int16 nodata max x2": ("rio-cogeo__image_nodata.tif", 1, "max", 2),
+    "float64 NaN average x2": ("rio-cogeo__image_nan.tif", 1, "average", 2),
+    "float64 NaN med x3": ("rio-cogeo__image_nan.tif", 1, "med", 3),
+}
+
+
+@pytest.mark.parametrize("case", list(REAL))
+def test_real_rasters_on_non_dyadic_grids(tmp_path, real_raster, record, case):
+    """Aligned grids whose numbers are not dyadic: picks (nearest, min, max, med, mode) go to NumPy
+    and equal GDAL; averages stay with GDAL under "auto", and asked for NumPy they are the exact
+    block means, which differ from GDAL's only by GDAL's ~1e-11 weight error."""
+    name, band, method, k = REAL[case]
+    path = real_raster(name)
+    plan, _ = run_tiles_and_mosaics(real_config(path, band, method, k), tmp_path / "auto", max_chunk_bytes=100_000)
+    assert plan.datasets["d"].settings.engine == ("gdal" if method == "average" else "numpy")
+    plan, mosaics = run_tiles_and_mosaics(real_config(path, band, method, k, "numpy"), tmp_path, max_chunk_bytes=100_000)
+    settings = plan.datasets["d"].settings
+    result, reference = read_band(mosaics["d"]), reference_for(plan, "d").data
+    c = compare(result, reference, settings.dst_nodata)
+    record(c.row(f"numpy engine, real: {case}"))
+    assert c.compared > 500 and c.nodata_mismatch == 0, c
+    if method != "average":
+        assert c.max_abs_diff == 0, c
+    elif np.dtype(settings.dst_dtype).kind == "f":
+        assert c.max_abs_diff <= 1e-9 * np.nanmax(np.abs(reference)), c
+    else:  # integer means that GDAL's weight error moves across a rounding boundary (x.5)
+        assert c.max_abs_diff <= 1 and c.differing < 0.3 * c.compared, c
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_edges_of_the_raster_inside_the_grid_equal_gdal(tmp_path, method):
+    """A raster whose top-left corner lies inside the grid on a block boundary: GDAL gives the
+    target row above it and the column left of it the reduction of its first row and column (for
+    average, min, max, mode, med); the engine does the same, through tiles and chunks."""
+    rng = np.random.default_rng(7)
+    data = rng.integers(1, 9, (200, 180)).astype("int16")
+    data[rng.random(data.shape) < 0.1] = -1
+    path = write_raster(tmp_path / "a.tif", data, "EPSG:32632", Affine(10, 0, 500040, 0, -10, 5199960), -1)
+    config = {"target": {"crs": "EPSG:32632", "resolution": 20, "origin": [0, 0],
+                         "extent": {"left": 499800, "bottom": 5197800, "right": 502000, "top": 5200200}},
+              "tile_size": 16, "datasets": {"d": {"path": path, "method": method}}}
+    plan, mosaics = run_tiles_and_mosaics(config, tmp_path, max_chunk_bytes=4_000)
+    assert plan.datasets["d"].settings.engine == "numpy"
+    c = compare(read_band(mosaics["d"]), reference_for(plan, "d").data, -1)
+    assert c.nodata_mismatch == 0 and c.max_abs_diff == 0 and c.compared > 8000, c
