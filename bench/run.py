@@ -1,0 +1,296 @@
+"""Benchmark: this workflow against gdalwarp (default and tuned) and the decode floor, same files.
+
+    make bench                          # 40,000 x 40,000 inputs, 3 repeats (about an hour and a half)
+    .venv/bin/python bench/run.py --size 8000 --repeats 1    # a quick look
+
+Needs Debian's gdal-bin (gdalwarp) and vmtouch. Inputs are generated once into --workdir (about
+7 GB at full size) and kept; every measurement runs with its input locked in the page cache
+(``vmtouch -dl``), because these machines drop file cache untouched for about a minute. Prints, per
+case and tool, the median wall time, the peak RSS of the largest process, and the ratio to tuned
+gdalwarp; the workflow's lines add the largest tile job's peak RSS and its declared mem_mb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import psutil
+import rasterio
+import yaml
+from affine import Affine
+from rasterio.windows import Window
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from workflow_lib.config import validate_config  # noqa: E402
+from workflow_lib.plan import build_plan  # noqa: E402
+
+BLOCK = 512
+TUNED = ["-multi", "-wo", "NUM_THREADS=ALL_CPUS", "-wm", "512", "--config", "GDAL_NUM_THREADS", "ALL_CPUS",
+         "-co", "NUM_THREADS=ALL_CPUS", "-ovr", "NONE"]
+
+
+@dataclass
+class Case:
+    name: str
+    input: str
+    dtype: str
+    size: int
+    method: str
+    target_crs: str
+    resolution: float
+    results: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+def _field(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """A smooth, terrain-like surface: compresses as real elevation or climate data does."""
+    u, v = cols / 1700.0, rows / 1300.0
+    return (1200 + 600 * np.sin(u) * np.cos(v) + 150 * np.sin(3.1 * u + 1.7 * v)
+            + 25 * np.cos(17.3 * u - 11.1 * v)).astype("float32")
+
+
+def generate(path: str, size: int, dtype: str, crs: str, transform: Affine) -> None:
+    """float32 with nodata holes, or uint8 land-cover-like classes; DEFLATE + predictor, 512 blocks."""
+    if os.path.exists(path):
+        return
+    float_data = dtype == "float32"
+    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype=dtype, crs=crs, transform=transform,
+                   nodata=-9999.0 if float_data else 0, tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
+                   compress="deflate", predictor=3 if float_data else 2, bigtiff="yes", num_threads="all_cpus")
+    rng = np.random.default_rng(42)
+    tmp = path + ".part"
+    started = time.monotonic()
+    with rasterio.open(tmp, "w", **profile) as dst:
+        cols = np.arange(size, dtype="float64")
+        for row in range(0, size, BLOCK):
+            h = min(BLOCK, size - row)
+            r, c = np.meshgrid(np.arange(row, row + h, dtype="float64"), cols, indexing="ij")
+            z = _field(r, c)
+            if float_data:
+                z += rng.normal(0, 2, z.shape).astype("float32")
+                # Holes: lakes of nodata every few kilometres, and scattered missing pixels.
+                lakes = (np.sin(c / 900.0) * np.sin(r / 700.0)) > 0.97
+                z[lakes | (rng.random(z.shape) < 0.01)] = -9999.0
+                out = z
+            else:
+                classes = (np.digitize(z, np.linspace(700, 1900, 11)) + 1).astype("uint8")  # 1..12
+                speckle = rng.random(z.shape) < 0.15  # mixed pixels: ties for mode
+                classes[speckle] = rng.integers(1, 13, int(speckle.sum()), dtype="uint8")
+                out = classes
+            dst.write(out, 1, window=Window(0, row, size, h))
+    os.replace(tmp, path)
+    print(f"  generated {path}: {size}x{size} {dtype}, {os.path.getsize(path) / 1e9:.2f} GB "
+          f"in {time.monotonic() - started:.0f} s", flush=True)
+
+
+# --------------------------------------------------------------------------------- measurements
+
+def measured(cmd: list[str], cwd: str | None = None, env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of the largest process of ``cmd`` and its children."""
+    wrapper = ("import resource, subprocess, sys\n"
+               "rc = subprocess.run(sys.argv[1:]).returncode\n"
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+               "sys.exit(rc)\n")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return seconds, int(proc.stderr.strip().splitlines()[-1]) / 1024.0
+
+
+DECODE = """
+import sys, rasterio
+from concurrent.futures import ThreadPoolExecutor
+from rasterio.windows import Window
+path, threads = sys.argv[1], int(sys.argv[2])
+with rasterio.Env(GDAL_CACHEMAX=64):
+    with rasterio.open(path) as probe:
+        width, height, (bh, bw) = probe.width, probe.height, probe.block_shapes[0]
+    rows = list(range(0, height, bh))
+    def worker(i):
+        with rasterio.open(path) as src:  # one handle per thread: GDAL datasets are not thread-safe
+            for row in rows[i::threads]:
+                src.read(1, window=Window(0, row, width, min(bh, height - row)))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+"""
+
+
+class PageCacheLock:
+    """Keep the input resident while measuring: ``vmtouch -dl`` loads and locks it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(["vmtouch", "-l", "-q", self.path])
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:  # -l without -d stays in the foreground once loaded
+            out = subprocess.run(["vmtouch", self.path], capture_output=True, text=True).stdout
+            if "Resident Pages" in out and "100%" in out.split("Resident Pages")[1].splitlines()[0]:
+                return self
+            time.sleep(1)
+        raise RuntimeError(f"could not load {self.path} into the page cache")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def grid_of(case: Case, tile_size: int) -> dict:
+    config = workflow_config(case, tile_size)
+    return build_plan(validate_config(config)).grid
+
+
+def workflow_config(case: Case, tile_size: int | None) -> dict:
+    config = {"target": {"crs": case.target_crs, "resolution": case.resolution, "origin": [0, 0]},
+              "datasets": {"d": {"path": case.input, "method": case.method}}}
+    if tile_size:
+        config["tile_size"] = tile_size
+    return config
+
+
+def run_workflow(case: Case, workdir: str, tile_size: int | None) -> dict:
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(os.path.join(workdir, "config"))
+    with open(os.path.join(workdir, "config", "config.yaml"), "w") as f:
+        yaml.safe_dump(workflow_config(case, tile_size), f)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory", workdir,
+           "--cores", "2", "--resources", "mem_mb=4096", "--quiet", "all", "--", "results/mosaics/d.tif"]
+    seconds, peak = measured(cmd)
+    jobs = []
+    for tsv in glob.glob(os.path.join(workdir, "benchmarks", "**", "*.tsv"), recursive=True):
+        rule = os.path.relpath(tsv, os.path.join(workdir, "benchmarks")).split(os.sep)[0]
+        with open(tsv) as f:
+            row = next(csv.DictReader(f, delimiter="\t"))
+        jobs.append((rule, float(row["s"]), float(row["max_rss"]) if row["max_rss"] not in ("", "-") else 0.0, tsv))
+    tiles = [j for j in jobs if j[0] == "resample_tile"]
+    # The tile's own work (from its log) against the job's wall time: the rest is the fixed cost
+    # of a job (interpreter, imports, Snakemake's script preamble, writing the status).
+    work = []
+    for _, s, _, tsv in tiles:
+        log = tsv.replace(os.sep + "benchmarks" + os.sep, os.sep + "logs" + os.sep).replace(".tsv", ".log")
+        with open(log) as f:
+            text = f.read()
+        work.append(float(text.split(" written in ")[1].split(" s ")[0]))
+    fixed = [s - w for (_, s, _, _), w in zip(tiles, work)]
+    mosaic = [j for j in jobs if j[0] == "mosaic"]
+    return {"seconds": seconds, "peak_mb": peak, "tiles": len(tiles),
+            "max_tile_rss_mb": max(j[2] for j in tiles), "max_job_rss_mb": max(j[2] for j in jobs),
+            "tile_mem_mb": validate_config(workflow_config(case, tile_size))["memory"]["tile_mb"],
+            "fixed_s": statistics.mean(fixed), "tile_s": statistics.mean(s for _, s, _, _ in tiles),
+            "mosaic_s": mosaic[0][1] if mosaic else 0.0,
+            "engine": json.load(open(os.path.join(workdir, "results", "datasets", "d.json")))["dataset"]["settings"]["engine"]}
+
+
+def gdalwarp(case: Case, out: str, grid, tuned: bool) -> tuple[float, float]:
+    left, bottom, right, top = grid.bounds
+    rx, ry = grid.resolution
+    if os.path.exists(out):
+        os.unlink(out)
+    cmd = ["gdalwarp", "-q", "-t_srs", case.target_crs, "-te", repr(left), repr(bottom), repr(right), repr(top),
+           "-tr", repr(rx), repr(ry), "-r", case.method, *(TUNED if tuned else []), case.input, out]
+    return measured(cmd)
+
+
+def median_of(repeats: int, fn) -> dict:
+    runs = [fn() for _ in range(repeats)]
+    first = runs[0] if isinstance(runs[0], dict) else {}
+    walls = [r["seconds"] if isinstance(r, dict) else r[0] for r in runs]
+    peaks = [r["peak_mb"] if isinstance(r, dict) else r[1] for r in runs]
+    return {**first, "seconds": statistics.median(walls), "all_seconds": walls, "peak_mb": max(peaks)}
+
+
+# ---------------------------------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=40_000, help="edge of the large inputs in pixels")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", default=os.path.join(REPO, "bench", "work"))
+    parser.add_argument("--cases", default="average,mode,reproject")
+    parser.add_argument("--tile-sizes", default="", help="also time the workflow at these tile sizes (first case)")
+    parser.add_argument("--skip-default-gdalwarp", action="store_true")
+    args = parser.parse_args()
+    for tool in ("gdalwarp", "vmtouch"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: apt-get install gdal-bin vmtouch")
+    os.makedirs(args.workdir, exist_ok=True)
+    n, half = args.size, args.size // 2
+    laea = Affine(10, 0, 4_000_000, 0, -10, 3_000_000)  # 10 m pixels in EPSG:3035
+    cases = {
+        "average": Case(f"float32 {n}x{n}, average, factor 4", os.path.join(args.workdir, f"float32_{n}.tif"),
+                        "float32", n, "average", "EPSG:3035", 40),
+        "mode": Case(f"uint8 classes {n}x{n}, mode, factor 4", os.path.join(args.workdir, f"uint8_{n}.tif"),
+                     "uint8", n, "mode", "EPSG:3035", 40),
+        "reproject": Case(f"float32 {half}x{half}, EPSG:3035 -> EPSG:4326, average",
+                          os.path.join(args.workdir, f"float32_{half}.tif"), "float32", half, "average",
+                          "EPSG:4326", 0.0005),
+    }
+    selected = [cases[c] for c in args.cases.split(",")]
+    mem = psutil.virtual_memory().total / 2**30
+    print(f"machine: {platform.node()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+          f"{mem:.0f} GiB RAM, Python {platform.python_version()}, rasterio {rasterio.__version__} "
+          f"(GDAL {rasterio.__gdal_version__}), gdalwarp "
+          f"{subprocess.run(['gdalwarp', '--version'], capture_output=True, text=True).stdout.strip()}", flush=True)
+    for case in selected:
+        generate(case.input, case.size, case.dtype, "EPSG:3035", laea)
+    rows = []
+    for case in selected:
+        print(f"\n## {case.name}", flush=True)
+        grid = grid_of(case, 1024)
+        with PageCacheLock(case.input):
+            r = {}
+            r["decode floor (2 threads)"] = median_of(args.repeats, lambda: measured(
+                [sys.executable, "-c", DECODE, case.input, "2"]))
+            print(f"  decode floor {r['decode floor (2 threads)']['all_seconds']}", flush=True)
+            out = os.path.join(args.workdir, "gdalwarp.tif")
+            r["gdalwarp tuned"] = median_of(args.repeats, lambda: gdalwarp(case, out, grid, True))
+            print(f"  gdalwarp tuned {r['gdalwarp tuned']['all_seconds']}", flush=True)
+            if not args.skip_default_gdalwarp:
+                r["gdalwarp default"] = median_of(args.repeats, lambda: gdalwarp(case, out, grid, False))
+                print(f"  gdalwarp default {r['gdalwarp default']['all_seconds']}", flush=True)
+            wf = os.path.join(args.workdir, "workflow")
+            r["workflow (snakemake --cores 2)"] = median_of(args.repeats, lambda: run_workflow(case, wf, None))
+            print(f"  workflow {r['workflow (snakemake --cores 2)']['all_seconds']}", flush=True)
+            if case is selected[0] and args.tile_sizes:
+                for size in map(int, args.tile_sizes.split(",")):
+                    r[f"workflow, tile_size {size}"] = median_of(1, lambda: run_workflow(case, wf, size))
+                    print(f"  workflow tile_size {size} {r[f'workflow, tile_size {size}']['all_seconds']}", flush=True)
+            if os.path.exists(out):
+                os.unlink(out)
+        tuned = r["gdalwarp tuned"]["seconds"]
+        for tool, m in r.items():
+            extra = ""
+            if "tiles" in m:
+                extra = (f"{m['tiles']} tiles ({m['engine']}), tile job {m['tile_s']:.2f} s of which fixed "
+                         f"{m['fixed_s']:.2f} s ({100 * m['fixed_s'] / m['tile_s']:.0f} %), mosaic "
+                         f"{m['mosaic_s']:.1f} s; largest tile job {m['max_tile_rss_mb']:.0f} MB of "
+                         f"{m['tile_mem_mb']} MB, largest job {m['max_job_rss_mb']:.0f} MB")
+            rows.append((case.name, tool, m["seconds"], m["peak_mb"], m["seconds"] / tuned, extra))
+    print("\n| case | tool | wall (median) | peak RSS | vs gdalwarp tuned | notes |")
+    print("|---|---|---|---|---|---|")
+    for name, tool, seconds, peak, ratio, extra in rows:
+        print(f"| {name} | {tool} | {seconds:.1f} s | {peak:.0f} MB | {ratio:.2f}x | {extra} |")
+
+
+if __name__ == "__main__":
+    main()
