@@ -127,7 +127,7 @@ def valid_mask(data: np.ndarray, src_nodata: float | None) -> np.ndarray | None:
         return ~np.isnan(data)
     mask = data != data.dtype.type(src_nodata)
     if data.dtype.kind == "f":
-        mask &= ~np.isnan(data)
+        np.logical_and(mask, data == data, out=mask)  # NaN is missing too (NaN != NaN)
     return mask
 
 
@@ -153,29 +153,47 @@ def reduce_blocks(
     masks = None if valid is None else [valid[dy::ky, dx::kx] for dy in range(ky) for dx in range(kx)]
     if method == "nearest":
         centre = (ky // 2) * kx + kx // 2
-        values, found = views[centre], (np.ones((h, w), bool) if masks is None else masks[centre])
-        return _to_output(values, found, dst_dtype, dst_nodata, avoid_nodata=False)
+        found = np.ones((h, w), bool) if masks is None else masks[centre]
+        return _to_output(views[centre], found, dst_dtype, dst_nodata, avoid_nodata=False)
+    if masks is None:
+        values, found = _reduce(method, views, None, (h, w))
+    else:
+        # Most blocks are usually complete: reduce every block as if it were (the fast path, no
+        # masks), then again, with masks, only the blocks that miss a pixel.
+        complete = masks[0].copy()
+        for mask in masks[1:]:
+            complete &= mask
+        values, found = _reduce(method, views, None, (h, w))
+        partial = np.nonzero(~complete)
+        if partial[0].size:
+            sub_values, sub_found = _reduce(method, [v[partial] for v in views], [m[partial] for m in masks],
+                                            partial[0].shape)
+            values[partial] = sub_values
+            found[partial] = sub_found
+    return _to_output(values, found, dst_dtype, dst_nodata)
+
+
+def _reduce(method: str, views, masks, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Block values (writable) and where a block had any valid pixel, for one method."""
     if method == "mode":
-        values, found = _mode(views, masks, (h, w))
-        return _to_output(values, found, dst_dtype, dst_nodata)
+        return _mode(views, masks, shape)
     if method == "med":
-        values, found = _median(views, masks, (h, w))
-        return _to_output(values, found, dst_dtype, dst_nodata)
-    count = np.zeros((h, w), np.int32)
+        return _median(views, masks, shape)
+    count = np.zeros(shape, np.int32)
     if method == "average":
         acc = _running_mean(views, masks, count)
     elif method == "sum":
-        acc = np.zeros((h, w), np.float64)
+        acc = np.zeros(shape, np.float64)
         for i, view in enumerate(views):  # GDAL's order: rows of the block, top to bottom
             _accumulate(np.add, acc, view, None if masks is None else masks[i], count)
     elif method in ("min", "max"):
-        acc = np.full((h, w), np.inf if method == "min" else -np.inf)
+        acc = np.full(shape, np.inf if method == "min" else -np.inf)
         func = np.minimum if method == "min" else np.maximum
         for i, view in enumerate(views):
             _accumulate(func, acc, view, None if masks is None else masks[i], count)
     else:
         raise ValueError(f"method {method} is not a block reduction")
-    return _to_output(acc, count > 0, dst_dtype, dst_nodata)
+    return acc, count > 0
 
 
 def _accumulate(func, acc: np.ndarray, view: np.ndarray, mask: np.ndarray | None, count: np.ndarray) -> None:
@@ -191,8 +209,16 @@ def _running_mean(views, masks, count: np.ndarray) -> np.ndarray:
     """GDAL 3.10's average: a running mean, mean += (value - mean) * (1 / n), in double precision over the
     block's valid pixels in row-major order (which is why a mean of 4.5 can come out 4.4999999999999991,
     and round to 4 in an integer output)."""
-    mean = np.zeros(count.shape, np.float64)
     step = np.empty(count.shape, np.float64)
+    if masks is None:  # complete blocks: the i-th value has weight ratio 1 / i, the same everywhere
+        mean = views[0].astype(np.float64)  # 0 + (v - 0) * (1 / 1)
+        for i, view in enumerate(views[1:], 2):
+            np.subtract(view, mean, out=step)
+            step *= 1.0 / i
+            mean += step
+        count += len(views)
+        return mean
+    mean = np.zeros(count.shape, np.float64)
     ratio = np.empty(count.shape, np.float64)
     for i, view in enumerate(views):
         mask = None if masks is None else masks[i]
@@ -226,25 +252,27 @@ def _mode(views, masks, shape) -> tuple[np.ndarray, np.ndarray]:
     """GDAL's running mode, vectorised: a value can only win at its last occurrence in the block,
     and a later position wins only with a strictly larger count."""
     n = len(views)
-    ones = np.ones(shape, bool)
-    valid = masks or [ones] * n
     count_type = np.uint8 if n < 255 else np.uint16 if n < 65535 else np.uint32
     # Each pair of positions is compared once: counts[p] is how many other valid positions hold
     # view p's value, later[p] whether one of them comes after p.
     counts = [np.zeros(shape, count_type) for _ in range(n)]
     later = [np.zeros(shape, bool) for _ in range(n)]
+    same = np.empty(shape, bool)
     for p in range(n):
         for q in range(p + 1, n):
-            same = views[p] == views[q]
-            same &= valid[p]
-            same &= valid[q]
-            counts[p] += same
-            counts[q] += same
+            np.equal(views[p], views[q], out=same)
+            if masks is not None:
+                same &= masks[p]
+                same &= masks[q]
+            np.add(counts[p], same, out=counts[p], casting="unsafe")
+            np.add(counts[q], same, out=counts[q], casting="unsafe")
             later[p] |= same
     best = np.zeros(shape, views[0].dtype)
     best_count = np.zeros(shape, np.int64)
     for p in range(n):
-        wins = valid[p] & ~later[p] & (counts[p].astype(np.int64) + 1 > best_count)
+        wins = ~later[p] & (counts[p].astype(np.int64) + 1 > best_count)
+        if masks is not None:
+            wins &= masks[p]
         best[wins] = views[p][wins]
         best_count[wins] = counts[p][wins].astype(np.int64) + 1
     return best, best_count > 0

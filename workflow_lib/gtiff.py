@@ -12,14 +12,18 @@ from .errors import GDAL_ERRORS, OutputWriteError
 BLOCK_SIZE = 256
 
 
-def compression_options(compress: str, dtype: str, threads: int = 1) -> dict:
+def compression_options(compress: str, dtype: str, threads: int = 1, fast: bool = False) -> dict:
+    """Creation options for ``compress``; ``fast``: the quickest level, for intermediate files
+    (tiles are read once, by the mosaic: their size matters less than the time to write them)."""
     if compress == "none":
         return {}
     options = {"compress": compress, "num_threads": str(max(threads, 1))}
     # Horizontal differencing shrinks smooth rasters by a third or more; floats need predictor 3.
     options["predictor"] = "3" if np.dtype(dtype).kind == "f" else "2"
     if compress == "zstd":
-        options["zstd_level"] = "9"
+        options["zstd_level"] = "1" if fast else "9"
+    elif compress == "deflate" and fast:
+        options["zlevel"] = "1"
     return options
 
 
@@ -38,7 +42,7 @@ def tile_profile(width: int, height: int, transform, crs, dtype: str, nodata: fl
         "blockxsize": BLOCK_SIZE,
         "blockysize": BLOCK_SIZE,
         "bigtiff": "if_safer",
-        **compression_options(compress, dtype),
+        **compression_options(compress, dtype, fast=True),
     }
 
 

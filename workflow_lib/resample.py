@@ -277,7 +277,7 @@ def read_blocks(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks)
     """A chunk's whole blocks of source pixels and where they hold values (None: everywhere);
     pixels beyond the raster's edge hold none, except as GDAL has it at the top and left edges."""
     if chunk.source == chunk.padded:
-        data = read_source(dataset, src, settings, chunk.source)
+        data = read_source(dataset, src, settings, chunk.source, keep_nan=True)
         return data, valid_mask(data, settings.src_nodata)
     p = chunk.padded
     shape = (int(p.height), int(p.width))
@@ -285,7 +285,7 @@ def read_blocks(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks)
     inside = np.zeros(shape, bool)
 
     def put(window: Window) -> None:
-        data = read_source(dataset, src, settings, window)
+        data = read_source(dataset, src, settings, window, keep_nan=True)
         valid = valid_mask(data, settings.src_nodata)
         r, c = int(window.row_off - p.row_off), int(window.col_off - p.col_off)
         full[r:r + data.shape[0], c:c + data.shape[1]] = data
@@ -301,7 +301,7 @@ def read_blocks(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks)
         r0, r1 = max(int(p.row_off), 0), min(int(p.row_off + p.height), src.height)
 
         def edge(window: Window) -> tuple[np.ndarray, np.ndarray | bool]:
-            data = read_source(dataset, src, settings, window)
+            data = read_source(dataset, src, settings, window, keep_nan=True)
             valid = valid_mask(data, settings.src_nodata)
             return data, (True if valid is None else valid)
 
@@ -350,12 +350,15 @@ def pad_for_sum(data: np.ndarray, chunk: Chunk, settings: WarpSettings) -> np.nd
     return out
 
 
-def read_source(dataset: str, src, settings: WarpSettings, window: Window) -> np.ndarray:
-    """Read a full-resolution window of the selected band, with NaN turned into the nodata value."""
+def read_source(dataset: str, src, settings: WarpSettings, window: Window, keep_nan: bool = False) -> np.ndarray:
+    """Read a full-resolution window of the selected band, with NaN turned into the nodata value
+    (``keep_nan``: left as it is, for the block engine, whose validity mask excludes NaN anyway)."""
     try:
         data = src.read(settings.band, window=window)
     except GDAL_ERRORS as exc:
         raise InputRasterError(dataset, src.name, f"read of window {window} failed: {exc}") from exc
+    if keep_nan:
+        return data
     if data.dtype.kind == "f" and settings.src_nodata is not None and not math.isnan(settings.src_nodata):
         # GDAL skips only the declared nodata value; a NaN beside it would poison average and sum.
         np.copyto(data, data.dtype.type(settings.src_nodata), where=np.isnan(data))
