@@ -5,7 +5,7 @@ CORES  ?= all
 MEM_MB ?= 4096
 BIN    := $(VENV)/bin
 
-.PHONY: install run example status test dryrun dag lint clean
+.PHONY: install run example status test dryrun dag lint bench clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ lint: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Not part of the tests: about an hour and a half; needs Debian's gdal-bin and vmtouch (bench/README.md).
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf results logs benchmarks .cache
