@@ -47,12 +47,20 @@ def dataset_tiles(wildcards):
     )
 
 
+def cluster_overhead_mb():
+    # A cluster job also holds the Snakemake processes that run the rule inside it, and the cluster
+    # counts them against the job's memory: ask for that on top of the job's own share (the job
+    # subtracts it again when it sizes its windows, workflow_lib.jobs).
+    on_cluster = workflow.non_local_exec or workflow.remote_exec
+    return config["memory"]["cluster_overhead_mb"] if on_cluster else 0
+
+
 def tile_mem_mb(wildcards, attempt):
-    return TILE_MEM_MB * attempt
+    return TILE_MEM_MB * attempt + cluster_overhead_mb()
 
 
 def mosaic_mem_mb(wildcards, attempt):
-    return MOSAIC_MEM_MB * attempt
+    return MOSAIC_MEM_MB * attempt + cluster_overhead_mb()
 
 
 def tile_engine(wildcards):

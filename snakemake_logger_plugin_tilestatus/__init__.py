@@ -35,6 +35,7 @@ class LogHandler(LogHandlerBase):
         self.store = None
         self.run_id: Optional[str] = None
         self.jobs: dict[int, dict] = {}
+        self.group_logs: dict[int, list[str]] = {}  # jobid -> logs of the cluster job it ran in
         self.errors = 0
         self.finished = False
 
@@ -81,6 +82,12 @@ class LogHandler(LogHandlerBase):
                 self._tile_event("tile_started", record.jobid)
             elif event == LogEvent.JOB_FINISHED:
                 self._tile_event("tile_finished", record.job_id)
+            elif event == LogEvent.GROUP_ERROR:
+                # A cluster job running a group of jobs failed: the executor's own log (SLURM's
+                # output, where an out-of-memory kill is reported) belongs to each job of the group,
+                # whose JOB_ERROR records follow.
+                for info in getattr(record, "job_error_info", None) or []:
+                    self.group_logs[info.get("jobid")] = list(getattr(record, "aux_logs", None) or [])
             elif event == LogEvent.JOB_ERROR:
                 self._job_error(record)
         except Exception:  # noqa: BLE001 - the status database must never stop the run
@@ -122,7 +129,13 @@ class LogHandler(LogHandlerBase):
         from workflow_lib.status.run import error_from_logs
 
         job = self.jobs.get(record.jobid, {"rule": record.rule_name, "wildcards": {}, "log": []})
-        message = error_from_logs(list(getattr(record, "log", None) or job["log"]))
+        logs = list(getattr(record, "log", None) or job["log"]) + self.group_logs.pop(record.jobid, [])
+        message = error_from_logs(logs)
+        # The executor's word on the failure (on SLURM: "SLURM-job '12' failed, SLURM status is:
+        # 'OUT_OF_MEMORY'") comes first: the job itself may have been killed before it could say anything.
+        executor_says = getattr(record, "rule_msg", None)
+        if executor_says:
+            message = f"{executor_says} {message}"
         if job["rule"] == TILE_RULE:
             self._tile_event("tile_failed", record.jobid, {"error": message})
         elif job["rule"] == REGISTER_RULE:

@@ -129,3 +129,21 @@ def test_report_shows_progress_eta_and_flags_stalled_jobs(tmp_path):
     text = render(report)
     assert "STALLED" in text and "read failed" in text and "[########" in text
     assert json.loads(to_json(report))["datasets"][0]["done"] == 4
+
+
+def test_a_failed_job_is_explained_by_its_logs_out_of_memory_kill_first(tmp_path):
+    from workflow_lib.status.run import error_from_logs
+
+    job = tmp_path / "job.log"
+    job.write_text("2026-11-29 INFO workflow_lib.resample: tile r0000_c0000 of dem: 750x750 px\n")
+    slurm = tmp_path / "slurm.log"
+    slurm.write_text(  # as SLURM's output of a job step killed by its cgroup reads
+        "Job 0: resample results/tiles/dem/r0000_c0000.tif with the gdal-warp engine\n"
+        "slurmstepd-localhost: error: Detected 1 oom-kill event(s) in StepId=35.0. Some of your processes may have "
+        "been killed by the cgroup out-of-memory handler.\n"
+        "srun: error: localhost: task 0: Out Of Memory\nWorkflowError:\nAt least one job did not complete successfully.\n")
+    assert error_from_logs([str(job), str(slurm)]).startswith("slurmstepd-localhost: error: Detected 1 oom-kill")
+    failed = tmp_path / "failed.log"
+    failed.write_text("Traceback (most recent call last):\nInputRasterError: dataset 'd' (a.tif): read failed\n")
+    assert error_from_logs([str(job), str(failed)]) == "InputRasterError: dataset 'd' (a.tif): read failed"
+    assert error_from_logs([str(job)]).startswith("the job ended without an error message")

@@ -102,8 +102,13 @@ def memory_limit(snakemake, what: str) -> Iterator[None]:
 
 def _mem_mb(snakemake) -> int:
     # Snakemake caps a job's declared mem_mb at the run's --resources limit: the value the job was
-    # actually granted is in snakemake.resources, so the budget comes from there.
-    return int(snakemake.resources.get("mem_mb", 1024))
+    # actually granted is in snakemake.resources, so the budget comes from there. Inside a SLURM
+    # job, part of it is for the Snakemake processes running this job (config memory.
+    # cluster_overhead_mb, which the rules added to what they asked for).
+    granted = int(snakemake.resources.get("mem_mb", 1024))
+    if os.environ.get("SLURM_JOB_ID"):
+        granted = max(granted - int(snakemake.config["memory"]["cluster_overhead_mb"]), 64)
+    return granted
 
 
 def load_dataset(meta_path: str) -> tuple[TargetGrid, DatasetPlan]:

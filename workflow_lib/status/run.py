@@ -50,12 +50,20 @@ def error_from_logs(paths: list[str]) -> str:
     """What a failed job's log says went wrong, or that it said nothing (a job killed by a signal
     or the out-of-memory killer stops mid-sentence)."""
     last = ""
+    texts = []
     for path in paths:
         try:
             with open(path) as f:
-                lines = [line.strip() for line in f if line.strip()]
+                texts.append([line.strip() for line in f if line.strip()])
         except OSError:
             continue
+    for lines in texts:
+        # A cluster's out-of-memory kill explains everything after it (SLURM: "slurmstepd: error:
+        # Detected 1 oom-kill event(s) in StepId=..."), so it comes first.
+        for line in lines:
+            if "oom-kill" in line or "Out Of Memory" in line:
+                return line[-2000:]
+    for lines in texts:
         for line in reversed(lines):
             if "Error" in line or "Exception" in line:
                 return line[-2000:]

@@ -1,0 +1,112 @@
+"""The workflow on a real SLURM cluster through profiles/slurm, with the status in PostgreSQL.
+
+Needs a SLURM cluster that this machine submits to and runs on (CI starts a one-node cluster with
+.ci/start-slurm.sh); the tests skip without one, and fail instead when REQUIRE_SLURM=1.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from workflow_lib.status import StatusStore
+
+from .helpers import REPO, run_tiles_and_mosaics, smooth_field, write_raster
+from .test_workflow import synthetic_config, write_config
+
+pytestmark = pytest.mark.integration
+
+# Test-only overrides of the profile: no account on the test cluster, its partition, a first status
+# check after 2 s (the executor waits 40 s by default), small groups so that there are several.
+OVERRIDES = ["--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
+             "--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1000", "--jobs", "6"]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    ok = shutil.which("sbatch") and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+    if not ok:
+        if os.environ.get("REQUIRE_SLURM") == "1":
+            pytest.fail("REQUIRE_SLURM=1 but no SLURM cluster answers (sinfo); see .ci/start-slurm.sh")
+        pytest.skip("no SLURM cluster (sinfo fails); .ci/start-slurm.sh starts a one-node one as root")
+
+
+def run_on_slurm(workdir, url, *extra):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"),
+           "--directory", str(workdir), "--profile", os.path.join(REPO, "profiles", "slurm"), *OVERRIDES, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "WORKFLOW_STATUS_DB": url})
+
+
+def submitted_slurm_jobs(output: str) -> set[str]:
+    return {line.split("SLURM jobid ")[1].split()[0].strip("'().,")
+            for line in output.splitlines() if "SLURM jobid " in line}
+
+
+def test_workflow_runs_on_slurm_in_batches_with_status_in_postgresql(tmp_path, slurm, pg_cluster, record):
+    url = pg_cluster.new_database()
+    config = synthetic_config(tmp_path)
+    config["tile_size"] = 24  # 60 tiles, run 20 to a SLURM job
+    write_config(tmp_path, config)
+    proc = run_on_slurm(tmp_path, url, "--group-components", "tiles=20")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+
+    # Same pixels and georeferencing as the library run on one machine (the local run's equality
+    # with GDAL's whole-image warp is tested in test_workflow.py).
+    _, local = run_tiles_and_mosaics(config, tmp_path / "local")
+    for name, path in local.items():
+        with rasterio.open(tmp_path / "results" / "mosaics" / f"{name}.tif") as a, rasterio.open(path) as b:
+            assert a.transform == b.transform and a.crs == b.crs and np.array_equal(a.read(1), b.read(1), equal_nan=True)
+
+    store = StatusStore(url)
+    rows = store.query("SELECT dataset, tile, status, external_job_id FROM tiles")
+    planned = {(d, f[:-4]) for d in os.listdir(tmp_path / "results" / "tiles")
+               for f in os.listdir(tmp_path / "results" / "tiles" / d)}
+    assert {(d, t) for d, t, *_ in rows} == planned
+    assert {s for _, _, s, _ in rows} == {"done"}
+    job_ids = {j for *_, j in rows}
+    assert None not in job_ids and all(j.isdigit() for j in job_ids), job_ids
+    submitted = submitted_slurm_jobs(output)
+    assert job_ids <= submitted
+    # Batching: far fewer SLURM jobs than tiles (4 registrations, the tile groups, 3 mosaics, 1 stack).
+    assert len(submitted) < len(rows) / 2, (len(submitted), len(rows))
+    assert store.query("SELECT status FROM runs") == [("finished",)]
+    record(f"slurm: {len(rows)} tiles done in {len(job_ids)} SLURM tile jobs, {len(submitted)} SLURM jobs "
+           f"submitted in all; status rows in PostgreSQL: {len(rows)} tiles, "
+           f"{store.query('SELECT COUNT(*) FROM events')[0][0]} events")
+
+
+def test_tile_job_killed_by_slurm_for_memory_is_recorded_and_retried_with_more(tmp_path, slurm, pg_cluster, record):
+    """With SLURM's cgroup enforcement, a tile job given too little memory (64 MB for the tile and
+    100 MB for the Snakemake processes in the SLURM job; the job's own limit off) is killed by
+    SLURM: OUT_OF_MEMORY, recorded as the tile's failure with SLURM's words; the retries ask for
+    64 MB more each time (mem_mb x attempt) and one succeeds."""
+    url = pg_cluster.new_database()
+    path = write_raster(tmp_path / "dem.tif", smooth_field(3000, 3000), "EPSG:32632",
+                        Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+    config = {"target": {"crs": "EPSG:32632", "resolution": 40}, "tile_size": 750,
+              # The SLURM job's own Snakemake processes alone need more than 100 MB: the first
+              # attempts are killed whatever the tile.
+              "memory": {"tile_mb": 64, "cluster_overhead_mb": 100, "enforce": False},
+              "datasets": {"dem": {"path": path, "method": "average", "engine": "gdal"}}}
+    write_config(tmp_path, config)
+    proc = run_on_slurm(tmp_path, url, "--group-components", "tiles=1", "--retries", "6")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    store = StatusStore(url)
+    failures = [e for (e,) in store.query("SELECT payload FROM events WHERE kind = 'tile_failed'")]
+    assert failures and all("oom-kill event" in e for e in failures), failures
+    rows = store.query("SELECT tile, status, attempt, peak_rss_mb, external_job_id FROM tiles")
+    assert {s for _, s, *_ in rows} == {"done"} and min(a for _, _, a, *_ in rows) >= 2, rows
+    states = subprocess.run(["sacct", "-n", "-X", "-o", "JobID,State%20", "-j", ",".join(submitted_slurm_jobs(output))],
+                            capture_output=True, text=True).stdout
+    assert "OUT_OF_MEMORY" in states, states
+    record(f"slurm cgroup: {len(failures)} tile job attempt(s) killed OUT_OF_MEMORY, then done at attempt "
+           f"{max(r[2] for r in rows)} (SLURM --mem {64 * max(r[2] for r in rows) + 100} MB, tile peak "
+           f"{max(r[3] for r in rows):.0f} MB); first failure recorded: {failures[0][:200]}")
