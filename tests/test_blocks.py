@@ -252,3 +252,14 @@ def test_edges_of_the_raster_inside_the_grid_equal_gdal(tmp_path, method):
     assert plan.datasets["d"].settings.engine == "numpy"
     c = compare(read_band(mosaics["d"]), reference_for(plan, "d").data, -1)
     assert c.nodata_mismatch == 0 and c.max_abs_diff == 0 and c.compared > 8000, c
+
+
+def test_chunks_begin_where_the_inputs_rows_of_blocks_begin():
+    """A block of the input cut by a chunk boundary would be decompressed twice."""
+    from workflow_lib.resample import row_breaks
+
+    breaks = row_breaks(4096, 244, 64, 4, 512)  # the tile starts 64 input rows into a block row
+    assert breaks[0] == 0 and breaks[-1] == 4096
+    assert all((64 + r * 4) % 512 == 0 for r in breaks[1:-1])
+    assert max(b - a for a, b in zip(breaks, breaks[1:])) <= 244
+    assert row_breaks(100, 30, 0, 4, 512) == [0, 30, 60, 90, 100]  # budget below one block row

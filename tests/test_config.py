@@ -35,7 +35,7 @@ def config(path, **overrides):
 
 def test_defaults_are_filled_in(raster):
     cfg = validate_config(config(raster))
-    assert cfg["tile_size"] == 2048
+    assert cfg["tile_size"] == 4096
     assert cfg["target"]["extent"] == "union"
     assert cfg["target"]["origin"] == [0.0, 0.0]
     assert cfg["datasets"]["dem"]["band"] == 1

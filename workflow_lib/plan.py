@@ -101,7 +101,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
         bounds,
         target_resolution(config),
         tuple(target.get("origin", (0.0, 0.0))),
-        config.get("tile_size", 2048),
+        config.get("tile_size", 4096),
     )
     error_threshold = config.get("warp", {}).get("error_threshold", 0.125)
     plans = {}

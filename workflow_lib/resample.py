@@ -258,13 +258,29 @@ def block_chunks(header: RasterHeader, settings: WarpSettings, tile: Tile, block
     per_out_px = per_px * kx * ky
     cols = max(1, min(tile.width, int(budget_bytes // per_out_px)))
     rows = max(1, min(tile.height, int(budget_bytes // (per_out_px * cols))))
+    breaks = row_breaks(tile.height, rows, blocks.row_off, ky, header.block_shape[0])
     chunks = []
-    for r in range(0, tile.height, rows):
+    for r, r_end in zip(breaks, breaks[1:]):
         for c in range(0, tile.width, cols):
-            window = Window(c, r, min(cols, tile.width - c), min(rows, tile.height - r))
+            window = Window(c, r, min(cols, tile.width - c), r_end - r)
             padded = Window(blocks.col_off + c * kx, blocks.row_off + r * ky, window.width * kx, window.height * ky)
             chunks.append(Chunk(window, clip_window(padded, header), padded))
     return chunks
+
+
+def row_breaks(height: int, rows: int, first_source_row: int, ky: int, block_rows: int) -> list[int]:
+    """Where chunks of at most ``rows`` output rows begin (and the tile ends), placed where the
+    source's rows of blocks begin when the budget allows: a block cut by a chunk boundary is
+    decompressed for both chunks (measured: a third more time for a tile of 512-row blocks)."""
+    step = math.lcm(block_rows, ky) // ky  # output rows per whole number of block rows
+    first = next((r for r in range(step) if (first_source_row + r * ky) % block_rows == 0), None)
+    if rows < step or first is None:
+        return list(range(0, height, rows)) + [height]
+    size = rows - rows % step
+    breaks = [0] + ([first] if first else [])
+    while breaks[-1] + size < height:
+        breaks.append(breaks[-1] + size)
+    return breaks + [height]
 
 
 # Methods for which GDAL 3.10 gives the target pixel just above (left of) the raster, when its
