@@ -9,13 +9,19 @@ warper gives for the same inputs (measured with ``rasterio.warp.reproject``, see
 - missing pixels (nodata, NaN, outside the raster) are skipped; the output is nodata only where
   every pixel of the block is missing;
 - ``nearest`` takes the block's pixel (ky // 2, kx // 2), nodata if that pixel is missing;
-- ``average`` and ``sum`` add the block's values in double precision, row by row as GDAL does,
-  so the sums are the same bit for bit; ``med`` takes the lower median (sorted[(n - 1) // 2]);
+- ``average`` is GDAL's running mean in double precision over the block's valid pixels in
+  row-major order, mean += (value - mean) * (1 / n), bit for bit; ``sum`` adds them in double
+  precision (GDAL's order differs: float64 sums may differ in their last bits); ``med`` takes the
+  lower median (sorted[(n - 1) // 2]);
 - ``mode`` takes the most frequent value; among equally frequent values, the one whose last
   occurrence in row-major order comes first (GDAL keeps a running mode, replaced only when
   another value's count becomes strictly larger);
 - integer outputs are rounded half up, clamped to the type, and (except for ``nearest``) nudged
   off the nodata value: nodata - 1, or nodata + 1 when nodata is the type's minimum.
+
+GDAL's behaviour at a raster's top and left edges is reproduced where the blocks are read
+(``resample.read_blocks``); the cases where GDAL's result is not the exact block result are left to
+GDAL by ``choose_engine``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import numpy as np
 from affine import Affine
 
 BLOCK_METHODS = ("nearest", "average", "sum", "min", "max", "med", "mode")
-ENGINES = ("numpy", "gdal")
 ENGINE_LABELS = {"numpy": "numpy-blocks", "gdal": "gdal-warp"}
 # Relative tolerance for calling a resolution ratio an integer and an offset a whole pixel: headers
 # hold decimal resolutions (0.1, 1/3600) that are not exact in binary.

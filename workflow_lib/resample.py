@@ -140,7 +140,10 @@ def plan_chunks(
         if fits or (window.width == 1 and window.height == 1):
             yield chunk
             return
-        if window.height > 1:
+        # Split the longer side: across CRSs the source window of a long thin strip is its skewed
+        # bounding box, mostly pixels that the strip does not need (measured: a 4096-pixel tile
+        # from EPSG:3035 to EPSG:4326 took 21.6 s in full-width strips, 7.1 s in squarer chunks).
+        if window.height > 1 and (settings.same_crs or window.height >= window.width):
             # Split on a block boundary where possible so that output blocks fill up in order.
             half = int(window.height) // 2
             if half > BLOCK_SIZE:
