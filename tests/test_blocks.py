@@ -263,3 +263,21 @@ def test_chunks_begin_where_the_inputs_rows_of_blocks_begin():
     assert all((64 + r * 4) % 512 == 0 for r in breaks[1:-1])
     assert max(b - a for a, b in zip(breaks, breaks[1:])) <= 244
     assert row_breaks(100, 30, 0, 4, 512) == [0, 30, 60, 90, 100]  # budget below one block row
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16"])
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_sorted_mode_equals_the_pairwise_mode_over_the_whole_value_range(dtype, k):
+    """Complete blocks of small integers take the sorting-network mode; blocks with a missing pixel
+    the pairwise one (which the GDAL comparisons above check for every type): they must agree,
+    ties and extreme values included."""
+    from workflow_lib.blocks import _mode, _mode_sorted
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(k)
+    choices = np.array([info.min, info.min + 1, -1 if info.min < 0 else 7, 0, info.max - 1, info.max], dtype)
+    data = rng.choice(choices, (k * 40, k * 50))
+    views = [data[dy::k, dx::k] for dy in range(k) for dx in range(k)]
+    shape = (40, 50)
+    masks = [np.ones(shape, bool)] * len(views)  # forces the pairwise path
+    assert np.array_equal(_mode_sorted(views, shape)[0], _mode(views, masks, shape)[0])
