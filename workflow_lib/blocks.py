@@ -303,20 +303,26 @@ def _mode_sorted(views, shape) -> tuple[np.ndarray, np.ndarray]:
         np.minimum(keys[a], keys[b], out=low)
         np.maximum(keys[a], keys[b], out=keys[b])
         keys[a], low = low, keys[a]
-    best = np.zeros(shape, np.int64)
-    best_score = np.full(shape, -1, np.int64)
-    run = np.ones(shape, np.int64)
+    # Scan the sorted keys; every array is updated in place, in the narrowest type that holds it.
     values = [key >> 8 for key in keys]
+    best = np.zeros(shape, key_type)
+    best_score = np.zeros(shape, np.int32)  # run length * 256 + (255 - last position), > 0 at run ends
+    run = np.zeros(shape, np.int32)
+    same = np.zeros(shape, bool)
+    score = np.empty(shape, np.int32)
+    wins = np.empty(shape, bool)
     for i in range(n):
-        if i:
-            same = values[i] == values[i - 1]
-            run = np.where(same, run + 1, 1)
-        ends = values[i] != values[i + 1] if i + 1 < n else np.ones(shape, bool)
-        score = np.where(ends, run * 256 + 255 - (keys[i] & 0xFF), -1)
-        wins = score > best_score
-        best[wins] = values[i][wins]
+        np.multiply(run, same, out=run)  # a new value starts a new run
+        run += 1
+        np.bitwise_and(keys[i], 0xFF, out=score, casting="unsafe")
+        np.subtract(run * 256 + 255, score, out=score)
+        if i + 1 < n:
+            np.equal(values[i], values[i + 1], out=same)
+            score[same] = 0  # not the end of its run
+        np.greater(score, best_score, out=wins)
+        np.copyto(best, values[i], where=wins)
         np.maximum(best_score, score, out=best_score)
-    return (best - offset).astype(views[0].dtype), np.ones(shape, bool)
+    return (best.astype(np.int32) - offset).astype(views[0].dtype), np.ones(shape, bool)
 
 
 def _sorting_network(n: int) -> list[tuple[int, int]]:
