@@ -291,7 +291,7 @@ def _mode(views, masks, shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mode_sorted(views, shape) -> tuple[np.ndarray, np.ndarray]:
-    """The same mode for complete blocks of small integers, faster (measured 1.65x on uint8 4x4
+    """The same mode for complete blocks of small integers, faster (measured 1.7x on uint8 4x4
     blocks): each block's (value << 8 | position) keys are sorted by a sorting network of
     vectorised compare-exchanges; runs of one value then end at its last occurrence, and the
     longest run wins, ties going to the run that ends first, as in GDAL's running mode."""
