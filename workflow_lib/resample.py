@@ -247,9 +247,9 @@ def resample_tile(
 def block_chunk_cost(settings: WarpSettings, src_dtype: str, kx: int, ky: int) -> float:
     """Bytes held per source pixel by the block engine: the read (twice at the raster's edges,
     where it is copied into a padded array), its validity mask and NaN test, the method's working
-    arrays (median: a float64 copy to sort; mode: per-position counts), and output-sized float64
-    accumulators."""
-    extra = {"med": 9, "mode": 3}.get(settings.method, 0)
+    arrays (median: a float64 copy to sort; mode: sort keys and their values, up to 4 bytes each,
+    or per-position counts), and output-sized float64 accumulators."""
+    extra = {"med": 9, "mode": 9}.get(settings.method, 0)
     return 2 * np.dtype(src_dtype).itemsize + 2 + extra + 40 / (kx * ky)
 
 
