@@ -40,7 +40,7 @@ lint: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Not part of the tests: about an hour and a half; needs Debian's gdal-bin and vmtouch (bench/README.md).
+# Not part of the tests: about 30 minutes on 2 cores, plus 8 to generate its inputs once; needs Debian's gdal-bin and vmtouch (bench/README.md).
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

@@ -1,6 +1,6 @@
 """Benchmark: this workflow against gdalwarp (default and tuned) and the decode floor, same files.
 
-    make bench                          # 40,000 x 40,000 inputs, 3 repeats (about an hour and a half)
+    make bench                          # 40,000 x 40,000 inputs, 3 repeats (about 30 minutes on 2 cores, plus 8 to generate the inputs once)
     .venv/bin/python bench/run.py --size 8000 --repeats 1    # a quick look
 
 Needs Debian's gdal-bin (gdalwarp) and vmtouch. Inputs are generated once into --workdir (about
