@@ -5,7 +5,7 @@
 
 Needs Debian's gdal-bin (gdalwarp) and vmtouch. Inputs are generated once into --workdir (about
 5 GB at full size) and kept; every measurement runs with its input locked in the page cache
-(``vmtouch -dl``), because these machines drop file cache untouched for about a minute. Prints, per
+(``vmtouch -l``), because these machines drop file cache untouched for about a minute. Prints, per
 case and tool, the median wall time, the peak RSS of the largest process, and the ratio to tuned
 gdalwarp; the workflow's lines add the largest tile job's peak RSS and its declared mem_mb.
 """
