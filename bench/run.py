@@ -193,12 +193,14 @@ def run_workflow(case: Case, workdir: str, tile_size: int | None) -> dict:
         work.append(float(text.split(" written in ")[1].split(" s ")[0]))
     fixed = [s - w for (_, s, _, _), w in zip(tiles, work)]
     mosaic = [j for j in jobs if j[0] == "mosaic"]
+    with open(os.path.join(workdir, "results", "datasets", "d.json")) as f:
+        engine = json.load(f)["dataset"]["settings"]["engine"]
     return {"seconds": seconds, "peak_mb": peak, "tiles": len(tiles),
             "max_tile_rss_mb": max(j[2] for j in tiles), "max_job_rss_mb": max(j[2] for j in jobs),
             "tile_mem_mb": validate_config(workflow_config(case, tile_size))["memory"]["tile_mb"],
             "fixed_s": statistics.mean(fixed), "tile_s": statistics.mean(s for _, s, _, _ in tiles),
             "mosaic_s": mosaic[0][1] if mosaic else 0.0,
-            "engine": json.load(open(os.path.join(workdir, "results", "datasets", "d.json")))["dataset"]["settings"]["engine"]}
+            "engine": engine}
 
 
 def gdalwarp(case: Case, out: str, grid, tuned: bool) -> tuple[float, float]:

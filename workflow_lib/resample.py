@@ -303,41 +303,33 @@ def read_blocks(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks)
     full = np.zeros(shape, np.dtype(src.dtypes[settings.band - 1]))
     inside = np.zeros(shape, bool)
 
-    def put(window: Window) -> None:
+    def read(window: Window) -> tuple[np.ndarray, np.ndarray]:
         data = read_source(dataset, src, settings, window, keep_nan=True)
         valid = valid_mask(data, settings.src_nodata)
-        r, c = int(window.row_off - p.row_off), int(window.col_off - p.col_off)
-        full[r:r + data.shape[0], c:c + data.shape[1]] = data
-        inside[r:r + data.shape[0], c:c + data.shape[1]] = True if valid is None else valid
+        return data, (np.ones(data.shape, bool) if valid is None else valid)
 
     if chunk.source is not None:
-        put(chunk.source)
+        data, valid = read(chunk.source)
+        r, c = int(chunk.source.row_off - p.row_off), int(chunk.source.col_off - p.col_off)
+        full[r:r + data.shape[0], c:c + data.shape[1]] = data
+        inside[r:r + data.shape[0], c:c + data.shape[1]] = valid
     if settings.method in _EDGE_BLEED_METHODS:
         top, left = -int(p.row_off), -int(p.col_off)  # the raster's first row and column in the chunk
         top_bleeds = 0 < top <= shape[0] and top % blocks.ky == 0
         left_bleeds = 0 < left <= shape[1] and left % blocks.kx == 0
         c0, c1 = max(int(p.col_off), 0), min(int(p.col_off + p.width), src.width)
         r0, r1 = max(int(p.row_off), 0), min(int(p.row_off + p.height), src.height)
-
-        def edge(window: Window) -> tuple[np.ndarray, np.ndarray | bool]:
-            data = read_source(dataset, src, settings, window, keep_nan=True)
-            valid = valid_mask(data, settings.src_nodata)
-            return data, (True if valid is None else valid)
-
         if top_bleeds and c1 > c0:  # the row just above the raster takes its first row
-            data, valid = edge(Window(c0, 0, c1 - c0, 1))
+            data, valid = read(Window(c0, 0, c1 - c0, 1))
             cols = slice(c0 - int(p.col_off), c1 - int(p.col_off))
-            full[top - 1, cols] = data[0]
-            inside[top - 1, cols] = valid if valid is True else valid[0]
+            full[top - 1, cols], inside[top - 1, cols] = data[0], valid[0]
         if left_bleeds and r1 > r0:  # the column just left of it takes its first column
-            data, valid = edge(Window(0, r0, 1, r1 - r0))
+            data, valid = read(Window(0, r0, 1, r1 - r0))
             rows = slice(r0 - int(p.row_off), r1 - int(p.row_off))
-            full[rows, left - 1] = data[:, 0]
-            inside[rows, left - 1] = valid if valid is True else valid[:, 0]
+            full[rows, left - 1], inside[rows, left - 1] = data[:, 0], valid[:, 0]
         if top_bleeds and left_bleeds:  # and the corner its first pixel
-            data, valid = edge(Window(0, 0, 1, 1))
-            full[top - 1, left - 1] = data[0, 0]
-            inside[top - 1, left - 1] = valid if valid is True else valid[0, 0]
+            data, valid = read(Window(0, 0, 1, 1))
+            full[top - 1, left - 1], inside[top - 1, left - 1] = data[0, 0], valid[0, 0]
     return full, inside
 
 
