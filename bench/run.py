@@ -37,7 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from workflow_lib.config import validate_config  # noqa: E402
-from workflow_lib.plan import build_plan  # noqa: E402
+from workflow_lib.planning.plan import build_plan  # noqa: E402
 
 BLOCK = 512
 TUNED = ["-multi", "-wo", "NUM_THREADS=ALL_CPUS", "-wm", "512", "--config", "GDAL_NUM_THREADS", "ALL_CPUS",

@@ -1,9 +1,9 @@
 # Shared set-up: validate the config, make the plan (from headers only, cached) and the helpers
 # that rules use. Everything here runs at parse time, again in every cluster job: keep it cheap.
-from workflow_lib.blocks import ENGINE_LABELS
+from workflow_lib.engines.blocks import ENGINE_LABELS
 from workflow_lib.config import validate_config
 from workflow_lib.errors import WorkflowLibError
-from workflow_lib.plan import load_plan, plan_cache_path
+from workflow_lib.planning.plan import load_plan, plan_cache_path
 from workflow_lib.snakemake_fixes import graceful_sigterm_without_deadlock
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
 from workflow_lib.status.run import write_run_context

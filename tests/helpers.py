@@ -139,9 +139,9 @@ def run_tiles_and_mosaics(config: dict, workdir, mem_mb: int = 400, max_chunk_by
     Returns the plan and {dataset: mosaic path}.
     """
     from workflow_lib.config import validate_config
-    from workflow_lib.mosaic import write_mosaic
-    from workflow_lib.plan import build_plan
-    from workflow_lib.resample import resample_tile
+    from workflow_lib.mosaics.mosaic import write_mosaic
+    from workflow_lib.planning.plan import build_plan
+    from workflow_lib.engines.resample import resample_tile
 
     plan = build_plan(validate_config(config))
     mosaics = {}

@@ -12,7 +12,7 @@ from affine import Affine
 
 from workflow_lib.config import validate_config
 from workflow_lib.errors import InputRasterError
-from workflow_lib.plan import build_plan
+from workflow_lib.planning.plan import build_plan
 
 from .helpers import REPO, read_band, run_tiles_and_mosaics, smooth_field, write_raster
 from .test_workflow import snakemake, synthetic_config, write_config
@@ -82,8 +82,8 @@ def test_corrupt_tile_left_in_results_is_named_removed_and_remade(tmp_path):
 WRITE_WITH_SIZE_LIMIT = """
 import resource, signal, sys
 from workflow_lib.config import validate_config
-from workflow_lib.plan import build_plan
-from workflow_lib.resample import resample_tile
+from workflow_lib.planning.plan import build_plan
+from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import OutputWriteError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
 cfg = validate_config({"target": {"crs": "EPSG:32632", "resolution": 10}, "tile_size": 1024, "output": {},

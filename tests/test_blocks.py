@@ -10,10 +10,10 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from workflow_lib.blocks import block_geometry, choose_engine, reduce_blocks, valid_mask
+from workflow_lib.engines.blocks import block_geometry, choose_engine, reduce_blocks, valid_mask
 from workflow_lib.config import validate_config
 from workflow_lib.errors import ConfigError
-from workflow_lib.plan import build_plan
+from workflow_lib.planning.plan import build_plan
 
 from .helpers import compare, read_band, reference_for, run_tiles_and_mosaics, write_raster
 
@@ -262,7 +262,7 @@ def test_edges_of_the_raster_inside_the_grid_equal_gdal(tmp_path, method):
 
 def test_chunks_begin_where_the_inputs_rows_of_blocks_begin():
     """A block of the input cut by a chunk boundary would be decompressed twice."""
-    from workflow_lib.resample import row_breaks
+    from workflow_lib.engines.resample import row_breaks
 
     breaks = row_breaks(4096, 244, 64, 4, 512)  # the tile starts 64 input rows into a block row
     assert breaks[0] == 0 and breaks[-1] == 4096
@@ -276,7 +276,7 @@ def test_chunks_begin_where_the_inputs_rows_of_blocks_begin():
 def test_sorted_mode_equals_the_pairwise_mode_over_the_whole_value_range(dtype, k):
     """Complete blocks of small integers take the sorting-network mode, blocks with a missing pixel
     the pairwise one: both equal GDAL's mode, ties and extreme values included."""
-    from workflow_lib.blocks import _mode, _mode_sorted
+    from workflow_lib.engines.blocks import _mode, _mode_sorted
 
     info = np.iinfo(dtype)
     rng = np.random.default_rng(k)

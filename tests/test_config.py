@@ -8,7 +8,7 @@ from affine import Affine
 
 from workflow_lib.config import validate_config
 from workflow_lib.errors import ConfigError, InputRasterError
-from workflow_lib.plan import build_plan
+from workflow_lib.planning.plan import build_plan
 
 from .helpers import write_raster
 

@@ -3,7 +3,7 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from workflow_lib.grid import TargetGrid, parse_tile_id, tile_id
+from workflow_lib.planning.grid import TargetGrid, parse_tile_id, tile_id
 
 CRS3035 = CRS.from_epsg(3035)
 

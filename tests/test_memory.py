@@ -15,8 +15,8 @@ from .helpers import REPO
 JOB = """
 import json, sys
 from workflow_lib.config import validate_config
-from workflow_lib.plan import build_plan
-from workflow_lib.resample import resample_tile
+from workflow_lib.planning.plan import build_plan
+from workflow_lib.engines.resample import resample_tile
 config, out, mem_mb = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 plan = build_plan(validate_config(config))
 d = plan.datasets["d"]

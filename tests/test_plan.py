@@ -8,9 +8,9 @@ import pytest
 from affine import Affine
 
 from workflow_lib.config import validate_config
-from workflow_lib.grid import parse_tile_id
-from workflow_lib.plan import build_plan, load_plan, plan_cache_key
-from workflow_lib.resample import MemoryBudget, chunk_cost, plan_chunks
+from workflow_lib.planning.grid import parse_tile_id
+from workflow_lib.planning.plan import build_plan, load_plan, plan_cache_key
+from workflow_lib.engines.resample import MemoryBudget, chunk_cost, plan_chunks
 
 from .helpers import reference_for, smooth_field, valid_mask, write_raster
 
@@ -92,7 +92,7 @@ def test_plan_round_trips_through_json(tmp_path):
     config = validate_config({"target": {"crs": "EPSG:3035", "resolution": 25}, "tile_size": 16,
                               "datasets": {"d": {"path": path, "method": "cubic"}}})
     plan = build_plan(config)
-    from workflow_lib.plan import Plan
+    from workflow_lib.planning.plan import Plan
 
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again.grid == plan.grid

@@ -185,7 +185,7 @@ def test_mosaic_is_a_cog_with_overviews_and_bigtiff_when_needed(tmp_path, inputs
 
 
 def test_missing_tiles_are_nodata_in_the_mosaic(tmp_path, inputs):
-    from workflow_lib.mosaic import write_mosaic
+    from workflow_lib.mosaics.mosaic import write_mosaic
 
     config = {"target": {"crs": "EPSG:32632", "resolution": 40}, "tile_size": 24,
               "datasets": {"d": {"path": inputs["float"], "method": "average"}}}

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from workflow_lib.status import Event, StatusStore
-from workflow_lib.status.report import STALL_SECONDS, build_report, render, to_json
+from workflow_lib.views.status import STALL_SECONDS, build_report, render, to_json
 
 from .helpers import REPO
 

@@ -15,7 +15,7 @@ import yaml
 from affine import Affine
 
 from workflow_lib.config import validate_config
-from workflow_lib.plan import build_plan
+from workflow_lib.planning.plan import build_plan
 
 from .helpers import REAL_DATA, REPO, classes_field, compare, reference_for, smooth_field, valid_mask, write_raster
 

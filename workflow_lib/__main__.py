@@ -38,8 +38,8 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
 
     import yaml
 
-    from .status import StatusStore, resolve_url
-    from .status.report import build_report, render, to_json
+    from workflow_lib.status import StatusStore, resolve_url
+    from workflow_lib.views.status import build_report, render, to_json
 
     config_url = None
     if os.path.exists("config/config.yaml"):

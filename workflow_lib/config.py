@@ -15,7 +15,7 @@ import yaml
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
-from .errors import ConfigError
+from workflow_lib.errors import ConfigError
 
 SCHEMA_PATH = str(resources.files("workflow_lib") / "schemas" / "config.schema.yaml")
 

@@ -15,7 +15,7 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from .atomic import atomic_path
+from workflow_lib.atomic import atomic_path
 
 
 @dataclass(frozen=True)

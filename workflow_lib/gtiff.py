@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import rasterio
-from .errors import GDAL_ERRORS, OutputWriteError
+from workflow_lib.errors import GDAL_ERRORS, OutputWriteError
 
 BLOCK_SIZE = 256
 

@@ -16,17 +16,17 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .atomic import write_json_atomic
-from .blocks import ENGINE_LABELS
-from .errors import InputRasterError, JobMemoryError, out_of_memory
-from .grid import TargetGrid
-from .header import read_header
-from .mosaic import write_mosaic, write_stack
-from .plan import DatasetPlan
-from .resample import resample_tile
-from .status import DEFAULT_SPOOL_DIR, Event, StatusStore, resolve_url
-from .status.run import dataset_payload
-from .watchdog import Watchdog
+from workflow_lib.atomic import write_json_atomic
+from workflow_lib.engines.blocks import ENGINE_LABELS
+from workflow_lib.errors import InputRasterError, JobMemoryError, out_of_memory
+from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.sources.header import read_header
+from workflow_lib.mosaics.mosaic import write_mosaic, write_stack
+from workflow_lib.planning.plan import DatasetPlan
+from workflow_lib.engines.resample import resample_tile
+from workflow_lib.status import DEFAULT_SPOOL_DIR, Event, StatusStore, resolve_url
+from workflow_lib.status.run import dataset_payload
+from workflow_lib.watchdog import Watchdog
 
 log = logging.getLogger("workflow_lib.jobs")
 

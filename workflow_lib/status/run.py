@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..atomic import write_json_atomic
+from workflow_lib.atomic import write_json_atomic
 
 RUN_CONTEXT = os.path.join(".cache", "status", "run.json")
 
@@ -36,7 +36,7 @@ def dataset_payload(dataset, status: str) -> dict:
 
 def planned_tiles(context: dict, cwd: str):
     """(name, dataset payload, [[tile, status]]) per dataset; tiles whose file exists are done."""
-    from ..plan import Plan
+    from workflow_lib.planning.plan import Plan
 
     with open(os.path.join(cwd, context["plan"])) as f:
         plan = Plan.from_dict(json.load(f))

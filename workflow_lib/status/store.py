@@ -23,7 +23,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .schema import MIGRATIONS
+from workflow_lib.status.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
 

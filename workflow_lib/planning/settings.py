@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .header import RasterHeader, _json_number, _number_from_json, check_nodata_fits
+from workflow_lib.sources.header import RasterHeader, _json_number, _number_from_json, check_nodata_fits
 
 # Methods whose outputs are classes or picks of input values: their overviews must pick too.
 CATEGORICAL_METHODS = {"nearest", "mode", "min", "max", "med"}

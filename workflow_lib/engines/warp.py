@@ -19,7 +19,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 
-from .settings import WarpSettings
+from workflow_lib.planning.settings import WarpSettings
 
 # rasterio 1.4.4 cannot build a WarpedVRT with an explicit transform and a threshold of exactly 0;
 # at 1e-6 pixel GDAL's approximation subdivides down to exact transformations.

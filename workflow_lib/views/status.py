@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from .store import StatusStore, redact
+from workflow_lib.status.store import StatusStore, redact
 
 # A running tile whose last sign of life is older than this is flagged as stalled.
 STALL_SECONDS = 120.0

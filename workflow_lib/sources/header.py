@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
-from .errors import InputRasterError
+from workflow_lib.errors import InputRasterError
 
 # GDAL's warper cannot resample complex numbers with most methods, and nothing in this workflow's
 # field (elevation, climate, land cover, ranges) needs them.

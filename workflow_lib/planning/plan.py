@@ -13,14 +13,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .atomic import write_json_atomic
-from .blocks import choose_engine
-from .config import nodata_override, target_crs, target_resolution
-from .errors import ConfigError
-from .footprint import footprint_ring, pixel_scale, touched_tiles, union_bounds
-from .grid import TargetGrid
-from .header import RasterHeader, read_header
-from .settings import WarpSettings, resolve_settings
+from workflow_lib.atomic import write_json_atomic
+from workflow_lib.engines.blocks import choose_engine
+from workflow_lib.config import nodata_override, target_crs, target_resolution
+from workflow_lib.errors import ConfigError
+from workflow_lib.planning.footprint import footprint_ring, pixel_scale, touched_tiles, union_bounds
+from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.sources.header import RasterHeader, read_header
+from workflow_lib.planning.settings import WarpSettings, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
 PLAN_FORMAT = 3

@@ -23,14 +23,14 @@ from rasterio.crs import CRS
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
-from .atomic import atomic_path
-from .blocks import ENGINE_LABELS, block_geometry, reduce_blocks, valid_mask
-from .errors import GDAL_ERRORS, InputRasterError, OutputWriteError
-from .grid import TargetGrid, Tile
-from .gtiff import BLOCK_SIZE, open_output, tile_profile
-from .header import RasterHeader
-from .settings import WarpSettings
-from .warp import warp_chunk
+from workflow_lib.atomic import atomic_path
+from workflow_lib.engines.blocks import ENGINE_LABELS, block_geometry, reduce_blocks, valid_mask
+from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
+from workflow_lib.planning.grid import TargetGrid, Tile
+from workflow_lib.gtiff import BLOCK_SIZE, open_output, tile_profile
+from workflow_lib.sources.header import RasterHeader
+from workflow_lib.planning.settings import WarpSettings
+from workflow_lib.engines.warp import warp_chunk
 
 log = logging.getLogger(__name__)
 

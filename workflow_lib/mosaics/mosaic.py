@@ -14,12 +14,12 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 
-from .atomic import atomic_path, temporary_prefix
-from .errors import GDAL_ERRORS, InputRasterError, OutputWriteError
-from .grid import TargetGrid
-from .gtiff import compression_options
-from .settings import CATEGORICAL_METHODS, WarpSettings
-from .vrt import Band, Source, vrt_xml
+from workflow_lib.atomic import atomic_path, temporary_prefix
+from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
+from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.gtiff import compression_options
+from workflow_lib.planning.settings import CATEGORICAL_METHODS, WarpSettings
+from workflow_lib.mosaics.vrt import Band, Source, vrt_xml
 
 log = logging.getLogger(__name__)
 

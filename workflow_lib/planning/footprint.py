@@ -7,8 +7,8 @@ from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.warp import transform as transform_points
 
-from .grid import TargetGrid, tile_id
-from .header import RasterHeader
+from workflow_lib.planning.grid import TargetGrid, tile_id
+from workflow_lib.sources.header import RasterHeader
 
 # Points per edge of the footprint: enough for the curvature of a continental raster seen from
 # another projection to stay well inside one tile.
