@@ -71,19 +71,34 @@ def reference_warp(
     dst_nodata,
     warp_options: dict | None = None,
     error_threshold: float = 0.125,
+    pad: int = 0,
 ) -> Reference:
     """GDAL on the whole image: the full raster warped onto the full grid in one GDAL operation.
 
     ``rasterio.warp.reproject`` where it can (one CRS, or rasterio 1.4's fixed 0.125 px transformer
-    error), else a WarpedVRT of the whole raster with the transformer error asked for.
+    error), else a WarpedVRT of the whole raster with the transformer error asked for. ``pad``:
+    the raster is first surrounded by that many pixels of nodata (a validity mask), which is where
+    GDAL's area methods give the area-weighted result at the raster's edges (README, "Accuracy").
     """
     with rasterio.open(path, OVERVIEW_LEVEL="NONE") as src:
         data = src.read(band)
         src_transform, src_crs = src.transform, src.crs
     if data.dtype.kind == "f" and src_nodata is not None and not math.isnan(src_nodata):
         data[np.isnan(data)] = src_nodata  # the documented meaning of NaN beside a nodata value
+    valid = None
+    if pad:
+        valid = np.zeros((data.shape[0] + 2 * pad, data.shape[1] + 2 * pad), bool)
+        inside = np.ones(data.shape, bool)
+        if src_nodata is not None:
+            inside = ~np.isnan(data) if math.isnan(src_nodata) else data != src_nodata
+        elif data.dtype.kind == "f":
+            inside = ~np.isnan(data)
+        valid[pad:-pad, pad:-pad] = inside
+        padded = np.zeros(valid.shape, data.dtype)
+        padded[pad:-pad, pad:-pad] = data
+        data, src_transform, src_nodata = padded, src_transform @ Affine.translation(-pad, -pad), None
     options = warp_options or {}
-    if src_crs == dst_crs or error_threshold == 0.125:
+    if valid is None and (src_crs == dst_crs or error_threshold == 0.125):
         out = np.full((height, width), dst_nodata, dtype=dst_dtype)
         reproject(
             data, out, src_transform=src_transform, src_crs=src_crs, src_nodata=src_nodata,
@@ -97,6 +112,15 @@ def reference_warp(
                        count=1, dtype=data.dtype, crs=src_crs, transform=src_transform, nodata=src_nodata) as mem:
         warnings.filterwarnings("ignore", message="Source dataset should be opened in read-only mode")
         mem.write(data, 1)
+        if valid is not None:
+            # The padding as GDAL's mask band (a NumPy masked array would become an alpha band,
+            # by which GDAL weights sums).
+            mem.write_mask(valid)
+        if src_crs == dst_crs or error_threshold == 0.125:
+            out = np.full((height, width), dst_nodata, dtype=dst_dtype)
+            reproject(rasterio.band(mem, 1), out, dst_transform=dst_transform, dst_crs=dst_crs, dst_nodata=dst_nodata,
+                      resampling=Resampling[method], init_dest_nodata=True, warp_mem_limit=2048, **options)
+            return Reference(out, dst_nodata)
         with WarpedVRT(mem, crs=dst_crs, transform=dst_transform, width=width, height=height,
                        src_nodata=src_nodata, nodata=dst_nodata, dtype=dst_dtype, resampling=Resampling[method],
                        tolerance=max(error_threshold, 1e-6), warp_mem_limit=2048, **options) as vrt:
@@ -157,13 +181,98 @@ def run_tiles_and_mosaics(config: dict, workdir, mem_mb: int = 400, max_chunk_by
     return plan, mosaics
 
 
-def reference_for(plan, name: str, fixed_scale: bool = True) -> Reference:
-    """The whole-image GDAL warp of one planned dataset onto the plan's full grid."""
+AREA_METHODS = {"average", "sum", "min", "max", "mode", "med"}
+
+
+def reference_for(plan, name: str, fixed_scale: bool = False, padded: bool | None = None) -> Reference:
+    """The whole-image GDAL warp of one planned dataset onto the plan's full grid.
+
+    ``fixed_scale``: GDAL is given the dataset's XSCALE/YSCALE instead of deriving them itself
+    (they agree when the grid is the dataset's own union extent; elsewhere, see README "Accuracy").
+    ``padded`` (default: for the area methods): the raster is surrounded by nodata, so that GDAL's
+    average and sum are area-weighted at its edges and no target pixel outside it gets a value.
+    """
     d, g = plan.datasets[name], plan.grid
     s = d.settings
     options = {"XSCALE": repr(s.x_scale), "YSCALE": repr(s.y_scale)} if fixed_scale else {}
+    if padded is None:
+        padded = s.method in AREA_METHODS
+    pad = int(math.ceil(1.0 / min(s.x_scale, s.y_scale, 1.0))) + 4 if padded else 0
     return reference_warp(d.header.path, s.band, g.transform, g.width, g.height, g.crs, s.method, s.dst_dtype,
-                          s.src_nodata, s.dst_nodata, options, error_threshold=s.error_threshold)
+                          s.src_nodata, s.dst_nodata, options, error_threshold=s.error_threshold, pad=pad)
+
+
+def block_reference(data: np.ndarray, valid: np.ndarray | None, kx: int, ky: int, method: str, dst_dtype: str,
+                    dst_nodata: float) -> np.ndarray:
+    """An independent NumPy reference for block reductions, written for clarity, not speed: every
+    ky x kx block is gathered on its own axis and reduced with NumPy's own functions. ``average`` is
+    the exact mean (sum / count), which GDAL's running mean (and the engine) reproduce to within
+    one unit in the last place: integer outputs may differ only where the exact mean is a tie (x.5).
+    """
+    h, w = data.shape[0] // ky, data.shape[1] // kx
+    values = data[: h * ky, : w * kx].astype("float64").reshape(h, ky, w, kx).transpose(0, 2, 1, 3).reshape(h, w, -1)
+    ok = np.ones(values.shape, bool) if valid is None else (
+        valid[: h * ky, : w * kx].reshape(h, ky, w, kx).transpose(0, 2, 1, 3).reshape(h, w, -1))
+    n = ok.sum(axis=-1)
+    found = n > 0
+    nudge = True
+    if method == "nearest" or kx * ky == 1:
+        centre = (ky // 2) * kx + kx // 2
+        result, found, nudge = values[..., centre], ok[..., centre], False
+    elif method in ("average", "sum"):
+        total = np.where(ok, values, 0.0).sum(axis=-1)
+        result = total if method == "sum" else np.divide(total, n, out=np.zeros(n.shape), where=found)
+    elif method in ("min", "max"):
+        result = (np.where(ok, values, np.inf).min(axis=-1) if method == "min"
+                  else np.where(ok, values, -np.inf).max(axis=-1))
+    elif method == "med":
+        ordered = np.sort(np.where(ok, values, np.inf), axis=-1)
+        result = np.take_along_axis(ordered, np.maximum(n - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+    elif method == "mode":
+        # For every position: how many valid positions hold its value, and whether one comes later.
+        same = (values[..., :, None] == values[..., None, :]) & ok[..., :, None] & ok[..., None, :]
+        counts = same.sum(axis=-1)
+        later = np.triu(np.ones((values.shape[-1],) * 2, bool), 1)
+        last = ok & ~(same & later).any(axis=-1)
+        # The most frequent value wins; among equals, the one whose last occurrence comes first.
+        score = np.where(last, counts * values.shape[-1] + (values.shape[-1] - 1 - np.arange(values.shape[-1])), -1)
+        result = np.take_along_axis(values, score.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    else:
+        raise ValueError(method)
+    dtype = np.dtype(dst_dtype)
+    if dtype.kind == "f":
+        out = result.astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        out = np.clip(np.floor(np.where(found, result, 0.0) + 0.5), info.min, info.max).astype(dtype)
+        if nudge:
+            nd = dtype.type(dst_nodata)
+            out[out == nd] = nd + 1 if nd == info.min else nd - 1
+    out[~found] = dst_nodata
+    return out
+
+
+def area_reference(data: np.ndarray, valid: np.ndarray, src: Affine, dst: Affine, shape: tuple[int, int],
+                   method: str) -> np.ndarray:
+    """An independent NumPy reference for ``average`` and ``sum`` within one CRS (north-up grids):
+    each target pixel is the area-weighted mean (sum) of the valid source pixels under it, with
+    weights the overlap of pixel intervals along x times along y. NaN where no valid pixel is under
+    it; float64, before any cast to the output type."""
+    def weights(n_dst, dst_origin, dst_step, n_src, src_origin, src_step):
+        d0 = dst_origin + dst_step * np.arange(n_dst)
+        s0 = src_origin + src_step * np.arange(n_src)
+        lo = np.maximum(np.minimum(d0, d0 + dst_step)[:, None], np.minimum(s0, s0 + src_step)[None, :])
+        hi = np.minimum(np.maximum(d0, d0 + dst_step)[:, None], np.maximum(s0, s0 + src_step)[None, :])
+        return np.clip(hi - lo, 0, None) / abs(src_step)  # in source pixels
+
+    wx = weights(shape[1], dst.c, dst.a, data.shape[1], src.c, src.a)
+    wy = weights(shape[0], dst.f, dst.e, data.shape[0], src.f, src.e)
+    values = np.where(valid, data.astype("float64"), 0.0)
+    total = wy @ values @ wx.T
+    weight = wy @ valid.astype("float64") @ wx.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        result = total if method == "sum" else total / weight
+    return np.where(weight > 0, result, np.nan)
 
 
 def read_band(path: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from affine import Affine
 from workflow_lib.config import validate_config
 from workflow_lib.planning.grid import parse_tile_id
 from workflow_lib.planning.plan import build_plan, load_plan, plan_cache_key
-from workflow_lib.engines.resample import MemoryBudget, chunk_cost, plan_chunks
+from workflow_lib.engines.chunks import MemoryBudget, chunk_cost, plan_chunks
 
 from .helpers import reference_for, smooth_field, valid_mask, write_raster
 
@@ -121,7 +121,7 @@ def test_chunks_fit_the_memory_budget_whatever_the_tile(tmp_path, mem_mb):
     tile = plan.grid.tile_by_id(d.tiles[0])
     budget = MemoryBudget.for_job(mem_mb)
     chunks = plan_chunks(d.header, d.settings, tile, plan.grid.crs, budget.chunk_bytes)
-    costs = [chunk_cost(c.source, c.window, d.header.dtype, d.settings.dst_dtype, d.settings.same_crs) for c in chunks]
+    costs = [chunk_cost(c.padded, c.window, d.header.dtype, d.settings.dst_dtype, d.settings.same_crs) for c in chunks]
     assert max(costs) <= budget.chunk_bytes
     assert budget.cache_mb * 1e6 + budget.chunk_bytes <= (mem_mb - 100) * 1e6
     # Chunks tile the tile exactly.

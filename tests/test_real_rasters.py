@@ -43,11 +43,16 @@ def test_real_raster_tiles_equal_whole_image_warp(tmp_path, real_raster, record,
     plan, mosaics = run_tiles_and_mosaics(config, tmp_path, max_chunk_bytes=200_000)
     settings = plan.datasets["d"].settings
     result = read_band(mosaics["d"])
-    reference = reference_for(plan, "d").data
+    # GDAL cuts its own whole-image warp of a rotated raster into pieces (their source windows are
+    # mostly empty), each with its own XSCALE/YSCALE: the reference is given the dataset's there.
+    reference = reference_for(plan, "d", fixed_scale="rotated" in case).data
     c = compare(result, reference, settings.dst_nodata)
     record(c.row(f"real: {case}"))
     assert c.compared > 500, c
-    assert c.nodata_mismatch == 0, c
+    # Across CRSs "exact" is GDAL's approximation refined to 1e-6 pixel (rasterio 1.4 refuses 0):
+    # a sample that close to a source pixel edge may fall on either side of it, also of the
+    # raster's own edge.
+    assert c.nodata_mismatch <= (0 if settings.same_crs else 1e-4 * c.compared), c
     if np.dtype(settings.dst_dtype).kind == "f":
         # Float rounding only: a chunk's source origin changes the last bits of kernel weights.
         valid = reference[valid_mask(reference, settings.dst_nodata)]
@@ -55,8 +60,6 @@ def test_real_raster_tiles_equal_whole_image_warp(tmp_path, real_raster, record,
     elif settings.same_crs:
         assert c.max_abs_diff == 0, c
     else:
-        # Across CRSs "exact" is GDAL's approximation refined to 1e-6 pixel (rasterio 1.4 refuses
-        # 0): a sample that close to a source pixel edge may fall on either side of it.
         assert c.differing <= 1e-4 * c.compared, c
 
 

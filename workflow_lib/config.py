@@ -12,10 +12,10 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
 from workflow_lib.errors import ConfigError
+from workflow_lib.planning.coords import parse_crs
 
 SCHEMA_PATH = str(resources.files("workflow_lib") / "schemas" / "config.schema.yaml")
 
@@ -54,10 +54,10 @@ def check_config(config: dict[str, Any]) -> None:
             raise ConfigError(f"datasets.{name}.path: is a directory, not a raster: {path} (dataset '{name}')")
 
 
-def target_crs(config: dict[str, Any]) -> CRS:
+def target_crs(config: dict[str, Any]):
     text = config["target"]["crs"]
     try:
-        return CRS.from_user_input(text)
+        return parse_crs(text)
     except CRSError as exc:
         raise ConfigError(f"target.crs: cannot parse {text!r}: {exc}") from exc
 

@@ -19,9 +19,13 @@ warper gives for the same inputs (measured with ``rasterio.warp.reproject``, see
 - integer outputs are rounded half up, clamped to the type, and (except for ``nearest``) nudged
   off the nodata value: nodata - 1, or nodata + 1 when nodata is the type's minimum.
 
-GDAL's behaviour at a raster's top and left edges is reproduced where the blocks are read
-(``resample.read_blocks``); the cases where GDAL's result is not the exact block result are left to
-GDAL by ``choose_engine``.
+Pixels beyond the raster's edges are missing like nodata: a block that reaches past the edge is the
+reduction of the pixels it holds, and a block wholly outside is nodata. (GDAL 3.10 gives the target
+row above, and the column left of, a raster whose edge falls on a block edge the reduction of the
+raster's first row or column, and overweights edge pixels in averages: the workflow does not copy
+that; README, "Accuracy".) Where GDAL's own result is not the exact block result (non-dyadic
+geotransforms, sums over blocks whose sides are not powers of two, modes of data that float32
+cannot hold, signed modes of -1) this engine keeps the exact one: README, "Engines".
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ import numpy as np
 from affine import Affine
 
 BLOCK_METHODS = ("nearest", "average", "sum", "min", "max", "med", "mode")
+# Blocks of more pixels than this are reduced segment by segment (reduce_large_blocks) instead of
+# one pass per position in the block (reduce_blocks), whose Python loop would run kx x ky times.
+LARGE_BLOCK = 256
 ENGINE_LABELS = {"numpy": "numpy-blocks", "gdal": "gdal-warp"}
 # Relative tolerance for calling a resolution ratio an integer and an offset a whole pixel: headers
 # hold decimal resolutions (0.1, 1/3600) that are not exact in binary.
@@ -76,13 +83,11 @@ def choose_engine(
 ) -> tuple[str, str]:
     """The engine for a dataset ("numpy" or "gdal") and why. ``requested``: auto, numpy or gdal.
 
-    "auto" picks NumPy only where its result has been shown equal to GDAL's; "numpy" may be asked
-    for in three more cases, where it computes the exact block result and GDAL does not (README,
-    "Engines"): average and sum on geotransforms with non-dyadic numbers (GDAL's weights are then
-    1 only to within ~1e-11), sums over blocks whose sides are not powers of two (GDAL lets
-    neighbouring pixels in with weights of ~1e-15), and the mode of data that float32 cannot hold
-    exactly (GDAL's mode rounds values to float32). Outside the aligned case asking for NumPy is an error, so that a config
-    never silently gets something else than it asked for.
+    Where target pixels are whole blocks of input pixels, "auto" takes NumPy: its result is the
+    exact block reduction, the same for every tiling, and equal to GDAL's wherever GDAL's is exact
+    (README, "Engines", for where it is not). The median and mode of blocks of more than
+    ``LARGE_BLOCK`` pixels go to GDAL. Outside the aligned case asking for NumPy is an error, so
+    that a config never silently gets something else than it asked for.
     """
     if requested == "gdal":
         return "gdal", "asked for in the config"
@@ -93,39 +98,16 @@ def choose_engine(
         reason = f"method {method} is an interpolation, not a block reduction"
     else:
         geometry, reason = block_geometry(src_transform, dst_transform)
+        if geometry is not None and method in ("med", "mode") and geometry.kx * geometry.ky > LARGE_BLOCK:
+            geometry, reason = None, (f"{reason}, but the numpy engine's {method} is limited to blocks of "
+                                      f"{LARGE_BLOCK} pixels")
     if geometry is None:
         if requested == "numpy":
             raise ValueError(f"the numpy engine cannot be used: {reason}")
         return "gdal", reason
     if requested == "numpy":
         return "numpy", f"{reason}, asked for in the config"
-    if method in ("average", "sum") and not all(map(_dyadic, (*src_transform[:6], *dst_transform[:6]))):
-        return "gdal", (f"{reason}, but GDAL's {method} weights are then only 1 to within ~1e-11 (the "
-                        "geotransforms are not whole multiples of 1/65536): it differs from the exact block "
-                        f"{method} in the last bits and in integer rounding")
-    if method == "sum" and not (_power_of_two(geometry.kx) and _power_of_two(geometry.ky)):
-        return "gdal", f"{reason}: GDAL's sum over blocks whose sides are not powers of two is not a plain sum"
-    if src_dtype == "int8":  # not compared with GDAL in the tests
-        return "gdal", f"{reason}, but the numpy engine is not verified against GDAL for int8"
-    if method == "mode" and src_dtype not in _MODE_LIKE_GDAL:
-        return "gdal", (f"{reason}, but GDAL's mode of {src_dtype} differs from the exact mode (it rounds "
-                        "values to float32, and writes nodata where the mode of signed integers is -1)")
     return "numpy", reason
-
-
-# Data types whose mode GDAL computes exactly: float32 holds every value (GDAL's mode works on
-# float32) and no value is -1 (GDAL 3.10 writes nodata where a signed block's mode is -1; measured).
-_MODE_LIKE_GDAL = {"uint8", "uint16", "float32"}
-
-
-def _dyadic(x: float) -> bool:
-    """Whether ``x`` is a whole multiple of 2**-16 of moderate size: sums and products of such
-    coordinates are exact in double precision, and so are GDAL's block weights (measured)."""
-    return abs(x) < 2.0**36 and (x * 65536.0).is_integer()
-
-
-def _power_of_two(n: int) -> bool:
-    return n & (n - 1) == 0
 
 
 def valid_mask(data: np.ndarray, src_nodata: float | None) -> np.ndarray | None:
@@ -364,3 +346,49 @@ def _to_output(
             out[out == nodata] = nodata + 1 if nodata == info.min else nodata - 1
     out[~found] = dtype.type(dst_nodata) if not (dtype.kind == "f" and math.isnan(dst_nodata)) else np.nan
     return out
+
+
+def reduce_large_blocks(
+    data: np.ndarray,
+    valid: np.ndarray | None,
+    row_starts: np.ndarray,
+    col_starts: np.ndarray,
+    centre: tuple[np.ndarray, np.ndarray],
+    method: str,
+    dst_dtype: str,
+    dst_nodata: float,
+) -> np.ndarray:
+    """Reduce blocks of many pixels over the part of them that exists (no padding).
+
+    ``data`` is the source under a chunk, clipped to the raster; output pixel (i, j) is the
+    reduction of ``data[row_starts[i]:row_starts[i + 1], col_starts[j]:col_starts[j + 1]]`` (the
+    last running to the end); ``centre``: the rows and columns in ``data`` of each block's pixel
+    (ky // 2, kx // 2), for nearest (outside ``data``: nodata). ``average`` is the sum over the
+    count in double precision: for blocks this large GDAL's running mean differs from it only in
+    the last bits. ``med`` and ``mode`` are not offered (choose_engine sends them to GDAL).
+    """
+    shape = (row_starts.size, col_starts.size)
+    if method == "nearest":
+        rows, cols = centre
+        inside_r = (rows >= 0) & (rows < data.shape[0])
+        inside_c = (cols >= 0) & (cols < data.shape[1])
+        values = data[np.clip(rows, 0, data.shape[0] - 1)][:, np.clip(cols, 0, data.shape[1] - 1)]
+        found = inside_r[:, None] & inside_c[None, :]
+        if valid is not None:
+            found &= valid[np.clip(rows, 0, data.shape[0] - 1)][:, np.clip(cols, 0, data.shape[1] - 1)]
+        return _to_output(values, found, dst_dtype, dst_nodata, avoid_nodata=False)
+    mask = np.ones(data.shape, bool) if valid is None else valid
+    count = np.add.reduceat(np.add.reduceat(mask.astype(np.int64), row_starts, axis=0), col_starts, axis=1)
+    found = count > 0
+    if method in ("average", "sum"):
+        values = np.where(mask, data, 0).astype(np.float64)
+        total = np.add.reduceat(np.add.reduceat(values, row_starts, axis=0), col_starts, axis=1)
+        result = total if method == "sum" else np.divide(total, count, out=np.zeros(shape), where=found)
+    elif method in ("min", "max"):
+        func = np.minimum if method == "min" else np.maximum
+        fill = np.inf if method == "min" else -np.inf
+        values = np.where(mask, data.astype(np.float64), fill)
+        result = func.reduceat(func.reduceat(values, row_starts, axis=0), col_starts, axis=1)
+    else:
+        raise ValueError(f"method {method} is not reduced over large blocks")
+    return _to_output(result, found, dst_dtype, dst_nodata)

@@ -37,11 +37,17 @@ def warp_chunk(
     settings: WarpSettings,
     threads: int,
     mem_limit_mb: int,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Warp ``data`` (one band) onto ``shape`` pixels of ``dst_transform``; nodata where nothing maps."""
+    """Warp ``data`` (one band) onto ``shape`` pixels of ``dst_transform``; nodata where nothing maps.
+
+    ``valid``: where ``data`` holds values, instead of ``src_nodata``: given to GDAL as the source's
+    mask band. (Not as a NumPy masked array: rasterio turns that into an alpha band, and GDAL
+    weights sums by alpha, so a uint16 sum came out 257 times too small.)
+    """
     warp_options = {"XSCALE": repr(settings.x_scale), "YSCALE": repr(settings.y_scale)}
     resampling = Resampling[settings.method]
-    if settings.same_crs:
+    if settings.same_crs and valid is None:
         out = np.full(shape, settings.dst_nodata, dtype=settings.dst_dtype)
         reproject(
             data, out, src_transform=src_transform, src_crs=src_crs, src_nodata=src_nodata,
@@ -59,6 +65,16 @@ def warp_chunk(
             dtype=data.dtype, crs=src_crs, transform=src_transform, nodata=src_nodata,
         ) as mem:
             mem.write(data, 1)
+            if valid is not None:
+                mem.write_mask(valid)
+            if settings.same_crs:
+                out = np.full(shape, settings.dst_nodata, dtype=settings.dst_dtype)
+                reproject(
+                    rasterio.band(mem, 1), out, dst_transform=dst_transform, dst_crs=dst_crs,
+                    dst_nodata=settings.dst_nodata, resampling=resampling, num_threads=threads,
+                    init_dest_nodata=True, warp_mem_limit=mem_limit_mb, **warp_options,
+                )
+                return out
             with WarpedVRT(
                 mem, crs=dst_crs, transform=dst_transform, width=shape[1], height=shape[0],
                 src_nodata=src_nodata, nodata=settings.dst_nodata, dtype=settings.dst_dtype,

@@ -1,99 +1,395 @@
-"""Which tiles of the target grid an input raster touches, from its header alone."""
+"""Where an input raster lands on the target grid, from its header alone.
+
+Two directions, because neither alone is right everywhere:
+
+- **backwards**, from the target: every tile corner is moved into the raster's pixel space and
+  tested against the raster (plus a margin). This is how GDAL's warper itself works (target pixel
+  to source pixel), it is defined wherever the target grid is, and it finds every tile that lies
+  inside the raster, however large the raster and whatever happens to its outline far away (a
+  global layer onto a UTM zone: most of its outline is outside the zone's projection domain);
+- **forwards**, from the raster: its outline, densified until consecutive points are less than a
+  quarter of a tile apart on the target grid, is moved onto the grid and every tile it crosses is
+  marked. This finds the tiles the outline passes through, including a raster smaller than one
+  target pixel (no tile corner falls inside it).
+
+A tile that meets the raster either contains part of its outline or lies wholly inside it, so the
+two together find every tile where data can land. Only points that survive a round trip are
+trusted (planning.coords): a projection far outside its domain may return numbers that do not
+mean anything.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-from rasterio.crs import CRS
-from rasterio.features import rasterize
-from rasterio.warp import transform as transform_points
+import math
+import re
+from dataclasses import dataclass
 
-from workflow_lib.planning.grid import TargetGrid, tile_id
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from workflow_lib.planning.coords import transform_points, trusted_transform, wrap_longitudes
+from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.planning.settings import FILTER_RADIUS
 from workflow_lib.sources.header import RasterHeader
 
-# Points per edge of the footprint: enough for the curvature of a continental raster seen from
-# another projection to stay well inside one tile.
-_EDGE_POINTS = 256
+GEOGRAPHIC = CRS.from_epsg(4326)
+# Outline points per edge before refinement, and the refinement's limits.
+_EDGE_POINTS = 64
+_MAX_ROUNDS = 40
+_MAX_POINTS = 4_000_000
+# Consecutive outline points on the grid must be closer than this, in tiles.
+_STEP_TILES = 0.25
+# Sample points across the raster (per side) for its bounds in the target CRS: the bounds of a
+# curved footprint may lie inside it (a pole, a fold), not only on its outline.
+_INTERIOR_POINTS = 33
+_BBOX = re.compile(r"BBOX\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]")
 
 
-def footprint_ring(header: RasterHeader, dst_crs: CRS, margin_px: float) -> list[tuple[float, float]]:
-    """The raster's outline, densified and moved into ``dst_crs``.
+@dataclass(frozen=True)
+class AreaOfUse:
+    """Where a CRS is meant to be used, in degrees; ``west`` > ``east`` across the antimeridian."""
 
-    The outline is taken ``margin_px`` source pixels outside the raster so that target pixels whose
-    area only grazes the raster's edge are not lost to rounding. Points that cannot be transformed
-    (beyond the target projection's domain) are dropped.
+    west: float
+    south: float
+    east: float
+    north: float
+
+    def contains(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        lon = wrap_longitudes(np.asarray(lon, dtype=float), 0.0)
+        inside_lat = (lat >= self.south) & (lat <= self.north)
+        if self.west <= self.east:
+            return inside_lat & (lon >= self.west) & (lon <= self.east)
+        return inside_lat & ((lon >= self.west) | (lon <= self.east))
+
+    def outline(self, points_per_edge: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Points along its edges and across it, longitudes increasing eastwards across 180."""
+        east = self.east if self.east >= self.west else self.east + 360.0
+        t = np.linspace(0.0, 1.0, points_per_edge)
+        lon, lat = np.meshgrid(self.west + t * (east - self.west), self.south + t * (self.north - self.south))
+        return lon.ravel(), lat.ravel()
+
+    def __str__(self) -> str:
+        return f"lon {self.west:g}..{self.east:g}, lat {self.south:g}..{self.north:g}"
+
+
+def area_of_use(crs: CRS) -> AreaOfUse | None:
+    """The CRS's area of use from PROJ's database (its WKT2 BBOX), or None for a custom CRS."""
+    try:
+        wkt = crs.to_wkt(version="WKT2_2019")
+    except Exception:  # noqa: BLE001 - a CRS that cannot be written as WKT2 has no known area of use
+        return None
+    found = _BBOX.findall(wkt)
+    if not found:
+        return None
+    south, west, north, east = map(float, found[-1])  # the CRS's own usage comes last
+    return AreaOfUse(west, south, east, north)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A raster's footprint in the target CRS: its bounding box, and whether (and to what) it had
+    to be clipped because part of the raster lies where the target CRS is not defined."""
+
+    box: tuple[float, float, float, float] | None  # left, bottom, right, top
+    clipped_to: AreaOfUse | None = None
+    untrusted: bool = False  # part of the outline could not be moved and no area of use is known
+
+
+def raster_centre_lon(header: RasterHeader) -> float | None:
+    """For a geographic raster, the longitude of its centre: longitudes moved into the raster are
+    wrapped around it (a raster may span 0..360 or 120..240)."""
+    if not header.crs.is_geographic:
+        return None
+    x, _ = header.affine @ (header.width / 2.0, header.height / 2.0)
+    return float(x)
+
+
+def _grid_centre_lon(grid: TargetGrid) -> float | None:
+    if not grid.crs.is_geographic:
+        return None
+    left, _, right, _ = grid.bounds
+    return (left + right) / 2.0
+
+
+def _outline_pixels(width: int, height: int, margin: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A closed ring (last point not repeated) around a raster, in its pixel coordinates."""
+    t = np.linspace(0.0, 1.0, n, endpoint=False)
+    lo, hx, hy = -margin, width + margin, height + margin
+    cols = np.concatenate([lo + t * (hx - lo), np.full(n, hx), hx - t * (hx - lo), np.full(n, lo)])
+    rows = np.concatenate([np.full(n, lo), lo + t * (hy - lo), np.full(n, hy), hy - t * (hy - lo)])
+    return cols, rows
+
+
+def _sample_pixels(header: RasterHeader) -> tuple[np.ndarray, np.ndarray]:
+    """The outline and a lattice across the raster, in its pixel coordinates."""
+    cols, rows = _outline_pixels(header.width, header.height, 0.0, 256)
+    t = np.linspace(0.0, 1.0, _INTERIOR_POINTS)
+    gc, gr = np.meshgrid(t * header.width, t * header.height)
+    cols, rows = np.concatenate([cols, gc.ravel()]), np.concatenate([rows, gr.ravel()])
+    if header.crs.is_geographic:
+        # Keep latitudes on the globe: a header a hair beyond the pole would fail everywhere.
+        x, y = header.affine @ (cols, rows)
+        y = np.clip(y, -90.0, 90.0)
+        cols, rows = ~header.affine @ (x, y)
+    return cols, rows
+
+
+def footprint_bounds(header: RasterHeader, dst_crs: CRS, lon_centre: float | None = None) -> Bounds:
+    """The raster's bounding box in ``dst_crs``.
+
+    When part of the raster cannot be expressed in ``dst_crs`` (outside its projection's domain,
+    or not coming back from a round trip), or its footprint there is more than twice as wide or
+    tall as the CRS's area of use (a global layer onto a UTM zone, a pole onto Mercator), the
+    footprint is clipped to the area of use; if the CRS declares none, ``box`` is None and
+    ``untrusted`` is set, so that the caller can ask for an explicit extent.
     """
-    w, h = header.width, header.height
-    t = np.linspace(0.0, 1.0, _EDGE_POINTS, endpoint=False)
-    lo, hi_x, hi_y = -margin_px, w + margin_px, h + margin_px
-    cols = np.concatenate([lo + t * (hi_x - lo), np.full_like(t, hi_x), hi_x - t * (hi_x - lo), np.full_like(t, lo)])
-    rows = np.concatenate([np.full_like(t, lo), lo + t * (hi_y - lo), np.full_like(t, hi_y), hi_y - t * (hi_y - lo)])
-    a, b, c, d, e, f = header.transform
-    xs = a * cols + b * rows + c
-    ys = d * cols + e * rows + f
     if header.crs == dst_crs:
-        tx, ty = xs, ys
-    else:
-        tx, ty = (np.asarray(v) for v in transform_points(header.crs, dst_crs, xs, ys))
-    keep = np.isfinite(tx) & np.isfinite(ty)
-    ring = list(zip(tx[keep].tolist(), ty[keep].tolist()))
-    if ring:
-        ring.append(ring[0])
-    return ring
+        left, bottom, right, top = _affine_bounds(header.affine, header.width, header.height)
+        return Bounds((left, bottom, right, top))
+    if lon_centre is None and dst_crs.is_geographic:  # keep the footprint in one piece around the raster
+        cx, cy = header.affine @ (header.width / 2.0, header.height / 2.0)
+        lon, _, found = transform_points(header.crs, dst_crs, [cx], [cy])
+        lon_centre = float(lon[0]) if found[0] else None
+    cols, rows = _sample_pixels(header)
+    x, y, ok = trusted_transform(header.crs, header.affine, dst_crs, Affine.identity(), cols, rows, lon_centre)
+    use = area_of_use(dst_crs)
+    use_box = None if use is None else _area_of_use_box(use, dst_crs, lon_centre)
+    box = _box(x[ok], y[ok])
+    if ok.all() and (use_box is None or not _much_larger(box, use_box)):
+        return Bounds(box)
+    if use is None or use_box is None:
+        return Bounds(None, untrusted=True)
+    # The part of the raster inside the area of use: the raster's own points there, and the
+    # area of use's points that fall inside the raster.
+    lon, lat, geo_ok = transform_points(header.crs, GEOGRAPHIC, *(header.affine @ (cols, rows)))
+    keep = ok & geo_ok & use.contains(lon, lat)
+    ulon, ulat = use.outline()
+    centre = raster_centre_lon(header)
+    src_x, src_y, src_ok = transform_points(GEOGRAPHIC, header.crs, ulon, ulat)
+    if centre is not None:
+        src_x = wrap_longitudes(src_x, centre)
+    ucols, urows = ~header.affine @ (src_x, src_y)
+    inside = src_ok & (ucols >= 0) & (ucols <= header.width) & (urows >= 0) & (urows <= header.height)
+    ux, uy, u_ok = trusted_transform(header.crs, header.affine, dst_crs, Affine.identity(), ucols[inside],
+                                     urows[inside], lon_centre)
+    xs = np.concatenate([x[keep], ux[u_ok]])
+    ys = np.concatenate([y[keep], uy[u_ok]])
+    return Bounds(_box(xs, ys) if xs.size else None, clipped_to=use)
 
 
-def ring_bounds(ring: list[tuple[float, float]]) -> tuple[float, float, float, float] | None:
-    if len(ring) < 4:
+def _area_of_use_box(use: AreaOfUse, crs: CRS, lon_centre: float | None):
+    lon, lat = use.outline()
+    x, y, ok = transform_points(GEOGRAPHIC, crs, lon, lat)
+    if lon_centre is not None and crs.is_geographic:
+        x = wrap_longitudes(x, lon_centre)
+    return _box(x[ok], y[ok])
+
+
+def _much_larger(box, use_box) -> bool:
+    """Whether a footprint is more than twice as wide or as tall as the CRS's area of use: the
+    projection is then used far outside where it is meant to be (a global layer onto a UTM zone,
+    a pole onto Mercator), and its numbers there (up to infinity) make no sensible extent."""
+    if box is None:
+        return False
+    width, height = box[2] - box[0], box[3] - box[1]
+    return width > 2 * (use_box[2] - use_box[0]) or height > 2 * (use_box[3] - use_box[1])
+
+
+def _affine_bounds(affine: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    xs, ys = affine @ (np.array([0, width, width, 0], float), np.array([0, 0, height, height], float))
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
+def _box(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float, float] | None:
+    if xs.size == 0:
         return None
-    xs, ys = zip(*ring)
-    return min(xs), min(ys), max(xs), max(ys)
+    return float(np.min(xs)), float(np.min(ys)), float(np.max(xs)), float(np.max(ys))
 
 
-def touched_tiles(grid: TargetGrid, ring: list[tuple[float, float]]) -> list[str]:
-    """Ids of the tiles that the footprint polygon touches, in row-major order."""
-    if len(ring) < 4:
-        return []
-    mask = rasterize(
-        [({"type": "Polygon", "coordinates": [ring]}, 1)],
-        out_shape=(grid.tile_rows, grid.tile_cols),
-        transform=grid.tile_transform,
-        all_touched=True,
-        dtype="uint8",
-    )
-    return [tile_id(int(r), int(c)) for r, c in np.argwhere(mask)]
+def tile_mask(header: RasterHeader, grid: TargetGrid, margin_px: float) -> np.ndarray:
+    """Boolean (tile_rows, tile_cols): the tiles that meet the raster grown by ``margin_px`` of
+    its pixels (room for resampling kernels and rounding at its edges)."""
+    mask = _tiles_inside(header, grid, margin_px)
+    mask |= _tiles_on_outline(header, grid, margin_px)
+    return mask
 
 
-def pixel_scale(header: RasterHeader, grid: TargetGrid) -> tuple[float, float]:
-    """Target pixels per source pixel along x and y, measured at the raster's centre.
+def _tiles_inside(header: RasterHeader, grid: TargetGrid, margin: float) -> np.ndarray:
+    """Tiles with a corner inside the raster, found from the target side."""
+    ts = grid.tile_size
+    corner_cols = np.minimum(np.arange(grid.tile_cols + 1) * ts, grid.width).astype(float)
+    corner_rows = np.minimum(np.arange(grid.tile_rows + 1) * ts, grid.height).astype(float)
+    cc, rr = np.meshgrid(corner_cols, corner_rows)
+    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.affine, cc, rr,
+                                       raster_centre_lon(header))
+    inside = ok & (cols >= -margin) & (cols <= header.width + margin) & (rows >= -margin) & (
+        rows <= header.height + margin)
+    # A tile is in if any of its four corners is.
+    return inside[:-1, :-1] | inside[:-1, 1:] | inside[1:, :-1] | inside[1:, 1:]
 
-    This is GDAL's warper XSCALE/YSCALE. GDAL would derive it anew for every chunk it warps; fixing
-    it once per dataset is what makes tiles join without seams.
+
+def _tiles_on_outline(header: RasterHeader, grid: TargetGrid, margin: float) -> np.ndarray:
+    """Tiles that the raster's outline passes through, found from the raster's side."""
+    mask = np.zeros((grid.tile_rows, grid.tile_cols), bool)
+    src_cols, src_rows = _outline_pixels(header.width, header.height, margin, _EDGE_POINTS)
+    if header.crs.is_geographic:
+        x, y = header.affine @ (src_cols, src_rows)
+        src_cols, src_rows = ~header.affine @ (x, np.clip(y, -90.0, 90.0))
+    tile_px = grid.transform @ Affine.scale(grid.tile_size)  # one "pixel" per tile
+    lon_centre = _grid_centre_lon(grid)
+
+    def onto_tiles(c, r):
+        return trusted_transform(header.crs, header.affine, grid.crs, tile_px, c, r, lon_centre)
+
+    tc, tr, ok = onto_tiles(src_cols, src_rows)
+    rows_n, cols_n = grid.tile_rows, grid.tile_cols
+    for _ in range(_MAX_ROUNDS):
+        nc, nr, nok = np.roll(tc, -1), np.roll(tr, -1), np.roll(ok, -1)
+        length = np.hypot(nc - tc, nr - tr)
+        lo_c, hi_c = np.fmin(tc, nc), np.fmax(tc, nc)
+        lo_r, hi_r = np.fmin(tr, nr), np.fmax(tr, nr)
+        near = (hi_c >= -1) & (lo_c <= cols_n + 1) & (hi_r >= -1) & (lo_r <= rows_n + 1)
+        long_ok = ok & nok & (length > _STEP_TILES) & near
+        # One end could not be moved: the other may still be on the grid, and the part of the
+        # outline between them too (the edge of a projection's domain).
+        one_end = (ok ^ nok) & np.where(ok, _on_grid(tc, tr, rows_n, cols_n), _on_grid(nc, nr, rows_n, cols_n))
+        src_len = np.hypot(np.roll(src_cols, -1) - src_cols, np.roll(src_rows, -1) - src_rows)
+        split = (long_ok & (src_len > 1e-6)) | (one_end & (src_len > 1e-3))
+        if not split.any() or tc.size + int(split.sum()) > _MAX_POINTS:
+            break
+        at = np.flatnonzero(split)
+        mid_c = (src_cols[at] + np.roll(src_cols, -1)[at]) / 2.0
+        mid_r = (src_rows[at] + np.roll(src_rows, -1)[at]) / 2.0
+        mc, mr, mok = onto_tiles(mid_c, mid_r)
+        src_cols = np.insert(src_cols, at + 1, mid_c)
+        src_rows = np.insert(src_rows, at + 1, mid_r)
+        tc, tr, ok = np.insert(tc, at + 1, mc), np.insert(tr, at + 1, mr), np.insert(ok, at + 1, mok)
+    # Mark the tiles at both ends of every short segment and, where it steps diagonally, the two
+    # tiles beside it (a segment shorter than a tile crosses at most those). Longer segments are
+    # jumps across a discontinuity of the target projection (its antimeridian): not outline.
+    nc, nr, nok = np.roll(tc, -1), np.roll(tr, -1), np.roll(ok, -1)
+    seg = ok & nok & (np.hypot(nc - tc, nr - tr) <= 2 * _STEP_TILES)
+    single = ok & ~seg & ~np.roll(seg, 1)  # isolated points still mark their tile
+    for c0, r0, c1, r1 in ((tc[seg], tr[seg], nc[seg], nr[seg]), (tc[single], tr[single], tc[single], tr[single])):
+        ic0, ir0, ic1, ir1 = (np.floor(v).astype(np.int64) for v in (c0, r0, c1, r1))
+        for ci, ri in ((ic0, ir0), (ic1, ir1), (ic0, ir1), (ic1, ir0)):
+            keep = (ci >= 0) & (ci < cols_n) & (ri >= 0) & (ri < rows_n)
+            mask[ri[keep], ci[keep]] = True
+    return mask
+
+
+def _on_grid(c: np.ndarray, r: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    return (c >= -1) & (c <= cols + 1) & (r >= -1) & (r <= rows + 1)
+
+
+def footprint_window(header: RasterHeader, grid: TargetGrid, bounds: Bounds) -> Window | None:
+    """The part of the grid under the raster's footprint, in whole target pixels."""
+    if bounds.box is None:
+        return None
+    left, bottom, right, top = bounds.box
+    inverse = ~grid.transform
+    c0, r0 = inverse @ (left, top)
+    c1, r1 = inverse @ (right, bottom)
+    eps = 1e-6
+    c0, c1 = max(math.floor(min(c0, c1) + eps), 0), min(math.ceil(max(c0, c1) - eps), grid.width)
+    r0, r1 = max(math.floor(min(r0, r1) + eps), 0), min(math.ceil(max(r0, r1) - eps), grid.height)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def whole_image_scale(header: RasterHeader, grid: TargetGrid, window: Window | None, method: str) -> tuple[float, float]:
+    """GDAL's warper XSCALE/YSCALE for a warp of the raster onto ``window`` of the grid in one piece.
+
+    GDAL derives them for each piece it warps, from the source window that the piece needs
+    (GDALWarpOperation::ComputeSourceWindow and GDALWarpKernel::PerformWarp, GDAL 3.10): the
+    piece's width over the source width it spans, clamped to the raster, snapped to 1/n when
+    within 0.05 of it. Computed once for the footprint's window and fixed for every chunk, tiles
+    then equal GDAL's whole-image warp of the dataset onto its footprint (the whole grid, when
+    the extent is the union of one dataset), and never depend on where chunks begin.
     """
-    src = header.affine
-    cx, cy = src @ (header.width / 2.0, header.height / 2.0)
-    res_x, res_y = grid.resolution
-    if header.crs == grid.crs:
-        tx, ty = [cx, cx + res_x, cx], [cy, cy, cy - res_y]
-    else:
-        (gx,), (gy,) = transform_points(header.crs, grid.crs, [cx], [cy])
-        tx, ty = transform_points(grid.crs, header.crs, [gx, gx + res_x, gx], [gy, gy, gy - res_y])
-    inverse = ~src
-    (c0, r0), (c1, r1), (c2, r2) = (inverse @ (x, y) for x, y in zip(tx, ty))
-    # Source pixels spanned by one target pixel along the target's x and y axes.
-    span_x = float(np.hypot(c1 - c0, r1 - r0))
-    span_y = float(np.hypot(c2 - c0, r2 - r0))
-    if not (span_x > 0 and span_y > 0 and np.isfinite(span_x) and np.isfinite(span_y)):
+    if window is None:
         return 1.0, 1.0
-    return 1.0 / span_x, 1.0 / span_y
+    x0, y0, w, h = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+    found = _source_extent(header, grid, x0, y0, w, h)
+    if found is None:
+        return 1.0, 1.0
+    min_x, min_y, max_x, max_y = (_round_if_close(v) for v in found)
+    radius = FILTER_RADIUS.get(method, 0)
+    x_scale = _kernel_scale(w, min_x, max_x, header.width, radius)
+    y_scale = _kernel_scale(h, min_y, max_y, header.height, radius)
+    return x_scale, y_scale
 
 
-def union_bounds(rings: list[list[tuple[float, float]]]) -> tuple[float, float, float, float] | None:
-    boxes = [b for b in (ring_bounds(r) for r in rings) if b is not None]
-    if not boxes:
-        return None
-    return (
-        min(b[0] for b in boxes),
-        min(b[1] for b in boxes),
-        max(b[2] for b in boxes),
-        max(b[3] for b in boxes),
-    )
+def _source_extent(header: RasterHeader, grid: TargetGrid, x0: int, y0: int, w: int, h: int):
+    """Source pixel bounds of the target window, sampled as ComputeSourceWindow does: 21 points
+    per edge, or a 23 x 23 grid (and the raster's own 23 x 23 grid moved forwards) when any fails."""
+    steps = 21
+    step = 1.0 / (steps - 1)
+    ratios = []
+    ratio = 0.0
+    while ratio <= 1.0 + step * 0.5:  # GDAL's loop, float steps and all
+        ratios.append(ratio)
+        ratio += step
+    r = np.array(ratios)
+    xs = np.concatenate([r * w + x0, r * w + x0, np.full_like(r, x0), np.full_like(r, x0 + w)])
+    ys = np.concatenate([np.full_like(r, y0), np.full_like(r, y0 + h), r * h + y0, r * h + y0])
+    centre = raster_centre_lon(header)
+    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.affine, xs, ys, centre)
+    if ok.all():
+        return cols.min(), rows.min(), cols.max(), rows.max()
+    # GDAL's grid: ratios 0.5 / size, then the steps, then 1 - 0.5 / size (it uses the width for
+    # both axes).
+    g = np.concatenate([[0.5 / w], (np.arange(steps)) * step, [1 - 0.5 / w]])
+    gx, gy = np.meshgrid(g * w + x0, g * h + y0)
+    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.affine, gx.ravel(), gy.ravel(),
+                                       centre)
+    bounds = [cols[ok].min(), rows[ok].min(), cols[ok].max(), rows[ok].max()] if ok.sum() >= 5 else None
+    # From the source side: the raster's own grid points that land inside the window.
+    sx, sy = np.meshgrid(np.concatenate([[0.5 / header.width], np.arange(steps) * step, [1 - 0.5 / header.width]])
+                         * header.width,
+                         np.concatenate([[0.5 / header.height], np.arange(steps) * step, [1 - 0.5 / header.height]])
+                         * header.height)
+    dc, dr, dok = trusted_transform(header.crs, header.affine, grid.crs, grid.transform, sx.ravel(), sy.ravel(),
+                                    _grid_centre_lon(grid))
+    hit = dok & (dc >= x0) & (dc <= x0 + w) & (dr >= y0) & (dr <= y0 + h)
+    if hit.any():
+        extra = [sx.ravel()[hit].min(), sy.ravel()[hit].min(), sx.ravel()[hit].max(), sy.ravel()[hit].max()]
+        bounds = extra if bounds is None else [min(bounds[0], extra[0]), min(bounds[1], extra[1]),
+                                               max(bounds[2], extra[2]), max(bounds[3], extra[3])]
+    return bounds
 
+
+def _round_if_close(value: float) -> float:
+    rounded = round(value)
+    return float(rounded) if abs(rounded - value) < 1e-6 else float(value)
+
+
+def _kernel_scale(dst_size: int, src_min: float, src_max: float, raster_size: int, radius: int) -> float:
+    span = src_max - src_min
+    if span <= 0:
+        return 1.0
+    scale0 = max(1e-3, dst_size / span)
+    reach = math.ceil(radius / scale0) if scale0 < 0.95 else radius
+    lo = int(max(0.0, src_min))
+    hi = int(min(math.ceil(src_max), float(raster_size)))
+    raw = max(0.0, min(float(raster_size - lo), span))
+    if hi - lo > 0.9 * raster_size:
+        size = raster_size
+    else:
+        off = max(0, min(lo - reach, raster_size))
+        size = max(0, min(raster_size - off, hi - off + reach))
+    extra = size - raw
+    if raw <= 0:
+        return 1.0
+    scale = dst_size / (size - extra)
+    if size >= dst_size and size <= dst_size + extra:
+        scale = 1.0
+    if scale < 1.0:
+        reciprocal = 1.0 / scale
+        whole = int(reciprocal + 0.5)
+        if abs(reciprocal - whole) < 0.05:
+            scale = 1.0 / whole
+    return scale

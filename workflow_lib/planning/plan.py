@@ -13,17 +13,20 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.engines.blocks import choose_engine
 from workflow_lib.config import nodata_override, target_crs, target_resolution
 from workflow_lib.errors import ConfigError
-from workflow_lib.planning.footprint import footprint_ring, pixel_scale, touched_tiles, union_bounds
-from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.errors import GDAL_ERRORS
+from workflow_lib.planning.footprint import Bounds, footprint_bounds, footprint_window, tile_mask, whole_image_scale
+from workflow_lib.planning.grid import TargetGrid, tile_id
 from workflow_lib.sources.header import RasterHeader, read_header
-from workflow_lib.planning.settings import WarpSettings, resolve_settings
+from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 3
+PLAN_FORMAT = 4
 DEFAULT_CACHE_DIR = ".cache/plan"
 
 
@@ -33,6 +36,7 @@ class DatasetPlan:
     header: RasterHeader
     settings: WarpSettings
     tiles: tuple[str, ...]
+    note: str = ""  # what planning had to decide for the user (an extent clipped to an area of use)
 
     def to_dict(self) -> dict:
         return {
@@ -40,6 +44,7 @@ class DatasetPlan:
             "header": self.header.to_dict(),
             "settings": self.settings.to_dict(),
             "tiles": list(self.tiles),
+            "note": self.note,
         }
 
     @classmethod
@@ -49,6 +54,7 @@ class DatasetPlan:
             RasterHeader.from_dict(data["header"]),
             WarpSettings.from_dict(data["settings"]),
             tuple(data["tiles"]),
+            data.get("note", ""),
         )
 
 
@@ -80,45 +86,46 @@ def build_plan(config: dict[str, Any]) -> Plan:
     """Read every input's header and work out the grid and the tiles. No caching here."""
     crs = target_crs(config)
     datasets = config["datasets"]
+    target = config["target"]
     headers = {name: read_header(name, ds["path"], ds.get("band", 1)) for name, ds in datasets.items()}
-    # Tiles are chosen from outlines taken a pixel outside each raster, so that rounding never loses
-    # a target pixel that grazes its edge; the union extent uses the exact outlines.
-    rings = {name: footprint_ring(h, crs, margin_px=1.0) for name, h in headers.items()}
-    for name, ring in rings.items():
-        if len(ring) < 4:
-            raise ConfigError(
-                f"datasets.{name}: the footprint of {datasets[name]['path']} cannot be expressed in the "
-                f"target CRS (no point of its outline transforms into {config['target']['crs']})"
-            )
-    extent = config["target"].get("extent", "union")
+    footprints = {name: _footprint(name, datasets[name], h, crs) for name, h in headers.items()}
+    extent = target.get("extent", "union")
+    notes = {}
     if extent == "union":
-        bounds = union_bounds([footprint_ring(h, crs, margin_px=0.0) for h in headers.values()])
+        for name, bounds in footprints.items():
+            if bounds.untrusted:
+                raise ConfigError(
+                    f"datasets.{name}: part of {datasets[name]['path']} lies where {target['crs']} is not defined "
+                    "(outside its projection's domain), and that CRS declares no area of use to clip it to: set "
+                    "target.extent to the area you want ({left, bottom, right, top} in target CRS units)")
+            if bounds.box is None:
+                raise ConfigError(
+                    f"datasets.{name}: {datasets[name]['path']} does not overlap the area of use of "
+                    f"{target['crs']} ({bounds.clipped_to}); remove the dataset or choose another target CRS")
+            if bounds.clipped_to is not None:
+                notes[name] = (f"{datasets[name]['path']} reaches beyond where {target['crs']} is defined: its part of "
+                               f"the union extent is clipped to the CRS's area of use ({bounds.clipped_to}); set "
+                               "target.extent to choose another area")
+        boxes = [b.box for b in footprints.values()]
+        bounds = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                  max(b[3] for b in boxes))
     else:
         bounds = (extent["left"], extent["bottom"], extent["right"], extent["top"])
-    target = config["target"]
-    grid = TargetGrid.from_bounds(
-        crs,
-        bounds,
-        target_resolution(config),
-        tuple(target.get("origin", (0.0, 0.0))),
-        config.get("tile_size", 4096),
-    )
+    resolution = target_resolution(config)
+    _check_resolution(config, crs, bounds, resolution)
+    grid = TargetGrid.from_bounds(crs, bounds, resolution, tuple(target.get("origin", (0.0, 0.0))),
+                                  config.get("tile_size", 4096))
     error_threshold = config.get("warp", {}).get("error_threshold", 0.125)
     plans = {}
     for name, ds in datasets.items():
         header = headers[name]
-        tiles = touched_tiles(grid, rings[name])
-        if not tiles:
-            raise ConfigError(
-                f"datasets.{name}: {ds['path']} does not overlap the target extent {grid.bounds} "
-                f"(in {target['crs']}); remove the dataset or widen target.extent"
-            )
         same_crs = header.crs == crs
         try:
             engine = choose_engine(ds.get("engine", "auto"), ds["method"], same_crs, header.dtype, header.affine,
                                    grid.transform)
         except ValueError as exc:
             raise ConfigError(f"datasets.{name}.engine: {exc} ({ds['path']})") from None
+        window = footprint_window(header, grid, footprints[name])
         settings = resolve_settings(
             name,
             header,
@@ -126,13 +133,50 @@ def build_plan(config: dict[str, Any]) -> Plan:
             band=ds.get("band", 1),
             nodata_override=nodata_override(ds),
             dtype=ds.get("dtype"),
-            scale=pixel_scale(header, grid),
+            scale=_planning_call(name, ds, lambda: whole_image_scale(header, grid, window, ds["method"])),
             error_threshold=error_threshold,
             same_crs=same_crs,
             engine=engine,
         )
-        plans[name] = DatasetPlan(name, header, settings, tuple(tiles))
+        mask = _planning_call(name, ds, lambda: tile_mask(header, grid, margin_px=kernel_reach(settings)))
+        tiles = tuple(tile_id(int(r), int(c)) for r, c in np.argwhere(mask))
+        if not tiles:
+            raise ConfigError(
+                f"datasets.{name}: {ds['path']} does not overlap the target extent {grid.bounds} "
+                f"(in {target['crs']}); remove the dataset or widen target.extent" + _units_hint(crs, bounds))
+        plans[name] = DatasetPlan(name, header, settings, tiles, notes.get(name, ""))
     return Plan(grid, plans)
+
+
+def _footprint(name: str, ds: dict, header: RasterHeader, crs) -> Bounds:
+    return _planning_call(name, ds, lambda: footprint_bounds(header, crs))
+
+
+def _planning_call(name: str, ds: dict, work):
+    """Run a planning step; a GDAL or PROJ error names the dataset instead of ending in a traceback."""
+    try:
+        return work()
+    except GDAL_ERRORS as exc:
+        raise ConfigError(f"datasets.{name}: cannot plan {ds['path']} onto the target grid: {exc}") from None
+
+
+def _check_resolution(config: dict, crs, bounds, resolution) -> None:
+    """Pixels many times larger than the whole extent mean a resolution in the wrong units (metres
+    given to a CRS in degrees); a raster smaller than one pixel is fine."""
+    left, bottom, right, top = bounds
+    res_x, res_y = resolution
+    if res_x > 10 * (right - left) and res_y > 10 * (top - bottom):
+        units = crs.units_factor[0] if crs.units_factor else "units"
+        raise ConfigError(
+            f"target.resolution: {res_x:g} x {res_y:g} {units}s makes one pixel larger than the whole extent "
+            f"({right - left:.6g} x {top - bottom:.6g} {units}s; {config['target']['crs']} is in {units}s): "
+            f"give the resolution in {units}s, or choose a target CRS in the units you meant")
+
+
+def _units_hint(crs, bounds) -> str:
+    if crs.is_geographic and max(abs(v) for v in bounds) > 360:
+        return (f"; the extent's numbers look like metres, but {crs.to_string()} is in degrees")
+    return ""
 
 
 def plan_cache_key(config: dict[str, Any]) -> str:

@@ -94,3 +94,30 @@ def resolve_settings(
         engine=engine[0],
         engine_reason=engine[1],
     )
+
+
+def kernel_padding(settings: WarpSettings) -> int:
+    """Source pixels to add around a chunk's footprint so that every kernel sees all its inputs.
+
+    GDAL widens kernels by 1/scale when downsampling (radius 2 for cubic); padding beyond what GDAL
+    itself pads also keeps its window-dependent weighting (see README: sum) out of interior chunks.
+    """
+    shrink = min(settings.x_scale, settings.y_scale, 1.0)
+    return int(math.ceil(3.0 / shrink)) + 2
+
+
+# Source pixels that GDAL's resampling kernels reach at scale 1 (GWKGetFilterRadius); the area
+# methods (average, mode, ...) take the pixels under the target pixel only.
+FILTER_RADIUS = {"nearest": 0, "bilinear": 1, "cubic": 2}
+
+
+def kernel_reach(settings: WarpSettings) -> float:
+    """How far beyond a raster's edge, in its pixels, data can still land: the kernel's radius
+    (widened by 1/scale when downsampling, as GDAL does) plus one pixel for rounding."""
+    shrink = min(settings.x_scale, settings.y_scale, 1.0)
+    return (FILTER_RADIUS.get(settings.method, 0) + 1) / shrink
+
+
+# Methods whose output pixel is a reduction of the source pixels under it (GDAL's
+# GWKAverageOrMode): their edges need the raster padded with nodata (engines.chunks.pad_width).
+AREA_METHODS = {"average", "sum", "min", "max", "mode", "med"}

@@ -1,0 +1,226 @@
+"""Cutting a tile into chunks that fit a job's memory, and the source window each chunk needs.
+
+A tile (the unit of checkpointing) is not read at once: it is cut into chunks of output pixels
+whose source windows, and every copy an engine makes of them, fit the job's budget. Work and
+memory follow the pixels that exist: a tile that reaches beyond the raster reads only the part of
+the raster under it, and pads only as far as a target pixel reaches past the raster's edge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from workflow_lib.engines.blocks import LARGE_BLOCK, BlockGeometry
+from workflow_lib.gtiff import BLOCK_SIZE
+from workflow_lib.planning.coords import transform_points, wrap_longitudes
+from workflow_lib.planning.grid import Tile
+from workflow_lib.planning.settings import AREA_METHODS, WarpSettings, kernel_padding
+from workflow_lib.sources.header import RasterHeader
+
+# Resident memory of a job before it touches data: Python, NumPy, GDAL and Snakemake's script
+# preamble (measured at about 120 MB; kept above that).
+BASELINE_MB = 160
+# Points sampled along each edge of a chunk (and across it) to find its source window: the
+# inverse projection of a straight target edge is curved.
+_EDGE_SAMPLES = 33
+_INTERIOR_SAMPLES = 9
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """How a job's ``mem_mb`` is shared between GDAL's block cache and the chunk buffers."""
+
+    mem_mb: int
+    cache_mb: int
+    chunk_bytes: int
+
+    @classmethod
+    def for_job(cls, mem_mb: int) -> "MemoryBudget":
+        free_mb = max(mem_mb - BASELINE_MB, 32)
+        cache_mb = int(min(max(free_mb * 0.2, 8), 256))
+        return cls(mem_mb, cache_mb, int((free_mb - cache_mb) * 0.75 * 1e6))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    window: Window  # in the tile
+    source: Window | None  # to read, within the input raster; None when the chunk sees no pixel
+    padded: Window | None  # what the engine works on: the source grown beyond the raster's edge, where
+    # the missing pixels are nodata (block engine: whole blocks; GDAL's area methods: see pad_width)
+
+
+def source_window(
+    header: RasterHeader, dst_transform: Affine, width: int, height: int, dst_crs: CRS, pad: int
+) -> Window | None:
+    """The window of the input that the target window ``dst_transform`` x (width, height) needs,
+    padded by ``pad`` pixels and not clipped to the raster (None if no point transforms)."""
+    edge = np.linspace(0.0, 1.0, _EDGE_SAMPLES)
+    inner = np.linspace(0.0, 1.0, _INTERIOR_SAMPLES)
+    gx, gy = np.meshgrid(inner, inner)
+    fx = np.concatenate([edge, np.ones_like(edge), edge, np.zeros_like(edge), gx.ravel()])
+    fy = np.concatenate([np.zeros_like(edge), edge, np.ones_like(edge), edge, gy.ravel()])
+    xs, ys = dst_transform @ (fx * width, fy * height)
+    if header.crs != dst_crs:
+        xs, ys, _ = transform_points(dst_crs, header.crs, xs, ys)
+        if header.crs.is_geographic:  # into the raster's own longitudes (0..360, or across 180)
+            centre_x, _ = header.affine @ (header.width / 2.0, header.height / 2.0)
+            xs = wrap_longitudes(xs, centre_x)
+    cols, rows = ~header.affine @ (np.asarray(xs), np.asarray(ys))
+    ok = np.isfinite(cols) & np.isfinite(rows)
+    if not ok.any():
+        return None
+    c0 = int(math.floor(cols[ok].min())) - pad
+    r0 = int(math.floor(rows[ok].min())) - pad
+    c1 = int(math.ceil(cols[ok].max())) + pad
+    r1 = int(math.ceil(rows[ok].max())) + pad
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def clip_window(window: Window, header: RasterHeader, grow: int = 0) -> Window | None:
+    """``window`` within the raster (grown by ``grow`` pixels on every side); None if empty."""
+    c0, r0 = max(int(window.col_off), -grow), max(int(window.row_off), -grow)
+    c1 = min(int(window.col_off + window.width), header.width + grow)
+    r1 = min(int(window.row_off + window.height), header.height + grow)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def pad_width(settings: WarpSettings) -> int:
+    """How far beyond the raster GDAL's area methods must see nodata, in source pixels.
+
+    GDAL 3.10's warper clamps a target pixel's source footprint to the window it is given and
+    gives the edge pixels the weight of the part that was cut off (a target pixel reaching two
+    columns past the raster weights its edge column by 3). Nodata out to where the widest target
+    pixel ends (1 / scale source pixels) leaves nothing to clamp: the result is the area-weighted
+    mean (sum) of the valid pixels under each target pixel, and a target pixel wholly outside the
+    raster stays nodata (GDAL gives it the raster's first row or column).
+    """
+    shrink = min(settings.x_scale, settings.y_scale, 1.0)
+    return int(math.ceil(1.0 / shrink)) + 2
+
+
+def pads_source(settings: WarpSettings) -> bool:
+    """Whether GDAL's engine gets its source padded with nodata (pad_width): the area methods."""
+    return settings.engine == "gdal" and settings.method in AREA_METHODS
+
+
+def chunk_cost(source: Window | None, window: Window, src_dtype: str, dst_dtype: str, same_crs: bool = True,
+               padded: bool = False) -> int:
+    """Bytes a chunk holds at its peak: our source read and GDAL's copy of it with validity masks
+    (plus the in-memory dataset across CRSs, see warp.py; a padded source adds the unpadded read
+    and our validity mask), and the destination with GDAL's working buffers (density and masks)."""
+    src_px = 0 if source is None else int(source.width) * int(source.height)
+    dst_px = int(window.width) * int(window.height)
+    copies = (2 if same_crs else 3) + (1 if padded else 0)
+    per_px = copies * np.dtype(src_dtype).itemsize + 2 + (2 if padded else 0)
+    return src_px * per_px + dst_px * (2 * np.dtype(dst_dtype).itemsize + 8)
+
+
+def plan_chunks(
+    header: RasterHeader, settings: WarpSettings, tile: Tile, dst_crs: CRS, budget_bytes: int
+) -> list[Chunk]:
+    """Cut a tile into chunks for GDAL's warper whose cost fits ``budget_bytes``."""
+    pad = kernel_padding(settings)
+    padded = pads_source(settings)
+    grow = pad_width(settings)
+
+    def make(window: Window) -> Chunk:
+        transform = tile.transform @ Affine.translation(window.col_off, window.row_off)
+        wanted = source_window(header, transform, int(window.width), int(window.height), dst_crs, pad)
+        source = None if wanted is None else clip_window(wanted, header)
+        if source is None:
+            return Chunk(window, None, None)
+        return Chunk(window, source, clip_window(wanted, header, grow) if padded else source)
+
+    def split(window: Window) -> Iterator[Chunk]:
+        chunk = make(window)
+        fits = chunk_cost(chunk.padded, window, header.dtype, settings.dst_dtype, settings.same_crs, padded) <= budget_bytes
+        if fits or (window.width == 1 and window.height == 1):
+            yield chunk
+            return
+        # Split the longer side: across CRSs the source window of a long thin strip is its skewed
+        # bounding box, mostly pixels that the strip does not need (measured: a 4096-pixel tile
+        # from EPSG:3035 to EPSG:4326 took 21.6 s in full-width strips, 7.1 s in squarer chunks).
+        if window.height > 1 and (settings.same_crs or window.height >= window.width):
+            # Split on a block boundary where possible so that output blocks fill up in order.
+            half = int(window.height) // 2
+            if half > BLOCK_SIZE:
+                half -= half % BLOCK_SIZE
+            first = Window(window.col_off, window.row_off, window.width, half)
+            second = Window(window.col_off, window.row_off + half, window.width, window.height - half)
+        else:
+            half = int(window.width) // 2
+            first = Window(window.col_off, window.row_off, half, window.height)
+            second = Window(window.col_off + half, window.row_off, window.width - half, window.height)
+        yield from split(first)
+        yield from split(second)
+
+    return list(split(Window(0, 0, tile.width, tile.height)))
+
+
+def block_chunk_cost(settings: WarpSettings, src_dtype: str, kx: int, ky: int) -> float:
+    """Bytes held per source pixel by the block engine: the read (twice at the raster's edges,
+    where it is copied into a padded array), its validity mask and NaN test, the method's working
+    arrays (median: a float64 copy to sort; mode: sort keys and their values, up to 4 bytes each,
+    or per-position counts; large blocks: a float64 copy of the values), and output-sized
+    float64 accumulators."""
+    if kx * ky > LARGE_BLOCK:
+        return np.dtype(src_dtype).itemsize + 2 + 16
+    extra = {"med": 9, "mode": 9}.get(settings.method, 0)
+    return 2 * np.dtype(src_dtype).itemsize + 2 + extra + 40 / (kx * ky)
+
+
+def active_range(offset: int, k: int, raster_size: int, tile_size: int) -> tuple[int, int]:
+    """Output pixels [lo, hi) of a tile whose blocks (k source pixels each, the first at source
+    pixel ``offset``) hold at least one pixel of the raster."""
+    lo = max(0, -offset // k)
+    hi = min(tile_size, -(-(raster_size - offset) // k))
+    return lo, max(lo, hi)
+
+
+def block_chunks(header: RasterHeader, settings: WarpSettings, tile: Tile, blocks: BlockGeometry,
+                 budget_bytes: int) -> list[Chunk]:
+    """Chunks of whole output rows (or, for very wide tiles, columns too) whose blocks of source
+    pixels fit ``budget_bytes``, over the part of the tile that the raster reaches (the rest of the
+    tile is nodata and never read)."""
+    kx, ky = blocks.kx, blocks.ky
+    c_lo, c_hi = active_range(blocks.col_off, kx, header.width, tile.width)
+    r_lo, r_hi = active_range(blocks.row_off, ky, header.height, tile.height)
+    if c_hi <= c_lo or r_hi <= r_lo:
+        return []
+    per_out_px = block_chunk_cost(settings, header.dtype, kx, ky) * kx * ky
+    width = c_hi - c_lo
+    cols = max(1, min(width, int(budget_bytes // per_out_px)))
+    rows = max(1, min(r_hi - r_lo, int(budget_bytes // (per_out_px * cols))))
+    breaks = row_breaks(r_hi - r_lo, rows, blocks.row_off + r_lo * ky, ky, header.block_shape[0])
+    chunks = []
+    for r, r_end in zip(breaks, breaks[1:]):
+        for c in range(0, width, cols):
+            window = Window(c_lo + c, r_lo + r, min(cols, width - c), r_end - r)
+            padded = Window(blocks.col_off + window.col_off * kx, blocks.row_off + window.row_off * ky,
+                            window.width * kx, window.height * ky)
+            chunks.append(Chunk(window, clip_window(padded, header), padded))
+    return chunks
+
+
+def row_breaks(height: int, rows: int, first_source_row: int, ky: int, block_rows: int) -> list[int]:
+    """Where chunks of at most ``rows`` output rows begin (and the tile ends), placed where the
+    source's rows of blocks begin when the budget allows: a block cut by a chunk boundary is
+    decompressed for both chunks (measured: a third more time for a tile of 512-row blocks)."""
+    step = math.lcm(block_rows, ky) // ky  # output rows per whole number of block rows
+    first = next((r for r in range(step) if (first_source_row + r * ky) % block_rows == 0), None)
+    if rows < step or first is None:
+        return list(range(0, height, rows)) + [height]
+    size = rows - rows % step
+    breaks = [0] + ([first] if first else [])
+    while breaks[-1] + size < height:
+        breaks.append(breaks[-1] + size)
+    return breaks + [height]
