@@ -36,11 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 from affine import Affine
 
+from workflow_lib.planning.settings import AREA_METHODS
+
 BLOCK_METHODS = ("nearest", "average", "sum", "min", "max", "med", "mode")
 # Blocks of more pixels than this are reduced segment by segment (reduce_large_blocks) instead of
 # one pass per position in the block (reduce_blocks), whose Python loop would run kx x ky times.
 LARGE_BLOCK = 256
-ENGINE_LABELS = {"numpy": "numpy-blocks", "gdal": "gdal-warp"}
+ENGINE_LABELS = {"numpy": "numpy-blocks", "windows": "numpy-windows", "gdal": "gdal-warp"}
 # Relative tolerance for calling a resolution ratio an integer and an offset a whole pixel: headers
 # hold decimal resolutions (0.1, 1/3600) that are not exact in binary.
 _ALIGN_RTOL = 1e-9
@@ -81,12 +83,12 @@ def block_geometry(src_transform: Affine, dst_transform: Affine) -> tuple[BlockG
 def choose_engine(
     requested: str, method: str, same_crs: bool, src_dtype: str, src_transform: Affine, dst_transform: Affine
 ) -> tuple[str, str]:
-    """The engine for a dataset ("numpy" or "gdal") and why. ``requested``: auto, numpy or gdal.
+    """The engine for a dataset ("numpy": aligned blocks, "windows": unaligned picks, or "gdal") and
+    why. ``requested``: auto, numpy or gdal.
 
     Where target pixels are whole blocks of input pixels, "auto" takes NumPy: its result is the
     exact block reduction, the same for every tiling, and equal to GDAL's wherever GDAL's is exact
-    (README, "Engines", for where it is not). The median and mode of blocks of more than
-    ``LARGE_BLOCK`` pixels go to GDAL. Outside the aligned case asking for NumPy is an error, so
+    (README, "Engines", for where it is not). Outside the aligned case asking for NumPy is an error, so
     that a config never silently gets something else than it asked for.
     """
     if requested == "gdal":
@@ -98,9 +100,13 @@ def choose_engine(
         reason = f"method {method} is an interpolation, not a block reduction"
     else:
         geometry, reason = block_geometry(src_transform, dst_transform)
-        if geometry is not None and method in ("med", "mode") and geometry.kx * geometry.ky > LARGE_BLOCK:
-            geometry, reason = None, (f"{reason}, but the numpy engine's {method} is limited to blocks of "
-                                      f"{LARGE_BLOCK} pixels")
+    if geometry is None and same_crs and method in AREA_METHODS:
+        from workflow_lib.engines.windows import window_geometry_reason
+
+        if window_geometry_reason(src_transform, dst_transform) is None:
+            # Unaligned area methods within one CRS: the rectangle of input pixels under each
+            # target pixel, the same for every tiling (engines.windows).
+            return "windows", f"{reason}: unaligned windows" + (", asked for in the config" if requested == "numpy" else "")
     if geometry is None:
         if requested == "numpy":
             raise ValueError(f"the numpy engine cannot be used: {reason}")
@@ -365,7 +371,8 @@ def reduce_large_blocks(
     last running to the end); ``centre``: the rows and columns in ``data`` of each block's pixel
     (ky // 2, kx // 2), for nearest (outside ``data``: nodata). ``average`` is the sum over the
     count in double precision: for blocks this large GDAL's running mean differs from it only in
-    the last bits. ``med`` and ``mode`` are not offered (choose_engine sends them to GDAL).
+    the last bits. ``med`` and ``mode`` take one block at a time (blocks this large are few:
+    each holds more than ``LARGE_BLOCK`` pixels), with the same rules as reduce_blocks.
     """
     shape = (row_starts.size, col_starts.size)
     if method == "nearest":
@@ -389,6 +396,34 @@ def reduce_large_blocks(
         fill = np.inf if method == "min" else -np.inf
         values = np.where(mask, data.astype(np.float64), fill)
         result = func.reduceat(func.reduceat(values, row_starts, axis=0), col_starts, axis=1)
+    elif method in ("med", "mode"):
+        result = np.zeros(shape, np.float64 if data.dtype.kind == "f" else np.int64)
+        row_ends = np.append(row_starts[1:], data.shape[0])
+        col_ends = np.append(col_starts[1:], data.shape[1])
+        for i, j in zip(*np.nonzero(found)):
+            rows = slice(row_starts[i], row_ends[i])
+            cols = slice(col_starts[j], col_ends[j])
+            values = data[rows, cols][mask[rows, cols]]  # row-major, as GDAL visits them
+            result[i, j] = _lower_median(values) if method == "med" else _running_mode(values)
     else:
         raise ValueError(f"method {method} is not reduced over large blocks")
     return _to_output(result, found, dst_dtype, dst_nodata)
+
+
+def _lower_median(values: np.ndarray):
+    k = (values.size - 1) // 2
+    return np.partition(values, k)[k]
+
+
+def _running_mode(values: np.ndarray):
+    """The most frequent value; among equals, the one whose last occurrence comes first."""
+    unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last = np.zeros(unique.size, np.int64)
+    np.maximum.at(last, inverse, np.arange(values.size))
+    best = np.lexsort((last, -counts))[0]  # most counts first, then the earliest last occurrence
+    return unique[best]
+
+
+# For the window engine (engines.windows), which reduces gathered pixels by the same rules.
+reduce_views = _reduce
+to_output = _to_output

@@ -23,8 +23,10 @@ from rasterio.windows import Window
 from workflow_lib.atomic import atomic_path
 from workflow_lib.engines.blocks import (ENGINE_LABELS, LARGE_BLOCK, BlockGeometry, block_geometry,
                                          reduce_blocks, reduce_large_blocks, valid_mask)
-from workflow_lib.engines.chunks import Chunk, MemoryBudget, block_chunks, pads_source, plan_chunks
+from workflow_lib.engines.chunks import (Chunk, MemoryBudget, block_chunks, pads_source, plan_chunks,
+                                         tile_axis_ranges, window_chunks)
 from workflow_lib.engines.warp import warp_chunk
+from workflow_lib.engines.windows import reduce_windows
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
 from workflow_lib.gtiff import open_output, tile_profile
 from workflow_lib.planning.grid import TargetGrid, Tile
@@ -61,6 +63,8 @@ def resample_tile(
         if blocks is None:  # the plan checked the grid; a tile can only disagree if the plan is stale
             raise InputRasterError(dataset, header.path, f"the numpy engine cannot resample tile {tile.id}: {why}")
         chunks = block_chunks(header, settings, tile, blocks, chunk_bytes)
+    elif settings.engine == "windows":
+        chunks = window_chunks(header, settings, grid, tile, chunk_bytes)
     else:
         chunks = [c for c in plan_chunks(header, settings, tile, grid.crs, chunk_bytes) if c.source is not None]
     log.info(
@@ -83,6 +87,8 @@ def resample_tile(
             for i, chunk in enumerate(chunks, 1):
                 if blocks is not None:
                     out = _block_chunk(dataset, src, settings, chunk, blocks)
+                elif settings.engine == "windows":
+                    out = _window_chunk(dataset, src, header, settings, grid, tile, chunk)
                 else:
                     out = _warp_chunk(dataset, src, header, settings, grid, tile, chunk, threads, chunk_bytes)
                 progress()
@@ -115,6 +121,14 @@ def _block_chunk(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks
                                    settings.dst_nodata)
     data, valid = read_blocks(dataset, src, settings, chunk)
     return reduce_blocks(data, valid, kx, ky, settings.method, settings.dst_dtype, settings.dst_nodata)
+
+
+def _window_chunk(dataset, src, header, settings, grid, tile, chunk) -> np.ndarray:
+    data = read_source(dataset, src, settings, chunk.source, keep_nan=True)
+    rows, cols = tile_axis_ranges(header, grid, tile, chunk.window)
+    return reduce_windows(data, valid_mask(data, settings.src_nodata), rows, cols,
+                          (int(chunk.source.row_off), int(chunk.source.col_off)), settings.method,
+                          settings.dst_dtype, settings.dst_nodata)
 
 
 def _warp_chunk(dataset, src, header, settings, grid, tile, chunk, threads, chunk_bytes) -> np.ndarray:

@@ -9,6 +9,8 @@ in-memory copy of the chunk's source.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 
 import numpy as np
@@ -19,11 +21,30 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 
+from workflow_lib.engines.blocks import to_output
 from workflow_lib.planning.settings import WarpSettings
 
 # rasterio 1.4.4 cannot build a WarpedVRT with an explicit transform and a threshold of exactly 0;
 # at 1e-6 pixel GDAL's approximation subdivides down to exact transformations.
 EXACT_THRESHOLD = 1e-6
+
+# Methods whose integer results GDAL rounds from a computed real value.
+COMPUTED = ("bilinear", "cubic", "average", "sum")
+# Significant bits kept before rounding a computed value to an integer (see stable_round).
+KEPT_BITS = 30
+
+
+def stable_round(values: np.ndarray) -> np.ndarray:
+    """``values`` with their last bits cleared: keep KEPT_BITS significant bits.
+
+    GDAL computes a chunk's kernel weights from the chunk's own origin, so one target pixel comes
+    out 1e-12 apart (relative) depending on where its chunk began; a mean that sits on x.5 would
+    then round either way and an integer result would depend on the tiling. 30 bits hold every
+    x.5 below 2**29 exactly and are far coarser than that noise, so the value snaps back to x.5
+    and rounds (half up, as GDAL) the same way in every tiling.
+    """
+    mantissa, exponent = np.frexp(values)
+    return np.ldexp(np.round(mantissa * 2.0 ** KEPT_BITS) / 2.0 ** KEPT_BITS, exponent)
 
 
 def warp_chunk(
@@ -45,6 +66,14 @@ def warp_chunk(
     mask band. (Not as a NumPy masked array: rasterio turns that into an alpha band, and GDAL
     weights sums by alpha, so a uint16 sum came out 257 times too small.)
     """
+    if settings.method in COMPUTED and np.dtype(settings.dst_dtype).kind in "iu":
+        # Warp into float64, round here: the same integer whatever the chunk (stable_round).
+        real = dataclasses.replace(settings, dst_dtype="float64", dst_nodata=math.nan)
+        values = warp_chunk(data, src_transform, src_crs, src_nodata, dst_transform, dst_crs, shape, real,
+                            threads, mem_limit_mb, valid)
+        found = ~np.isnan(values)
+        return to_output(stable_round(np.where(found, values, 0.0)), found, settings.dst_dtype,
+                         settings.dst_nodata)
     warp_options = {"XSCALE": repr(settings.x_scale), "YSCALE": repr(settings.y_scale)}
     resampling = Resampling[settings.method]
     if settings.same_crs and valid is None:
