@@ -1,5 +1,7 @@
 # Shared set-up: validate the config, make the plan (from headers only, cached) and the helpers
 # that rules use. Everything here runs at parse time, again in every cluster job: keep it cheap.
+import sys
+
 from workflow_lib.engines.blocks import ENGINE_LABELS
 from workflow_lib.config import validate_config
 from workflow_lib.errors import WorkflowLibError
@@ -14,7 +16,8 @@ try:
     PLAN = load_plan(config, path=PLAN_PATH)
 except WorkflowLibError as exc:
     # A bad config stops the run before any job, with the key and the problem, not a traceback.
-    raise WorkflowError(str(exc)) from None
+    print(f"Error: {exc}", file=sys.stderr)
+    sys.exit(1)
 
 if workflow.is_main_process:
     # For the status logger plugin (profiles/default): which plan, which database.

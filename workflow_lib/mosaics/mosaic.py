@@ -102,14 +102,17 @@ def write_stack(
     compress: str = "deflate",
     cog: bool = True,
 ) -> None:
-    """All mosaics on the common grid, one band per dataset named after it."""
+    """All mosaics on the common grid, one band per dataset named after it, carrying the mosaic's
+    band metadata (its resampling method)."""
     found = []
+    tags = []
     for path in mosaic_paths:
         with rasterio.open(path) as src:
             found.append((src.dtypes[0], src.nodata))
+            tags.append(src.tags(1))
     dtype, nodata = stack_dtype_and_nodata(found)
     bands = []
-    for name, path, (src_dtype, src_nodata) in zip(names, mosaic_paths, found):
+    for name, path, (src_dtype, src_nodata), band_tags in zip(names, mosaic_paths, found, tags):
         converting = (src_dtype, src_nodata) != (dtype, nodata) and not (
             src_dtype == dtype and math.isnan(src_nodata) and math.isnan(nodata)
         )
@@ -118,7 +121,7 @@ def write_stack(
             # Masking the source's own nodata lets the band's NaN show through where it differs.
             nodata=src_nodata if converting else None,
         )
-        bands.append(Band(dtype=dtype, nodata=nodata, description=name, sources=[source]))
+        bands.append(Band(dtype=dtype, nodata=nodata, description=name, sources=[source], metadata=band_tags))
     log.info("stack of %d datasets as %s, nodata %s", len(bands), dtype, nodata)
     _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, "NEAREST")
 

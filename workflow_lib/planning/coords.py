@@ -82,6 +82,11 @@ def trusted_transform(
     ``ROUND_TRIP_PX`` pixels of where it started. ``lon_centre``: when ``dst_crs`` is geographic,
     longitudes are wrapped to within 180 degrees of it (the centre of a raster in that CRS).
     """
+    with np.errstate(invalid="ignore", over="ignore"):  # points that did not move are NaN: they stay so
+        return _trusted_transform(src_crs, src_pixel, dst_crs, dst_pixel, cols, rows, lon_centre)
+
+
+def _trusted_transform(src_crs, src_pixel, dst_crs, dst_pixel, cols, rows, lon_centre):
     cols = np.asarray(cols, dtype=np.float64)
     rows = np.asarray(rows, dtype=np.float64)
     x, y = src_pixel @ (cols, rows)

@@ -26,7 +26,7 @@ from workflow_lib.sources.header import RasterHeader, read_header
 from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 4
+PLAN_FORMAT = 5
 DEFAULT_CACHE_DIR = ".cache/plan"
 
 

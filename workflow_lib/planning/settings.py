@@ -73,7 +73,14 @@ def resolve_settings(
         src_nodata = math.nan
     else:
         src_nodata = None
-    dst_nodata = default_nodata(dst_dtype) if src_nodata is None else src_nodata
+    if src_nodata is None:
+        dst_nodata = default_nodata(dst_dtype)
+    elif nodata_override is None and np.dtype(dst_dtype).kind == "f" and np.dtype(header.dtype).kind in "iu":
+        # Integers made real (dtype: float32 on an int16 input): NaN, as for real inputs; the
+        # integer's nodata (-32768) would be a number among numbers in a real mosaic.
+        dst_nodata = math.nan
+    else:
+        dst_nodata = src_nodata
     check_nodata_fits(
         name,
         header.path,

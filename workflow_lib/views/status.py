@@ -110,11 +110,12 @@ def render(report: Report) -> str:
     if report.running:
         lines += ["", "running:"]
         for j in report.running:
-            beat = _duration(j["since_heartbeat_seconds"]) if j["since_heartbeat_seconds"] is not None else "none"
+            beat = (f"last heartbeat {_duration(j['since_heartbeat_seconds'])} ago"
+                    if j["since_heartbeat_seconds"] is not None else "no heartbeat yet")
             flag = "  STALLED" if j["stalled"] else ""
             job = f" job {j['external_job_id']}" if j["external_job_id"] else ""
             lines.append(f"  {j['dataset']}/{j['tile']} attempt {j['attempt']} on {j['host']}{job}, running "
-                         f"{_duration(j['age_seconds'])}, last heartbeat {beat} ago{flag}")
+                         f"{_duration(j['age_seconds'])}, {beat}{flag}")
     if report.failed:
         lines += ["", "failed:"]
         for j in report.failed:
