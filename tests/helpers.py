@@ -197,7 +197,7 @@ def reference_for(plan, name: str, fixed_scale: bool = False, padded: bool | Non
     options = {"XSCALE": repr(s.x_scale), "YSCALE": repr(s.y_scale)} if fixed_scale else {}
     if padded is None:
         padded = s.method in AREA_METHODS
-    pad = int(math.ceil(1.0 / min(s.x_scale, s.y_scale, 1.0))) + 4 if padded else 0
+    pad = int(math.ceil(4.0 / min(s.x_scale, s.y_scale, 1.0))) + 4 if padded else 0
     return reference_warp(d.header.path, s.band, g.transform, g.width, g.height, g.crs, s.method, s.dst_dtype,
                           s.src_nodata, s.dst_nodata, options, error_threshold=s.error_threshold, pad=pad)
 
@@ -278,3 +278,66 @@ def area_reference(data: np.ndarray, valid: np.ndarray, src: Affine, dst: Affine
 def read_band(path: str) -> np.ndarray:
     with rasterio.open(path) as src:
         return src.read(1)
+
+
+def window_reference(plan, name: str) -> np.ndarray:
+    """An independent reference for min, max, mode and med within one CRS on any north-up grid:
+    for every target pixel, the input pixels whose extent overlaps it by more than 1e-9 pixel,
+    found in exact rational arithmetic from the two geotransforms, reduced pixel by pixel in
+    Python with the block rules (row-major order, lower median, mode ties to the value whose last
+    occurrence comes first)."""
+    from fractions import Fraction
+
+    d, g = plan.datasets[name], plan.grid
+    s = d.settings
+    with rasterio.open(d.header.path) as src:
+        data = src.read(s.band)
+        t = src.transform
+    ok = np.ones(data.shape, bool)
+    if s.src_nodata is not None:
+        ok = ~np.isnan(data) if math.isnan(s.src_nodata) else data != s.src_nodata
+    if data.dtype.kind == "f":
+        ok &= ~np.isnan(data)
+    tol = Fraction(1, 10**9)
+
+    def ranges(src_origin, src_step, dst_origin, dst_step, n, size):
+        out = []
+        for i in range(n):
+            a = (Fraction(dst_origin) + i * Fraction(dst_step) - Fraction(src_origin)) / Fraction(src_step)
+            b = (Fraction(dst_origin) + (i + 1) * Fraction(dst_step) - Fraction(src_origin)) / Fraction(src_step)
+            lo, hi = min(a, b), max(a, b)
+            start, end = math.floor(lo + tol), math.ceil(hi - tol)
+            out.append((max(start, 0), min(end, size)))
+        return out
+
+    cols = ranges(t.c, t.a, g.transform.c, g.transform.a, g.width, data.shape[1])
+    rows = ranges(t.f, t.e, g.transform.f, g.transform.e, g.height, data.shape[0])
+    result = np.full((g.height, g.width), s.dst_nodata, dtype=s.dst_dtype)
+    for i, (r0, r1) in enumerate(rows):
+        if r1 <= r0:
+            continue
+        for j, (c0, c1) in enumerate(cols):
+            if c1 <= c0:
+                continue
+            values = data[r0:r1, c0:c1][ok[r0:r1, c0:c1]].astype("float64")
+            if not values.size:
+                continue
+            if s.method == "min":
+                v = values.min()
+            elif s.method == "max":
+                v = values.max()
+            elif s.method == "med":
+                v = np.sort(values)[(values.size - 1) // 2]
+            else:
+                counts, last = {}, {}
+                for k, x in enumerate(values.tolist()):
+                    counts[x] = counts.get(x, 0) + 1
+                    last[x] = k
+                v = min(counts, key=lambda x: (-counts[x], last[x]))
+            if np.dtype(s.dst_dtype).kind != "f":
+                info = np.iinfo(s.dst_dtype)
+                v = min(max(math.floor(v + 0.5), info.min), info.max)
+                if v == s.dst_nodata:
+                    v = v + 1 if v == info.min else v - 1
+            result[i, j] = v
+    return result

@@ -158,9 +158,8 @@ def test_where_gdal_is_not_exact_auto_takes_the_exact_block_result():
     # Non-dyadic pixel sizes (GDAL's weights are then 1 only to within ~1e-11) go to NumPy too.
     odd = Affine(121.53, 0, 1000.7, 0, -164.76, 5000.3)
     assert choose_engine("auto", "average", True, "uint8", odd, odd @ Affine.scale(2))[0] == "numpy"
-    # The median and mode of very large blocks go to GDAL (the engine's per-position passes would
-    # run kx x ky times); the other methods reduce large blocks segment by segment.
-    assert choose_engine("auto", "mode", True, "uint8", SRC, SRC @ Affine.scale(17))[0] == "gdal"
+    # Very large blocks too (reduced segment by segment, or block by block for med and mode).
+    assert choose_engine("auto", "mode", True, "uint8", SRC, SRC @ Affine.scale(17))[0] == "numpy"
     assert choose_engine("auto", "average", True, "uint8", SRC, SRC @ Affine.scale(300))[0] == "numpy"
     # GDAL 3.10 writes nodata (5 here) where a signed block's mode is -1; the exact mode is -1.
     signed = np.tile(np.array([[-1, -1], [3, 4]], "int16"), (8, 8))
@@ -376,3 +375,31 @@ def test_sorted_mode_equals_the_pairwise_mode_over_the_whole_value_range(dtype, 
     shape = (40, 50)
     masks = [np.ones(shape, bool)] * len(views)  # forces the pairwise path
     assert np.array_equal(_mode_sorted(views, shape)[0], _mode(views, masks, shape)[0])
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kx,ky", [(17, 16), (20, 20), (33, 9)])
+def test_large_blocks_equal_the_independent_reference(method, kx, ky):
+    """Blocks of more than 256 pixels are reduced segment by segment (block by block for med and
+    mode), over clipped data with partial blocks at its edges: the same results as the reference."""
+    from workflow_lib.engines.blocks import reduce_large_blocks
+
+    rng = np.random.default_rng(kx + ky)
+    h, w = 5, 7
+    data = rng.integers(0, 6, (ky * h, kx * w)).astype("int16")
+    data[rng.random(data.shape) < 0.2] = -1  # nodata
+    valid = data != -1
+    valid[:ky, :kx] = False  # a block with no value
+    # The chunk's source starts inside the first block and ends inside the last (clipped data).
+    c0, r0 = 3, 5
+    clipped, clipped_valid = data[r0:, c0:-4], valid[r0:, c0:-4]
+    col_starts = np.maximum(np.arange(w) * kx, c0) - c0
+    row_starts = np.maximum(np.arange(h) * ky, r0) - r0
+    centre = (np.arange(h) * ky + ky // 2 - r0, np.arange(w) * kx + kx // 2 - c0)
+    ours = reduce_large_blocks(clipped, clipped_valid, row_starts, col_starts, centre, method, "float32", -9999.0)
+    full_valid = valid.copy()
+    full_valid[:r0, :] = False
+    full_valid[:, :c0] = False
+    full_valid[:, data.shape[1] - 4:] = False
+    ref = block_reference(data, full_valid, kx, ky, method, "float32", -9999.0)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6)

@@ -132,3 +132,35 @@ def test_raster_georeferenced_by_gcps_only_is_refused(tmp_path):
                      GroundControlPoint(0, 10, 500000, 5199900)], "EPSG:32632")
     with pytest.raises(InputRasterError, match=r"gcps\.tif\): the raster is georeferenced only by ground control"):
         build_plan(validate_config(config(str(path))))
+
+
+def test_an_integer_input_made_real_gets_nan_as_nodata(tmp_path):
+    """dtype: float32 on an int16 input: NaN, as the README says for real outputs, not -32768."""
+    path = write_raster(tmp_path / "t.tif", np.ones((50, 60), "int16"), "EPSG:32632",
+                        Affine(10, 0, 500000, 0, -10, 5200000), -32768)
+    settings = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 20}, "datasets": {
+        "t": {"path": path, "method": "bilinear", "dtype": "float32"}}})).datasets["t"].settings
+    assert settings.src_nodata == -32768 and np.isnan(settings.dst_nodata)
+    kept = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 20}, "datasets": {
+        "t": {"path": path, "method": "bilinear", "dtype": "float32", "nodata": -32768}}})).datasets["t"].settings
+    assert kept.dst_nodata == -32768  # asked for
+
+
+def test_a_resolution_in_the_wrong_units_says_so(raster):
+    """resolution: 100 with EPSG:4326 (metres meant, degrees read)."""
+    with pytest.raises(ConfigError, match=r"target\.resolution: 100 x 100 degrees makes one pixel larger than the "
+                                          r"whole extent .* EPSG:4326 is in degrees"):
+        build_plan(validate_config(config(raster, target={"crs": "EPSG:4326", "resolution": 100})))
+    with pytest.raises(ConfigError, match=r"look like metres, but EPSG:4326 is in degrees"):
+        build_plan(validate_config(config(raster, target={
+            "crs": "EPSG:4326", "resolution": 0.01,
+            "extent": {"left": 400000, "bottom": 5000000, "right": 410000, "top": 5010000}})))
+
+
+def test_a_raster_smaller_than_one_target_pixel_is_planned(tmp_path):
+    """A 1 km x 1 km input of 1 m pixels onto a 3 km grid: one pixel, one tile, not 'no overlap'."""
+    path = write_raster(tmp_path / "small.tif", np.ones((1000, 1000), "uint8"), "EPSG:32632",
+                        Affine(1, 0, 501100, 0, -1, 5002700), 0)
+    plan = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 3000}, "tile_size": 64,
+                                       "datasets": {"s": {"path": path, "method": "average"}}}))
+    assert (plan.grid.width, plan.grid.height) == (1, 1) and plan.datasets["s"].tiles == ("r0000_c0000",)

@@ -128,6 +128,7 @@ def test_report_shows_progress_eta_and_flags_stalled_jobs(tmp_path):
     assert report.running[0]["stalled"] and report.running[0]["tile"] == "r0000_c0004"
     text = render(report)
     assert "STALLED" in text and "read failed" in text and "[########" in text
+    assert "no heartbeat yet" in text and "none ago" not in text  # the job has not beaten yet
     assert json.loads(to_json(report))["datasets"][0]["done"] == 4
 
 

@@ -133,6 +133,7 @@ def test_stack_has_one_named_band_per_dataset_on_the_common_grid(run):
         assert stack.transform == plan.grid.transform and stack.crs == plan.grid.crs
         assert stack.dtypes[0] == "float32" and math.isnan(stack.nodata)  # mixed types -> real + NaN
         for i, name in enumerate(plan.datasets, 1):
+            assert stack.tags(i)["method"] == plan.datasets[name].settings.method  # as the mosaics carry it
             band = stack.read(i)
             with rasterio.open(workdir / "results" / "mosaics" / f"{name}.tif") as mosaic:
                 values = mosaic.read(1).astype("float64")
@@ -201,6 +202,21 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
     assert proc.returncode != 0
     assert "datasets.dem.method: 'bicubic' is not one of" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("crs,message", [
+    ("EPSG:999999", "target.crs: cannot parse 'EPSG:999999'"),
+    ("EPSG:4326", "target.resolution: 100 x 100 degrees makes one pixel larger than the whole extent"),
+])
+def test_a_config_error_is_one_clear_message_without_python_frames(tmp_path, crs, message):
+    """No traceback, no file and line of the Snakefile, no raw GDAL/PROJ line (ERROR 1: PROJ: ...)."""
+    config = synthetic_config(tmp_path)
+    config["target"].update(crs=crs, resolution=100)
+    write_config(tmp_path, config)
+    proc = snakemake(tmp_path, "-n", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in text, text
+    assert "File \"" not in text and "Traceback" not in text and "ERROR 1" not in text and ".smk" not in text, text
 
 
 def test_missing_input_fails_before_any_job_naming_dataset_and_path(tmp_path):
