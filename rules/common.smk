@@ -6,7 +6,7 @@ from workflow_lib.engines.blocks import ENGINE_LABELS
 from workflow_lib.config import validate_config
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.plan import load_plan, plan_cache_path
-from workflow_lib.snakemake_fixes import graceful_sigterm_without_deadlock
+from workflow_lib.snakemake_fixes import graceful_sigterm_without_deadlock, status_snapshot_on_sigusr1
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
 from workflow_lib.status.run import write_run_context
 
@@ -24,14 +24,22 @@ if workflow.is_main_process:
     write_run_context(PLAN_PATH, resolve_url(config["database"]["url"]), DEFAULT_SPOOL_DIR)
     # SIGTERM must pause the run, never hang it (see the function).
     graceful_sigterm_without_deadlock()
+    # SIGUSR1: the status report into the console (python -m workflow_lib logs).
+    status_snapshot_on_sigusr1(resolve_url(config["database"]["url"]))
 
 DATASETS = list(PLAN.datasets)
+# Smallest datasets first (config "order"), through job priorities.
+PRIORITIES = PLAN.priorities(config["order"])
 OUTPUT = config["output"]
 
 # Memory, in MB, declared by each kind of job on its first attempt (config "memory"); retries ask
 # for more (--retries N). --set-resources resample_tile:mem_mb=2000 overrides it for every attempt.
 TILE_MEM_MB = config["memory"]["tile_mb"]
 MOSAIC_MEM_MB = config["memory"]["mosaic_mb"]
+
+
+def dataset_priority(wildcards):
+    return PRIORITIES[wildcards.dataset]
 
 
 def dataset_path(wildcards):

@@ -1,4 +1,5 @@
-"""Command line: ``python -m workflow_lib results`` lists what a run produced."""
+"""Command line: ``python -m workflow_lib run|pause|resume|stop|logs`` steer the run of this folder,
+``status`` shows its progress, ``results`` lists what it produced."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
     store = StatusStore(url or resolve_url(config_url))
     while True:
         store.replay()
-        report = build_report(store)
+        report = build_report(store, controller=_controller_state())
         text = to_json(report) if as_json else render(report)
         if watch:
             print("\033[2J\033[H" + text, flush=True)  # clear the screen, then redraw
@@ -56,6 +57,16 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
             continue
         print(text)
         return 0
+
+
+def _controller_state() -> dict | None:
+    """The state of the controller's run in this folder, if one is alive."""
+    from workflow_lib.controller.runfile import read_run
+
+    info = read_run()
+    if info is None or not info.alive():
+        return None
+    return {"state": info.state, "since": info.state_since, "run_id": info.run_id, "pid": info.pid}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +80,36 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
                     help="redraw every SECONDS (default 2) until interrupted")
+    run = sub.add_parser("run", help="start Snakemake (its own process group, console to logs/run/console.log); "
+                                     "arguments after -- go to Snakemake")
+    run.add_argument("--detach", action="store_true", help="start in the background and return")
+    run.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="-- then Snakemake's arguments")
+    pa = sub.add_parser("pause", help="running jobs finish, no new job starts, Snakemake exits (SIGTERM)")
+    pa.add_argument("--freeze", action="store_true", help="freeze the whole run in place (SIGSTOP) until resume")
+    pa.add_argument("--wait", action="store_true", help="return only when Snakemake has exited")
+    re = sub.add_parser("resume", help="let a frozen run go on, or start a paused or stopped one again")
+    re.add_argument("--detach", action="store_true", default=None, help="start it in the background")
+    sub.add_parser("stop", help="stop now: running jobs are cancelled, their temporary files removed")
+    lg = sub.add_parser("logs", help="the run's console log")
+    lg.add_argument("-f", "--follow", action="store_true", help="follow it until the run ends")
     args = parser.parse_args(argv)
+    if args.command in ("run", "pause", "resume", "stop", "logs"):
+        from workflow_lib import controller
+
+        try:
+            if args.command == "run":
+                extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+                return controller.start(extra, args.detach)
+            if args.command == "pause":
+                return controller.pause(args.freeze, args.wait)
+            if args.command == "resume":
+                return controller.resume(args.detach)
+            if args.command == "stop":
+                return controller.stop()
+            return controller.logs(args.follow)
+        except controller.ControlError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
     if args.command == "results":
         return results(args.results_dir)
     if args.command == "status":

@@ -21,3 +21,32 @@ def graceful_sigterm_without_deadlock() -> None:
         threading.Thread(target=self._open_jobs.release, name="sigterm", daemon=True).start()
 
     JobScheduler.exit_gracefully = exit_gracefully
+
+
+def status_snapshot_on_sigusr1(url: str) -> None:
+    """SIGUSR1 to Snakemake's process writes the status report (as `python -m workflow_lib status`
+    prints it) to its console, which the controller keeps in logs/run/console.log.
+
+    The report is built in a thread: a signal handler runs in the main thread, which may be inside
+    the scheduler or the status database when the signal lands.
+    """
+    import signal
+    import sys
+    import time
+
+    def snapshot():
+        from workflow_lib.status import StatusStore
+        from workflow_lib.views.status import build_report, render
+
+        try:
+            store = StatusStore(url)
+            store.replay()
+            text = render(build_report(store))
+        except Exception as exc:  # a snapshot must never stop the run; say why it failed
+            text = f"status snapshot failed: {type(exc).__name__}: {exc}"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        sys.stderr.write(f"\n--- status snapshot {stamp} (SIGUSR1) ---\n{text}\n--- end of snapshot ---\n")
+        sys.stderr.flush()
+
+    signal.signal(signal.SIGUSR1, lambda signum, frame: threading.Thread(
+        target=snapshot, name="status-snapshot", daemon=True).start())

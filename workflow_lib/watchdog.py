@@ -18,6 +18,8 @@ import time
 log = logging.getLogger(__name__)
 
 STALLED_EXIT_CODE = 124  # as timeout(1)
+# A wake-up this much later than asked means the process was stopped, not that reads hung.
+FROZEN_GAP_S = 5.0
 
 
 class Watchdog:
@@ -41,8 +43,16 @@ class Watchdog:
         self._thread.join(timeout=5)
 
     def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, self.timeout / 10)):
-            idle = time.monotonic() - self._last
+        period = min(1.0, self.timeout / 10)
+        woke = time.monotonic()
+        while not self._stop.wait(period):
+            now = time.monotonic()
+            if now - woke > FROZEN_GAP_S + period:
+                # The watchdog itself was not running: the process was frozen (SIGSTOP, `pause
+                # --freeze`) or the machine slept. Time spent frozen is not a stall.
+                self._last += now - woke - period
+            woke = now
+            idle = now - self._last
             if idle > self.timeout:
                 self._fire(idle)
 

@@ -31,14 +31,18 @@ class Report:
     datasets: list[DatasetProgress]
     running: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
+    controller: dict | None = None  # the run file's state (controller.runfile), when run from here
 
     @property
     def complete(self) -> bool:
         return bool(self.datasets) and all(d.done == d.total for d in self.datasets)
 
 
-def build_report(store: StatusStore, now: float | None = None) -> Report:
+def build_report(store: StatusStore, now: float | None = None, controller: dict | None = None) -> Report:
+    """``controller``: {"state", "since", "describe"} of the controller's live run in this folder;
+    a frozen run's jobs are silent because they are stopped, and are never flagged as stalled."""
     now = now or time.time()
+    frozen = bool(controller) and controller.get("state") == "frozen"
     runs = store.query("SELECT id, started_at, ended_at, status, host, run_user FROM runs "
                        "ORDER BY started_at DESC LIMIT 1")
     run = dict(zip(("id", "started_at", "ended_at", "status", "host", "user"), runs[0])) if runs else None
@@ -63,7 +67,7 @@ def build_report(store: StatusStore, now: float | None = None) -> Report:
         {"dataset": d, "tile": t, "attempt": a, "host": h, "external_job_id": j,
          "age_seconds": now - s if s else None,
          "since_heartbeat_seconds": now - hb if hb else None,
-         "stalled": (now - (hb or s or now)) > STALL_SECONDS}
+         "stalled": not frozen and (now - (hb or s or now)) > STALL_SECONDS}
         for d, t, a, h, j, s, hb in store.query(
             "SELECT dataset, tile, attempt, host, external_job_id, started_at, heartbeat_at FROM tiles "
             "WHERE status = 'running' ORDER BY started_at")
@@ -73,7 +77,7 @@ def build_report(store: StatusStore, now: float | None = None) -> Report:
         for d, t, a, err in store.query("SELECT dataset, tile, attempt, error FROM tiles WHERE status = 'failed' "
                                         "ORDER BY ended_at DESC")
     ]
-    return Report(redact(store.url), run, datasets, running, failed)
+    return Report(redact(store.url), run, datasets, running, failed, controller)
 
 
 def _throughput(store: StatusStore, dataset: str, run: dict | None, now: float) -> float | None:
@@ -96,6 +100,11 @@ def render(report: Report) -> str:
         r = report.run
         age = (r["ended_at"] or time.time()) - r["started_at"]
         lines.append(f"run {r['id'][:12]} {r['status']} on {r['host']} by {r['user']}, {_duration(age)}")
+    if report.controller:
+        c = report.controller
+        lines.append(f"controller: {c['state']} for {_duration(time.time() - c['since'])}"
+                     + (" (pause --freeze; `python -m workflow_lib resume` lets it go on)"
+                        if c["state"] == "frozen" else ""))
     lines.append("")
     width = max([len(d.name) for d in report.datasets] + [7])
     lines.append(f"{'dataset':<{width}}  {'progress':<22} {'done':>6} {'run':>4} {'fail':>4} {'pend':>5} "
