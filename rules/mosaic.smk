@@ -11,6 +11,7 @@ rule mosaic:
     params:
         compress=OUTPUT["compress"],
         cog=OUTPUT["cog"],
+    priority: dataset_priority
     threads: 2
     resources:
         mem_mb=mosaic_mem_mb,

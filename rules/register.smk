@@ -10,6 +10,7 @@ rule register_dataset:
     params:
         dataset=dataset_plan,
         grid=PLAN.grid.to_dict(),
+    priority: dataset_priority
     threads: 1
     resources:
         mem_mb=tile_mem_mb,

@@ -13,6 +13,7 @@ rule resample_tile:
         engine=tile_engine,
     message:
         "resample {output} with the {params.engine} engine"
+    priority: dataset_priority
     threads: 1
     resources:
         mem_mb=tile_mem_mb,

@@ -67,6 +67,21 @@ class Plan:
     def tile_count(self) -> int:
         return sum(len(d.tiles) for d in self.datasets.values())
 
+    def estimated_work(self, name: str) -> float:
+        """Source pixels a dataset's tiles read: its tiles' area in input pixels, at most the
+        input's own pixels (a global input onto a local grid reads only the part under the grid)."""
+        d = self.datasets[name]
+        tile_pixels = self.grid.tile_size ** 2 / max(d.settings.x_scale * d.settings.y_scale, 1e-300)
+        return min(float(d.header.width) * d.header.height, len(d.tiles) * tile_pixels)
+
+    def priorities(self, order: str) -> dict[str, int]:
+        """Snakemake job priorities per dataset: ``size`` works on the smallest estimated work
+        first (complete mosaics appear early), ``config`` in the config's order."""
+        names = list(self.datasets)
+        if order == "size":  # sorted() is stable: equal work keeps the config's order
+            names = sorted(names, key=self.estimated_work)
+        return {name: len(names) - i for i, name in enumerate(names)}
+
     def to_dict(self) -> dict:
         return {
             "format": PLAN_FORMAT,
