@@ -1,0 +1,233 @@
+"""The controller's verbs on the synthetic example: run (detached or not), a second run refused,
+pause and resume, freeze for a minute, stop, SIGKILL then resume without a manual step, a SIGUSR1
+snapshot, and the smallest datasets first. Every interrupted run ends with the results of an
+uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from workflow_lib.planning.plan import build_plan
+from workflow_lib.config import validate_config
+from workflow_lib.controller.runfile import read_run
+from workflow_lib.status import StatusStore
+
+from .test_interruptions import results_digests, temporaries, tiles
+from .test_workflow import REPO, synthetic_config, write_config
+
+pytestmark = pytest.mark.integration
+
+SNAKEMAKE_ARGS = ["--snakefile", os.path.join(REPO, "Snakefile"), "--cores", "2", "--resources", "mem_mb=2000"]
+
+
+def control(workdir, *args, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "workflow_lib", *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"workflow_lib {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def prepare(workdir, **overrides):
+    cfg = synthetic_config(workdir)
+    cfg["tile_size"] = 16  # many short tile jobs: the verbs land in the middle of them
+    cfg.update(overrides)
+    write_config(workdir, cfg)
+    return cfg
+
+
+def run_info(workdir):
+    with open(workdir / ".workflow" / "run.json") as f:
+        return json.load(f)
+
+
+def alive(workdir):
+    """Snakemake's process runs (an exited one may linger as a zombie until its parent reaps it)."""
+    return read_run(str(workdir)).alive()
+
+
+def wait_until(condition, timeout=300, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_end(workdir, timeout=600):
+    wait_until(lambda: not alive(workdir), timeout, "the run to end")
+
+
+def console(workdir):
+    with open(workdir / "logs" / "run" / "console.log") as f:
+        return f.read()
+
+
+def job_running(workdir):
+    try:
+        children = psutil.Process(run_info(workdir)["pid"]).children(recursive=True)
+        return any("resample_tile" in " ".join(c.cmdline()) for c in children)
+    except psutil.Error:
+        return False
+
+
+def mid_run(workdir):
+    wait_until(lambda: len(tiles(workdir)) >= 8 and job_running(workdir), what="tile jobs to be running")
+
+
+def nothing_left(workdir):
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if p.info["cwd"] == str(workdir) and p.pid != os.getpid():
+                return False
+        except psutil.Error:
+            continue
+    return True
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted detached run; a second `run` while it is alive is refused."""
+    workdir = tmp_path_factory.mktemp("controller-reference")
+    prepare(workdir)
+    started = control(workdir, "run", "--detach", "--", *SNAKEMAKE_ARGS)
+    assert "started run" in started.stdout
+    second = control(workdir, "run", "--", *SNAKEMAKE_ARGS, check=False)
+    info = run_info(workdir)
+    wait_for_end(workdir)
+    assert second.returncode == 1
+    assert "a run is already going in this folder" in second.stderr and str(info["pid"]) in second.stderr
+    assert "Traceback" not in second.stderr
+    assert "Finished job" in console(workdir) or "steps (100%) done" in console(workdir)
+    return results_digests(workdir), workdir
+
+
+def test_detached_run_completes_and_logs_show_it(reference):
+    digests, workdir = reference
+    assert (workdir / "results" / "stack.tif").exists()
+    logs = control(workdir, "logs")
+    assert "100%) done" in logs.stdout
+
+
+def test_pause_then_resume_gives_the_uninterrupted_result(tmp_path, reference, record):
+    prepare(tmp_path)
+    control(tmp_path, "run", "--detach", "--", *SNAKEMAKE_ARGS)
+    mid_run(tmp_path)
+    paused = control(tmp_path, "pause", "--wait")
+    assert "paused" in paused.stdout
+    store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
+    assert store.query("SELECT COUNT(*) FROM tiles WHERE status = 'failed'")[0][0] == 0
+    done_at_pause = len(tiles(tmp_path))
+    assert not (tmp_path / "results" / "stack.tif").exists()
+    control(tmp_path, "resume", "--detach")
+    wait_for_end(tmp_path)
+    record(f"controller: pause with {done_at_pause} tiles on disk, resume: identical "
+           f"{results_digests(tmp_path) == reference[0]}")
+    assert results_digests(tmp_path) == reference[0]
+    assert temporaries(tmp_path) == []
+
+
+def test_a_minute_frozen_fails_no_job_and_changes_nothing(tmp_path, reference, record):
+    # stall_timeout 20 s: a watchdog that took the frozen minute for a hang would end the jobs.
+    prepare(tmp_path, stall_timeout=20)
+    control(tmp_path, "run", "--detach", "--", *SNAKEMAKE_ARGS)
+    mid_run(tmp_path)
+    control(tmp_path, "pause", "--freeze")
+    pid = run_info(tmp_path)["pid"]
+    frozen_tiles = tiles(tmp_path)
+    time.sleep(60)
+    assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    assert tiles(tmp_path) == frozen_tiles, "nothing moves while frozen"
+    status = control(tmp_path, "status").stdout
+    assert "controller: frozen" in status and "STALLED" not in status, status
+    control(tmp_path, "resume")
+    wait_for_end(tmp_path)
+    store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
+    failed = store.query("SELECT COUNT(*) FROM tiles WHERE status = 'failed'")[0][0]
+    record(f"controller: frozen 60 s with {len(frozen_tiles)} tiles on disk; failed jobs {failed}; identical "
+           f"{results_digests(tmp_path) == reference[0]}")
+    assert failed == 0
+    assert "StallError" not in console(tmp_path)
+    assert results_digests(tmp_path) == reference[0]
+
+
+def test_stop_leaves_no_temporary_file_and_resume_completes(tmp_path, reference):
+    prepare(tmp_path)
+    control(tmp_path, "run", "--detach", "--", *SNAKEMAKE_ARGS)
+    mid_run(tmp_path)
+    stopped = control(tmp_path, "stop")
+    assert "stopped" in stopped.stdout
+    assert not alive(tmp_path)
+    wait_until(lambda: nothing_left(tmp_path), 30, "the run's jobs to end")
+    assert temporaries(tmp_path) == []
+    control(tmp_path, "resume", "--detach")
+    wait_for_end(tmp_path)
+    assert results_digests(tmp_path) == reference[0]
+
+
+def test_sigkill_of_the_whole_run_then_resume_needs_no_manual_step(tmp_path, reference, record):
+    prepare(tmp_path)
+    control(tmp_path, "run", "--detach", "--", *SNAKEMAKE_ARGS)
+    mid_run(tmp_path)
+    os.killpg(run_info(tmp_path)["pid"], signal.SIGKILL)
+    wait_until(lambda: not alive(tmp_path), 30, "the kill")
+    assert os.listdir(tmp_path / ".snakemake" / "locks"), "a killed Snakemake leaves its lock"
+    resumed = control(tmp_path, "resume", "--detach")
+    assert "removing the stale lock" in resumed.stdout, resumed.stdout
+    wait_for_end(tmp_path)
+    record(f"controller: SIGKILL of the process group, resume: {resumed.stdout.splitlines()[0]}")
+    assert results_digests(tmp_path) == reference[0]
+    assert temporaries(tmp_path) == []
+
+
+def test_a_live_run_is_never_unlocked(tmp_path):
+    prepare(tmp_path)
+    control(tmp_path, "run", "--detach", "--", *SNAKEMAKE_ARGS)
+    wait_until(lambda: (tmp_path / ".snakemake" / "locks").is_dir()
+               and os.listdir(tmp_path / ".snakemake" / "locks"), 120, "the lock")
+    again = control(tmp_path, "resume", check=False)
+    assert again.returncode == 1 and "still going" in again.stderr
+    assert os.listdir(tmp_path / ".snakemake" / "locks")
+    control(tmp_path, "stop")
+
+
+def test_sigusr1_writes_a_status_snapshot_into_the_log_and_ctrl_c_stops(tmp_path):
+    prepare(tmp_path)
+    fg = subprocess.Popen([sys.executable, "-m", "workflow_lib", "run", "--", *SNAKEMAKE_ARGS], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: (tmp_path / ".workflow" / "run.json").exists() and len(tiles(tmp_path)) >= 4, 120,
+               "tiles")
+    fg.send_signal(signal.SIGUSR1)  # to the controller, which passes it on
+    wait_until(lambda: "--- status snapshot" in console(tmp_path), 30, "the snapshot")
+    os.kill(run_info(tmp_path)["pid"], signal.SIGUSR1)  # straight to Snakemake
+    wait_until(lambda: console(tmp_path).count("--- status snapshot") >= 2, 30, "the second snapshot")
+    text = console(tmp_path)
+    snapshot = text[text.index("--- status snapshot"):text.index("--- end of snapshot")]
+    assert "dataset" in snapshot and "progress" in snapshot and "dem" in snapshot, snapshot
+    fg.send_signal(signal.SIGINT)  # Ctrl-C in the controller's terminal: stop now
+    out, _ = fg.communicate(timeout=120)
+    assert not alive(tmp_path)
+    assert "status snapshot" in out  # the foreground controller shows the console
+    wait_until(lambda: nothing_left(tmp_path), 30, "the run's jobs to end")
+    assert temporaries(tmp_path) == []
+
+
+def test_smallest_datasets_first(tmp_path, record):
+    cfg = prepare(tmp_path)
+    plan = build_plan(validate_config(dict(cfg)))
+    expected = sorted(plan.datasets, key=plan.estimated_work)
+    assert expected != list(cfg["datasets"]), "the example must tell the two orders apart"
+    control(tmp_path, "run", "--", "--snakefile", os.path.join(REPO, "Snakefile"), "--cores", "1", timeout=900)
+    mosaics = tmp_path / "results" / "mosaics"
+    finished = sorted(cfg["datasets"], key=lambda n: os.stat(mosaics / f"{n}.tif").st_mtime_ns)
+    record(f"controller: mosaics finished in the order {finished} (estimated work: "
+           f"{ {n: int(plan.estimated_work(n)) for n in plan.datasets} })")
+    assert finished == expected
+    assert plan.priorities("config") == {n: len(cfg["datasets"]) - i for i, n in enumerate(cfg["datasets"])}
