@@ -22,7 +22,7 @@ from workflow_lib.engines.windows import axis_ranges, window_cost
 from workflow_lib.gtiff import BLOCK_SIZE
 from workflow_lib.planning.coords import transform_points, wrap_longitudes
 from workflow_lib.planning.grid import TargetGrid, Tile
-from workflow_lib.planning.settings import AREA_METHODS, WarpSettings, kernel_padding
+from workflow_lib.planning.settings import AREA_METHODS, WarpSettings, kernel_padding, rounded_from_float64
 from workflow_lib.sources.header import RasterHeader
 
 # Resident memory of a job before it touches data: Python, NumPy, GDAL and Snakemake's script
@@ -146,7 +146,10 @@ def plan_chunks(
 
     def split(window: Window) -> Iterator[Chunk]:
         chunk = make(window)
-        fits = chunk_cost(chunk.padded, window, header.dtype, settings.dst_dtype, settings.same_crs, padded) <= budget_bytes
+        cost = chunk_cost(chunk.padded, window, header.dtype, settings.dst_dtype, settings.same_crs, padded)
+        if rounded_from_float64(settings):  # a float64 warp, then rounding temporaries (engines.warp)
+            cost += int(window.width) * int(window.height) * 48
+        fits = cost <= budget_bytes
         if fits or (window.width == 1 and window.height == 1):
             yield chunk
             return

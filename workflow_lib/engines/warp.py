@@ -22,14 +22,12 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject
 
 from workflow_lib.engines.blocks import to_output
-from workflow_lib.planning.settings import WarpSettings
+from workflow_lib.planning.settings import WarpSettings, rounded_from_float64
 
 # rasterio 1.4.4 cannot build a WarpedVRT with an explicit transform and a threshold of exactly 0;
 # at 1e-6 pixel GDAL's approximation subdivides down to exact transformations.
 EXACT_THRESHOLD = 1e-6
 
-# Methods whose integer results GDAL rounds from a computed real value.
-COMPUTED = ("bilinear", "cubic", "average", "sum")
 # Significant bits kept before rounding a computed value to an integer (see stable_round).
 KEPT_BITS = 30
 
@@ -66,7 +64,7 @@ def warp_chunk(
     mask band. (Not as a NumPy masked array: rasterio turns that into an alpha band, and GDAL
     weights sums by alpha, so a uint16 sum came out 257 times too small.)
     """
-    if settings.method in COMPUTED and np.dtype(settings.dst_dtype).kind in "iu":
+    if rounded_from_float64(settings):
         # Warp into float64, round here: the same integer whatever the chunk (stable_round).
         real = dataclasses.replace(settings, dst_dtype="float64", dst_nodata=math.nan)
         values = warp_chunk(data, src_transform, src_crs, src_nodata, dst_transform, dst_crs, shape, real,

@@ -128,3 +128,11 @@ def kernel_reach(settings: WarpSettings) -> float:
 # Methods whose output pixel is a reduction of the source pixels under it (GDAL's
 # GWKAverageOrMode): their edges need the raster padded with nodata (engines.chunks.pad_width).
 AREA_METHODS = {"average", "sum", "min", "max", "mode", "med"}
+
+# Methods whose integer results are rounded from a computed real value (engines.warp.stable_round).
+COMPUTED_METHODS = ("bilinear", "cubic", "average", "sum")
+
+
+def rounded_from_float64(settings: "WarpSettings") -> bool:
+    """GDAL's engine warps this dataset into float64 and the workflow rounds (engines.warp)."""
+    return settings.method in COMPUTED_METHODS and np.dtype(settings.dst_dtype).kind in "iu"
