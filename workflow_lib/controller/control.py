@@ -63,12 +63,17 @@ def clear_stale_lock(args: list[str]) -> bool:
     lock_dir = os.path.join(".snakemake", "locks")
     if not (os.path.isdir(lock_dir) and os.listdir(lock_dir)):
         return False
+    if info is None:
+        # Nothing says whose lock it is: it may be a run on another machine sharing the folder.
+        raise ControlError(
+            "Snakemake's lock (.snakemake/locks) is held by a run that the controller did not start; "
+            "if no Snakemake runs in this folder on any machine, remove it with `snakemake --unlock`")
     others = _other_snakemakes()
     if others:
         raise ControlError(
             "Snakemake's lock is held and a Snakemake process runs in this folder outside the "
             f"controller (pid {', '.join(map(str, others))}): not unlocking; stop it first")
-    who = f"run {info.run_id} (pid {info.pid})" if info else "a run without a run file"
+    who = f"run {info.run_id} (pid {info.pid})"
     _say(f"removing the stale lock left by {who}, which is no longer running (snakemake --unlock)")
     _log_line(f"stale lock of {who} removed")
     done = subprocess.run(snakemake_command(["--unlock", *_unlock_args(args)]), capture_output=True, text=True)
