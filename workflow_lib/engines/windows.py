@@ -27,6 +27,8 @@ from workflow_lib.engines.blocks import reduce_views, to_output
 
 WINDOW_METHODS = ("min", "max", "mode", "med", "average", "sum")
 WEIGHTED = ("average", "sum")
+# Most positions (input pixels) in one target pixel's window that the engine takes on.
+MAX_POSITIONS = 4096
 # Overlaps of a target pixel with an input pixel below this, in input pixels, are rounding noise.
 OVERLAP_TOL = 1e-9
 
@@ -57,6 +59,11 @@ def window_geometry_reason(src_transform: Affine, dst_transform: Affine) -> str 
         return "the input's geotransform is rotated or sheared"
     if e >= 0 or E >= 0 or a <= 0 or A <= 0:
         return "the input is not north-up"
+    positions = (math.ceil(A / a) + 1) * (math.ceil(E / e) + 1)
+    if positions > MAX_POSITIONS:
+        # One vectorised pass per position in the window: beyond this GDAL's warper, which visits
+        # each input pixel once, is faster by far (a 1 m raster onto 3 km: 9 million positions).
+        return f"windows of up to {positions} input pixels (more than {MAX_POSITIONS})"
     return None
 
 
