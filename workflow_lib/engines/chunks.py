@@ -117,15 +117,17 @@ def pads_source(settings: WarpSettings) -> bool:
 
 
 def chunk_cost(source: Window | None, window: Window, src_dtype: str, dst_dtype: str, same_crs: bool = True,
-               padded: bool = False) -> int:
+               padded: bool = False, rounded: bool = False) -> int:
     """Bytes a chunk holds at its peak: our source read and GDAL's copy of it with validity masks
     (plus the in-memory dataset across CRSs, see warp.py; a padded source adds the unpadded read
-    and our validity mask), and the destination with GDAL's working buffers (density and masks)."""
+    and our validity mask), and the destination with GDAL's working buffers (density and masks);
+    ``rounded``: an integer result warped as float64 and rounded here (engines.warp), 48 more
+    bytes per output pixel for the float64 result and the rounding's temporaries."""
     src_px = 0 if source is None else int(source.width) * int(source.height)
     dst_px = int(window.width) * int(window.height)
     copies = (2 if same_crs else 3) + (1 if padded else 0)
     per_px = copies * np.dtype(src_dtype).itemsize + 2 + (2 if padded else 0)
-    return src_px * per_px + dst_px * (2 * np.dtype(dst_dtype).itemsize + 8)
+    return src_px * per_px + dst_px * (2 * np.dtype(dst_dtype).itemsize + 8 + (48 if rounded else 0))
 
 
 def plan_chunks(
@@ -146,10 +148,8 @@ def plan_chunks(
 
     def split(window: Window) -> Iterator[Chunk]:
         chunk = make(window)
-        cost = chunk_cost(chunk.padded, window, header.dtype, settings.dst_dtype, settings.same_crs, padded)
-        if rounded_from_float64(settings):  # a float64 warp, then rounding temporaries (engines.warp)
-            cost += int(window.width) * int(window.height) * 48
-        fits = cost <= budget_bytes
+        fits = chunk_cost(chunk.padded, window, header.dtype, settings.dst_dtype, settings.same_crs, padded,
+                          rounded_from_float64(settings)) <= budget_bytes
         if fits or (window.width == 1 and window.height == 1):
             yield chunk
             return
