@@ -6,7 +6,8 @@ from workflow_lib.engines.blocks import ENGINE_LABELS
 from workflow_lib.config import validate_config
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.plan import load_plan, plan_cache_path
-from workflow_lib.snakemake_fixes import graceful_sigterm_without_deadlock, status_snapshot_on_sigusr1
+from workflow_lib.snakemake_fixes import (graceful_sigterm_without_deadlock, slurm_cancelled_by_user_is_cancelled,
+                                          status_snapshot_on_sigusr1)
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
 from workflow_lib.status.run import write_run_context
 
@@ -26,6 +27,8 @@ if workflow.is_main_process:
     graceful_sigterm_without_deadlock()
     # SIGUSR1: the status report into the console (python -m workflow_lib logs).
     status_snapshot_on_sigusr1(resolve_url(config["database"]["url"]))
+    # A SLURM job cancelled by pause (or by hand) must end as failed, not run forever.
+    slurm_cancelled_by_user_is_cancelled()
 
 DATASETS = list(PLAN.datasets)
 # Smallest datasets first (config "order"), through job priorities.

@@ -126,17 +126,20 @@ class LogHandler(LogHandlerBase):
 
     def _job_error(self, record) -> None:
         from workflow_lib.status import Event
-        from workflow_lib.status.run import error_from_logs
+        from workflow_lib.status.run import cancellation, error_from_logs
 
         job = self.jobs.get(record.jobid, {"rule": record.rule_name, "wildcards": {}, "log": []})
         logs = list(getattr(record, "log", None) or job["log"]) + self.group_logs.pop(record.jobid, [])
         message = error_from_logs(logs)
+        cancelled = cancellation(message, os.getcwd())
         # The executor's word on the failure (on SLURM: "SLURM-job '12' failed, SLURM status is:
         # 'OUT_OF_MEMORY'") comes first: the job itself may have been killed before it could say anything.
         executor_says = getattr(record, "rule_msg", None)
         if executor_says:
             message = f"{executor_says} {message}"
-        if job["rule"] == TILE_RULE:
+        if cancelled and job["rule"] == TILE_RULE:
+            self._tile_event("tile_cancelled", record.jobid, {"reason": cancelled, "error": message})
+        elif job["rule"] == TILE_RULE:
             self._tile_event("tile_failed", record.jobid, {"error": message})
         elif job["rule"] == REGISTER_RULE:
             name = job["wildcards"].get("dataset")
@@ -146,14 +149,22 @@ class LogHandler(LogHandlerBase):
                                 tile=job["wildcards"].get("tile"),
                                 payload={"rule": job["rule"], "error": message}))
 
+    def _end_status(self) -> str:
+        """finished, failed, or paused / stopped when the controller paused or stopped this run."""
+        from workflow_lib.controller.runfile import read_run
+
+        info = read_run(os.getcwd())
+        if info is not None and info.pid == os.getpid() and info.state in ("pausing", "stopping"):
+            return {"pausing": "paused", "stopping": "stopped"}[info.state]
+        return "failed" if self.errors else "finished"
+
     def close(self) -> None:
         if self.store is not None and not self.finished:
             from workflow_lib.status import Event
 
             self.finished = True
             try:
-                self.store.record(Event("run_finished", run_id=self.run_id,
-                                        payload={"status": "failed" if self.errors else "finished"}))
+                self.store.record(Event("run_finished", run_id=self.run_id, payload={"status": self._end_status()}))
                 self.store.replay()
             except Exception:  # noqa: BLE001
                 log.exception("status logger: could not record the end of the run")

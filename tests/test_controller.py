@@ -167,6 +167,11 @@ def test_stop_leaves_no_temporary_file_and_resume_completes(tmp_path, reference)
     assert not alive(tmp_path)
     wait_until(lambda: nothing_left(tmp_path), 30, "the run's jobs to end")
     assert temporaries(tmp_path) == []
+    # The cancelled tiles are still to make, not failures; the run is recorded as stopped.
+    store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
+    store.replay()
+    assert store.query("SELECT COUNT(*) FROM tiles WHERE status IN ('failed', 'running')") == [(0,)]
+    assert store.query("SELECT status FROM runs") == [("stopped",)]
     control(tmp_path, "resume", "--detach")
     wait_for_end(tmp_path)
     assert results_digests(tmp_path) == reference[0]

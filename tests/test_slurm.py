@@ -8,15 +8,19 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
 
+from workflow_lib.config import validate_config
+from workflow_lib.planning.plan import build_plan
 from workflow_lib.status import StatusStore
 
 from .helpers import REPO, run_tiles_and_mosaics, smooth_field, write_raster
+from .test_interruptions import temporaries, tiles
 from .test_workflow import synthetic_config, write_config
 
 pytestmark = pytest.mark.integration
@@ -110,3 +114,132 @@ def test_tile_job_killed_by_slurm_for_memory_is_recorded_and_retried_with_more(t
     record(f"slurm cgroup: {len(failures)} tile job attempt(s) killed OUT_OF_MEMORY, then done at attempt "
            f"{max(r[2] for r in rows)} (SLURM --mem {64 * max(r[2] for r in rows) + 100} MB, tile peak "
            f"{max(r[3] for r in rows):.0f} MB); first failure recorded: {failures[0][:200]}")
+
+
+def _control(workdir, *args, timeout=900):
+    proc = subprocess.run([sys.executable, "-m", "workflow_lib", *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"workflow_lib {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _run_section(workdir) -> str:
+    with open(workdir / "logs" / "run" / "console.log") as f:
+        text = f.read()
+    return text[text.rfind("\n=== run "):]
+
+
+def _queue(ids):
+    """{job id: (state, seconds running)} of those jobs that SLURM still has queued or running."""
+    if not ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %M"], capture_output=True, text=True).stdout
+    def seconds(t):
+        parts = [int(p) for p in t.replace("-", ":").split(":")]
+        return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+    return {i: (s, seconds(m)) for i, s, m in (line.split() for line in out.splitlines() if line.strip())}
+
+
+def _wait_for_running_and_queued_tile_jobs(workdir, timeout=300):
+    """Until one SLURM job of tiles has run a few seconds and another one waits in the queue."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        section = _run_section(workdir)
+        tile_jobs = [line.split("SLURM jobid ")[1].split()[0] for line in section.splitlines()
+                     if "SLURM jobid " in line and "group_tiles_resample_tile" in line]
+        queue = _queue(tile_jobs)
+        if any(s == "RUNNING" and t >= 4 for s, t in queue.values()) and any(s == "PENDING" for s, _ in queue.values()):
+            return queue
+        time.sleep(0.5)
+    raise AssertionError(f"no running and queued tile jobs at once:\n{_run_section(workdir)[-3000:]}")
+
+
+def _sacct(ids):
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,Start", "-j", ",".join(ids)],
+                         capture_output=True, text=True).stdout
+    return {i: (s.split()[0], start) for i, s, start in (line.split("|") for line in out.splitlines() if line)}
+
+
+def test_controller_pause_and_stop_on_slurm(tmp_path, slurm, record):
+    """The controller on a login node: pause lets running SLURM jobs finish and cancels queued ones
+    (Snakemake alone would start every queued job first); stop cancels everything; no tile is
+    counted as failed, no temporary file is left, and resuming ends with the results of a local
+    run."""
+    from workflow_lib.controller.runfile import read_run
+
+    config = synthetic_config(tmp_path)
+    # One dataset, 25 tiles in groups of 4: more SLURM jobs than the node runs at once (it runs one).
+    config["datasets"] = {"dem": config["datasets"]["dem"]}
+    config["tile_size"] = 24
+    write_config(tmp_path, config)
+    planned = len(build_plan(validate_config(config)).datasets["dem"].tiles)
+    args = ["--snakefile", os.path.join(REPO, "Snakefile"), "--profile", os.path.join(REPO, "profiles", "slurm"),
+            *OVERRIDES, "--group-components", "tiles=4"]
+    store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
+    _control(tmp_path, "run", "--detach", "--", *args)
+
+    # pause
+    before = _wait_for_running_and_queued_tile_jobs(tmp_path)
+    t0 = time.monotonic()
+    said = _control(tmp_path, "pause", "--wait")
+    pause_s = time.monotonic() - t0
+    assert not read_run(str(tmp_path)).alive()
+    after = _sacct(list(before))
+    queued = [i for i, (s, _) in before.items() if s == "PENDING"]
+    running = [i for i, (s, _) in before.items() if s == "RUNNING"]
+    assert all(after[i][0] == "COMPLETED" for i in running), after
+    # A queued job may start in the moment between the look at the queue and the pause: it then
+    # runs to its end like the others. The rest are cancelled before they start.
+    never_started = [i for i in queued if after[i][0] == "CANCELLED" and after[i][1] in ("None", "Unknown")]
+    assert never_started and all(i in never_started or after[i][0] == "COMPLETED" for i in queued), after
+    assert f"cancelled {len(never_started)} queued SLURM job(s) that had not started" in said, said
+    assert temporaries(tmp_path) == []
+    store.replay()
+    assert store.query("SELECT COUNT(*) FROM tiles WHERE status IN ('failed', 'running')") == [(0,)]
+    assert store.query("SELECT status FROM runs ORDER BY started_at DESC LIMIT 1") == [("paused",)]
+    done_at_pause = len(tiles(tmp_path))
+    assert store.query("SELECT COUNT(*) FROM tiles WHERE status = 'done'") == [(done_at_pause,)]
+
+    # freeze: queued jobs held (none starts while frozen), released by resume
+    _control(tmp_path, "resume", "--detach")
+    _wait_for_running_and_queued_tile_jobs(tmp_path)
+    said = _control(tmp_path, "pause", "--freeze")
+    held = read_run(str(tmp_path)).held_jobs
+    assert held and f"held {len(held)} queued SLURM job(s)" in said, said
+    queue = subprocess.run(["squeue", "-h", "-j", ",".join(held), "-o", "%i %T %r"], capture_output=True,
+                           text=True).stdout
+    assert all(state == "PENDING" and reason.startswith("JobHeld")
+               for _, state, reason in (line.split() for line in queue.splitlines())), queue
+    _control(tmp_path, "resume")
+    queue = subprocess.run(["squeue", "-h", "-j", ",".join(held), "-o", "%i %T %r"], capture_output=True,
+                           text=True).stdout
+    assert "JobHeld" not in queue and read_run(str(tmp_path)).held_jobs == [], queue
+
+    # stop, in the middle of the resumed run
+    before = _wait_for_running_and_queued_tile_jobs(tmp_path)
+    t0 = time.monotonic()
+    _control(tmp_path, "stop")
+    stop_s = time.monotonic() - t0
+    section = _run_section(tmp_path)
+    submitted = submitted_slurm_jobs(section)
+    assert _queue(list(submitted)) == {}, "stop left SLURM jobs behind"
+    after = _sacct(list(before))
+    assert all(after[i][0] == "CANCELLED" for i in before), after
+    assert temporaries(tmp_path) == []
+    store.replay()
+    assert store.query("SELECT COUNT(*) FROM tiles WHERE status IN ('failed', 'running')") == [(0,)]
+    assert store.query("SELECT status FROM runs ORDER BY started_at DESC LIMIT 1") == [("stopped",)]
+    done_at_stop = len(tiles(tmp_path))
+
+    # resume to the end: the results of an uninterrupted (local) run
+    _control(tmp_path, "resume", "--foreground")
+    _, local = run_tiles_and_mosaics(config, tmp_path / "local")
+    for name, path in local.items():
+        with rasterio.open(tmp_path / "results" / "mosaics" / f"{name}.tif") as a, rasterio.open(path) as b:
+            assert np.array_equal(a.read(1), b.read(1), equal_nan=True), name
+    store.replay()
+    assert store.query("SELECT status, COUNT(*) FROM tiles GROUP BY status") == [("done", planned)]
+    record(f"slurm controller: pause with {len(running)} running and {len(queued)} queued tile jobs: "
+           f"{pause_s:.0f} s to exit, running COMPLETED, queued CANCELLED before start, {done_at_pause} "
+           f"tiles on disk; freeze held {len(held)} queued jobs, resume released them; stop with {len(before)} jobs: {stop_s:.0f} s, all CANCELLED, {done_at_stop} tiles "
+           f"kept, 0 temporaries; resume: {planned}/{planned} tiles, mosaic equal to a local run")

@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("--freeze", action="store_true", help="freeze the whole run in place (SIGSTOP) until resume")
     pa.add_argument("--wait", action="store_true", help="return only when Snakemake has exited")
     re = sub.add_parser("resume", help="let a frozen run go on, or start a paused or stopped one again")
-    re.add_argument("--detach", action="store_true", default=None, help="start it in the background")
+    how = re.add_mutually_exclusive_group()
+    how.add_argument("--detach", action="store_true", default=None, help="start it in the background")
+    how.add_argument("--foreground", dest="detach", action="store_false",
+                     help="start it in this terminal (by default: as the run was started)")
     sub.add_parser("stop", help="stop now: running jobs are cancelled, their temporary files removed")
     lg = sub.add_parser("logs", help="the run's console log")
     lg.add_argument("-f", "--follow", action="store_true", help="follow it until the run ends")

@@ -50,3 +50,31 @@ def status_snapshot_on_sigusr1(url: str) -> None:
 
     signal.signal(signal.SIGUSR1, lambda signum, frame: threading.Thread(
         target=snapshot, name="status-snapshot", daemon=True).start())
+
+
+def slurm_cancelled_by_user_is_cancelled() -> None:
+    """Let Snakemake see a SLURM job that someone cancelled as failed, not as running forever.
+
+    sacct reports such a job as ``CANCELLED by <uid>``; snakemake-executor-plugin-slurm 2.8.0
+    compares the state with the exact word ``CANCELLED``, so the job stays "running" to it and the
+    run never ends (measured on the CI's SLURM: a pause that cancels queued jobs hung for 15
+    minutes until killed; the old Snakemake-Profiles/slurm had the same bug, fixed in its PR 22).
+    Only the first word of a state is kept. Nothing happens where the plugin is not installed.
+    """
+    try:
+        import snakemake_executor_plugin_slurm as plugin
+    except ImportError:
+        return
+    original = getattr(plugin, "query_job_status", None)
+    if original is None or getattr(original, "_first_word_states", False):
+        return
+
+    async def query_job_status(command, logger):
+        states, duration = await original(command, logger)
+        if states is not None:
+            states = {job: (state.split()[0] if state.strip() else state) for job, state in states.items()}
+        return states, duration
+
+    query_job_status._first_word_states = True
+    query_job_status.__wrapped_original__ = original
+    plugin.query_job_status = query_job_status

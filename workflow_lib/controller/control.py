@@ -9,6 +9,7 @@ resuming" describes them:
 - stop: SIGINT to the whole group (Ctrl-C): running jobs are cancelled, their temporary files
   removed;
 - freeze: SIGSTOP to the whole group, and SIGCONT to resume: nothing is lost or redone;
+- on SLURM, pause also cancels the run's queued jobs and freeze holds them (slurm.py says why);
 - resume: SIGCONT when frozen, else the same command line again, after removing Snakemake's lock
   if (and only if) the run that held it is gone.
 """
@@ -26,6 +27,7 @@ import uuid
 
 import psutil
 
+from workflow_lib.controller import slurm
 from workflow_lib.controller.runfile import CONSOLE_LOG, RunInfo, read_run, set_state, write_run
 
 
@@ -210,25 +212,65 @@ def pause(freeze: bool, wait: bool) -> int:
         set_state(info, "frozen")
         _log_line("frozen (SIGSTOP to the process group): `python -m workflow_lib resume` lets it go on")
         _signal_group(info, signal.SIGSTOP)
+        # Snakemake is stopped now and submits nothing more: hold what it queued on SLURM.
+        held = _slurm("hold", slurm.hold_queued, info)
+        if held:
+            info.held_jobs = held
+            write_run(info)
+            _log_line(f"held {len(held)} queued SLURM job(s): {' '.join(held)}")
+            _say(f"held {len(held)} queued SLURM job(s) so that none starts while frozen; "
+                 "SLURM jobs already running go on")
         _say(f"frozen: {info.describe()}; `python -m workflow_lib resume` lets it go on where it was")
         return 0
     if info.state == "frozen":
-        _signal_group(info, signal.SIGCONT)
+        _thaw(info)
+    uses_slurm = bool(slurm.submitted_jobs(info))
     set_state(info, "pausing")
     _log_line("pause asked (SIGTERM): running jobs finish, no new job starts")
     os.kill(info.pid, signal.SIGTERM)
     _say("pausing: running jobs finish their tiles, no new job starts; `python -m workflow_lib resume` "
          "goes on later")
+    if uses_slurm:
+        # Snakemake would wait for every SLURM job it submitted, queued ones too (each would still
+        # start). Queued jobs have done nothing: cancel them. A submission that was under way when
+        # SIGTERM came lands in the log within moments.
+        time.sleep(SUBMISSION_GRACE_S)
+        cancelled, running = _slurm("cancel", slurm.cancel_queued, info) or ([], [])
+        _log_line(f"pause: cancelled {len(cancelled)} queued SLURM job(s) {' '.join(cancelled)}; "
+                  f"{len(running)} running SLURM job(s) finish: {' '.join(running)}")
+        _say(f"cancelled {len(cancelled)} queued SLURM job(s) that had not started; "
+             f"{len(running)} running SLURM job(s) finish their tiles")
     if wait:
         wait_for_exit(info, None)
         _say("paused: Snakemake has exited")
     return 0
 
 
+SUBMISSION_GRACE_S = 2.0
+
+
+def _slurm(what: str, action, info: RunInfo):
+    try:
+        return action(info)
+    except (slurm.SlurmCommandError, OSError, subprocess.SubprocessError) as exc:
+        _say(f"warning: could not {what} the run's queued SLURM jobs: {exc}")
+        _log_line(f"could not {what} the queued SLURM jobs: {exc}")
+        return None
+
+
+def _thaw(info: RunInfo) -> None:
+    _signal_group(info, signal.SIGCONT)
+    if info.held_jobs:
+        released = _slurm("release", lambda i: slurm.release(i.held_jobs), info) or []
+        _log_line(f"released {len(released)} held SLURM job(s): {' '.join(released)}")
+        info.held_jobs = []
+        write_run(info)
+
+
 def stop(timeout: float = 120.0) -> int:
     info = _require_live("stop")
     if info.state == "frozen":
-        _signal_group(info, signal.SIGCONT)
+        _thaw(info)
     set_state(info, "stopping")
     _log_line("stop asked (SIGINT to the process group): running jobs are cancelled")
     _signal_group(info, signal.SIGINT)
@@ -236,6 +278,10 @@ def stop(timeout: float = 120.0) -> int:
         _log_line(f"still running {timeout:.0f} s after SIGINT: SIGKILL to the process group")
         _signal_group(info, signal.SIGKILL)
         wait_for_exit(info, 30)
+    left = _slurm("cancel", slurm.cancel_left, info)
+    if left:
+        _log_line(f"stop: cancelled {len(left)} SLURM job(s) that Snakemake left: {' '.join(left)}")
+        _say(f"cancelled {len(left)} SLURM job(s) that Snakemake had left queued or running")
     _say("stopped; `python -m workflow_lib resume` goes on from the tiles on disk")
     return 0
 
@@ -246,7 +292,7 @@ def resume(detach: bool | None) -> int:
         raise ControlError("nothing to resume: no run was started here with `python -m workflow_lib run`")
     if info.alive():
         if info.state == "frozen":
-            _signal_group(info, signal.SIGCONT)
+            _thaw(info)
             set_state(info, "running")
             _log_line("thawed (SIGCONT to the process group)")
             _say(f"resumed: {info.describe()}")

@@ -37,6 +37,7 @@ class RunInfo:
     state: str = "running"  # running, pausing, frozen, stopping
     state_since: float = field(default_factory=time.time)
     controller_pid: int | None = None  # the foreground controller, if any
+    held_jobs: list[str] = field(default_factory=list)  # queued SLURM jobs that freeze held
 
     def alive(self) -> bool:
         """The process of this run still runs (on this host, the same process)."""

@@ -68,5 +68,30 @@ def error_from_logs(paths: list[str]) -> str:
             if "Error" in line or "Exception" in line:
                 return line[-2000:]
         last = lines[-1] if lines else last
-    message = "the job ended without an error message (killed by a signal or the out-of-memory killer?)"
+    message = f"{SILENT_END} (killed by a signal or the out-of-memory killer?)"
     return f"{message}; its log ends with: {last[-500:]}" if last else message
+
+
+SILENT_END = "the job ended without an error message"
+
+
+def cancellation(logs_say: str, cwd: str) -> str | None:
+    """Why a failed job was in fact cancelled, or None when it really failed.
+
+    A job that the controller's stop cancels, or a queued SLURM job that its pause cancels (it never
+    ran, so it has no log), is no tile failure: its tiles are still to make. Known from the run
+    file of the controller that runs this very Snakemake process (stopping, or pausing and the job
+    said nothing), or from SLURM's own words in the job's log.
+    """
+    if "CANCELLED AT" in logs_say and "slurmstepd" in logs_say:
+        return "cancelled on SLURM"
+    from workflow_lib.controller.runfile import read_run
+
+    info = read_run(cwd)
+    if info is None or info.pid != os.getpid():
+        return None
+    if info.state == "stopping":
+        return "cancelled by stop"
+    if info.state == "pausing" and logs_say.startswith(SILENT_END):
+        return "cancelled by pause before it started"
+    return None

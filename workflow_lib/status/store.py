@@ -294,6 +294,11 @@ def _apply_run_started(store, conn, e: Event) -> None:
 def _apply_run_finished(store, conn, e: Event) -> None:
     store._execute(conn, "UPDATE runs SET ended_at = ?, status = ? WHERE id = ?",
                    (e.at, e.payload.get("status", "finished"), e.run_id))
+    if e.payload.get("status") in ("paused", "stopped"):
+        # Paused or stopped by the controller: what had not finished is still to make.
+        store._execute(conn, "UPDATE tiles SET status = 'pending', ended_at = ?, heartbeat_at = NULL "
+                             "WHERE run_id = ? AND status = 'running'", (e.at, e.run_id))
+        return
     # Jobs that were still running when the run ended did not finish: say so.
     store._execute(conn, "UPDATE tiles SET status = 'failed', ended_at = ?, "
                          "error = COALESCE(error, 'the run ended while this tile was running') "
@@ -343,6 +348,12 @@ def _apply_tile_failed(store, conn, e: Event) -> None:
                    (e.at, e.payload.get("error"), e.dataset, e.tile))
 
 
+def _apply_tile_cancelled(store, conn, e: Event) -> None:
+    # Cancelled by stop or pause (or on SLURM by hand): still to make, not failed.
+    store._execute(conn, "UPDATE tiles SET status = 'pending', ended_at = ?, error = NULL, heartbeat_at = NULL "
+                         "WHERE dataset = ? AND tile = ? AND status <> 'done'", (e.at, e.dataset, e.tile))
+
+
 def _apply_tile_measured(store, conn, e: Event) -> None:
     p = e.payload
     store._execute(conn, "INSERT INTO tiles (dataset, tile, status, seconds, peak_rss_mb, engine, pixels_written, "
@@ -367,6 +378,7 @@ _APPLY = {
     "tile_started": _apply_tile_started,
     "tile_finished": _apply_tile_finished,
     "tile_failed": _apply_tile_failed,
+    "tile_cancelled": _apply_tile_cancelled,
     "tile_measured": _apply_tile_measured,
     "note": _apply_note,
 }
