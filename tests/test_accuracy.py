@@ -22,7 +22,7 @@ METHODS = ["nearest", "bilinear", "cubic", "average", "sum", "mode", "min", "max
 # file, band, (same-CRS resolution), (other CRS, resolution): output grids of 80-200 pixels a side.
 REAL = {
     "RGB.byte uint8": ("rasterio__RGB.byte.tif", 1, 1300, ("EPSG:4326", 0.012)),
-    "cog_int16 int16": ("rio-tiler__cog_int16.tif", 1, 1700, ("EPSG:3857", 2000)),
+    "cog_int16 int16": ("rio-tiler__cog_int16.tif", 1, 1700, ("EPSG:3857", 4000)),
     "image_nan float64": ("rio-cogeo__image_nan.tif", 1, 0.0035, ("EPSG:3857", 330)),
     "image_nodata int16 Albers": ("rio-cogeo__image_nodata.tif", 1, 1100, ("EPSG:5070", 1000)),
     "mosaic_cog1 uint16": ("rio-tiler__mosaic_cog1.tif", 3, 1700, ("EPSG:4326", 0.016)),

@@ -256,6 +256,8 @@ def _mode(views, masks, shape) -> tuple[np.ndarray, np.ndarray]:
     n = len(views)
     if masks is None and views[0].dtype.name in _MODE_KEYS and n <= 256:
         return _mode_sorted(views, shape)
+    if n > _PAIRWISE_MAX and views[0].dtype.kind in "iu" and views[0].dtype.itemsize <= 4 and n < 2 ** 15:
+        return _mode_by_sort(views, masks, shape)
     count_type = np.uint8 if n < 255 else np.uint16 if n < 65535 else np.uint32
     # Each pair of positions is compared once: counts[p] is how many other valid positions hold
     # view p's value, later[p] whether one of them comes after p.
@@ -280,6 +282,55 @@ def _mode(views, masks, shape) -> tuple[np.ndarray, np.ndarray]:
         best[wins] = views[p][wins]
         best_count[wins] = counts[p][wins].astype(np.int64) + 1
     return best, best_count > 0
+
+
+# Up to this many positions, comparing every pair of them is cheapest; beyond, its n^2 / 2 passes
+# lose to one sort (measured: world.byte to 2.1 degrees, 18 x 18 windows, 12 s down to 0.6 s).
+_PAIRWISE_MAX = 16
+
+
+def _mode_by_sort(views, masks, shape) -> tuple[np.ndarray, np.ndarray]:
+    """The same running mode for many positions, masked or not, of integers up to 32 bits: the
+    (value << bits | position) keys of each target pixel are sorted in one int64 array (invalid
+    pixels last), then scanned as in _mode_sorted. Memory: 8 bytes per position and pixel, which
+    window_cost counts."""
+    n = len(views)
+    dtype = views[0].dtype
+    offset = -int(np.iinfo(dtype).min)
+    bits = max(1, (n - 1).bit_length())
+    invalid = np.iinfo(np.int64).max
+    keys = np.empty((*shape, n), np.int64)
+    for i, view in enumerate(views):
+        key = keys[..., i]
+        key[...] = view
+        key += offset
+        np.left_shift(key, bits, out=key)
+        np.bitwise_or(key, i, out=key)
+        if masks is not None:
+            key[~masks[i]] = invalid
+    keys.sort(axis=-1)
+    low = (1 << bits) - 1
+    best = np.zeros(shape, np.int64)
+    best_score = np.zeros(shape, np.int64)  # run length * n + (n - 1 - last position), > 0 at run ends
+    run = np.zeros(shape, np.int64)
+    same = np.zeros(shape, bool)
+    value = keys[..., 0] >> bits
+    for i in range(n):
+        key = keys[..., i]
+        np.multiply(run, same, out=run)  # a new value starts a new run
+        run += 1
+        score = run * n + (n - 1) - (key & low)
+        score[key == invalid] = 0
+        if i + 1 < n:
+            following = keys[..., i + 1] >> bits
+            np.equal(value, following, out=same)
+            score[same] = 0  # not the end of its run
+        wins = score > best_score
+        np.copyto(best, value, where=wins)
+        np.maximum(best_score, score, out=best_score)
+        if i + 1 < n:
+            value = following
+    return (best - offset).astype(dtype), best_score > 0
 
 
 def _mode_sorted(views, shape) -> tuple[np.ndarray, np.ndarray]:
