@@ -403,3 +403,32 @@ def test_large_blocks_equal_the_independent_reference(method, kx, ky):
     full_valid[:, data.shape[1] - 4:] = False
     ref = block_reference(data, full_valid, kx, ky, method, "float32", -9999.0)
     np.testing.assert_allclose(ours, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32"])
+@pytest.mark.parametrize("n", [17, 64, 324])
+def test_mode_by_sort_equals_the_pairwise_running_mode(dtype, n):
+    """Many positions (coarse windows) take the sort; it must pick exactly what the pairwise
+    comparison picks (GDAL's running mode, checked against GDAL above), ties and holes included."""
+    from workflow_lib.engines import blocks
+
+    rng = np.random.default_rng(n)
+    shape = (40, 30)
+    low = -3 if np.dtype(dtype).kind == "i" else 0
+    views = [rng.integers(low, low + 5, shape).astype(dtype) for _ in range(n)]
+    masks = [rng.random(shape) > 0.4 for _ in range(n)]
+    for m in masks:
+        m[:3, :3] = False  # pixels with no valid value at all
+    got, found = blocks._mode_by_sort(views, masks, shape)
+    expected, expected_found = _pairwise_mode(blocks, views, masks, shape)
+    assert np.array_equal(found, expected_found) and not found[:3, :3].any()
+    assert np.array_equal(got[found], expected[found])
+
+
+def _pairwise_mode(blocks, views, masks, shape):
+    saved = blocks._PAIRWISE_MAX
+    blocks._PAIRWISE_MAX = 10 ** 9
+    try:
+        return blocks._mode(views, masks, shape)
+    finally:
+        blocks._PAIRWISE_MAX = saved
