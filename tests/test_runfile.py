@@ -116,3 +116,5 @@ def test_a_tile_cancelled_by_the_controller_is_no_failure(tmp_path):
     assert cancellation(silent, str(tmp_path)) is None
     assert cancellation("slurmstepd: error: *** JOB 87 ON n1 CANCELLED AT 2026-12-02T04:30:43 ***",
                         str(tmp_path)) == "cancelled on SLURM"
+    assert cancellation("slurmstepd: error: *** JOB 87 ON n1 CANCELLED AT 2026-12-02T04:30:43 DUE TO TIME LIMIT ***",
+                        str(tmp_path)) is None  # out of runtime: a failure, retried with the resources asked

@@ -83,8 +83,8 @@ def cancellation(logs_say: str, cwd: str) -> str | None:
     file of the controller that runs this very Snakemake process (stopping, or pausing and the job
     said nothing), or from SLURM's own words in the job's log.
     """
-    if "CANCELLED AT" in logs_say and "slurmstepd" in logs_say:
-        return "cancelled on SLURM"
+    if "CANCELLED AT" in logs_say and "slurmstepd" in logs_say and "TIME LIMIT" not in logs_say:
+        return "cancelled on SLURM"  # but a job over its runtime failed: it needs more time
     from workflow_lib.controller.runfile import read_run
 
     info = read_run(cwd)
