@@ -130,14 +130,16 @@ def _run_section(workdir) -> str:
 
 
 def _queue(ids):
-    """{job id: (state, seconds running)} of those jobs that SLURM still has queued or running."""
+    """{job id: (state, seconds running, reason)} of the jobs that SLURM still has queued or running."""
     if not ids:
         return {}
-    out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %M"], capture_output=True, text=True).stdout
+    out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %M %r"], capture_output=True,
+                         text=True).stdout
+
     def seconds(t):
         parts = [int(p) for p in t.replace("-", ":").split(":")]
         return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
-    return {i: (s, seconds(m)) for i, s, m in (line.split() for line in out.splitlines() if line.strip())}
+    return {i: (s, seconds(m), r) for i, s, m, r in (line.split(None, 3) for line in out.splitlines() if line.strip())}
 
 
 def _wait_for_running_and_queued_tile_jobs(workdir, timeout=300):
@@ -148,7 +150,8 @@ def _wait_for_running_and_queued_tile_jobs(workdir, timeout=300):
         tile_jobs = [line.split("SLURM jobid ")[1].split()[0] for line in section.splitlines()
                      if "SLURM jobid " in line and "group_tiles_resample_tile" in line]
         queue = _queue(tile_jobs)
-        if any(s == "RUNNING" and t >= 4 for s, t in queue.values()) and any(s == "PENDING" for s, _ in queue.values()):
+        if any(s == "RUNNING" and t >= 4 for s, t, _ in queue.values()) and \
+                any(s == "PENDING" for s, _, _ in queue.values()):
             return queue
         time.sleep(0.5)
     raise AssertionError(f"no running and queued tile jobs at once:\n{_run_section(workdir)[-3000:]}")
@@ -185,8 +188,8 @@ def test_controller_pause_and_stop_on_slurm(tmp_path, slurm, record):
     pause_s = time.monotonic() - t0
     assert not read_run(str(tmp_path)).alive()
     after = _sacct(list(before))
-    queued = [i for i, (s, _) in before.items() if s == "PENDING"]
-    running = [i for i, (s, _) in before.items() if s == "RUNNING"]
+    queued = [i for i, (s, _, _) in before.items() if s == "PENDING"]
+    running = [i for i, (s, _, _) in before.items() if s == "RUNNING"]
     assert all(after[i][0] == "COMPLETED" for i in running), after
     # A queued job may start in the moment between the look at the queue and the pause: it then
     # runs to its end like the others. The rest are cancelled before they start.
@@ -206,14 +209,12 @@ def test_controller_pause_and_stop_on_slurm(tmp_path, slurm, record):
     said = _control(tmp_path, "pause", "--freeze")
     held = read_run(str(tmp_path)).held_jobs
     assert held and f"held {len(held)} queued SLURM job(s)" in said, said
-    queue = subprocess.run(["squeue", "-h", "-j", ",".join(held), "-o", "%i %T %r"], capture_output=True,
-                           text=True).stdout
-    assert all(state == "PENDING" and reason.startswith("JobHeld")
-               for _, state, reason in (line.split() for line in queue.splitlines())), queue
+    queue = _queue(held)
+    assert queue and all(s == "PENDING" and r.startswith("JobHeld") for s, _, r in queue.values()), queue
     _control(tmp_path, "resume")
-    queue = subprocess.run(["squeue", "-h", "-j", ",".join(held), "-o", "%i %T %r"], capture_output=True,
-                           text=True).stdout
-    assert "JobHeld" not in queue and read_run(str(tmp_path)).held_jobs == [], queue
+    queue = _queue(held)
+    assert not any(r.startswith("JobHeld") for *_, r in queue.values()), queue
+    assert read_run(str(tmp_path)).held_jobs == []
 
     # stop, in the middle of the resumed run
     before = _wait_for_running_and_queued_tile_jobs(tmp_path)
@@ -241,5 +242,6 @@ def test_controller_pause_and_stop_on_slurm(tmp_path, slurm, record):
     assert store.query("SELECT status, COUNT(*) FROM tiles GROUP BY status") == [("done", planned)]
     record(f"slurm controller: pause with {len(running)} running and {len(queued)} queued tile jobs: "
            f"{pause_s:.0f} s to exit, running COMPLETED, queued CANCELLED before start, {done_at_pause} "
-           f"tiles on disk; freeze held {len(held)} queued jobs, resume released them; stop with {len(before)} jobs: {stop_s:.0f} s, all CANCELLED, {done_at_stop} tiles "
-           f"kept, 0 temporaries; resume: {planned}/{planned} tiles, mosaic equal to a local run")
+           f"tiles on disk; freeze held {len(held)} queued jobs, resume released them; stop with {len(before)} jobs: "
+           f"{stop_s:.0f} s, all CANCELLED, {done_at_stop} tiles kept, 0 temporaries; resume: {planned}/{planned} "
+           "tiles, mosaic equal to a local run")

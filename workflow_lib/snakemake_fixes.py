@@ -66,8 +66,8 @@ def slurm_cancelled_by_user_is_cancelled() -> None:
     except ImportError:
         return
     original = getattr(plugin, "query_job_status", None)
-    if original is None or getattr(original, "_first_word_states", False):
-        return
+    if original is None or hasattr(original, "__wrapped_original__"):
+        return  # not this plugin's layout, or patched already
 
     async def query_job_status(command, logger):
         states, duration = await original(command, logger)
@@ -75,6 +75,5 @@ def slurm_cancelled_by_user_is_cancelled() -> None:
             states = {job: (state.split()[0] if state.strip() else state) for job, state in states.items()}
         return states, duration
 
-    query_job_status._first_word_states = True
     query_job_status.__wrapped_original__ = original
     plugin.query_job_status = query_job_status

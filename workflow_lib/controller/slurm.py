@@ -27,6 +27,7 @@ import subprocess
 
 from workflow_lib.controller.runfile import RunInfo
 
+
 class SlurmCommandError(Exception):
     """scancel or scontrol failed."""
 

@@ -46,6 +46,9 @@ def planned_tiles(context: dict, cwd: str):
         yield name, dataset_payload(d, "planned"), tiles
 
 
+SILENT_END = "the job ended without an error message"
+
+
 def error_from_logs(paths: list[str]) -> str:
     """What a failed job's log says went wrong, or that it said nothing (a job killed by a signal
     or the out-of-memory killer stops mid-sentence)."""
@@ -70,9 +73,6 @@ def error_from_logs(paths: list[str]) -> str:
         last = lines[-1] if lines else last
     message = f"{SILENT_END} (killed by a signal or the out-of-memory killer?)"
     return f"{message}; its log ends with: {last[-500:]}" if last else message
-
-
-SILENT_END = "the job ended without an error message"
 
 
 def cancellation(logs_say: str, cwd: str) -> str | None:
