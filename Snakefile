@@ -16,12 +16,12 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
-    tile=r"r\d+_c\d+",
+    batch=r"b\d+_\d+_\d+x\d+",
 
 
 
 include: "rules/register.smk"
-include: "rules/tiles.smk"
+include: "rules/batches.smk"
 include: "rules/mosaic.smk"
 include: "rules/stack.smk"
 

@@ -2,10 +2,11 @@
 # that rules use. Everything here runs at parse time, again in every cluster job: keep it cheap.
 import sys
 
+from workflow_lib.engines.batch import forget_incomplete_batches
 from workflow_lib.engines.blocks import ENGINE_LABELS
 from workflow_lib.config import validate_config
 from workflow_lib.errors import WorkflowLibError
-from workflow_lib.planning.plan import load_plan, plan_cache_path
+from workflow_lib.planning.plan import TilesToMake, load_plan, plan_cache_path
 from workflow_lib.snakemake_fixes import (graceful_sigterm_without_deadlock, slurm_cancelled_by_user_is_cancelled,
                                           status_snapshot_on_sigusr1)
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
@@ -29,6 +30,9 @@ if workflow.is_main_process:
     status_snapshot_on_sigusr1(resolve_url(config["database"]["url"]))
     # A SLURM job cancelled by pause (or by hand) must end as failed, not run forever.
     slurm_cancelled_by_user_is_cancelled()
+    # A tile deleted (or removed as corrupt) since its batch ran: that batch runs again.
+    for manifest in forget_incomplete_batches(PLAN):
+        print(f"{manifest}: some of its tiles are missing, the batch will run again", file=sys.stderr)
 
 DATASETS = list(PLAN.datasets)
 # Smallest datasets first (config "order"), through job priorities.
@@ -36,8 +40,9 @@ PRIORITIES = PLAN.priorities(config["order"])
 OUTPUT = config["output"]
 
 # Memory, in MB, declared by each kind of job on its first attempt (config "memory"); retries ask
-# for more (--retries N). --set-resources resample_tile:mem_mb=2000 overrides it for every attempt.
+# for more (--retries N). --set-resources resample_batch:mem_mb=2000 overrides it for every attempt.
 TILE_MEM_MB = config["memory"]["tile_mb"]
+BATCH_THREADS = config["threads_per_job"]
 MOSAIC_MEM_MB = config["memory"]["mosaic_mb"]
 
 
@@ -50,15 +55,26 @@ def dataset_path(wildcards):
 
 
 def dataset_plan(wildcards):
-    return PLAN.datasets[wildcards.dataset].to_dict()
+    # Without its tile list: parameters are pickled into every job and kept in Snakemake's metadata.
+    return PLAN.datasets[wildcards.dataset].to_dict(with_batches=False)
 
 
-def dataset_tiles(wildcards):
+def dataset_batches(wildcards):
     return expand(
-        "results/tiles/{dataset}/{tile}.tif",
+        "results/batches/{dataset}/{batch}.json",
         dataset=wildcards.dataset,
-        tile=PLAN.datasets[wildcards.dataset].tiles,
+        batch=[b.id for b in PLAN.datasets[wildcards.dataset].batches],
     )
+
+
+def batch_tiles(wildcards):
+    return list(PLAN.datasets[wildcards.dataset].batch_by_id[wildcards.batch].tiles)
+
+
+def batch_todo(wildcards):
+    # Counted only when the message is shown (a dry run), and no rerun trigger (not a plain value).
+    return TilesToMake(PLAN.datasets[wildcards.dataset].batch_by_id[wildcards.batch],
+                       f"results/tiles/{wildcards.dataset}")
 
 
 def cluster_overhead_mb():

@@ -1,7 +1,7 @@
 rule mosaic:
     input:
         meta="results/datasets/{dataset}.json",
-        tiles=dataset_tiles,
+        batches=dataset_batches,
     output:
         "results/mosaics/{dataset}.tif",
     log:
@@ -9,6 +9,7 @@ rule mosaic:
     benchmark:
         "benchmarks/mosaic/{dataset}.tsv"
     params:
+        tile_dir=lambda wildcards: f"results/tiles/{wildcards.dataset}",
         compress=OUTPUT["compress"],
         cog=OUTPUT["cog"],
     priority: dataset_priority

@@ -19,7 +19,7 @@ from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 
 RUN_CONTEXT = os.path.join(".cache", "status", "run.json")
-TILE_RULE = "resample_tile"
+BATCH_RULE = "resample_batch"
 REGISTER_RULE = "register_dataset"
 
 log = logging.getLogger("workflow_lib.status")
@@ -74,14 +74,13 @@ class LogHandler(LogHandlerBase):
             elif event == LogEvent.JOB_INFO:
                 # Logged as the job is handed to the executor (JOB_STARTED comes earlier, before
                 # the jobs are described), so this is when a tile starts.
+                # A batch job records its tiles itself as it starts and ends each (queued on a cluster,
+                # none of them is running yet).
                 self.jobs[record.jobid] = {
                     "rule": record.rule_name,
                     "wildcards": dict(record.wildcards or {}),
                     "log": list(record.log or []),
                 }
-                self._tile_event("tile_started", record.jobid)
-            elif event == LogEvent.JOB_FINISHED:
-                self._tile_event("tile_finished", record.job_id)
             elif event == LogEvent.GROUP_ERROR:
                 # A cluster job running a group of jobs failed: the executor's own log (SLURM's
                 # output, where an out-of-memory kill is reported) belongs to each job of the group,
@@ -95,7 +94,7 @@ class LogHandler(LogHandlerBase):
 
     def _started(self, record) -> None:
         from workflow_lib.status import Event, StatusStore
-        from workflow_lib.status.run import planned_tiles
+        from workflow_lib.status.run import RUN_ID_ENV, planned_tiles
 
         cwd = os.getcwd()  # Snakemake has changed into --directory by now
         path = os.path.join(cwd, RUN_CONTEXT)
@@ -105,6 +104,9 @@ class LogHandler(LogHandlerBase):
             context = json.load(f)
         self.store = StatusStore(context["database_url"], spool_dir=os.path.join(cwd, context["spool_dir"]))
         self.run_id = str(getattr(record, "workflow_id", "")) or None
+        if self.run_id:
+            # Batch jobs (local, or on SLURM, which passes the environment on) tag their tiles with it.
+            os.environ[RUN_ID_ENV] = self.run_id
         self.store.record(Event("run_started", run_id=self.run_id, payload={
             "config_digest": getattr(record, "config_md5", None),
             "snakemake_version": getattr(record, "snakemake_version", None),
@@ -113,16 +115,6 @@ class LogHandler(LogHandlerBase):
         for name, dataset, tiles in planned_tiles(context, cwd):
             self.store.record(Event("dataset", run_id=self.run_id, dataset=name, payload=dataset))
             self.store.record(Event("tiles_planned", run_id=self.run_id, dataset=name, payload={"tiles": tiles}))
-
-    def _tile_event(self, kind: str, jobid: int, payload: Optional[dict] = None) -> None:
-        from workflow_lib.status import Event
-
-        job = self.jobs.get(jobid)
-        if job is None or job["rule"] != TILE_RULE:
-            return
-        w = job["wildcards"]
-        self.store.record(Event(kind, run_id=self.run_id, dataset=w.get("dataset"), tile=w.get("tile"),
-                                payload=payload or {}))
 
     def _job_error(self, record) -> None:
         from workflow_lib.status import Event
@@ -137,17 +129,19 @@ class LogHandler(LogHandlerBase):
         executor_says = getattr(record, "rule_msg", None)
         if executor_says:
             message = f"{executor_says} {message}"
-        if cancelled and job["rule"] == TILE_RULE:
-            self._tile_event("tile_cancelled", record.jobid, {"reason": cancelled, "error": message})
-        elif job["rule"] == TILE_RULE:
-            self._tile_event("tile_failed", record.jobid, {"error": message})
+        if job["rule"] == BATCH_RULE:
+            # The tiles it was making when it ended (a kill, the OOM killer, a cancellation); those it
+            # finished or that failed on their own were recorded by the job.
+            w = job["wildcards"]
+            self.store.record(Event("batch_ended", run_id=self.run_id, dataset=w.get("dataset"), payload={
+                "batch": w.get("batch"), "cancelled": cancelled, "error": message}))
         elif job["rule"] == REGISTER_RULE:
             name = job["wildcards"].get("dataset")
             self.store.record(Event("dataset", run_id=self.run_id, dataset=name,
                                     payload={"status": "failed", "error": message}))
         self.store.record(Event("note", run_id=self.run_id, dataset=job["wildcards"].get("dataset"),
-                                tile=job["wildcards"].get("tile"),
-                                payload={"rule": job["rule"], "error": message}))
+                                payload={"rule": job["rule"], "batch": job["wildcards"].get("batch"),
+                                         "error": message}))
 
     def _end_status(self) -> str:
         """finished, failed, or paused / stopped when the controller paused or stopped this run."""

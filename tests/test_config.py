@@ -35,7 +35,8 @@ def config(path, **overrides):
 
 def test_defaults_are_filled_in(raster):
     cfg = validate_config(config(raster))
-    assert cfg["tile_size"] == 4096
+    assert cfg["tile_size"] == 1024
+    assert cfg["tiles_per_job"] == "auto" and cfg["threads_per_job"] == 2
     assert cfg["target"]["extent"] == "union"
     assert cfg["target"]["origin"] == [0.0, 0.0]
     assert cfg["datasets"]["dem"]["band"] == 1

@@ -72,7 +72,7 @@ def test_plan_is_cached_and_invalidated_by_input_changes(tmp_path):
     # The cached plan is what the next parse uses: mark it and see the mark come back.
     with open(cache / files[0]) as f:
         data = json.load(f)
-    data["datasets"]["d"]["tiles"] = ["r0000_c0000"]
+    data["datasets"]["d"]["batches"] = [[[0, 1], [0, 1], ["r0000_c0000"]]]
     with open(cache / files[0], "w") as f:
         json.dump(data, f)
     assert load_plan(config, str(cache)).datasets["d"].tiles == ("r0000_c0000",)

@@ -94,15 +94,27 @@ def run(tmp_path_factory):
     return {"workdir": workdir, "plan": plan, "dry": dry.stdout + dry.stderr, "log": done.stdout + done.stderr}
 
 
-def test_dry_run_lists_every_tile_job(run):
+def test_dry_run_lists_every_batch_job(run):
     plan = run["plan"]
-    listed = set(re.findall(r"results/tiles/([\w-]+)/(r\d+_c\d+)\.tif", run["dry"]))
-    planned = {(name, t) for name, d in plan.datasets.items() for t in d.tiles}
-    assert listed == planned
-    assert re.search(rf"resample_tile\s+{plan.tile_count}\b", run["dry"])
-    # Each tile job says which engine resamples it.
-    engines = dict(re.findall(r"resample results/tiles/([\w-]+)/r\d+_c\d+\.tif with the ([\w-]+) engine", run["dry"]))
+    listed = re.findall(r"resample batch (b[\d_x]+) of ([\w-]+): tile rows (\d+)-(\d+), columns (\d+)-(\d+), "
+                        r"(\d+) of (\d+) tiles to make with the ([\w-]+) engine", run["dry"])
+    planned = {(name, b.id) for name, d in plan.datasets.items() for b in d.batches}
+    assert {(name, b) for b, name, *_ in listed} == planned
+    assert re.search(rf"resample_batch\s+{plan.batch_count}\b", run["dry"])
+    for b, name, r0, r1, c0, c1, todo, total, _ in listed:
+        batch = plan.datasets[name].batch_by_id[b]
+        assert (int(r0), int(r1) + 1, int(c0), int(c1) + 1) == (*batch.rows, *batch.cols)
+        assert int(todo) == int(total) == len(batch.tiles)  # nothing on disk before the first run
+    # Each batch job says which engine resamples it.
+    engines = {name: engine for _, name, *_, engine in listed}
     assert engines == {"dem": "numpy-blocks", "landcover": "numpy-blocks", "temperature": "gdal-warp"}
+    # Every tile is in one batch; a batch is the tiles of a rectangle of the tile grid.
+    for d in plan.datasets.values():
+        assert sorted(d.tiles) == sorted(set(d.tiles))
+        for b in d.batches:
+            for t in b.tiles:
+                r, c = (int(x[1:]) for x in t.split("_"))
+                assert b.rows[0] <= r < b.rows[1] and b.cols[0] <= c < b.cols[1]
 
 
 def test_mosaics_equal_whole_image_gdal_warp(run, record):
@@ -147,15 +159,23 @@ def test_outputs_logs_and_benchmarks_exist_and_no_temporary_file_is_left(run):
     for name, dataset in plan.datasets.items():
         tiles = sorted(os.listdir(workdir / "results" / "tiles" / name))
         assert tiles == sorted(f"{t}.tif" for t in dataset.tiles)
-        for t in dataset.tiles:
-            assert (workdir / "logs" / "resample_tile" / name / f"{t}.log").exists()
-            assert (workdir / "benchmarks" / "resample_tile" / name / f"{t}.tsv").exists()
+        for b in dataset.batches:
+            assert (workdir / "benchmarks" / "resample_batch" / name / f"{b.id}.tsv").exists()
+            assert (workdir / "results" / "batches" / name / f"{b.id}.json").exists()
+            text = (workdir / "logs" / "resample_batch" / name / f"{b.id}.log").read_text()
+            for t in b.tiles:  # one line per tile made
+                assert len(re.findall(rf"tile {t} done in", text)) == 1, (t, text)
         with rasterio.open(workdir / "results" / "tiles" / name / f"{dataset.tiles[0]}.tif") as tile:
             assert tile.profile["tiled"] and tile.profile["compress"] == "deflate"
             assert tile.nodata == dataset.settings.dst_nodata or math.isnan(tile.nodata)
     leftovers = [os.path.join(d, f) for d, _, files in os.walk(workdir / "results") for f in files
                  if f.startswith(".tmp-")]
     assert leftovers == []
+
+
+def tile_times(workdir, name):
+    folder = workdir / "results" / "tiles" / name
+    return {f: os.stat(folder / f).st_mtime_ns for f in os.listdir(folder)}
 
 
 def test_second_run_has_nothing_to_do_and_missing_tiles_alone_are_remade(run):
@@ -168,12 +188,30 @@ def test_second_run_has_nothing_to_do_and_missing_tiles_alone_are_remade(run):
         os.unlink(workdir / "results" / "tiles" / "dem" / f"{t}.tif")
     os.unlink(workdir / "results" / "mosaics" / "dem.tif")
     os.unlink(workdir / "results" / "stack.tif")
-    before = {t: os.stat(workdir / "results" / "tiles" / "dem" / f"{t}.tif").st_mtime_ns for t in dem_tiles[2:]}
+    before = tile_times(workdir, "dem")
     resumed = snakemake(workdir, "--cores", "2")
     text = resumed.stdout + resumed.stderr
-    assert re.search(r"resample_tile\s+2\b", text) and re.search(r"mosaic\s+1\b", text), text
-    after = {t: os.stat(workdir / "results" / "tiles" / "dem" / f"{t}.tif").st_mtime_ns for t in dem_tiles[2:]}
-    assert before == after  # complete tiles were not computed again
+    batches = {b.id for b in plan.datasets["dem"].batches if set(b.tiles) & set(dem_tiles[:2])}
+    assert re.search(rf"resample_batch\s+{len(batches)}\b", text) and re.search(r"mosaic\s+1\b", text), text
+    after = tile_times(workdir, "dem")
+    assert set(after) == {f"{t}.tif" for t in dem_tiles}
+    assert {f: after[f] for f in before} == before  # complete tiles were not computed again
+    logs = "".join((workdir / "logs" / "resample_batch" / "dem" / f"{b}.log").read_text() for b in batches)
+    assert sorted(re.findall(r"tile (r\d+_c\d+) done in", logs)) == sorted(dem_tiles[:2])
+
+
+def test_a_rerun_batch_keeps_its_finished_tiles(run):
+    """Snakemake deletes a job's outputs before it runs it again: the tiles are not among them."""
+    workdir, plan = run["workdir"], run["plan"]
+    before = {name: tile_times(workdir, name) for name in plan.datasets}
+    proc = snakemake(workdir, "--cores", "2", "--forcerun", "resample_batch")
+    text = proc.stdout + proc.stderr
+    assert re.search(rf"resample_batch\s+{plan.batch_count}\b", text), text
+    assert {name: tile_times(workdir, name) for name in plan.datasets} == before
+    for name, d in plan.datasets.items():
+        for b in d.batches:
+            log_text = (workdir / "logs" / "resample_batch" / name / f"{b.id}.log").read_text()
+            assert f"{len(b.tiles)} on disk with the current settings, 0 to make" in log_text, log_text
 
 
 def test_lint_reports_nothing(run):
@@ -191,7 +229,7 @@ def test_dag_and_rulegraph_render(run):
                 pytest.fail("graphviz 'dot' must be installed in CI (.ci/run installs it)")
             pytest.skip("graphviz 'dot' not installed: rendering not checked")
         svg = subprocess.run(["dot", "-Tsvg"], input=dot_text, capture_output=True, text=True, check=True).stdout
-        assert "<svg" in svg and "resample_tile" in svg
+        assert "<svg" in svg and "resample_batch" in svg
 
 
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):

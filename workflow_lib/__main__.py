@@ -1,5 +1,5 @@
 """Command line: ``python -m workflow_lib run|pause|resume|stop|logs`` steer the run of this folder,
-``status`` shows its progress, ``results`` lists what it produced."""
+``plan`` shows what it will do, ``status`` its progress, ``results`` what it produced."""
 
 from __future__ import annotations
 
@@ -59,6 +59,24 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
         return 0
 
 
+def show_plan(config_path: str, as_json: bool) -> int:
+    import json
+
+    from workflow_lib.config import load_config
+    from workflow_lib.errors import WorkflowLibError
+    from workflow_lib.planning.plan import load_plan
+    from workflow_lib.views.plan import plan_rows, render_plan
+
+    try:
+        plan = load_plan(load_config(config_path))
+    except (OSError, WorkflowLibError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    rows = plan_rows(plan)
+    print(json.dumps(rows, indent=1) if as_json else render_plan(plan, rows))
+    return 0
+
+
 def _controller_state() -> dict | None:
     """The state of the controller's run in this folder, if one is alive."""
     from workflow_lib.controller.runfile import read_run
@@ -74,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("results", help="list the mosaics and the stack of a run")
     show.add_argument("results_dir", nargs="?", default="results")
+    pl = sub.add_parser("plan", help="tiles, batches and tiles on disk per dataset, without running anything")
+    pl.add_argument("--config", default="config/config.yaml", help="the workflow's config (default: %(default)s)")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
     st = sub.add_parser("status", help="progress of the run from the status database")
     st.add_argument("--db", help="database URL (default: WORKFLOW_STATUS_DB, config database.url, or "
                                  "sqlite:///results/status.sqlite)")
@@ -113,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         except controller.ControlError as exc:
             print(f"Error: {exc}", file=sys.stderr)
             return 1
+    if args.command == "plan":
+        return show_plan(args.config, args.json)
     if args.command == "results":
         return results(args.results_dir)
     if args.command == "status":

@@ -35,6 +35,10 @@ class OutputWriteError(WorkflowLibError):
         super().__init__(f"writing {path} failed: {cause}; nothing was left under that name")
 
 
+class BatchError(WorkflowLibError):
+    """Some tiles of a batch failed (each with its own message in the job's log and the database)."""
+
+
 class JobMemoryError(WorkflowLibError):
     """A job needed more memory than the limit it was given (its granted mem_mb)."""
 

@@ -14,19 +14,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.engines.blocks import ENGINE_LABELS
-from workflow_lib.errors import InputRasterError, JobMemoryError, out_of_memory
+from workflow_lib.errors import BatchError, InputRasterError, JobMemoryError, out_of_memory
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.sources.header import read_header
 from workflow_lib.mosaics.mosaic import write_mosaic, write_stack
 from workflow_lib.planning.plan import DatasetPlan
-from workflow_lib.engines.resample import resample_tile
+from workflow_lib.engines.batch import TileHooks, run_batch, tile_digest, tile_path
 from workflow_lib.status import DEFAULT_SPOOL_DIR, Event, StatusStore, resolve_url
-from workflow_lib.status.run import dataset_payload
-from workflow_lib.watchdog import Watchdog
+from workflow_lib.status.run import PAUSED_MARK, RUN_ID_ENV, dataset_payload
 
 log = logging.getLogger("workflow_lib.jobs")
 
@@ -71,8 +70,15 @@ def job_logging(log_path: str | None) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+# Set on SIGTERM: a batch job starts no new tile (engines.batch) and ends once its running ones are
+# written, so that a pause waits for tiles, not for whole batches.
+STOP_STARTING = threading.Event()
+
+
 def _finish_first(signum, frame) -> None:
-    log.warning("SIGTERM received: finishing this job first (Ctrl-C or SIGKILL stop it at once)")
+    STOP_STARTING.set()
+    log.warning("SIGTERM received: finishing the running tiles, starting no new one (Ctrl-C or SIGKILL "
+                "stop at once)")
 
 
 @contextlib.contextmanager
@@ -128,7 +134,7 @@ def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> Dat
     log.info(
         "dataset %s: %s, %dx%d px, %s, nodata %s, CRS %s, %d tiles, settings %s",
         name, header.path, header.width, header.height, header.dtype, header.nodata,
-        header.crs.to_string(), len(planned.tiles), planned.settings,
+        header.crs.to_string(), planned.tile_count, planned.settings,
     )
     log.info("dataset %s: engine %s (%s)", name, ENGINE_LABELS[planned.settings.engine],
              planned.settings.engine_reason)
@@ -146,8 +152,9 @@ def status_store(snakemake) -> StatusStore:
 
 
 @contextlib.contextmanager
-def heartbeat(snakemake, dataset: str, tile: str) -> Iterator[None]:
-    """Say every few seconds that this tile job is alive, from a thread with its own connection."""
+def heartbeat(snakemake, dataset: str, tiles: Callable[[], list[str]]) -> Iterator[None]:
+    """Say every few seconds that the tiles this job is making are alive, from a thread with its
+    own connection."""
     stop = threading.Event()
     interval = float(snakemake.config["database"]["heartbeat_seconds"])
 
@@ -155,7 +162,7 @@ def heartbeat(snakemake, dataset: str, tile: str) -> Iterator[None]:
         store = status_store(snakemake)
         try:
             while not stop.wait(interval):
-                store.heartbeat(dataset, tile)
+                store.heartbeat(dataset, tiles())
         finally:
             store.close()
 
@@ -177,28 +184,74 @@ def run_register_job(snakemake) -> None:
         store.close()
 
 
-def run_tile_job(snakemake) -> None:
+# Exit status of a batch job that stopped early on SIGTERM: its tiles were not all made, and its
+# log says "paused by SIGTERM" (the status logger then keeps the missing tiles pending, not failed).
+PAUSED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
+
+
+def run_batch_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
         grid, dataset = load_dataset(snakemake.input.meta)
-        tile = grid.tile_by_id(snakemake.wildcards.tile)
-        started = time.monotonic()
-        what = f"tile {tile.id} of dataset '{dataset.name}' ({dataset.header.path})"
-        with (
-            memory_limit(snakemake, what),
-            heartbeat(snakemake, dataset.name, tile.id),
-            Watchdog(snakemake.config["stall_timeout"], what) as dog,
-        ):
-            figures = resample_tile(
-                dataset.name, dataset.header, dataset.settings, grid, tile, snakemake.output[0],
-                mem_mb=_mem_mb(snakemake), threads=snakemake.threads, compress=snakemake.params.compress,
-                progress=dog.tick,
-            )
+        batch = snakemake.wildcards.batch
+        tiles = list(snakemake.params.tiles)
         store = status_store(snakemake)
-        store.record(Event("tile_measured", dataset=dataset.name, tile=tile.id, payload={
-            "seconds": time.monotonic() - started, "peak_rss_mb": peak_rss_mb(),
-            "engine": ENGINE_LABELS[dataset.settings.engine],
-            "pixels_written": figures["pixels_written"], "external_job_id": os.environ.get("SLURM_JOB_ID")}))
+        running: set[str] = set()
+        common = {"run_id": os.environ.get(RUN_ID_ENV) or None, "dataset": dataset.name}
+        slurm_job = os.environ.get("SLURM_JOB_ID")
+
+        def started(tile: str) -> None:
+            running.add(tile)
+            store.record(Event("tile_started", tile=tile, payload={"batch": batch, "external_job_id": slurm_job},
+                               **common))
+
+        def finished(tile: str, figures: dict) -> None:
+            log.info("tile %s done in %.2f s (%d chunk(s), %d source pixels read)", tile, figures["seconds"],
+                     figures["chunks"], figures["pixels_read"])
+            store.record(Event("tile_measured", tile=tile, payload={
+                "seconds": figures["seconds"], "peak_rss_mb": peak_rss_mb(),
+                "engine": ENGINE_LABELS[dataset.settings.engine], "pixels_written": figures["pixels_written"],
+                "external_job_id": slurm_job, "batch": batch}, **common))
+            store.record(Event("tile_finished", tile=tile, payload={"batch": batch}, **common))
+            running.discard(tile)
+
+        def failed(tile: str, error: str) -> None:
+            store.record(Event("tile_failed", tile=tile, payload={"error": error, "batch": batch}, **common))
+            running.discard(tile)
+
+        mem_mb = _mem_mb(snakemake)
+        with memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \
+                heartbeat(snakemake, dataset.name, lambda: sorted(running)):
+            result = run_batch(
+                dataset, grid, batch, tiles, snakemake.params.tile_dir, mem_mb=mem_mb, threads=snakemake.threads,
+                compress=snakemake.params.compress, stall_timeout=snakemake.config["stall_timeout"],
+                stop=STOP_STARTING, hooks=TileHooks(started, finished, failed),
+            )
         store.close()
+        log.info("batch %s of %s: %d made, %d kept, %d failed, %d not started", batch, dataset.name,
+                 len(result.made), len(result.kept), len(result.failed), len(result.left))
+        if result.failed:
+            first = next(iter(result.failed.items()))
+            raise BatchError(
+                f"batch {batch} of dataset '{dataset.name}': {len(result.failed)} of {len(tiles)} tile(s) failed "
+                f"({', '.join(sorted(result.failed))}); the other tiles are kept. First error, tile {first[0]}: "
+                f"{first[1]}")
+        if result.left:
+            log.warning("batch %s of %s %s: %d tile(s) left for the next run", batch, dataset.name,
+                        PAUSED_MARK, len(result.left))
+            raise SystemExit(PAUSED_EXIT_CODE)
+        write_json_atomic(snakemake.output[0], {
+            "dataset": dataset.name, "batch": batch, "digest": tile_digest(grid, dataset),
+            "tiles": tiles, "made": sorted(result.made), "kept": len(result.kept),
+        })
+
+
+def batch_tiles(manifests: list[str], tile_dir: str) -> list[str]:
+    """The tile files of a dataset, from its batches' manifests."""
+    paths = []
+    for manifest in manifests:
+        with open(manifest) as f:
+            paths.extend(tile_path(tile_dir, t) for t in json.load(f)["tiles"])
+    return paths
 
 
 def run_mosaic_job(snakemake) -> None:
@@ -206,7 +259,8 @@ def run_mosaic_job(snakemake) -> None:
         grid, dataset = load_dataset(snakemake.input.meta)
         with memory_limit(snakemake, f"mosaic of dataset '{dataset.name}'"):
             write_mosaic(
-                dataset.name, dataset.settings, grid, list(snakemake.input.tiles), snakemake.output[0],
+                dataset.name, dataset.settings, grid, batch_tiles(list(snakemake.input.batches),
+                                                                  snakemake.params.tile_dir), snakemake.output[0],
                 mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
                 compress=snakemake.params.compress, cog=snakemake.params.cog,
             )

@@ -48,11 +48,13 @@ def resample_tile(
     compress: str = "deflate",
     max_chunk_bytes: int | None = None,
     progress: Callable[[], None] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict:
     """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures.
 
     ``max_chunk_bytes`` caps chunks below what ``mem_mb`` allows (tests use it to make many chunks
     out of small data). ``progress`` is called after every chunk read and written (the watchdog).
+    ``tags``: GeoTIFF metadata written into the tile (the digest of its settings, engines.batch).
     """
     progress = progress or (lambda: None)
     budget = MemoryBudget.for_job(mem_mb)
@@ -84,6 +86,8 @@ def resample_tile(
         except rasterio.errors.RasterioIOError as exc:
             raise InputRasterError(dataset, header.path, f"cannot be opened: {exc}") from exc
         with src, open_output(tmp, out_path, profile) as dst:
+            if tags:
+                dst.update_tags(**tags)
             for i, chunk in enumerate(chunks, 1):
                 if blocks is not None:
                     out = _block_chunk(dataset, src, settings, chunk, blocks)
@@ -101,7 +105,7 @@ def resample_tile(
                 progress()
                 log.debug("chunk %d/%d %s <- source %s", i, len(chunks), chunk.window, chunk.source)
     seconds = time.monotonic() - started
-    log.info("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
+    log.debug("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
     return {"chunks": len(chunks), "seconds": seconds, "pixels_read": pixels_read,
             "pixels_written": tile.width * tile.height}
 

@@ -1,4 +1,4 @@
-"""The plan of a run: the target grid and, per dataset, the tiles that are jobs.
+"""The plan of a run: the target grid and, per dataset, its tiles and the batches that are jobs.
 
 Made from the config and raster headers only (never pixels) when the Snakefile is parsed, so that a
 dry run lists every job. Parsing happens again in every cluster job, so the plan is cached on disk,
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -20,13 +22,14 @@ from workflow_lib.engines.blocks import choose_engine
 from workflow_lib.config import nodata_override, target_crs, target_resolution
 from workflow_lib.errors import ConfigError
 from workflow_lib.errors import GDAL_ERRORS
+from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
 from workflow_lib.planning.footprint import Bounds, footprint_bounds, footprint_window, tile_mask, whole_image_scale
 from workflow_lib.planning.grid import TargetGrid, tile_id
 from workflow_lib.sources.header import RasterHeader, read_header
 from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 5
+PLAN_FORMAT = 6
 DEFAULT_CACHE_DIR = ".cache/plan"
 
 
@@ -35,26 +38,44 @@ class DatasetPlan:
     name: str
     header: RasterHeader
     settings: WarpSettings
-    tiles: tuple[str, ...]
+    batches: tuple[Batch, ...]  # every planned tile is in exactly one
     note: str = ""  # what planning had to decide for the user (an extent clipped to an area of use)
+    tile_count: int = -1  # when the batches were left out (to_dict(with_batches=False)): how many tiles
 
-    def to_dict(self) -> dict:
+    def __post_init__(self) -> None:
+        if self.tile_count < 0:
+            object.__setattr__(self, "tile_count", sum(len(b.tiles) for b in self.batches))
+
+    @property
+    def tiles(self) -> tuple[str, ...]:
+        return tuple(t for b in self.batches for t in b.tiles)
+
+    @cached_property
+    def batch_by_id(self) -> dict[str, Batch]:
+        return {b.id: b for b in self.batches}
+
+    def to_dict(self, with_batches: bool = True) -> dict:
+        """``with_batches=False``: the dataset without its tile list (what a job's parameters carry:
+        they are pickled into every job's script and kept in Snakemake's metadata)."""
         return {
             "name": self.name,
             "header": self.header.to_dict(),
             "settings": self.settings.to_dict(),
-            "tiles": list(self.tiles),
+            "batches": [b.to_list() for b in self.batches] if with_batches else [],
+            "tile_count": self.tile_count,
             "note": self.note,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "DatasetPlan":
+        batches = tuple(Batch.from_list(b) for b in data["batches"])
         return cls(
             data["name"],
             RasterHeader.from_dict(data["header"]),
             WarpSettings.from_dict(data["settings"]),
-            tuple(data["tiles"]),
+            batches,
             data.get("note", ""),
+            -1 if batches else data.get("tile_count", 0),
         )
 
 
@@ -65,14 +86,18 @@ class Plan:
 
     @property
     def tile_count(self) -> int:
-        return sum(len(d.tiles) for d in self.datasets.values())
+        return sum(d.tile_count for d in self.datasets.values())
+
+    @property
+    def batch_count(self) -> int:
+        return sum(len(d.batches) for d in self.datasets.values())
 
     def estimated_work(self, name: str) -> float:
         """Source pixels a dataset's tiles read: its tiles' area in input pixels, at most the
         input's own pixels (a global input onto a local grid reads only the part under the grid)."""
         d = self.datasets[name]
         tile_pixels = self.grid.tile_size ** 2 / max(d.settings.x_scale * d.settings.y_scale, 1e-300)
-        return min(float(d.header.width) * d.header.height, len(d.tiles) * tile_pixels)
+        return min(float(d.header.width) * d.header.height, d.tile_count * tile_pixels)
 
     def priorities(self, order: str) -> dict[str, int]:
         """Snakemake job priorities per dataset: ``size`` works on the smallest estimated work
@@ -131,7 +156,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
     grid = TargetGrid.from_bounds(crs, bounds, resolution, tuple(target.get("origin", (0.0, 0.0))),
                                   config.get("tile_size", 4096))
     error_threshold = config.get("warp", {}).get("error_threshold", 0.125)
-    plans = {}
+    plans, masks = {}, {}
     for name, ds in datasets.items():
         header = headers[name]
         same_crs = header.crs == crs
@@ -154,12 +179,43 @@ def build_plan(config: dict[str, Any]) -> Plan:
             engine=engine,
         )
         mask = _planning_call(name, ds, lambda: tile_mask(header, grid, margin_px=kernel_reach(settings)))
-        tiles = tuple(tile_id(int(r), int(c)) for r, c in np.argwhere(mask))
+        tiles = [(int(r), int(c), tile_id(int(r), int(c))) for r, c in np.argwhere(mask)]
         if not tiles:
             raise ConfigError(
                 f"datasets.{name}: {ds['path']} does not overlap the target extent {grid.bounds} "
                 f"(in {target['crs']}); remove the dataset or widen target.extent" + _units_hint(crs, bounds))
-        plans[name] = DatasetPlan(name, header, settings, tiles, notes.get(name, ""))
+        masks[name] = tiles
+        plans[name] = (header, settings)
+    return Plan(grid, _batched(config, grid, plans, masks, notes))
+
+
+def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: dict) -> dict[str, DatasetPlan]:
+    """Each dataset's tiles cut into batches: ``tiles_per_job`` from the config, else chosen from
+    each tile's estimated work (planning.batches)."""
+    in_run = sum(len(t) for t in masks.values())
+    fixed = config.get("tiles_per_job", "auto")
+    out = {}
+    for name, (header, settings) in plans.items():
+        tiles = masks[name]
+        if fixed == "auto":
+            per_batch = tiles_per_batch(tile_work(grid, header, settings, len(tiles)), len(tiles), in_run)
+            # This dataset's share of the run's jobs, so that sparse rectangles do not add up to more.
+            limit = max(1, math.ceil(MAX_JOBS * len(tiles) / in_run))
+        else:
+            per_batch, limit = int(fixed), None
+        batches = make_batches(tiles, grid.tile_rows, grid.tile_cols, per_batch, limit)
+        out[name] = DatasetPlan(name, header, settings, tuple(batches), notes.get(name, ""))
+    return out
+
+
+def tile_work(grid: TargetGrid, header: RasterHeader, settings: WarpSettings, tiles: int) -> float:
+    """Estimated work of one tile: the input pixels it reads (at most its share of the whole input:
+    a global input onto a local grid reads only the part under the grid) plus those it writes."""
+    written = float(grid.tile_size) ** 2
+    read = written / max(settings.x_scale * settings.y_scale, 1e-300)
+    return min(read, float(header.width) * header.height / max(tiles, 1)) + written
+
+
     return Plan(grid, plans)
 
 
@@ -220,3 +276,24 @@ def load_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR, path: 
     plan = build_plan(config)
     write_json_atomic(path, plan.to_dict())
     return plan
+
+
+class TilesToMake:
+    """A batch's tiles still missing on disk, counted when shown (in a job's message, in a dry run).
+
+    Its text changes as tiles are made, so it must not be a rerun trigger: Snakemake keeps only
+    parameters of plain types in its metadata, and this is none.
+    """
+
+    def __init__(self, batch: Batch, tile_dir: str):
+        self.batch = batch
+        self.tile_dir = tile_dir
+
+    def __str__(self) -> str:
+        missing = sum(not os.path.exists(os.path.join(self.tile_dir, f"{t}.tif")) for t in self.batch.tiles)
+        return f"{self.batch.tile_range}, {missing} of {len(self.batch.tiles)} tiles to make"
+
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731 - str.format uses __format__
+
+    def __repr__(self) -> str:
+        return f"TilesToMake({self.batch.id!r}, {self.tile_dir!r})"

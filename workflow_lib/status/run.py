@@ -9,6 +9,9 @@ import os
 from workflow_lib.atomic import write_json_atomic
 
 RUN_CONTEXT = os.path.join(".cache", "status", "run.json")
+RUN_ID_ENV = "WORKFLOW_RUN_ID"  # set by the status logger in Snakemake's process, inherited by jobs
+# A batch job's last word when SIGTERM made it stop before all its tiles (workflow_lib.jobs).
+PAUSED_MARK = "paused by SIGTERM"
 
 
 def write_run_context(plan_path: str, database_url: str, spool_dir: str) -> None:
@@ -30,19 +33,21 @@ def dataset_payload(dataset, status: str) -> dict:
     return {
         "path": h.path, "file_size": h.size_bytes, "crs": h.crs.to_string(), "width": h.width,
         "height": h.height, "dtype": h.dtype, "nodata": h.nodata,
-        "block_size": f"{h.block_shape[1]}x{h.block_shape[0]}", "tile_count": len(dataset.tiles), "status": status,
+        "block_size": f"{h.block_shape[1]}x{h.block_shape[0]}", "tile_count": dataset.tile_count, "status": status,
     }
 
 
 def planned_tiles(context: dict, cwd: str):
-    """(name, dataset payload, [[tile, status]]) per dataset; tiles whose file exists are done."""
+    """(name, dataset payload, [[tile, status, batch]]) per dataset; tiles whose file exists are done
+    (a tile made with other settings shows as done until its batch makes it again)."""
     from workflow_lib.planning.plan import Plan
 
     with open(os.path.join(cwd, context["plan"])) as f:
         plan = Plan.from_dict(json.load(f))
     for name, d in plan.datasets.items():
-        tiles = [[t, "done" if os.path.exists(os.path.join(cwd, "results", "tiles", name, f"{t}.tif"))
-                  else "pending"] for t in d.tiles]
+        folder = os.path.join(cwd, "results", "tiles", name)
+        on_disk = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        tiles = [[t, "done" if f"{t}.tif" in on_disk else "pending", b.id] for b in d.batches for t in b.tiles]
         yield name, dataset_payload(d, "planned"), tiles
 
 
@@ -67,6 +72,10 @@ def error_from_logs(paths: list[str]) -> str:
             if "oom-kill" in line or "Out Of Memory" in line:
                 return line[-2000:]
     for lines in texts:
+        for line in lines:
+            if PAUSED_MARK in line:
+                return line[-2000:]
+    for lines in texts:
         for line in reversed(lines):
             if "Error" in line or "Exception" in line:
                 return line[-2000:]
@@ -83,8 +92,11 @@ def cancellation(logs_say: str, cwd: str) -> str | None:
     file of the controller that runs this very Snakemake process (stopping, or pausing and the job
     said nothing), or from SLURM's own words in the job's log.
     """
-    if "CANCELLED AT" in logs_say and "slurmstepd" in logs_say and "TIME LIMIT" not in logs_say:
-        return "cancelled on SLURM"  # but a job over its runtime failed: it needs more time
+    over_time = "TIME LIMIT" in logs_say or "TIMEOUT" in logs_say  # a job over its runtime failed: it needs more
+    if "CANCELLED AT" in logs_say and "slurmstepd" in logs_say and not over_time:
+        return "cancelled on SLURM"
+    if PAUSED_MARK in logs_say and not over_time:
+        return "paused: the batch's running tiles were finished, the others are still to make"
     from workflow_lib.controller.runfile import read_run
 
     info = read_run(cwd)

@@ -66,6 +66,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX events_by_time ON events (at);
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE tiles ADD COLUMN batch TEXT;
+        CREATE INDEX tiles_by_batch ON tiles (dataset, batch);
+        """,
+    ),
 ]
 
 CURRENT_VERSION = MIGRATIONS[-1][0]

@@ -216,17 +216,21 @@ class StatusStore:
             if cur.rowcount == 1:  # new: apply it; a replayed event that is already there is not
                 _APPLY[event.kind](self, conn, event)
 
-    def heartbeat(self, dataset: str, tile: str) -> None:
-        """Mark a running tile as alive. Not an event: a lost heartbeat only ages, nothing else."""
+    def heartbeat(self, dataset: str, tiles: list[str] | str) -> None:
+        """Mark running tiles as alive. Not an event: a lost heartbeat only ages, nothing else."""
         with self._lock:
-            self._heartbeat(dataset, tile)
+            self._heartbeat(dataset, [tiles] if isinstance(tiles, str) else list(tiles))
 
-    def _heartbeat(self, dataset: str, tile: str) -> None:
+    def _heartbeat(self, dataset: str, tiles: list[str]) -> None:
+        if not tiles:
+            return
         try:
             conn = self._connection()
+            now = time.time()
             with self.backend.transaction(conn):
-                self._execute(conn, "UPDATE tiles SET heartbeat_at = ? WHERE dataset = ? AND tile = ?",
-                              (time.time(), dataset, tile))
+                conn.cursor().executemany(
+                    self.backend.sql("UPDATE tiles SET heartbeat_at = ? WHERE dataset = ? AND tile = ?"),
+                    [(now, dataset, t) for t in tiles])
         except self.backend.unreachable as exc:
             self._lost(exc)
 
@@ -322,19 +326,36 @@ def _apply_dataset(store, conn, e: Event) -> None:
 
 
 def _apply_tiles_planned(store, conn, e: Event) -> None:
-    for tile, status in e.payload["tiles"]:
-        store._execute(conn, "INSERT INTO tiles (dataset, tile, status, run_id) VALUES (?, ?, ?, ?) "
-                             "ON CONFLICT (dataset, tile) DO UPDATE SET status = excluded.status, "
-                             "run_id = excluded.run_id", (e.dataset, tile, status, e.run_id))
+    rows = [(e.dataset, t[0], t[1], e.run_id, t[2] if len(t) > 2 else None) for t in e.payload["tiles"]]
+    conn.cursor().executemany(
+        store.backend.sql("INSERT INTO tiles (dataset, tile, status, run_id, batch) VALUES (?, ?, ?, ?, ?) "
+                          "ON CONFLICT (dataset, tile) DO UPDATE SET status = excluded.status, "
+                          "run_id = excluded.run_id, batch = excluded.batch"), rows)
 
 
 def _apply_tile_started(store, conn, e: Event) -> None:
-    store._execute(conn, "INSERT INTO tiles (dataset, tile, status, attempt, run_id, started_at, host, "
-                         "external_job_id) VALUES (?, ?, 'running', 1, ?, ?, ?, ?) ON CONFLICT (dataset, tile) "
-                         "DO UPDATE SET status = 'running', attempt = tiles.attempt + 1, run_id = excluded.run_id, "
+    store._execute(conn, "INSERT INTO tiles (dataset, tile, status, attempt, run_id, started_at, host, pid, "
+                         "external_job_id, batch) VALUES (?, ?, 'running', 1, ?, ?, ?, ?, ?, ?) "
+                         "ON CONFLICT (dataset, tile) "
+                         "DO UPDATE SET status = 'running', attempt = tiles.attempt + 1, "
+                         "run_id = COALESCE(excluded.run_id, tiles.run_id), "
                          "started_at = excluded.started_at, ended_at = NULL, error = NULL, "
-                         "heartbeat_at = NULL, host = excluded.host, external_job_id = excluded.external_job_id",
-                   (e.dataset, e.tile, e.run_id, e.at, e.host, e.payload.get("external_job_id")))
+                         "heartbeat_at = NULL, host = excluded.host, pid = excluded.pid, "
+                         "external_job_id = excluded.external_job_id, batch = COALESCE(excluded.batch, tiles.batch)",
+                   (e.dataset, e.tile, e.run_id, e.at, e.host, e.pid, e.payload.get("external_job_id"),
+                    e.payload.get("batch")))
+
+
+def _apply_batch_ended(store, conn, e: Event) -> None:
+    """A batch job ended without finishing the tiles it was making (killed, out of memory, cancelled):
+    those tiles failed, or are pending again when the job was cancelled."""
+    if e.payload.get("cancelled"):
+        store._execute(conn, "UPDATE tiles SET status = 'pending', ended_at = ?, error = NULL, heartbeat_at = NULL "
+                             "WHERE dataset = ? AND batch = ? AND status = 'running'", (e.at, e.dataset, e.payload["batch"]))
+    else:
+        store._execute(conn, "UPDATE tiles SET status = 'failed', ended_at = ?, error = ? "
+                             "WHERE dataset = ? AND batch = ? AND status = 'running'",
+                       (e.at, e.payload.get("error"), e.dataset, e.payload["batch"]))
 
 
 def _apply_tile_finished(store, conn, e: Event) -> None:
@@ -380,5 +401,6 @@ _APPLY = {
     "tile_failed": _apply_tile_failed,
     "tile_cancelled": _apply_tile_cancelled,
     "tile_measured": _apply_tile_measured,
+    "batch_ended": _apply_batch_ended,
     "note": _apply_note,
 }

@@ -1,0 +1,220 @@
+"""Make a batch of tiles in one job: the tiles still missing, several at once, each its own file.
+
+A tile on disk is kept only if it was made with the dataset's current settings: every tile file
+carries a digest of what shapes its pixels (the target grid, the warp settings, the input file's
+identity) in a GeoTIFF tag, compared before the tile is skipped. A tile that fails is reported and
+the others go on; a stop request (SIGTERM: pause, or a cluster's warning) lets the running tiles
+finish and starts no new one. Killed outright, the job loses only its running tiles: finished ones
+are renamed into place as each ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import rasterio
+
+from workflow_lib.atomic import remove_stale_temporaries
+from workflow_lib.engines.chunks import BASELINE_MB
+from workflow_lib.engines.resample import resample_tile
+from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
+from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.planning.plan import DatasetPlan
+from workflow_lib.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+DIGEST_TAG = "WORKFLOW_TILE_DIGEST"
+# Bump when a change to the engines changes the pixels of tiles already made (they are remade).
+PIXELS_VERSION = 1
+# The least memory, beyond the interpreter's, that one tile is given: fewer tiles run at once
+# when the job's mem_mb cannot give each this much.
+MIN_TILE_SHARE_MB = 96
+
+
+def tile_digest(grid: TargetGrid, dataset: DatasetPlan) -> str:
+    """What shapes a tile's pixels: the grid, the dataset's settings and its input file as planned
+    (a changed file has another size or modification time). Not the compression: it changes bytes,
+    not pixels."""
+    h = dataset.header
+    text = json.dumps({"pixels": PIXELS_VERSION, "grid": grid.to_dict(), "settings": dataset.settings.to_dict(),
+                       "input": [h.path, h.size_bytes, h.mtime_ns]}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def tile_path(tile_dir: str, tile: str) -> str:
+    return os.path.join(tile_dir, f"{tile}.tif")
+
+
+def made_with(path: str) -> str | None:
+    """The digest a tile file was made with; None if there is no readable tile there."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with rasterio.open(path) as src:
+            return src.tags().get(DIGEST_TAG)
+    except GDAL_ERRORS:
+        return None  # a damaged file: made again
+
+
+@dataclass
+class BatchResult:
+    made: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # tile -> error
+    left: list[str] = field(default_factory=list)  # not started: a stop was requested
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and not self.left
+
+
+@dataclass
+class TileHooks:
+    """What the job is told as each tile starts and ends (the status database, heartbeats)."""
+
+    started: Callable[[str], None] = lambda tile: None
+    finished: Callable[[str, dict], None] = lambda tile, figures: None
+    failed: Callable[[str, str], None] = lambda tile, error: None
+
+
+def concurrency(threads: int, tiles: int, mem_mb: int) -> int:
+    """Tiles made at once: one per thread, as many as there are, and as many as mem_mb can hold."""
+    by_memory = max(1, (mem_mb - BASELINE_MB) // MIN_TILE_SHARE_MB)
+    return max(1, min(threads, tiles, by_memory))
+
+
+def run_batch(
+    dataset: DatasetPlan,
+    grid: TargetGrid,
+    batch: str,
+    tiles: list[str],
+    tile_dir: str,
+    mem_mb: int,
+    threads: int = 1,
+    compress: str = "deflate",
+    stall_timeout: float = 600.0,
+    stop: threading.Event | None = None,
+    hooks: TileHooks | None = None,
+    max_chunk_bytes: int | None = None,
+) -> BatchResult:
+    """Make the tiles of ``batch`` that are not on disk with the current digest, ``threads`` at a
+    time within ``mem_mb`` in all, each written atomically to ``tile_dir``."""
+    stop = stop or threading.Event()
+    hooks = hooks or TileHooks()
+    digest = tile_digest(grid, dataset)
+    result = BatchResult()
+    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for tile in tiles:
+        found = made_with(tile_path(tile_dir, tile))
+        if found == digest:
+            result.kept.append(tile)
+            continue
+        if found is not None:
+            log.info("tile %s of %s was made with other settings (digest %s, now %s): made again",
+                     tile, dataset.name, found, digest)
+        todo.put(tile)
+    n_todo = len(tiles) - len(result.kept)
+    running = concurrency(threads, n_todo, mem_mb)
+    share_mb = BASELINE_MB + (mem_mb - BASELINE_MB) // running
+    tile_threads = max(1, threads // running)
+    log.info("batch %s of %s: %d tiles, %d on disk with the current settings, %d to make, %d at a time "
+             "(%d MB and %d thread(s) each; digest %s)", batch, dataset.name, len(tiles), len(result.kept),
+             n_todo, running, share_mb, tile_threads, digest)
+    active: dict[str, None] = {}
+    lock = threading.Lock()
+
+    def make(tile_id: str) -> None:
+        tile = grid.tile_by_id(tile_id)
+        what = f"tile {tile_id} of dataset '{dataset.name}' ({dataset.header.path})"
+        hooks.started(tile_id)
+        started = time.monotonic()
+        try:
+            with Watchdog(stall_timeout, what) as dog:
+                figures = resample_tile(
+                    dataset.name, dataset.header, dataset.settings, grid, tile, tile_path(tile_dir, tile_id),
+                    mem_mb=share_mb, threads=tile_threads, compress=compress, max_chunk_bytes=max_chunk_bytes,
+                    progress=dog.tick, tags={DIGEST_TAG: digest},
+                )
+        except Exception as exc:  # noqa: BLE001 - one tile's failure must not lose the others
+            if out_of_memory(exc):
+                exc = JobMemoryError(what, share_mb, exc)
+            message = str(exc) if isinstance(exc, WorkflowLibError) else f"{what}: {type(exc).__name__}: {exc}"
+            log.error("tile %s failed: %s", tile_id, message, exc_info=not isinstance(exc, WorkflowLibError))
+            with lock:
+                result.failed[tile_id] = message
+            hooks.failed(tile_id, message)
+            return
+        figures["seconds"] = time.monotonic() - started
+        with lock:
+            result.made.append(tile_id)
+        hooks.finished(tile_id, figures)
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                tile_id = todo.get_nowait()
+            except queue.Empty:
+                return
+            with lock:
+                active[tile_id] = None
+            try:
+                make(tile_id)
+            finally:
+                with lock:
+                    active.pop(tile_id, None)
+
+    # Daemon threads: Ctrl-C (or the watchdog) ends the job at once instead of waiting for them.
+    workers = [threading.Thread(target=worker, name=f"tile-{i}", daemon=True) for i in range(running)]
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            while w.is_alive():
+                w.join(timeout=0.5)  # in short waits, so that signals reach the main thread
+    except BaseException:
+        stop.set()
+        with lock:
+            interrupted = list(active)
+        for tile_id in interrupted:  # what the running tiles had written so far
+            remove_stale_temporaries(tile_path(tile_dir, tile_id))
+        raise
+    while True:
+        try:
+            result.left.append(todo.get_nowait())
+        except queue.Empty:
+            break
+    return result
+
+
+def forget_incomplete_batches(plan, results_dir: str = "results") -> list[str]:
+    """Remove the manifest of every batch whose tiles are no longer all on disk (a tile deleted by
+    hand, or found corrupt and removed by its mosaic), so that Snakemake runs that batch again.
+
+    Tiles are not Snakemake outputs (it would delete them before rerunning a batch), so Snakemake
+    cannot see a missing one; the Snakefile calls this at parse time. One directory listing per
+    dataset: cheap for a million tiles.
+    """
+    removed = []
+    for name, d in plan.datasets.items():
+        folder = os.path.join(results_dir, "batches", name)
+        if not os.path.isdir(folder):
+            continue
+        manifests = set(os.listdir(folder))
+        tiles_dir = os.path.join(results_dir, "tiles", name)
+        on_disk = set(os.listdir(tiles_dir)) if os.path.isdir(tiles_dir) else set()
+        for b in d.batches:
+            if f"{b.id}.json" in manifests and any(f"{t}.tif" not in on_disk for t in b.tiles):
+                path = os.path.join(folder, f"{b.id}.json")
+                os.unlink(path)
+                removed.append(path)
+                log.info("batch %s of %s: tiles missing on disk, it will run again", b.id, name)
+    return removed

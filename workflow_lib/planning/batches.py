@@ -1,0 +1,93 @@
+"""Batches: the unit of scheduling. A batch is a compact rectangle of one dataset's tile grid.
+
+A tile stays the unit of checkpointing (its own file); a batch is one Snakemake (or SLURM) job that
+makes the tiles of its rectangle that are missing. Every job has a fixed cost (an interpreter,
+imports, Snakemake's script preamble, scheduling: about 1 s measured, README "Batches"), and
+Snakemake's planning costs grow with the number of jobs (about 4 ms and 20 KB each), so batches are
+sized to make both negligible: at most about ``MAX_JOBS`` resample jobs per run, and each with at
+least ``MIN_BATCH_WORK`` of work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# The most resample jobs a run should have: Snakemake plans 2,000 jobs in about 8 s.
+MAX_JOBS = 2000
+# Work, in source pixels read plus output pixels written, below which a job's fixed cost (about 1 s)
+# is no longer small: 1e9 is 20-30 s of the block engine's average on one core.
+MIN_BATCH_WORK = 1e9
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Tiles ``rows`` x ``cols`` (half-open ranges of tile rows and columns) of one dataset."""
+
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    tiles: tuple[str, ...]  # the planned tiles inside the rectangle, row by row
+
+    @property
+    def id(self) -> str:
+        return batch_id(self.rows, self.cols)
+
+    @property
+    def tile_range(self) -> str:
+        """As a person reads it: "tiles r0000-0007 x c0008-0015" (inclusive)."""
+        return (f"tile rows {self.rows[0]:04d}-{self.rows[1] - 1:04d}, "
+                f"columns {self.cols[0]:04d}-{self.cols[1] - 1:04d}")
+
+    def to_list(self) -> list:
+        return [list(self.rows), list(self.cols), list(self.tiles)]
+
+    @classmethod
+    def from_list(cls, data: list) -> "Batch":
+        return cls(tuple(data[0]), tuple(data[1]), tuple(data[2]))
+
+
+def batch_id(rows: tuple[int, int], cols: tuple[int, int]) -> str:
+    """The first tile row and column, and the rectangle's size: b0008_0016_8x8 (8 rows, 8 columns)."""
+    return f"b{rows[0]:04d}_{cols[0]:04d}_{rows[1] - rows[0]}x{cols[1] - cols[0]}"
+
+
+def tiles_per_batch(tile_work: float, tiles_in_dataset: int, tiles_in_run: int) -> int:
+    """How many tiles one job of this dataset makes: enough work per job, and few enough jobs.
+
+    ``tile_work`` is the estimated work of one tile (source pixels read plus pixels written).
+    """
+    by_work = math.ceil(MIN_BATCH_WORK / max(tile_work, 1.0))
+    by_count = math.ceil(tiles_in_run / MAX_JOBS)
+    return max(1, min(tiles_in_dataset, max(by_work, by_count)))
+
+
+def rectangle(per_batch: int, tile_rows: int, tile_cols: int) -> tuple[int, int]:
+    """Rows and columns of tiles in a batch of about ``per_batch`` tiles: as square as the grid
+    allows (neighbouring tiles read neighbouring parts of the input, so a batch reads less twice)."""
+    h = max(1, min(tile_rows, int(math.isqrt(per_batch))))
+    w = max(1, min(tile_cols, per_batch // h))
+    if w == tile_cols:  # the batch spans the grid's width: give the rest to its height
+        h = max(1, min(tile_rows, per_batch // w))
+    return h, w
+
+
+def make_batches(tiles: list[tuple[int, int, str]], tile_rows: int, tile_cols: int, per_batch: int,
+                 max_batches: int | None = None) -> list[Batch]:
+    """Cut a dataset's planned tiles ((row, col, id), row by row) into rectangles of about
+    ``per_batch`` tiles. Rectangles without a planned tile are no batch. ``max_batches``: grow the
+    rectangles until there are at most that many (a sparse dataset, say a coastline, leaves many
+    rectangles nearly empty)."""
+    while True:
+        h, w = rectangle(per_batch, tile_rows, tile_cols)
+        groups: dict[tuple[int, int], list[str]] = {}
+        for r, c, tid in tiles:
+            groups.setdefault((r // h, c // w), []).append(tid)
+        if max_batches is None or len(groups) <= max_batches or (h >= tile_rows and w >= tile_cols):
+            break
+        per_batch *= 2
+    batches = []
+    for (br, bc), ids in sorted(groups.items()):
+        rows = (br * h, min((br + 1) * h, tile_rows))
+        cols = (bc * w, min((bc + 1) * w, tile_cols))
+        batches.append(Batch(rows, cols, tuple(ids)))
+    return batches

@@ -1,0 +1,53 @@
+"""``python -m workflow_lib plan``: what a run will do, per dataset, without running anything.
+
+From the config and the input headers only (the same cached plan the Snakefile uses), and what is
+on disk: tiles, batches (jobs), tiles already made, and the source pixels the tiles will read.
+"""
+
+from __future__ import annotations
+
+import os
+
+from workflow_lib.engines.blocks import ENGINE_LABELS
+from workflow_lib.planning.plan import Plan
+
+
+def plan_rows(plan: Plan, results_dir: str = "results") -> list[dict]:
+    rows = []
+    for name, d in plan.datasets.items():
+        folder = os.path.join(results_dir, "tiles", name)
+        on_disk = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        sizes = [len(b.tiles) for b in d.batches]
+        rows.append({
+            "dataset": name, "method": d.settings.method, "engine": ENGINE_LABELS[d.settings.engine],
+            "tiles": d.tile_count, "batches": len(d.batches),
+            "tiles_per_batch": [min(sizes), max(sizes)],
+            "tiles_on_disk": sum(f"{t}.tif" in on_disk for t in d.tiles),
+            "source_pixels": plan.estimated_work(name),
+        })
+    return rows
+
+
+def render_plan(plan: Plan, rows: list[dict]) -> str:
+    g = plan.grid
+    lines = [f"target grid: {g.width} x {g.height} px in {g.crs.to_string()}, pixel {g.resolution[0]:g} x "
+             f"{g.resolution[1]:g}; tiles of {g.tile_size} px: {g.tile_rows} x {g.tile_cols}",
+             "",
+             f"{'dataset':<14} {'method':<8} {'engine':<13} {'tiles':>8} {'batches':>8} {'per batch':>10} "
+             f"{'on disk':>8} {'source px':>10}"]
+    for r in rows:
+        low, high = r["tiles_per_batch"]
+        per = f"{low}" if low == high else f"{low}-{high}"
+        lines.append(f"{r['dataset']:<14} {r['method']:<8} {r['engine']:<13} {r['tiles']:>8} {r['batches']:>8} "
+                     f"{per:>10} {r['tiles_on_disk']:>8} {_count(r['source_pixels']):>10}")
+    total = sum(r["tiles"] for r in rows)
+    lines.append(f"{'all':<14} {'':<8} {'':<13} {total:>8} {sum(r['batches'] for r in rows):>8} {'':>10} "
+                 f"{sum(r['tiles_on_disk'] for r in rows):>8} {_count(sum(r['source_pixels'] for r in rows)):>10}")
+    return "\n".join(lines)
+
+
+def _count(n: float) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
