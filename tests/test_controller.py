@@ -36,7 +36,8 @@ def control(workdir, *args, check=True, timeout=300):
 
 def prepare(workdir, **overrides):
     cfg = synthetic_config(workdir)
-    cfg["tile_size"] = 16  # many short tile jobs: the verbs land in the middle of them
+    cfg["tile_size"] = 16  # many short tiles, in batches of 6: the verbs land in the middle of batches
+    cfg["tiles_per_job"] = 6
     cfg.update(overrides)
     write_config(workdir, cfg)
     return cfg
@@ -73,7 +74,7 @@ def console(workdir):
 def job_running(workdir):
     try:
         children = psutil.Process(run_info(workdir)["pid"]).children(recursive=True)
-        return any("resample_tile" in " ".join(c.cmdline()) for c in children)
+        return any("resample_batch" in " ".join(c.cmdline()) for c in children)
     except psutil.Error:
         return False
 

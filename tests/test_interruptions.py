@@ -48,7 +48,8 @@ def temporaries(workdir):
 
 def config(folder):
     cfg = synthetic_config(folder)
-    cfg["tile_size"] = 16  # many short tile jobs: the signals fall in the middle of them
+    cfg["tile_size"] = 16  # many short tiles, in batches of 6: the signals fall in the middle of batches
+    cfg["tiles_per_job"] = 6
     return cfg
 
 
@@ -57,7 +58,7 @@ def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     write_config(workdir, config(workdir))
     snakemake(workdir, "--cores", "2", "--resources", "mem_mb=2000")
-    return results_digests(workdir)
+    return results_digests(workdir), set(tiles(workdir))
 
 
 def wait_for(condition, proc, timeout=180):
@@ -84,11 +85,12 @@ SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal
 @pytest.mark.parametrize("moment", ["tile jobs", "mosaic"])
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path, reference, record, name, moment):
+    reference, reference_tiles = reference
     # The inputs are made anew in this folder: same content, so the same results are expected.
     write_config(tmp_path, config(tmp_path))
     proc = start(tmp_path, "--cores", "2", "--resources", "mem_mb=2000")
     if moment == "tile jobs":
-        hit = wait_for(lambda: len(tiles(tmp_path)) >= 8 and job_running(proc, "resample_tile"), proc)
+        hit = wait_for(lambda: len(tiles(tmp_path)) >= 8 and job_running(proc, "resample_batch"), proc)
     else:
         hit = wait_for(lambda: job_running(proc, ".mosaic.py"), proc)
     assert hit, "the moment to interrupt was not reached"
@@ -121,5 +123,9 @@ def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path, reference, rec
            f"{results_digests(tmp_path) == reference}; temporaries left: {len(temporaries(tmp_path))}")
     assert "Nothing to be done" not in text or len(before) == len(after)
     assert kept == len(before), "tiles complete before the stop are not computed again"
+    # Exactly the missing tiles were made: every tile file on disk at the stop (complete, since a
+    # tile appears under its name only when whole) was kept, even if its job was cut short.
+    assert {t: after[t] for t in on_disk} == on_disk
+    assert set(after) == set(reference_tiles)
     assert results_digests(tmp_path) == reference
     assert temporaries(tmp_path) == []

@@ -38,7 +38,7 @@ def test_stalled_read_fails_the_job_with_a_message_and_a_stack_dump(tmp_path):
     })
     proc = snakemake(tmp_path, "--cores", "1", check=False)
     assert proc.returncode != 0
-    log = (tmp_path / "logs" / "resample_tile" / "stuck" / "r0000_c0000.log").read_text()
+    log = (tmp_path / "logs" / "resample_batch" / "stuck" / "b0000_0000_1x1.log").read_text()
     assert "StallError: tile r0000_c0000 of dataset 'stuck'" in log and "made no progress for" in log
     assert "stall_timeout 3 s" in log
     assert "Current thread" in log and "read_source" in log, log  # where it was stuck
