@@ -26,7 +26,7 @@ from .test_workflow import synthetic_config, write_config
 pytestmark = pytest.mark.integration
 
 # Test-only overrides of the profile: no account on the test cluster, its partition, a first status
-# check after 2 s (the executor waits 40 s by default), small groups so that there are several.
+# check after 2 s (the executor waits 40 s by default); configs set small batches so that there are several.
 OVERRIDES = ["--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
              "--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1000", "--jobs", "6"]
 
@@ -55,9 +55,10 @@ def submitted_slurm_jobs(output: str) -> set[str]:
 def test_workflow_runs_on_slurm_in_batches_with_status_in_postgresql(tmp_path, slurm, pg_cluster, record):
     url = pg_cluster.new_database()
     config = synthetic_config(tmp_path)
-    config["tile_size"] = 24  # 60 tiles, run 20 to a SLURM job
+    config["tile_size"] = 24  # 60 tiles, in batches of up to 20: one SLURM job each
+    config["tiles_per_job"] = 20
     write_config(tmp_path, config)
-    proc = run_on_slurm(tmp_path, url, "--group-components", "tiles=20")
+    proc = run_on_slurm(tmp_path, url)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
 
@@ -78,10 +79,13 @@ def test_workflow_runs_on_slurm_in_batches_with_status_in_postgresql(tmp_path, s
     assert None not in job_ids and all(j.isdigit() for j in job_ids), job_ids
     submitted = submitted_slurm_jobs(output)
     assert job_ids <= submitted
-    # Batching: far fewer SLURM jobs than tiles (4 registrations, the tile groups, 3 mosaics, 1 stack).
-    assert len(submitted) < len(rows) / 2, (len(submitted), len(rows))
+    # Batching: far fewer SLURM jobs than tiles (3 registrations, the batches, 3 mosaics, 1 stack).
+    plan = build_plan(validate_config(config))
+    assert len(submitted) <= 3 + plan.batch_count + 3 + 1 and len(submitted) < len(rows) / 2, (len(submitted), len(rows))
+    rows_by_batch = dict(store.query("SELECT batch, COUNT(DISTINCT external_job_id) FROM tiles GROUP BY batch"))
+    assert set(rows_by_batch.values()) == {1}, rows_by_batch  # a batch is one SLURM job
     assert store.query("SELECT status FROM runs") == [("finished",)]
-    record(f"slurm: {len(rows)} tiles done in {len(job_ids)} SLURM tile jobs, {len(submitted)} SLURM jobs "
+    record(f"slurm: {len(rows)} tiles done in {len(job_ids)} SLURM batch jobs, {len(submitted)} SLURM jobs "
            f"submitted in all; status rows in PostgreSQL: {len(rows)} tiles, "
            f"{store.query('SELECT COUNT(*) FROM events')[0][0]} events")
 
@@ -97,21 +101,23 @@ def test_tile_job_killed_by_slurm_for_memory_is_recorded_and_retried_with_more(t
     config = {"target": {"crs": "EPSG:32632", "resolution": 40}, "tile_size": 750,
               # The SLURM job's own Snakemake processes alone need more than 100 MB: the first
               # attempts are killed whatever the tile.
-              "memory": {"tile_mb": 64, "cluster_overhead_mb": 100, "enforce": False},
+              "memory": {"tile_mb": 64, "cluster_overhead_mb": 100, "enforce": False}, "tiles_per_job": 1,
               "datasets": {"dem": {"path": path, "method": "average", "engine": "gdal"}}}
     write_config(tmp_path, config)
-    proc = run_on_slurm(tmp_path, url, "--group-components", "tiles=1", "--retries", "6")
+    proc = run_on_slurm(tmp_path, url, "--retries", "6")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
     store = StatusStore(url)
-    failures = [e for (e,) in store.query("SELECT payload FROM events WHERE kind = 'tile_failed'")]
+    # Each killed batch job, with SLURM's words (a kill before the tile started leaves it pending,
+    # one during the tile marks that tile failed until the retry makes it).
+    failures = [e for (e,) in store.query("SELECT payload FROM events WHERE kind = 'batch_ended'")]
     assert failures and all("oom-kill event" in e for e in failures), failures
     rows = store.query("SELECT tile, status, attempt, peak_rss_mb, external_job_id FROM tiles")
-    assert {s for _, s, *_ in rows} == {"done"} and min(a for _, _, a, *_ in rows) >= 2, rows
+    assert {s for _, s, *_ in rows} == {"done"} and min(a for _, _, a, *_ in rows) >= 1, rows
     states = subprocess.run(["sacct", "-n", "-X", "-o", "JobID,State%20", "-j", ",".join(submitted_slurm_jobs(output))],
                             capture_output=True, text=True).stdout
     assert "OUT_OF_MEMORY" in states, states
-    record(f"slurm cgroup: {len(failures)} tile job attempt(s) killed OUT_OF_MEMORY, then done at attempt "
+    record(f"slurm cgroup: {len(failures)} batch job attempt(s) killed OUT_OF_MEMORY, then done at attempt "
            f"{max(r[2] for r in rows)} (SLURM --mem {64 * max(r[2] for r in rows) + 100} MB, tile peak "
            f"{max(r[3] for r in rows):.0f} MB); first failure recorded: {failures[0][:200]}")
 
@@ -148,7 +154,7 @@ def _wait_for_running_and_queued_tile_jobs(workdir, timeout=300):
     while time.monotonic() < deadline:
         section = _run_section(workdir)
         tile_jobs = [line.split("SLURM jobid ")[1].split()[0] for line in section.splitlines()
-                     if "SLURM jobid " in line and "group_tiles_resample_tile" in line]
+                     if "SLURM jobid " in line and "resample_batch" in line]
         queue = _queue(tile_jobs)
         if any(s == "RUNNING" and t >= 4 for s, t, _ in queue.values()) and \
                 any(s == "PENDING" for s, _, _ in queue.values()):
@@ -171,13 +177,14 @@ def test_controller_pause_and_stop_on_slurm(tmp_path, slurm, record):
     from workflow_lib.controller.runfile import read_run
 
     config = synthetic_config(tmp_path)
-    # One dataset, 25 tiles in groups of 4: more SLURM jobs than the node runs at once (it runs one).
+    # One dataset, 25 tiles in batches of 4: more SLURM jobs than the node runs at once (it runs one).
     config["datasets"] = {"dem": config["datasets"]["dem"]}
     config["tile_size"] = 24
+    config["tiles_per_job"] = 4
     write_config(tmp_path, config)
     planned = len(build_plan(validate_config(config)).datasets["dem"].tiles)
     args = ["--snakefile", os.path.join(REPO, "Snakefile"), "--profile", os.path.join(REPO, "profiles", "slurm"),
-            *OVERRIDES, "--group-components", "tiles=4"]
+            *OVERRIDES]
     store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
     _control(tmp_path, "run", "--detach", "--", *args)
 

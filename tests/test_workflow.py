@@ -214,6 +214,32 @@ def test_a_rerun_batch_keeps_its_finished_tiles(run):
             assert f"{len(b.tiles)} on disk with the current settings, 0 to make" in log_text, log_text
 
 
+def test_a_changed_method_remakes_that_dataset_alone(run, record):
+    """Each tile carries a digest of the settings it was made with: a dataset whose method changed
+    has all its tiles made again, with the new method; the other datasets keep theirs."""
+    workdir, plan = run["workdir"], run["plan"]
+    before = {name: tile_times(workdir, name) for name in plan.datasets}
+    config = yaml.safe_load(open(workdir / "config" / "config.yaml"))
+    config["datasets"]["landcover"]["method"] = "nearest"
+    write_config(workdir, config)
+    proc = snakemake(workdir, "--cores", "2")
+    text = proc.stdout + proc.stderr
+    assert re.search(rf"resample_batch\s+{len(plan.datasets['landcover'].batches)}\b", text), text
+    after = {name: tile_times(workdir, name) for name in plan.datasets}
+    for name in plan.datasets:
+        if name == "landcover":
+            assert set(after[name]) == set(before[name])
+            assert all(after[name][f] != before[name][f] for f in before[name]), "every tile made again"
+        else:
+            assert after[name] == before[name], name
+    new_plan = build_plan(validate_config(config))
+    with rasterio.open(workdir / "results" / "mosaics" / "landcover.tif") as src:
+        assert src.tags(1)["method"] == "nearest"
+        c = compare(src.read(1), reference_for(new_plan, "landcover").data, new_plan.datasets["landcover"].settings.dst_nodata)
+    record(c.row("workflow: landcover after its method changed to nearest"))
+    assert c.compared > 1000 and c.max_abs_diff == 0 and c.nodata_mismatch == 0, c
+
+
 def test_lint_reports_nothing(run):
     proc = snakemake(run["workdir"], "--lint")
     text = proc.stdout + proc.stderr

@@ -55,7 +55,11 @@ def out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc``, or an error it was raised from, is Python's or GDAL's out-of-memory error."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, (MemoryError, CPLE_OutOfMemoryError)) or "out of memory" in str(exc).lower():
+        text = str(exc).lower()
+        # No memory left for a new thread's stack (under RLIMIT_DATA): Python's "can't start new
+        # thread", GDAL's "CPLCreateJoinableThread() failed" (its multithreaded warp).
+        if isinstance(exc, (MemoryError, CPLE_OutOfMemoryError)) or "out of memory" in text or \
+                "can't start new thread" in text or "cplcreatejoinablethread() failed" in text:
             return True
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__

@@ -189,7 +189,14 @@ def run_register_job(snakemake) -> None:
 PAUSED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
 
 
+# Stack of the job's own threads (tile workers, watchdogs, heartbeat). Linux counts a thread's whole
+# stack mapping against RLIMIT_DATA (memory.enforce) though little of it is ever touched, and
+# the default is 8 MB: with 64-128 MB jobs, threads would use up the limit before any pixel does.
+THREAD_STACK_BYTES = 4 * 2**20
+
+
 def run_batch_job(snakemake) -> None:
+    threading.stack_size(THREAD_STACK_BYTES)
     with job_logging(snakemake.log[0]):
         grid, dataset = load_dataset(snakemake.input.meta)
         batch = snakemake.wildcards.batch

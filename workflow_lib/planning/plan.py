@@ -297,3 +297,8 @@ class TilesToMake:
 
     def __repr__(self) -> str:
         return f"TilesToMake({self.batch.id!r}, {self.tile_dir!r})"
+
+    def __reduce__(self):
+        # Pickled into the job's script as plain text: unpickling this class would import the
+        # library (and numpy) before the job's script has set up its environment.
+        return (str, (str(self),))
