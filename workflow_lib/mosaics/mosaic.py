@@ -6,13 +6,16 @@ copies it block by block, building overviews from the copy. Missing tiles are no
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
 
 from workflow_lib.atomic import atomic_path, temporary_prefix
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
@@ -22,6 +25,13 @@ from workflow_lib.planning.settings import CATEGORICAL_METHODS, WarpSettings
 from workflow_lib.mosaics.vrt import Band, Source, vrt_xml
 
 log = logging.getLogger(__name__)
+
+# A mosaic of more tiles than this reads them through one VRT per square of about this many tiles
+# (hierarchical VRTs): the top VRT then holds a few hundred sources even for a million tiles, and
+# GDAL opens a square's VRT, and its tiles, only when the copy reaches it, keeping at most
+# MAX_OPEN_DATASETS datasets open (GDAL_MAX_DATASET_POOL_SIZE): files and memory stay bounded.
+GROUP_TILES = 1024
+MAX_OPEN_DATASETS = 256
 
 
 def write_mosaic(
@@ -34,6 +44,7 @@ def write_mosaic(
     threads: int = 1,
     compress: str = "deflate",
     cog: bool = True,
+    group_tiles: int = GROUP_TILES,
 ) -> None:
     band = Band(
         dtype=settings.dst_dtype,
@@ -52,12 +63,13 @@ def write_mosaic(
         )
     overview = "NEAREST" if settings.method in CATEGORICAL_METHODS else "AVERAGE"
     log.info("mosaic of %s: %d tiles on a %d x %d grid", dataset, len(band.sources), grid.width, grid.height)
+    tiles_band = band
     try:
-        _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview)
+        _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview, group_tiles)
     except OutputWriteError:
         # Reading a tile may be what failed: find corrupt tiles (only now, so a healthy run never
         # reads its tiles twice), remove them so that the next run makes them again, and say so.
-        corrupt = [s.path for s in band.sources if not tile_is_readable(s, settings.dst_dtype)]
+        corrupt = [s.path for s in tiles_band.sources if not tile_is_readable(s, settings.dst_dtype)]
         if not corrupt:
             raise
         for path in corrupt:
@@ -67,6 +79,44 @@ def write_mosaic(
             f"{len(corrupt)} corrupt tile file(s) ({', '.join(os.path.basename(p) for p in corrupt)}; left by a "
             "crash?) were removed: run the workflow again to make them anew",
         ) from None
+
+
+
+
+@contextlib.contextmanager
+def grouped_sources(band: Band, grid: TargetGrid, out_path: str, group_tiles: int) -> Iterator[Band]:
+    """``band`` itself when it has at most ``group_tiles`` sources; else a band whose sources are
+    VRTs of squares of the tile grid, written as temporaries beside ``out_path``."""
+    if len(band.sources) <= group_tiles:
+        yield band
+        return
+    side = max(1, math.isqrt(group_tiles))
+    squares: dict[tuple[int, int], list[Source]] = {}
+    for s in band.sources:
+        squares.setdefault((s.row_off // grid.tile_size // side, s.col_off // grid.tile_size // side), []).append(s)
+    grouped = Band(band.dtype, band.nodata, band.description, metadata=band.metadata)
+    written = []
+    try:
+        for (r, c), sources in sorted(squares.items()):
+            row0, col0 = r * side * grid.tile_size, c * side * grid.tile_size
+            height = min(side * grid.tile_size, grid.height - row0)
+            width = min(side * grid.tile_size, grid.width - col0)
+            inner = Band(band.dtype, band.nodata, sources=[
+                Source(s.path, s.band, s.col_off - col0, s.row_off - row0, s.width, s.height, s.dtype, s.nodata)
+                for s in sources])
+            path = f"{temporary_prefix(out_path)}part-{os.getpid()}-{r}-{c}.vrt"
+            transform = grid.transform @ Affine.translation(col0, row0)
+            with open(path, "w") as f:
+                f.write(vrt_xml(width, height, grid.crs, transform, [inner]))
+            written.append(path)
+            # No nodata on the outer source: the inner VRT already has the band's nodata where no tile is.
+            grouped.sources.append(Source(path, 1, col0, row0, width, height, band.dtype))
+        log.info("mosaic through %d VRTs of up to %d tiles each", len(written), side * side)
+        yield grouped
+    finally:
+        for path in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def tile_is_readable(source: Source, dtype: str) -> bool:
@@ -126,8 +176,8 @@ def write_stack(
     _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, "NEAREST")
 
 
-def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_resampling) -> None:
-    xml = vrt_xml(grid.width, grid.height, grid.crs, grid.transform, bands)
+def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_resampling,
+              group_tiles: int = GROUP_TILES) -> None:
     dtype = bands[0].dtype
     options = compression_options(compress, dtype, threads)
     if cog:
@@ -140,8 +190,13 @@ def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_re
         options.update(tiled="YES", blockxsize="512", blockysize="512", bigtiff="IF_SAFER")
     # GDAL's block cache bounds the copy's memory; leave room for the interpreter itself.
     cache_mb = int(min(max((mem_mb - 160) * 0.5, 16), 1024))
-    with atomic_path(out_path) as tmp, atomic_vrt(out_path, xml) as vrt_path:
-        with rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_NUM_THREADS=max(threads, 1)):
+    # The VRTs are temporaries of the output: made after atomic_path has removed a killed job's.
+    with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
+        bands = [stack.enter_context(grouped_sources(b, grid, out_path, group_tiles)) for b in bands]
+        xml = vrt_xml(grid.width, grid.height, grid.crs, grid.transform, bands)
+        vrt_path = stack.enter_context(atomic_vrt(out_path, xml))
+        with rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_NUM_THREADS=max(threads, 1),
+                          GDAL_MAX_DATASET_POOL_SIZE=MAX_OPEN_DATASETS):
             try:
                 rasterio.shutil.copy(vrt_path, tmp, driver=driver, **options)
             except (*GDAL_ERRORS, OSError) as exc:
