@@ -13,7 +13,6 @@ import resource
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 from workflow_lib.atomic import write_json_atomic
@@ -202,12 +201,14 @@ def run_batch_job(snakemake) -> None:
         batch = snakemake.wildcards.batch
         tiles = list(snakemake.params.tiles)
         store = status_store(snakemake)
-        running: set[str] = set()
+        running: set[str] = set()  # tiles being made, for the heartbeat (worker threads change it)
+        running_lock = threading.Lock()
         common = {"run_id": os.environ.get(RUN_ID_ENV) or None, "dataset": dataset.name}
         slurm_job = os.environ.get("SLURM_JOB_ID")
 
         def started(tile: str) -> None:
-            running.add(tile)
+            with running_lock:
+                running.add(tile)
             store.record(Event("tile_started", tile=tile, payload={"batch": batch, "external_job_id": slurm_job},
                                **common))
 
@@ -219,15 +220,21 @@ def run_batch_job(snakemake) -> None:
                 "engine": ENGINE_LABELS[dataset.settings.engine], "pixels_written": figures["pixels_written"],
                 "external_job_id": slurm_job, "batch": batch}, **common))
             store.record(Event("tile_finished", tile=tile, payload={"batch": batch}, **common))
-            running.discard(tile)
+            with running_lock:
+                running.discard(tile)
 
         def failed(tile: str, error: str) -> None:
             store.record(Event("tile_failed", tile=tile, payload={"error": error, "batch": batch}, **common))
-            running.discard(tile)
+            with running_lock:
+                running.discard(tile)
+
+        def being_made() -> list[str]:
+            with running_lock:
+                return sorted(running)
 
         mem_mb = _mem_mb(snakemake)
         with memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \
-                heartbeat(snakemake, dataset.name, lambda: sorted(running)):
+                heartbeat(snakemake, dataset.name, being_made):
             result = run_batch(
                 dataset, grid, batch, tiles, snakemake.params.tile_dir, mem_mb=mem_mb, threads=snakemake.threads,
                 compress=snakemake.params.compress, stall_timeout=snakemake.config["stall_timeout"],

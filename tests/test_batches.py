@@ -1,0 +1,143 @@
+"""Batches: how tiles are grouped into jobs, and what a batch job keeps, remakes and loses."""
+
+import os
+import threading
+
+import numpy as np
+import rasterio
+from affine import Affine
+
+from workflow_lib.config import validate_config
+from workflow_lib.engines.batch import DIGEST_TAG, TileHooks, forget_incomplete_batches, run_batch, tile_digest
+from workflow_lib.planning.batches import MAX_JOBS, make_batches, rectangle, tiles_per_batch
+from workflow_lib.planning.grid import tile_id
+from workflow_lib.planning.plan import build_plan
+
+from .helpers import smooth_field, write_raster
+
+
+def grid_tiles(rows, cols, keep=lambda r, c: True):
+    return [(r, c, tile_id(r, c)) for r in range(rows) for c in range(cols) if keep(r, c)]
+
+
+def test_batches_are_rectangles_that_cover_every_tile_once():
+    tiles = grid_tiles(13, 17, keep=lambda r, c: (r * 7 + c * 3) % 5 != 0)  # holes, as at a coast
+    batches = make_batches(tiles, 13, 17, per_batch=12)
+    seen = [t for b in batches for t in b.tiles]
+    assert sorted(seen) == sorted(t for *_, t in tiles) and len(seen) == len(set(seen))
+    for b in batches:
+        assert len(b.tiles) <= 12 and b.tiles
+        for t in b.tiles:
+            r, c = (int(x[1:]) for x in t.split("_"))
+            assert b.rows[0] <= r < b.rows[1] and b.cols[0] <= c < b.cols[1]
+    assert rectangle(12, 13, 17) == (3, 4)
+    assert rectangle(50, 2, 1000) == (2, 25)  # a grid two tiles high: wide batches
+    assert len({b.id for b in batches}) == len(batches)
+
+
+def test_batch_count_is_bounded_for_sparse_datasets():
+    # A diagonal strip: nearly every square rectangle holds few tiles.
+    tiles = grid_tiles(400, 400, keep=lambda r, c: abs(r - c) < 2)
+    bounded = make_batches(tiles, 400, 400, per_batch=4, max_batches=100)
+    assert len(bounded) <= 100
+    assert sorted(t for b in bounded for t in b.tiles) == sorted(t for *_, t in tiles)
+
+
+def test_tiles_per_batch_from_work_and_job_count():
+    assert tiles_per_batch(tile_work=2e9, tiles_in_dataset=50, tiles_in_run=50) == 1  # big tiles: one each
+    assert tiles_per_batch(tile_work=1e7, tiles_in_dataset=10_000, tiles_in_run=10_000) == 100  # by work
+    assert tiles_per_batch(tile_work=2e9, tiles_in_dataset=10**6, tiles_in_run=10**6) == 10**6 // MAX_JOBS
+    assert tiles_per_batch(tile_work=1.0, tiles_in_dataset=7, tiles_in_run=7) == 7  # never beyond the dataset
+
+
+def plan_of(tmp_path, **extra):
+    path = write_raster(tmp_path / "in.tif", smooth_field(400, 300), "EPSG:32632",
+                        Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+    config = {"target": {"crs": "EPSG:32632", "resolution": 20}, "tile_size": 32,
+              "datasets": {"d": {"path": path, "method": "average"}}, **extra}
+    return build_plan(validate_config(config))
+
+
+def test_tiles_per_job_from_the_config_and_auto(tmp_path):
+    fixed = plan_of(tmp_path, tiles_per_job=4).datasets["d"]
+    assert fixed.tile_count == 35 and all(len(b.tiles) <= 4 for b in fixed.batches) and len(fixed.batches) >= 9
+    auto = plan_of(tmp_path).datasets["d"]
+    assert len(auto.batches) == 1  # 35 small tiles: far less work than one job's worth
+
+
+def test_batch_keeps_current_tiles_and_remakes_others(tmp_path):
+    plan = plan_of(tmp_path)
+    d = plan.datasets["d"]
+    tiles = list(d.tiles)
+    out = str(tmp_path / "tiles")
+    first = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400, threads=2)
+    assert sorted(first.made) == sorted(tiles) and first.complete
+    with rasterio.open(os.path.join(out, f"{tiles[0]}.tif")) as src:
+        assert src.tags()[DIGEST_TAG] == tile_digest(plan.grid, d)
+        pixels = src.read(1)
+    times = {t: os.stat(os.path.join(out, f"{t}.tif")).st_mtime_ns for t in tiles}
+    again = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400, threads=2)
+    assert again.made == [] and sorted(again.kept) == sorted(tiles)
+    assert {t: os.stat(os.path.join(out, f"{t}.tif")).st_mtime_ns for t in tiles} == times
+    # Another method: another digest, every tile made again.
+    other = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 20}, "tile_size": 32,
+                                        "datasets": {"d": {"path": d.header.path, "method": "max"}}})).datasets["d"]
+    assert tile_digest(plan.grid, other) != tile_digest(plan.grid, d)
+    remade = run_batch(other, plan.grid, "b", tiles, out, mem_mb=400, threads=2)
+    assert sorted(remade.made) == sorted(tiles)
+    with rasterio.open(os.path.join(out, f"{tiles[0]}.tif")) as src:
+        assert not np.array_equal(src.read(1), pixels)
+
+
+def test_a_failing_tile_does_not_stop_the_others_and_a_stop_starts_no_new_tile(tmp_path, monkeypatch):
+    import workflow_lib.engines.batch as batch_module
+
+    plan = plan_of(tmp_path)
+    d = plan.datasets["d"]
+    tiles = list(d.tiles)
+    real = batch_module.resample_tile
+
+    def flaky(name, header, settings, grid, tile, out_path, **kw):
+        if tile.id == tiles[3]:
+            raise RuntimeError("a corrupt block")
+        return real(name, header, settings, grid, tile, out_path, **kw)
+
+    monkeypatch.setattr(batch_module, "resample_tile", flaky)
+    failures = []
+    result = run_batch(d, plan.grid, "b", tiles, str(tmp_path / "t"), mem_mb=400, threads=2,
+                       hooks=TileHooks(failed=lambda t, e: failures.append((t, e))))
+    assert list(result.failed) == [tiles[3]] and "a corrupt block" in result.failed[tiles[3]]
+    assert failures == [(tiles[3], result.failed[tiles[3]])]
+    assert sorted(result.made) == sorted(set(tiles) - {tiles[3]})
+    # A stop after the third tile started: the running ones finish, no other starts.
+    stop = threading.Event()
+    started = []
+
+    def on_start(t):
+        started.append(t)
+        if len(started) == 3:
+            stop.set()
+
+    monkeypatch.setattr(batch_module, "resample_tile", real)
+    out = str(tmp_path / "s")
+    result = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400, threads=2, stop=stop,
+                       hooks=TileHooks(started=on_start))
+    assert 3 <= len(result.made) <= 4 and len(result.made) + len(result.left) == len(tiles)
+    assert sorted(os.listdir(out)) == sorted(f"{t}.tif" for t in result.made)
+
+
+def test_a_missing_tile_reopens_its_batch(tmp_path):
+    plan = plan_of(tmp_path, tiles_per_job=4)
+    d = plan.datasets["d"]
+    results = tmp_path / "results"
+    for b in d.batches:
+        (results / "batches" / "d").mkdir(parents=True, exist_ok=True)
+        (results / "batches" / "d" / f"{b.id}.json").write_text("{}")
+        (results / "tiles" / "d").mkdir(parents=True, exist_ok=True)
+        for t in b.tiles:
+            (results / "tiles" / "d" / f"{t}.tif").write_bytes(b"")
+    victim = d.batches[2]
+    os.unlink(results / "tiles" / "d" / f"{victim.tiles[-1]}.tif")
+    removed = forget_incomplete_batches(plan, str(results))
+    assert removed == [str(results / "batches" / "d" / f"{victim.id}.json")]
+    assert sorted(os.listdir(results / "batches" / "d")) == sorted(f"{b.id}.json" for b in d.batches if b != victim)
