@@ -82,8 +82,9 @@ def test_workflow_runs_on_slurm_in_batches_with_status_in_postgresql(tmp_path, s
     # Batching: far fewer SLURM jobs than tiles (3 registrations, the batches, 3 mosaics, 1 stack).
     plan = build_plan(validate_config(config))
     assert len(submitted) <= 3 + plan.batch_count + 3 + 1 and len(submitted) < len(rows) / 2, (len(submitted), len(rows))
-    rows_by_batch = dict(store.query("SELECT batch, COUNT(DISTINCT external_job_id) FROM tiles GROUP BY batch"))
-    assert set(rows_by_batch.values()) == {1}, rows_by_batch  # a batch is one SLURM job
+    jobs_per_batch = store.query("SELECT dataset, batch, COUNT(DISTINCT external_job_id) FROM tiles "
+                                 "GROUP BY dataset, batch")
+    assert len(jobs_per_batch) == plan.batch_count and {n for *_, n in jobs_per_batch} == {1}, jobs_per_batch
     assert store.query("SELECT status FROM runs") == [("finished",)]
     record(f"slurm: {len(rows)} tiles done in {len(job_ids)} SLURM batch jobs, {len(submitted)} SLURM jobs "
            f"submitted in all; status rows in PostgreSQL: {len(rows)} tiles, "
