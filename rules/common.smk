@@ -94,5 +94,5 @@ def mosaic_mem_mb(wildcards, attempt):
 
 
 def tile_engine(wildcards):
-    # Shown in each tile job's message, so that a dry run tells which engine each dataset gets.
+    # Shown in each batch job's message, so that a dry run tells which engine each dataset gets.
     return ENGINE_LABELS[PLAN.datasets[wildcards.dataset].settings.engine]

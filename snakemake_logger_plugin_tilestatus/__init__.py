@@ -2,8 +2,8 @@
 
 Switched on by the default profile (``logger: [tilestatus]``). It runs in Snakemake's main process,
 which sees every job start, finish and fail, including jobs killed by the OOM killer or SIGKILL
-(Snakemake reports them as errors), so no tile is left "running" forever. Tile jobs add their own
-measurements (workflow_lib.jobs). The database never stops the run: see workflow_lib.status.
+(Snakemake reports them as errors), so no tile is left "running" forever. Batch jobs record each
+of their tiles as they start and finish it, with its measurements (workflow_lib.jobs). The database never stops the run: see workflow_lib.status.
 """
 
 from __future__ import annotations
@@ -72,10 +72,9 @@ class LogHandler(LogHandlerBase):
             elif self.store is None:
                 return
             elif event == LogEvent.JOB_INFO:
-                # Logged as the job is handed to the executor (JOB_STARTED comes earlier, before
-                # the jobs are described), so this is when a tile starts.
-                # A batch job records its tiles itself as it starts and ends each (queued on a cluster,
-                # none of them is running yet).
+                # Logged as the job is handed to the executor: kept to know the job's rule and batch
+                # when it fails. Its tiles are recorded by the batch job itself as it starts and ends
+                # each (a batch queued on a cluster has no tile running yet).
                 self.jobs[record.jobid] = {
                     "rule": record.rule_name,
                     "wildcards": dict(record.wildcards or {}),

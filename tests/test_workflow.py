@@ -1,6 +1,7 @@
 """The workflow end to end: snakemake as a subprocess in a temporary folder, results compared
 with GDAL's whole-image warp."""
 
+import json
 import math
 import os
 import re
@@ -171,6 +172,26 @@ def test_outputs_logs_and_benchmarks_exist_and_no_temporary_file_is_left(run):
     leftovers = [os.path.join(d, f) for d, _, files in os.walk(workdir / "results") for f in files
                  if f.startswith(".tmp-")]
     assert leftovers == []
+
+
+def test_plan_command_shows_tiles_batches_and_tiles_on_disk(run):
+    workdir, plan = run["workdir"], run["plan"]
+    proc = subprocess.run([sys.executable, "-m", "workflow_lib", "plan", "--json"], cwd=workdir, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["dataset"]: r for r in json.loads(proc.stdout)}
+    assert list(rows) == list(plan.datasets)
+    for name, d in plan.datasets.items():
+        on_disk = len(os.listdir(workdir / "results" / "tiles" / name))
+        assert (rows[name]["tiles"], rows[name]["batches"], rows[name]["tiles_on_disk"]) == \
+            (d.tile_count, len(d.batches), on_disk)
+        assert rows[name]["source_pixels"] == plan.estimated_work(name)
+    text = subprocess.run([sys.executable, "-m", "workflow_lib", "plan"], cwd=workdir, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": REPO}).stdout
+    assert "batches" in text and "on disk" in text and all(name in text for name in plan.datasets), text
+    bad = subprocess.run([sys.executable, "-m", "workflow_lib", "plan", "--config", "missing.yaml"], cwd=workdir,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+    assert bad.returncode == 1 and "missing.yaml" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def tile_times(workdir, name):
