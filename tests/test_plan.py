@@ -131,3 +131,32 @@ def test_chunks_fit_the_memory_budget_whatever_the_tile(tmp_path, mem_mb):
         cover[int(w.row_off):int(w.row_off + w.height), int(w.col_off):int(w.col_off + w.width)] += 1
     assert (cover == 1).all()
     assert len(chunks) > 1
+
+
+def test_each_tiles_estimated_work_is_the_source_pixels_under_it(tmp_path):
+    """Two rasters on one grid: the small one covers a corner of the big one's extent, so the tiles
+    it barely reaches weigh little (the ETA's weights), and the source pixels add up."""
+    big = write_raster(tmp_path / "big.tif", smooth_field(1000, 1000), "EPSG:32632",
+                       Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+    small = write_raster(tmp_path / "small.tif", smooth_field(130, 170), "EPSG:32632",
+                         Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+    config = validate_config({"target": {"crs": "EPSG:32632", "resolution": 40, "origin": [0, 0]}, "tile_size": 64,
+                              "datasets": {"big": {"path": big, "method": "average"},
+                                           "small": {"path": small, "method": "average"}}})
+    plan = build_plan(config)
+    for name, source_pixels in (("big", 1000 * 1000), ("small", 130 * 170)):
+        d = plan.datasets[name]
+        work = d.tile_work_of(plan.grid)
+        written = {t: min(64, plan.grid.width - 64 * parse_tile_id(t)[1]) *
+                   min(64, plan.grid.height - 64 * parse_tile_id(t)[0]) for t in d.tiles}
+        read = sum(work(t) - written[t] for t in d.tiles)
+        assert read == pytest.approx(source_pixels, rel=0.1), name
+    small = plan.datasets["small"]
+    work = small.tile_work_of(plan.grid)
+    # 170 x 130 px of 10 m are 42.5 x 32.5 target pixels: one tile, partly covered.
+    assert small.tiles == ("r0000_c0000",) and work("r0000_c0000") < plan.datasets["big"].tile_work_of(plan.grid)(
+        "r0000_c0000")
+    big_work = plan.datasets["big"].tile_work_of(plan.grid)
+    edge = "r0003_c0003"  # 1000 px of 10 m: 250 target pixels, the last tile holds 58 x 58 of 64 x 64
+    assert big_work(edge) < big_work("r0000_c0000")
+    assert json.loads(json.dumps(plan.to_dict()))["datasets"]["small"]["footprint"] == [0, 0, 43, 33]

@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from workflow_lib.status import Event, StatusStore
+from workflow_lib.status import Event, StatusStore, TileBeat
 from workflow_lib.views.status import STALL_SECONDS, build_report, render, to_json
 
 from .helpers import REPO
 
 WRITER = """
 import sys, time
-from workflow_lib.status import Event, StatusStore
+from workflow_lib.status import Event, StatusStore, TileBeat
 url, spool, worker, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 store = StatusStore(url, spool_dir=spool)
 for i in range(n):
@@ -31,7 +31,7 @@ def test_schema_is_migrated_once_with_its_version(store_url, tmp_path):
     for _ in range(2):
         store = StatusStore(store_url, spool_dir=str(tmp_path / "spool"))
         store.record(Event("run_started", run_id="r1"))
-        assert store.query("SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,)]
+        assert store.query("SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,)]
         store.close()
     assert StatusStore(store_url).query("SELECT COUNT(*) FROM runs") == [(1,)]
 
@@ -148,3 +148,98 @@ def test_a_failed_job_is_explained_by_its_logs_out_of_memory_kill_first(tmp_path
     failed.write_text("Traceback (most recent call last):\nInputRasterError: dataset 'd' (a.tif): read failed\n")
     assert error_from_logs([str(job), str(failed)]) == "InputRasterError: dataset 'd' (a.tif): read failed"
     assert error_from_logs([str(job)]).startswith("the job ended without an error message")
+
+
+def test_eta_is_weighted_by_each_tiles_estimated_work_and_running_progress(store_url):
+    """Ten tiles, the last five edge tiles with a tenth of the work: after the five big ones took
+    100 s each, the rest is 5 x 0.1 of that work, not five more 100 s. On both backends, with what
+    the dashboard reads of the same run."""
+    from workflow_lib.views.dashboard import state
+
+    store = StatusStore(store_url)
+    t0 = 1_000_000.0
+    store.record(Event("run_started", run_id="r", at=t0))
+    work = [1000.0] * 5 + [100.0] * 5
+    store.record(Event("tiles_planned", run_id="r", dataset="dem", at=t0, payload={
+        "tiles": [[f"r0000_c{i:04d}", "pending", "b0", w] for i, w in enumerate(work)]}))
+    for i in range(5):
+        store.record(Event("tile_started", run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 100 * i,
+                           payload={"batch": "b0", "mem_mb": 512}))
+        store.record(Event("tile_finished", run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 100 * i + 100))
+    now = t0 + 500
+    d = build_report(store, now=now).datasets[0]
+    assert (d.work_total, d.work_done) == (5500.0, 5000.0)
+    assert d.eta_seconds == pytest.approx(500 / (5000 / 500))  # 50 s, where counting tiles says 500 s
+    assert d.tiles_per_minute == pytest.approx(5 / (500 / 60))
+    # A running tile half done: its half counts as done, in the share and in the rate.
+    store.record(Event("tile_started", run_id="r", dataset="dem", tile="r0000_c0005", at=now,
+                       payload={"batch": "b0", "mem_mb": 512}))
+    store.heartbeat("dem", [TileBeat("r0000_c0005", 0.5, 12345)], rss_mb=300.0)
+    report = build_report(store, now=now + 5)
+    d = report.datasets[0]
+    assert d.work_done == 5050.0 and d.work_share == pytest.approx(5050 / 5500)
+    assert d.eta_seconds == pytest.approx(450 / (5050 / 505))
+    assert report.eta_seconds == pytest.approx(d.eta_seconds) and report.work_share == pytest.approx(d.work_share)
+    [job] = report.jobs
+    assert (job["dataset"], job["batch"], job["tiles"], job["done"], job["running"]) == ("dem", "b0", 10, 5, 1)
+    assert job["progress"] == pytest.approx(0.55) and (job["rss_mb"], job["mem_mb"]) == (300.0, 512)
+    assert store.query("SELECT progress, pixels_read, rss_mb FROM tiles WHERE tile = 'r0000_c0005'") == \
+        [(0.5, 12345, 300.0)]
+    text = render(report)
+    assert "running jobs:" in text and "dem b0 on" in text and "5.5 of 10 tiles, RSS 300 of 512 MB" in text
+    assert "91.8 % of the estimated work done" in text and ", 50 %," in text
+    page = state(StatusStore(store_url, read_only=True), now=now + 5)
+    assert page["grids"]["dem"]["states"] == "dddddrpppp" and page["grids"]["dem"]["running"] == {"r0000_c0005": 0.5}
+    assert page["throughput"]["tiles"][:100] and sum(page["throughput"]["tiles"]) == 5
+    assert page["report"]["jobs"][0]["progress"] == pytest.approx(0.55)
+
+
+def test_a_read_only_store_reads_and_never_writes(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.sqlite"
+    assert StatusStore(url, read_only=True).schema_version() == 0  # no database yet: nothing is created
+    assert not (tmp_path / "s.sqlite").exists()
+    writer = StatusStore(url)
+    writer.record(Event("run_started", run_id="r"))
+    writer.close()
+    before = (tmp_path / "s.sqlite").read_bytes()
+    reader = StatusStore(url, read_only=True)
+    assert reader.schema_version() == 3 and reader.query("SELECT id FROM runs") == [("r",)]
+    with pytest.raises(RuntimeError):
+        reader.record(Event("run_started", run_id="s"))
+    import sqlite3
+
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.query("DELETE FROM runs")
+    reader.close()
+    assert (tmp_path / "s.sqlite").read_bytes() == before
+
+
+def test_a_read_only_store_on_postgresql_is_refused_writes_by_the_server(pg_cluster):
+    import psycopg
+
+    url = pg_cluster.new_database()
+    StatusStore(url).record(Event("run_started", run_id="r"))
+    reader = StatusStore(url, read_only=True)
+    assert reader.schema_version() == 3 and reader.query("SELECT id FROM runs") == [("r",)]
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        reader.query("DELETE FROM runs")
+    reader.close()
+    assert StatusStore(url).query("SELECT id FROM runs") == [("r",)]
+
+
+def test_a_resumed_runs_rate_counts_only_the_tiles_it_made(tmp_path):
+    store = StatusStore(f"sqlite:///{tmp_path}/s.sqlite")
+    tiles = [[f"r0000_c{i:04d}", "pending", "b0", 100.0] for i in range(4)]
+    store.record(Event("run_started", run_id="r1", at=1000.0))
+    store.record(Event("tiles_planned", run_id="r1", dataset="dem", at=1000.0, payload={"tiles": tiles}))
+    store.record(Event("tile_started", run_id="r1", dataset="dem", tile="r0000_c0000", at=1000.0))
+    store.record(Event("tile_finished", run_id="r1", dataset="dem", tile="r0000_c0000", at=1010.0))
+    store.record(Event("run_finished", run_id="r1", at=1011.0, payload={"status": "paused"}))
+    # A day later: the tile made before is planned as done in the new run.
+    tiles[0][1] = "done"
+    store.record(Event("run_started", run_id="r2", at=90000.0))
+    store.record(Event("tiles_planned", run_id="r2", dataset="dem", at=90000.0, payload={"tiles": tiles}))
+    store.record(Event("tile_started", run_id="r2", dataset="dem", tile="r0000_c0001", at=90000.0))
+    store.record(Event("tile_finished", run_id="r2", dataset="dem", tile="r0000_c0001", at=90010.0))
+    report = build_report(store, now=90010.0)
+    assert report.eta_seconds == pytest.approx(20.0)  # two tiles of 10 s left, not two days'

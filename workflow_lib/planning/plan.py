@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,12 @@ from workflow_lib.errors import ConfigError
 from workflow_lib.errors import GDAL_ERRORS
 from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
 from workflow_lib.planning.footprint import Bounds, footprint_bounds, footprint_window, tile_mask, whole_image_scale
-from workflow_lib.planning.grid import TargetGrid, tile_id
+from workflow_lib.planning.grid import TargetGrid, parse_tile_id, tile_id
 from workflow_lib.sources.header import RasterHeader, read_header
 from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 6
+PLAN_FORMAT = 7
 DEFAULT_CACHE_DIR = ".cache/plan"
 
 
@@ -41,6 +42,9 @@ class DatasetPlan:
     batches: tuple[Batch, ...]  # every planned tile is in exactly one
     note: str = ""  # what planning had to decide for the user (an extent clipped to an area of use)
     tile_count: int = -1  # when the batches were left out (to_dict(with_batches=False)): how many tiles
+    # The part of the grid under the input's footprint, (col_off, row_off, width, height) in target
+    # pixels: how much of each tile has source pixels (its estimated work, tile_work_of).
+    footprint: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.tile_count < 0:
@@ -64,6 +68,7 @@ class DatasetPlan:
             "batches": [b.to_list() for b in self.batches] if with_batches else [],
             "tile_count": self.tile_count,
             "note": self.note,
+            "footprint": list(self.footprint) if self.footprint else None,
         }
 
     @classmethod
@@ -76,7 +81,28 @@ class DatasetPlan:
             batches,
             data.get("note", ""),
             -1 if batches else data.get("tile_count", 0),
+            tuple(data["footprint"]) if data.get("footprint") else None,
         )
+
+    def tile_work_of(self, grid: TargetGrid) -> Callable[[str], float]:
+        """Estimated work of each tile: the source pixels under its part of the footprint, plus the
+        pixels it writes (an edge tile that the input barely reaches costs little)."""
+        f = self.footprint or (0, 0, grid.width, grid.height)
+        density = 1.0 / max(self.settings.x_scale * self.settings.y_scale, 1e-300)
+        # At most the input's own pixels over its footprint (the part of the grid under it).
+        density = min(density, float(self.header.width) * self.header.height / max(float(f[2]) * f[3], 1.0))
+        size = grid.tile_size
+
+        def work(tile: str) -> float:
+            r, c = parse_tile_id(tile)
+            x0, y0 = c * size, r * size
+            x1, y1 = min(x0 + size, grid.width), min(y0 + size, grid.height)
+            wx = max(0, min(x1, f[0] + f[2]) - max(x0, f[0]))
+            wy = max(0, min(y1, f[1] + f[3]) - max(y0, f[1]))
+            written = float((x1 - x0) * (y1 - y0))
+            return wx * wy * density + written
+
+        return work
 
 
 @dataclass(frozen=True)
@@ -185,7 +211,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
                 f"datasets.{name}: {ds['path']} does not overlap the target extent {grid.bounds} "
                 f"(in {target['crs']}); remove the dataset or widen target.extent" + _units_hint(crs, bounds))
         masks[name] = tiles
-        plans[name] = (header, settings)
+        plans[name] = (header, settings, window)
     return Plan(grid, _batched(config, grid, plans, masks, notes))
 
 
@@ -195,7 +221,7 @@ def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: di
     in_run = sum(len(t) for t in masks.values())
     fixed = config.get("tiles_per_job", "auto")
     out = {}
-    for name, (header, settings) in plans.items():
+    for name, (header, settings, window) in plans.items():
         tiles = masks[name]
         if fixed == "auto":
             per_batch = tiles_per_batch(tile_work(grid, header, settings, len(tiles)), len(tiles), in_run)
@@ -204,7 +230,9 @@ def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: di
         else:
             per_batch, limit = int(fixed), None
         batches = make_batches(tiles, grid.tile_rows, grid.tile_cols, per_batch, limit)
-        out[name] = DatasetPlan(name, header, settings, tuple(batches), notes.get(name, ""))
+        footprint = None if window is None else (int(window.col_off), int(window.row_off), int(window.width),
+                                                 int(window.height))
+        out[name] = DatasetPlan(name, header, settings, tuple(batches), notes.get(name, ""), footprint=footprint)
     return out
 
 

@@ -38,8 +38,9 @@ def dataset_payload(dataset, status: str) -> dict:
 
 
 def planned_tiles(context: dict, cwd: str):
-    """(name, dataset payload, [[tile, status, batch]]) per dataset; tiles whose file exists are done
-    (a tile made with other settings shows as done until its batch makes it again)."""
+    """(name, dataset payload, [[tile, status, batch, work]]) per dataset; tiles whose file exists
+    are done (a tile made with other settings shows as done until its batch makes it again); work
+    is the tile's estimated source pixels, the weight of the ETA."""
     from workflow_lib.planning.plan import Plan
 
     with open(os.path.join(cwd, context["plan"])) as f:
@@ -47,7 +48,9 @@ def planned_tiles(context: dict, cwd: str):
     for name, d in plan.datasets.items():
         folder = os.path.join(cwd, "results", "tiles", name)
         on_disk = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-        tiles = [[t, "done" if f"{t}.tif" in on_disk else "pending", b.id] for b in d.batches for t in b.tiles]
+        work = d.tile_work_of(plan.grid)
+        tiles = [[t, "done" if f"{t}.tif" in on_disk else "pending", b.id, round(work(t))]
+                 for b in d.batches for t in b.tiles]
         yield name, dataset_payload(d, "planned"), tiles
 
 

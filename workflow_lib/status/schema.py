@@ -73,6 +73,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX tiles_by_batch ON tiles (dataset, batch);
         """,
     ),
+    (
+        3,
+        """
+        ALTER TABLE tiles ADD COLUMN work DOUBLE PRECISION;
+        ALTER TABLE tiles ADD COLUMN progress DOUBLE PRECISION;
+        ALTER TABLE tiles ADD COLUMN pixels_read BIGINT;
+        ALTER TABLE tiles ADD COLUMN rss_mb DOUBLE PRECISION;
+        ALTER TABLE tiles ADD COLUMN mem_mb INTEGER;
+        ALTER TABLE datasets ADD COLUMN total_pixels BIGINT;
+        ALTER TABLE datasets ADD COLUMN valid_pixels BIGINT;
+        ALTER TABLE datasets ADD COLUMN stat_min DOUBLE PRECISION;
+        ALTER TABLE datasets ADD COLUMN stat_max DOUBLE PRECISION;
+        ALTER TABLE datasets ADD COLUMN stat_mean DOUBLE PRECISION;
+        ALTER TABLE datasets ADD COLUMN stat_std DOUBLE PRECISION;
+        ALTER TABLE datasets ADD COLUMN histogram TEXT
+        """,
+    ),
 ]
 
 CURRENT_VERSION = MIGRATIONS[-1][0]

@@ -45,6 +45,15 @@ class Event:
     pid: int = field(default_factory=os.getpid)
 
 
+@dataclass(frozen=True)
+class TileBeat:
+    """One running tile in a heartbeat: the share of its chunks written, source pixels read so far."""
+
+    tile: str
+    progress: float | None = None
+    pixels_read: int | None = None
+
+
 def resolve_url(config_url: str | None = None) -> str:
     """The environment variable wins over the config, which wins over the SQLite default."""
     return os.environ.get(URL_ENV) or config_url or DEFAULT_URL
@@ -67,6 +76,8 @@ class _Backend:
 
     def connect(self): ...
 
+    def connect_read_only(self): ...
+
     def sql(self, text: str) -> str:
         return text
 
@@ -80,6 +91,14 @@ class _Sqlite(_Backend):
 
     def __init__(self, path: str):
         self.path = path
+
+    def connect_read_only(self):
+        # mode=ro: nothing this connection does can write (the dashboard only reads). A database
+        # that does not exist yet is an OperationalError, like one that cannot be reached.
+        conn = sqlite3.connect(f"file:{os.path.abspath(self.path)}?mode=ro", uri=True, timeout=60,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=60000")
+        return conn
 
     def connect(self):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -115,6 +134,11 @@ class _Postgres(_Backend):
         # The password comes from the URL, PGPASSWORD or ~/.pgpass (libpq reads both).
         return self.psycopg.connect(self.url, autocommit=True, connect_timeout=5)
 
+    def connect_read_only(self):
+        # The server refuses any write in this session's transactions.
+        return self.psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                    options="-c default_transaction_read_only=on")
+
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
 
@@ -135,8 +159,12 @@ def _backend(url: str) -> _Backend:
 
 
 class StatusStore:
-    def __init__(self, url: str | None = None, spool_dir: str = DEFAULT_SPOOL_DIR):
+    """``read_only``: a reader that never writes, not even the schema (the dashboard): it neither
+    migrates nor replays spools, and ``record`` refuses."""
+
+    def __init__(self, url: str | None = None, spool_dir: str = DEFAULT_SPOOL_DIR, read_only: bool = False):
         self.url = url or DEFAULT_URL
+        self.read_only = read_only
         self.backend = _backend(self.url)
         self.spool_dir = spool_dir
         self._conn = None
@@ -146,6 +174,10 @@ class StatusStore:
 
     # ---------------------------------------------------------------- connection and schema
     def _connection(self):
+        if self.read_only:
+            if self._conn is None:
+                self._conn = self.backend.connect_read_only()
+            return self._conn
         if self._conn is None:
             self._conn = self.backend.connect()
         if not self._migrated:
@@ -190,6 +222,8 @@ class StatusStore:
     # ---------------------------------------------------------------- writing
     def record(self, event: Event) -> bool:
         """Write one event; spool it if the database is unreachable. True if it reached the database."""
+        if self.read_only:
+            raise RuntimeError("a read-only status store records nothing")
         with self._lock:
             return self._record(event)
 
@@ -216,21 +250,27 @@ class StatusStore:
             if cur.rowcount == 1:  # new: apply it; a replayed event that is already there is not
                 _APPLY[event.kind](self, conn, event)
 
-    def heartbeat(self, dataset: str, tiles: list[str] | str) -> None:
-        """Mark running tiles as alive. Not an event: a lost heartbeat only ages, nothing else."""
+    def heartbeat(self, dataset: str, tiles: list[str] | str | list[TileBeat], rss_mb: float | None = None) -> None:
+        """Mark running tiles as alive, with how far each is and the job's memory now. Not an event:
+        a lost heartbeat only ages, nothing else."""
+        if isinstance(tiles, str):
+            tiles = [tiles]
+        beats = [t if isinstance(t, TileBeat) else TileBeat(t) for t in tiles]
         with self._lock:
-            self._heartbeat(dataset, [tiles] if isinstance(tiles, str) else list(tiles))
+            self._heartbeat(dataset, beats, rss_mb)
 
-    def _heartbeat(self, dataset: str, tiles: list[str]) -> None:
-        if not tiles:
+    def _heartbeat(self, dataset: str, beats: list[TileBeat], rss_mb: float | None) -> None:
+        if not beats or self.read_only:
             return
         try:
             conn = self._connection()
             now = time.time()
             with self.backend.transaction(conn):
                 conn.cursor().executemany(
-                    self.backend.sql("UPDATE tiles SET heartbeat_at = ? WHERE dataset = ? AND tile = ?"),
-                    [(now, dataset, t) for t in tiles])
+                    self.backend.sql("UPDATE tiles SET heartbeat_at = ?, progress = COALESCE(?, progress), "
+                                     "pixels_read = COALESCE(?, pixels_read), rss_mb = COALESCE(?, rss_mb) "
+                                     "WHERE dataset = ? AND tile = ?"),
+                    [(now, b.progress, b.pixels_read, rss_mb, dataset, b.tile) for b in beats])
         except self.backend.unreachable as exc:
             self._lost(exc)
 
@@ -276,6 +316,8 @@ class StatusStore:
             self._replay()
 
     def _replay(self) -> None:
+        if self.read_only:
+            return
         try:
             self._replay_spools(self._connection())
         except self.backend.unreachable as exc:
@@ -284,7 +326,21 @@ class StatusStore:
     # ---------------------------------------------------------------- reading
     def query(self, text: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self._execute(self._connection(), text, params).fetchall()
+            try:
+                return self._execute(self._connection(), text, params).fetchall()
+            except self.backend.unreachable:
+                if self.read_only:
+                    self.close()  # a reader tries again on its next query
+                raise
+
+    def schema_version(self) -> int:
+        """The newest migration applied (0: an empty database)."""
+        try:
+            rows = self.query("SELECT MAX(version) FROM schema_migrations")
+        except Exception:  # noqa: BLE001 - no such table: nothing applied yet
+            self.close()
+            return 0
+        return int(rows[0][0] or 0)
 
 
 def _apply_run_started(store, conn, e: Event) -> None:
@@ -326,24 +382,28 @@ def _apply_dataset(store, conn, e: Event) -> None:
 
 
 def _apply_tiles_planned(store, conn, e: Event) -> None:
-    rows = [(e.dataset, t[0], t[1], e.run_id, t[2] if len(t) > 2 else None) for t in e.payload["tiles"]]
+    # [tile, status, batch, work]: work is the plan's estimate of the tile's source pixels (the ETA's weight).
+    rows = [(e.dataset, t[0], t[1], e.run_id, t[2] if len(t) > 2 else None, t[3] if len(t) > 3 else None)
+            for t in e.payload["tiles"]]
     conn.cursor().executemany(
-        store.backend.sql("INSERT INTO tiles (dataset, tile, status, run_id, batch) VALUES (?, ?, ?, ?, ?) "
+        store.backend.sql("INSERT INTO tiles (dataset, tile, status, run_id, batch, work) VALUES (?, ?, ?, ?, ?, ?) "
                           "ON CONFLICT (dataset, tile) DO UPDATE SET status = excluded.status, "
-                          "run_id = excluded.run_id, batch = excluded.batch"), rows)
+                          "run_id = excluded.run_id, batch = excluded.batch, "
+                          "work = COALESCE(excluded.work, tiles.work)"), rows)
 
 
 def _apply_tile_started(store, conn, e: Event) -> None:
     store._execute(conn, "INSERT INTO tiles (dataset, tile, status, attempt, run_id, started_at, host, pid, "
-                         "external_job_id, batch) VALUES (?, ?, 'running', 1, ?, ?, ?, ?, ?, ?) "
+                         "external_job_id, batch, mem_mb, progress) VALUES (?, ?, 'running', 1, ?, ?, ?, ?, ?, ?, ?, 0) "
                          "ON CONFLICT (dataset, tile) "
                          "DO UPDATE SET status = 'running', attempt = tiles.attempt + 1, "
                          "run_id = COALESCE(excluded.run_id, tiles.run_id), "
                          "started_at = excluded.started_at, ended_at = NULL, error = NULL, "
                          "heartbeat_at = NULL, host = excluded.host, pid = excluded.pid, "
-                         "external_job_id = excluded.external_job_id, batch = COALESCE(excluded.batch, tiles.batch)",
+                         "external_job_id = excluded.external_job_id, batch = COALESCE(excluded.batch, tiles.batch), "
+                         "mem_mb = excluded.mem_mb, progress = 0, pixels_read = NULL, rss_mb = NULL",
                    (e.dataset, e.tile, e.run_id, e.at, e.host, e.pid, e.payload.get("external_job_id"),
-                    e.payload.get("batch")))
+                    e.payload.get("batch"), e.payload.get("mem_mb")))
 
 
 def _apply_batch_ended(store, conn, e: Event) -> None:
@@ -359,7 +419,7 @@ def _apply_batch_ended(store, conn, e: Event) -> None:
 
 
 def _apply_tile_finished(store, conn, e: Event) -> None:
-    store._execute(conn, "UPDATE tiles SET status = 'done', ended_at = ?, error = NULL, "
+    store._execute(conn, "UPDATE tiles SET status = 'done', ended_at = ?, error = NULL, progress = 1, "
                          "seconds = COALESCE(seconds, ? - started_at) WHERE dataset = ? AND tile = ?",
                    (e.at, e.at, e.dataset, e.tile))
 
@@ -378,13 +438,23 @@ def _apply_tile_cancelled(store, conn, e: Event) -> None:
 def _apply_tile_measured(store, conn, e: Event) -> None:
     p = e.payload
     store._execute(conn, "INSERT INTO tiles (dataset, tile, status, seconds, peak_rss_mb, engine, pixels_written, "
-                         "host, pid, external_job_id) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?) "
+                         "host, pid, external_job_id, pixels_read) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?) "
                          "ON CONFLICT (dataset, tile) DO UPDATE SET seconds = excluded.seconds, "
                          "peak_rss_mb = excluded.peak_rss_mb, engine = excluded.engine, "
                          "pixels_written = excluded.pixels_written, host = excluded.host, pid = excluded.pid, "
-                         "external_job_id = COALESCE(excluded.external_job_id, tiles.external_job_id)",
+                         "external_job_id = COALESCE(excluded.external_job_id, tiles.external_job_id), "
+                         "pixels_read = COALESCE(excluded.pixels_read, tiles.pixels_read)",
                    (e.dataset, e.tile, p.get("seconds"), p.get("peak_rss_mb"), p.get("engine"),
-                    p.get("pixels_written"), e.host, e.pid, p.get("external_job_id")))
+                    p.get("pixels_written"), e.host, e.pid, p.get("external_job_id"), p.get("pixels_read")))
+
+
+def _apply_dataset_statistics(store, conn, e: Event) -> None:
+    """What the mosaic of a dataset holds (mosaics.statistics), recorded by its mosaic job."""
+    p = e.payload
+    store._execute(conn, "UPDATE datasets SET total_pixels = ?, valid_pixels = ?, stat_min = ?, stat_max = ?, "
+                         "stat_mean = ?, stat_std = ?, histogram = ? WHERE name = ?",
+                   (p.get("total_pixels"), p.get("valid_pixels"), p.get("min"), p.get("max"), p.get("mean"),
+                    p.get("std"), json.dumps(p.get("histogram")), e.dataset))
 
 
 def _apply_note(store, conn, e: Event) -> None:
@@ -402,5 +472,6 @@ _APPLY = {
     "tile_cancelled": _apply_tile_cancelled,
     "tile_measured": _apply_tile_measured,
     "batch_ended": _apply_batch_ended,
+    "dataset_statistics": _apply_dataset_statistics,
     "note": _apply_note,
 }
