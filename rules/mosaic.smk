@@ -3,7 +3,9 @@ rule mosaic:
         meta="results/datasets/{dataset}.json",
         batches=dataset_batches,
     output:
-        "results/mosaics/{dataset}.tif",
+        mosaic="results/mosaics/{dataset}.tif",
+        # Gathered from the tiles' own figures, without a second pass over the pixels.
+        statistics="results/statistics/{dataset}.json",
     log:
         "logs/mosaic/{dataset}.log",
     benchmark:

@@ -1,9 +1,11 @@
 """Batches: how tiles are grouped into jobs, and what a batch job keeps, remakes and loses."""
 
+import json
 import os
 import threading
 
 import numpy as np
+import pytest
 import rasterio
 from affine import Affine
 
@@ -13,7 +15,7 @@ from workflow_lib.planning.batches import MAX_JOBS, make_batches, rectangle, til
 from workflow_lib.planning.grid import tile_id
 from workflow_lib.planning.plan import build_plan
 
-from .helpers import smooth_field, write_raster
+from .helpers import read_band, smooth_field, write_raster
 
 
 def grid_tiles(rows, cols, keep=lambda r, c: True):
@@ -141,3 +143,51 @@ def test_a_missing_tile_reopens_its_batch(tmp_path):
     removed = forget_incomplete_batches(plan, str(results))
     assert removed == [str(results / "batches" / "d" / f"{victim.id}.json")]
     assert sorted(os.listdir(results / "batches" / "d")) == sorted(f"{b.id}.json" for b in d.batches if b != victim)
+
+
+def test_a_batch_reports_each_tiles_chunks_and_gathers_the_statistics_of_its_tiles(tmp_path):
+    plan = plan_of(tmp_path)
+    d = plan.datasets["d"]
+    tiles = list(d.tiles)
+    out = str(tmp_path / "tiles")
+    seen: dict[str, list] = {}
+    hooks = TileHooks(progress=lambda tile, done, total, read: seen.setdefault(tile, []).append((done, total, read)))
+    result = run_batch(d, plan.grid, "b", tiles[:3], out, mem_mb=400, threads=2, hooks=hooks, max_chunk_bytes=2000)
+    for tile in tiles[:3]:
+        steps = seen[tile]
+        total = steps[0][1]
+        assert total > 1 and [s[0] for s in steps] == list(range(1, total + 1))  # every chunk, in order
+        assert all(s[1] == total for s in steps) and [s[2] for s in steps] == sorted(s[2] for s in steps)
+    # The batch's statistics are those of its tiles' pixels, made or kept.
+    pixels = np.concatenate([read_band(os.path.join(out, f"{t}.tif")).ravel() for t in tiles[:3]])
+    valid = pixels[pixels != d.settings.dst_nodata]
+    valid = valid[~np.isnan(valid)] if valid.dtype.kind == "f" else valid
+    for r in (result, run_batch(d, plan.grid, "b", tiles[:3], out, mem_mb=400, threads=2)):
+        assert r.stats.total == pixels.size and r.stats.valid == valid.size
+        assert (r.stats.min, r.stats.max) == (float(valid.min()), float(valid.max()))
+        assert r.stats.mean == pytest.approx(float(valid.astype(np.float64).mean()), rel=1e-12)
+    assert r.made == []  # the second run kept every tile and read their statistics from their tags
+
+
+def test_statistics_of_batches_from_before_they_were_recorded_come_from_their_tiles(tmp_path):
+    from workflow_lib.engines.batch import kept_tile_stats, tile_tags
+    from workflow_lib.jobs import batch_tiles
+
+    plan = plan_of(tmp_path)
+    d = plan.datasets["d"]
+    tiles = list(d.tiles)[:4]
+    out = str(tmp_path / "tiles")
+    result = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400, threads=2)
+    old = tmp_path / "old.json"  # a manifest of the previous version: no "stats"
+    old.write_text(json.dumps({"dataset": "d", "batch": "b", "tiles": tiles}))
+    paths, stats = batch_tiles([str(old)], out, d.settings.dst_nodata)
+    assert paths == [os.path.join(out, f"{t}.tif") for t in tiles]
+    assert (stats.total, stats.valid, stats.min, stats.max) == (result.stats.total, result.stats.valid,
+                                                                result.stats.min, result.stats.max)
+    assert np.array_equal(stats.hist, result.stats.hist)
+    # A tile without the tag (made before it existed) is read once for its figures.
+    path = paths[0]
+    from_pixels = kept_tile_stats(path, {}, d.settings.dst_nodata)
+    from_tag = kept_tile_stats(path, tile_tags(path), d.settings.dst_nodata)
+    assert (from_pixels.valid, from_pixels.min, from_pixels.max) == (from_tag.valid, from_tag.min, from_tag.max)
+    assert from_pixels.mean == pytest.approx(from_tag.mean, rel=1e-12)

@@ -24,6 +24,7 @@ figures = resample_tile("d", d.header, d.settings, plan.grid, plan.grid.tile_by_
 from workflow_lib.jobs import peak_rss_mb
 figures["peak_rss_mb"] = peak_rss_mb()  # not ru_maxrss, which includes the forking pytest's RSS
 figures["engine"] = d.settings.engine
+figures["stats"] = figures["stats"].summary(bins=4)  # the tile's statistics, as JSON
 print(json.dumps(figures))
 """
 

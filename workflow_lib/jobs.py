@@ -21,9 +21,11 @@ from workflow_lib.errors import BatchError, InputRasterError, JobMemoryError, ou
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.sources.header import read_header
 from workflow_lib.mosaics.mosaic import write_mosaic, write_stack
+from workflow_lib.mosaics.statistics import PixelStats
 from workflow_lib.planning.plan import DatasetPlan
-from workflow_lib.engines.batch import TileHooks, run_batch, tile_digest, tile_path
-from workflow_lib.status import DEFAULT_SPOOL_DIR, Event, StatusStore, resolve_url
+from workflow_lib.planning.settings import CATEGORICAL_METHODS
+from workflow_lib.engines.batch import TileHooks, kept_tile_stats, run_batch, tile_digest, tile_path, tile_tags
+from workflow_lib.status import DEFAULT_SPOOL_DIR, Event, StatusStore, TileBeat, redact, resolve_url
 from workflow_lib.status.run import PAUSED_MARK, RUN_ID_ENV, dataset_payload
 
 log = logging.getLogger("workflow_lib.jobs")
@@ -150,10 +152,16 @@ def status_store(snakemake) -> StatusStore:
     return StatusStore(resolve_url(snakemake.config["database"]["url"]), spool_dir=DEFAULT_SPOOL_DIR)
 
 
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 @contextlib.contextmanager
-def heartbeat(snakemake, dataset: str, tiles: Callable[[], list[str]]) -> Iterator[None]:
-    """Say every few seconds that the tiles this job is making are alive, from a thread with its
-    own connection."""
+def heartbeat(snakemake, dataset: str, tiles: Callable[[], list]) -> Iterator[None]:
+    """Say every few seconds that the tiles this job is making are alive, how far each is (a list
+    of TileBeat) and the job's memory now, from a thread with its own connection."""
     stop = threading.Event()
     interval = float(snakemake.config["database"]["heartbeat_seconds"])
 
@@ -161,7 +169,7 @@ def heartbeat(snakemake, dataset: str, tiles: Callable[[], list[str]]) -> Iterat
         store = status_store(snakemake)
         try:
             while not stop.wait(interval):
-                store.heartbeat(dataset, tiles())
+                store.heartbeat(dataset, tiles(), rss_mb=rss_mb())
         finally:
             store.close()
 
@@ -201,16 +209,23 @@ def run_batch_job(snakemake) -> None:
         batch = snakemake.wildcards.batch
         tiles = list(snakemake.params.tiles)
         store = status_store(snakemake)
-        running: set[str] = set()  # tiles being made, for the heartbeat (worker threads change it)
+        # Tiles being made and how far each is, for the heartbeat (worker threads change it).
+        running: dict[str, TileBeat] = {}
         running_lock = threading.Lock()
+        mem_mb = _mem_mb(snakemake)
         common = {"run_id": os.environ.get(RUN_ID_ENV) or None, "dataset": dataset.name}
         slurm_job = os.environ.get("SLURM_JOB_ID")
 
         def started(tile: str) -> None:
             with running_lock:
-                running.add(tile)
-            store.record(Event("tile_started", tile=tile, payload={"batch": batch, "external_job_id": slurm_job},
-                               **common))
+                running[tile] = TileBeat(tile, 0.0, 0)
+            store.record(Event("tile_started", tile=tile, payload={"batch": batch, "external_job_id": slurm_job,
+                                                                   "mem_mb": mem_mb}, **common))
+
+        def progress(tile: str, done: int, total: int, pixels_read: int) -> None:
+            with running_lock:
+                if tile in running:
+                    running[tile] = TileBeat(tile, done / max(total, 1), pixels_read)
 
         def finished(tile: str, figures: dict) -> None:
             log.info("tile %s done in %.2f s (%d chunk(s), %d source pixels read)", tile, figures["seconds"],
@@ -218,27 +233,25 @@ def run_batch_job(snakemake) -> None:
             store.record(Event("tile_measured", tile=tile, payload={
                 "seconds": figures["seconds"], "peak_rss_mb": peak_rss_mb(),
                 "engine": ENGINE_LABELS[dataset.settings.engine], "pixels_written": figures["pixels_written"],
-                "external_job_id": slurm_job, "batch": batch}, **common))
+                "external_job_id": slurm_job, "batch": batch, "pixels_read": figures["pixels_read"]}, **common))
             store.record(Event("tile_finished", tile=tile, payload={"batch": batch}, **common))
             with running_lock:
-                running.discard(tile)
+                running.pop(tile, None)
 
         def failed(tile: str, error: str) -> None:
             store.record(Event("tile_failed", tile=tile, payload={"error": error, "batch": batch}, **common))
             with running_lock:
-                running.discard(tile)
+                running.pop(tile, None)
 
-        def being_made() -> list[str]:
+        def being_made() -> list[TileBeat]:
             with running_lock:
-                return sorted(running)
-
-        mem_mb = _mem_mb(snakemake)
+                return [running[t] for t in sorted(running)]
         with memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \
                 heartbeat(snakemake, dataset.name, being_made):
             result = run_batch(
                 dataset, grid, batch, tiles, snakemake.params.tile_dir, mem_mb=mem_mb, threads=snakemake.threads,
                 compress=snakemake.params.compress, stall_timeout=snakemake.config["stall_timeout"],
-                stop=STOP_STARTING, hooks=TileHooks(started, finished, failed),
+                stop=STOP_STARTING, hooks=TileHooks(started, finished, failed, progress),
             )
         store.close()
         log.info("batch %s of %s: %d made, %d kept, %d failed, %d not started", batch, dataset.name,
@@ -256,28 +269,60 @@ def run_batch_job(snakemake) -> None:
         write_json_atomic(snakemake.output[0], {
             "dataset": dataset.name, "batch": batch, "digest": tile_digest(grid, dataset),
             "tiles": tiles, "made": sorted(result.made), "kept": len(result.kept),
+            "stats": result.stats.to_json(),
         })
 
 
-def batch_tiles(manifests: list[str], tile_dir: str) -> list[str]:
-    """The tile files of a dataset, from its batches' manifests."""
+def batch_tiles(manifests: list[str], tile_dir: str, nodata: float | None) -> tuple[list[str], PixelStats]:
+    """The tile files of a dataset, and the statistics of their pixels, from its batches' manifests."""
     paths = []
+    stats = PixelStats()
     for manifest in manifests:
         with open(manifest) as f:
-            paths.extend(tile_path(tile_dir, t) for t in json.load(f)["tiles"])
-    return paths
+            data = json.load(f)
+        batch_paths = [tile_path(tile_dir, t) for t in data["tiles"]]
+        paths.extend(batch_paths)
+        if "stats" in data:
+            stats.merge(PixelStats.from_json(data["stats"]))
+            continue
+        # A batch made before manifests carried statistics: from its tiles (their tags, or pixels).
+        for path in batch_paths:
+            tags = tile_tags(path)
+            if tags is not None:
+                stats.merge(kept_tile_stats(path, tags, nodata))
+    return paths, stats
+
+
+def dataset_statistics(stats: PixelStats, grid: TargetGrid, dataset: DatasetPlan) -> dict:
+    """The mosaic's statistics: its pixels are the tiles' pixels, and the grid's pixels that no
+    tile covers are nodata."""
+    summary = stats.summary(categorical=dataset.settings.method in CATEGORICAL_METHODS)
+    summary["total_pixels"] = grid.width * grid.height
+    summary["valid_share"] = summary["valid_pixels"] / summary["total_pixels"]
+    return {"dataset": dataset.name, "method": dataset.settings.method, "dtype": dataset.settings.dst_dtype,
+            **summary}
 
 
 def run_mosaic_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
         grid, dataset = load_dataset(snakemake.input.meta)
+        paths, stats = batch_tiles(list(snakemake.input.batches), snakemake.params.tile_dir,
+                                   dataset.settings.dst_nodata)
         with memory_limit(snakemake, f"mosaic of dataset '{dataset.name}'"):
             write_mosaic(
-                dataset.name, dataset.settings, grid, batch_tiles(list(snakemake.input.batches),
-                                                                  snakemake.params.tile_dir), snakemake.output[0],
+                dataset.name, dataset.settings, grid, paths, snakemake.output.mosaic,
                 mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
                 compress=snakemake.params.compress, cog=snakemake.params.cog,
             )
+        figures = dataset_statistics(stats, grid, dataset)
+        log.info("mosaic of %s: %d of %d pixels valid, min %s, max %s, mean %s, std %s", dataset.name,
+                 figures["valid_pixels"], figures["total_pixels"], figures["min"], figures["max"],
+                 figures["mean"], figures["std"])
+        write_json_atomic(snakemake.output.statistics, figures)
+        store = status_store(snakemake)
+        store.record(Event("dataset_statistics", dataset=dataset.name, payload=figures,
+                           run_id=os.environ.get(RUN_ID_ENV) or None))
+        store.close()
 
 
 def run_stack_job(snakemake) -> None:
@@ -289,3 +334,44 @@ def run_stack_job(snakemake) -> None:
                 mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
                 compress=snakemake.params.compress, cog=snakemake.params.cog,
             )
+
+
+def run_quicklook_job(snakemake) -> None:
+    from workflow_lib.views.report import write_quicklook
+
+    with job_logging(snakemake.log[0]):
+        write_quicklook(snakemake.input.mosaic, snakemake.input.statistics, snakemake.output[0])
+
+
+def run_statistics_page_job(snakemake) -> None:
+    from workflow_lib.views.report import write_statistics_page
+
+    with job_logging(snakemake.log[0]):
+        write_statistics_page(list(snakemake.input.statistics), snakemake.output[0])
+
+
+def run_tile_figures_job(snakemake) -> None:
+    """The map of tiles and the per-tile figures, from the status database (read only)."""
+    from workflow_lib.views.report import tile_frame, write_job_figures, write_tile_map
+
+    with job_logging(snakemake.log[0]):
+        url = resolve_url(snakemake.config["database"]["url"])
+        store = StatusStore(url, read_only=True)
+        try:
+            frame = tile_frame(store)
+        except store.backend.unreachable as exc:
+            # No status database (a run without the status logger): the figures say so, the run goes on.
+            log.warning("status database %s cannot be read (%s): the tile figures are empty", redact(url), exc)
+            frame = tile_frame(None)
+        finally:
+            store.close()
+        frame = frame[frame["dataset"].isin(list(snakemake.params.datasets))]
+        write_tile_map(frame, snakemake.output.tile_map)
+        write_job_figures(frame, snakemake.output.figures)
+
+
+def run_config_page_job(snakemake) -> None:
+    from workflow_lib.views.report import write_config_page
+
+    with job_logging(snakemake.log[0]):
+        write_config_page(snakemake.config, snakemake.output[0])

@@ -10,6 +10,7 @@ are renamed into place as each ends.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from workflow_lib.atomic import remove_stale_temporaries
 from workflow_lib.engines.chunks import BASELINE_MB
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
+from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan
 from workflow_lib.watchdog import Watchdog
@@ -56,13 +58,31 @@ def tile_path(tile_dir: str, tile: str) -> str:
 
 def made_with(path: str) -> str | None:
     """The digest a tile file was made with; None if there is no readable tile there."""
+    tags = tile_tags(path)
+    return None if tags is None else tags.get(DIGEST_TAG)
+
+
+def tile_tags(path: str) -> dict | None:
+    """A tile file's tags (its digest, its statistics); None if there is no readable tile there."""
     if not os.path.exists(path):
         return None
     try:
         with rasterio.open(path) as src:
-            return src.tags().get(DIGEST_TAG)
+            return src.tags()
     except GDAL_ERRORS:
         return None  # a damaged file: made again
+
+
+def kept_tile_stats(path: str, tags: dict, nodata) -> PixelStats:
+    """The statistics a kept tile carries; a tile from before they were recorded is read once."""
+    if STATS_TAG in tags:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return PixelStats.from_json(tags[STATS_TAG])
+    stats = PixelStats()
+    with rasterio.open(path) as src:
+        for _, window in src.block_windows(1):
+            stats.add(src.read(1, window=window), nodata)
+    return stats
 
 
 @dataclass
@@ -71,6 +91,7 @@ class BatchResult:
     kept: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # tile -> error
     left: list[str] = field(default_factory=list)  # not started: a stop was requested
+    stats: PixelStats = field(default_factory=PixelStats)  # of the made and kept tiles together
 
     @property
     def complete(self) -> bool:
@@ -84,6 +105,7 @@ class TileHooks:
     started: Callable[[str], None] = lambda tile: None
     finished: Callable[[str, dict], None] = lambda tile, figures: None
     failed: Callable[[str, str], None] = lambda tile, error: None
+    progress: Callable[[str, int, int, int], None] = lambda tile, done, total, pixels_read: None
 
 
 def concurrency(threads: int, tiles: int, mem_mb: int) -> int:
@@ -114,9 +136,11 @@ def run_batch(
     result = BatchResult()
     todo: queue.SimpleQueue[str] = queue.SimpleQueue()
     for tile in tiles:
-        found = made_with(tile_path(tile_dir, tile))
+        tags = tile_tags(tile_path(tile_dir, tile)) or {}
+        found = tags.get(DIGEST_TAG)
         if found == digest:
             result.kept.append(tile)
+            result.stats.merge(kept_tile_stats(tile_path(tile_dir, tile), tags, dataset.settings.dst_nodata))
             continue
         if found is not None:
             log.info("tile %s of %s was made with other settings (digest %s, now %s): made again",
@@ -143,6 +167,7 @@ def run_batch(
                     dataset.name, dataset.header, dataset.settings, grid, tile, tile_path(tile_dir, tile_id),
                     mem_mb=share_mb, threads=tile_threads, compress=compress, max_chunk_bytes=max_chunk_bytes,
                     progress=dog.tick, tags={DIGEST_TAG: digest},
+                    on_chunk=lambda done, total, read: hooks.progress(tile_id, done, total, read),
                 )
         except Exception as exc:  # noqa: BLE001 - one tile's failure must not lose the others
             if out_of_memory(exc):
@@ -156,6 +181,7 @@ def run_batch(
         figures["seconds"] = time.monotonic() - started
         with lock:
             result.made.append(tile_id)
+            result.stats.merge(figures["stats"])
         hooks.finished(tile_id, figures)
 
     def worker() -> None:

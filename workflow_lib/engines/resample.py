@@ -29,6 +29,7 @@ from workflow_lib.engines.warp import warp_chunk
 from workflow_lib.engines.windows import reduce_windows
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
 from workflow_lib.gtiff import open_output, tile_profile
+from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
 from workflow_lib.planning.grid import TargetGrid, Tile
 from workflow_lib.planning.settings import WarpSettings
 from workflow_lib.sources.header import RasterHeader
@@ -49,12 +50,16 @@ def resample_tile(
     max_chunk_bytes: int | None = None,
     progress: Callable[[], None] | None = None,
     tags: dict[str, str] | None = None,
+    on_chunk: Callable[[int, int, int], None] | None = None,
 ) -> dict:
     """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures.
 
     ``max_chunk_bytes`` caps chunks below what ``mem_mb`` allows (tests use it to make many chunks
     out of small data). ``progress`` is called after every chunk read and written (the watchdog).
     ``tags``: GeoTIFF metadata written into the tile (the digest of its settings, engines.batch).
+    ``on_chunk(done, total, pixels_read)`` is told after each chunk is written (progress in heartbeats).
+    The figures include the statistics of the pixels written (mosaics.statistics), also kept in the
+    tile's STATS_TAG.
     """
     progress = progress or (lambda: None)
     budget = MemoryBudget.for_job(mem_mb)
@@ -79,6 +84,7 @@ def resample_tile(
     )
     started = time.monotonic()
     pixels_read = 0
+    stats = PixelStats()
     env = {"GDAL_CACHEMAX": budget.cache_mb, "GDAL_NUM_THREADS": max(threads, 1)}
     with rasterio.Env(**env), atomic_path(out_path) as tmp:
         try:
@@ -101,13 +107,19 @@ def resample_tile(
                     dst.write(out, 1, window=chunk.window)
                 except GDAL_ERRORS as exc:
                     raise OutputWriteError(out_path, exc) from exc
+                stats.add(out, settings.dst_nodata)
                 del out
                 progress()
+                if on_chunk:
+                    on_chunk(i, len(chunks), pixels_read)
                 log.debug("chunk %d/%d %s <- source %s", i, len(chunks), chunk.window, chunk.source)
+            # What no chunk wrote (beyond the raster's reach) is nodata.
+            stats.total = tile.width * tile.height
+            dst.update_tags(**{STATS_TAG: stats.to_json()})
     seconds = time.monotonic() - started
     log.debug("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
     return {"chunks": len(chunks), "seconds": seconds, "pixels_read": pixels_read,
-            "pixels_written": tile.width * tile.height}
+            "pixels_written": tile.width * tile.height, "stats": stats}
 
 
 def _block_chunk(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks: BlockGeometry) -> np.ndarray:
