@@ -4,6 +4,9 @@
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 # SIGTERM pauses a run: Snakemake starts no new job and waits for the running ones. Jobs run as
 # `bash -c 'python script'`; when SIGTERM reaches the whole process group, the shell must not die
 # under its job (the ignore is inherited until the job installs its own handler). Ctrl-C and
@@ -24,9 +27,15 @@ include: "rules/register.smk"
 include: "rules/batches.smk"
 include: "rules/mosaic.smk"
 include: "rules/stack.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         "results/stack.tif",
+        expand("results/report/quicklooks/{dataset}.png", dataset=DATASETS),
+        "results/report/statistics.html",
+        "results/report/tiles.png",
+        "results/report/tile_figures.png",
+        "results/report/config.html",
