@@ -5,7 +5,7 @@ CORES  ?= all
 MEM_MB ?= 4096
 BIN    := $(VENV)/bin
 
-.PHONY: install run example status test dryrun dag lint bench clean
+.PHONY: install run example status dashboard report test dryrun dag lint bench clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,14 @@ run: example
 status: install
 	$(BIN)/python -m workflow_lib status
 
+# A live page of the run on http://127.0.0.1:8765/ (Ctrl-C stops it).
+dashboard: install
+	$(BIN)/python -m workflow_lib dashboard
+
+# The report of the last run: quicklooks, tile map, per-tile figures, statistics, config.
+report: install
+	$(BIN)/snakemake --report report.html
+
 dryrun: example
 	$(BIN)/snakemake -n --quiet rules
 
@@ -45,4 +53,4 @@ bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf results logs benchmarks .cache
+	rm -rf results logs benchmarks .cache report.html

@@ -1,5 +1,5 @@
 """Command line: ``python -m workflow_lib run|pause|resume|stop|logs`` steer the run of this folder,
-``plan`` shows what it will do, ``status`` its progress, ``results`` what it produced."""
+``plan`` shows what it will do, ``status`` and ``dashboard`` its progress, ``results`` what it produced."""
 
 from __future__ import annotations
 
@@ -31,22 +31,48 @@ def results(results_dir: str) -> int:
     if os.path.exists(stack):
         print("Stack:")
         print("  " + describe(stack))
+    statistics = dataset_statistics()
+    if statistics:
+        print("Statistics (status database):")
+        width = max(len(r[0]) for r in statistics)
+        print(f"  {'dataset':<{width}}  {'valid':>7}  {'min':>10}  {'max':>10}  {'mean':>10}  {'std':>10}")
+        for name, total, valid, lo, hi, mean, std in statistics:
+            share = f"{100 * valid / total:6.1f}%" if total else "      -"
+            print(f"  {name:<{width}}  {share}  {_figure(lo)}  {_figure(hi)}  {_figure(mean)}  {_figure(std)}")
     return 0
+
+
+def dataset_statistics() -> list[tuple]:
+    """Each dataset's statistics as its mosaic job recorded them; none if there is no database."""
+    from workflow_lib.status import StatusStore, resolve_url
+
+    store = StatusStore(resolve_url(_config_database_url()), read_only=True)
+    try:
+        if store.schema_version() < 3:
+            return []
+        rows = store.query("SELECT name, total_pixels, valid_pixels, stat_min, stat_max, stat_mean, stat_std "
+                           "FROM datasets WHERE valid_pixels IS NOT NULL")
+        # In the order the run first recorded them: the config's order.
+        order = {name: i for i, (name,) in enumerate(store.query(
+            "SELECT dataset FROM events WHERE kind = 'dataset' GROUP BY dataset ORDER BY MIN(at)"))}
+        return sorted(rows, key=lambda r: (order.get(r[0], len(order)), r[0]))
+    except store.backend.unreachable:
+        return []
+    finally:
+        store.close()
+
+
+def _figure(value) -> str:
+    return f"{'-':>10}" if value is None else f"{value:10.6g}"
 
 
 def status(url: str | None, as_json: bool, watch: float | None) -> int:
     import time
 
-    import yaml
-
     from workflow_lib.status import StatusStore, resolve_url
     from workflow_lib.views.status import build_report, render, to_json
 
-    config_url = None
-    if os.path.exists("config/config.yaml"):
-        with open("config/config.yaml") as f:
-            config_url = ((yaml.safe_load(f) or {}).get("database") or {}).get("url")
-    store = StatusStore(url or resolve_url(config_url))
+    store = StatusStore(url or resolve_url(_config_database_url()))
     while True:
         store.replay()
         report = build_report(store, controller=_controller_state())
@@ -77,6 +103,26 @@ def show_plan(config_path: str, as_json: bool) -> int:
     return 0
 
 
+def dashboard(url: str | None, host: str, port: int, refresh: float) -> int:
+    from workflow_lib.status import resolve_url
+    from workflow_lib.views.dashboard import serve
+
+    try:
+        return serve(url or resolve_url(_config_database_url()), host, port, refresh, controller=_controller_state)
+    except OSError as exc:
+        print(f"Error: cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _config_database_url() -> str | None:
+    import yaml
+
+    if not os.path.exists("config/config.yaml"):
+        return None
+    with open("config/config.yaml") as f:
+        return ((yaml.safe_load(f) or {}).get("database") or {}).get("url")
+
+
 def _controller_state() -> dict | None:
     """The state of the controller's run in this folder, if one is alive."""
     from workflow_lib.controller.runfile import read_run
@@ -101,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
                     help="redraw every SECONDS (default 2) until interrupted")
+    db = sub.add_parser("dashboard", help="a live page of the run in the browser (reads the status database only)")
+    db.add_argument("--db", help="database URL (default as for status)")
+    db.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: %(default)s, this machine only; another is your choice)")
+    db.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0 picks a free one)")
+    db.add_argument("--refresh", type=float, default=3.0, metavar="SECONDS",
+                    help="how often the page refreshes (default: %(default)s)")
     run = sub.add_parser("run", help="start Snakemake (its own process group, console to logs/run/console.log); "
                                      "arguments after -- go to Snakemake")
     run.add_argument("--detach", action="store_true", help="start in the background and return")
@@ -134,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         except controller.ControlError as exc:
             print(f"Error: {exc}", file=sys.stderr)
             return 1
+    if args.command == "dashboard":
+        return dashboard(args.db, args.host, args.port, args.refresh)
     if args.command == "plan":
         return show_plan(args.config, args.json)
     if args.command == "results":
