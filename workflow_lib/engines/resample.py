@@ -22,9 +22,10 @@ from rasterio.windows import Window
 
 from workflow_lib.atomic import atomic_path
 from workflow_lib.engines.blocks import (ENGINE_LABELS, LARGE_BLOCK, BlockGeometry, block_geometry,
-                                         reduce_blocks, reduce_large_blocks, valid_mask)
+                                         reduce_large_blocks, valid_mask)
 from workflow_lib.engines.chunks import (Chunk, MemoryBudget, block_chunks, pads_source, plan_chunks,
                                          tile_axis_ranges, window_chunks)
+from workflow_lib.engines.kernels import reduce_blocks_compiled
 from workflow_lib.engines.warp import warp_chunk
 from workflow_lib.engines.windows import reduce_windows
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
@@ -135,8 +136,12 @@ def _block_chunk(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks
         return reduce_large_blocks(data, valid_mask(data, settings.src_nodata), row_starts - int(s.row_off),
                                    col_starts - int(s.col_off), centre, settings.method, settings.dst_dtype,
                                    settings.dst_nodata)
-    data, valid = read_blocks(dataset, src, settings, chunk)
-    return reduce_blocks(data, valid, kx, ky, settings.method, settings.dst_dtype, settings.dst_nodata)
+    if chunk.source == chunk.padded:  # the compiled kernels test nodata and NaN as they read
+        data, valid = read_source(dataset, src, settings, chunk.source, keep_nan=True), None
+    else:
+        data, valid = padded_source(dataset, src, settings, chunk)
+    return reduce_blocks_compiled(data, valid, settings.src_nodata, kx, ky, settings.method, settings.dst_dtype,
+                                  settings.dst_nodata)
 
 
 def _window_chunk(dataset, src, header, settings, grid, tile, chunk) -> np.ndarray:
@@ -161,15 +166,6 @@ def _warp_chunk(dataset, src, header, settings, grid, tile, chunk, threads, chun
         grid.crs, (int(chunk.window.height), int(chunk.window.width)), settings, threads=max(threads, 1),
         mem_limit_mb=max(int(chunk_bytes / 1e6), 16), valid=valid,
     )
-
-
-def read_blocks(dataset: str, src, settings: WarpSettings, chunk: Chunk) -> tuple[np.ndarray, np.ndarray | None]:
-    """A chunk's whole blocks of source pixels and where they hold values (None: everywhere);
-    pixels beyond the raster's edge hold none."""
-    if chunk.source == chunk.padded:
-        data = read_source(dataset, src, settings, chunk.source, keep_nan=True)
-        return data, valid_mask(data, settings.src_nodata)
-    return padded_source(dataset, src, settings, chunk)
 
 
 def padded_source(dataset: str, src, settings: WarpSettings, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:

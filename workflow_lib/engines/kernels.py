@@ -1,0 +1,245 @@
+"""Compiled block reductions (numba): one pass over the input, no temporaries, the GIL released.
+
+The same reductions as engines.blocks.reduce_blocks, bit for bit (tests/test_kernels.py compares
+them over every method, type and kind of missing pixel): GDAL's sequential per-block arithmetic
+(the running mean in double precision, the running mode, the lower median) is a loop over each
+block's pixels in row-major order, which NumPy can only do as one pass per position in the block
+over output-sized arrays, plus an input-sized validity mask. Here validity (nodata, NaN, a mask of
+the pixels beyond the raster) is tested pixel by pixel as it is read.
+
+Compiled code is cached on disk (numba's ``cache=True``: beside this file, or in
+``NUMBA_CACHE_DIR``), so that only the first job on a machine, or on a shared file system, pays
+the compile (about a second per input type); every later job loads it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from workflow_lib.engines.blocks import reduce_blocks, to_output, valid_mask
+
+COMPILED_METHODS = ("average", "sum", "min", "max", "med", "mode")
+# Integer types whose mode is counted in a histogram (their values offset to start at 0).
+_HISTOGRAM = {"uint8": (0, 256), "int8": (128, 256), "uint16": (0, 65536), "int16": (32768, 65536)}
+_METHOD_CODES = {"sum": 0, "min": 1, "max": 2}
+
+_jit = numba.njit(nogil=True, cache=True)
+
+
+@numba.njit(inline="always")
+def _missing(v, mask, use_mask, r, c, nodata, use_nodata):
+    if v != v:  # NaN (never true for integers)
+        return True
+    if use_nodata and v == nodata:
+        return True
+    return use_mask and not mask[r, c]
+
+
+@_jit
+def _average(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found):
+    """GDAL 3.10's running mean: mean += (value - mean) * (1 / n), row-major within each block.
+    Rows are streamed: row dy of every block of an output row, then row dy + 1, which keeps each
+    block's order and reads the input once, sequentially."""
+    h, w = values.shape
+    mean = np.empty(w, np.float64)
+    count = np.empty(w, np.int64)
+    for i in range(h):
+        mean[:] = 0.0
+        count[:] = 0
+        for dy in range(ky):
+            r = i * ky + dy
+            for j in range(w):
+                m = mean[j]
+                n = count[j]
+                for dx in range(kx):
+                    c = j * kx + dx
+                    v = data[r, c]
+                    if _missing(v, mask, use_mask, r, c, nodata, use_nodata):
+                        continue
+                    n += 1
+                    m += (np.float64(v) - m) * (1.0 / n)
+                mean[j] = m
+                count[j] = n
+        for j in range(w):
+            values[i, j] = mean[j]
+            found[i, j] = count[j] > 0
+
+
+@_jit
+def _accumulate(data, mask, use_mask, nodata, use_nodata, kx, ky, code, values, found):
+    """sum (in double precision, row-major within each block), min or max."""
+    h, w = values.shape
+    acc = np.empty(w, np.float64)
+    count = np.empty(w, np.int64)
+    for i in range(h):
+        if code == 0:
+            acc[:] = 0.0
+        elif code == 1:
+            acc[:] = np.inf
+        else:
+            acc[:] = -np.inf
+        count[:] = 0
+        for dy in range(ky):
+            r = i * ky + dy
+            for j in range(w):
+                a = acc[j]
+                n = count[j]
+                for dx in range(kx):
+                    c = j * kx + dx
+                    v = data[r, c]
+                    if _missing(v, mask, use_mask, r, c, nodata, use_nodata):
+                        continue
+                    n += 1
+                    x = np.float64(v)
+                    if code == 0:
+                        a += x
+                    elif code == 1:
+                        if x < a:
+                            a = x
+                    elif x > a:
+                        a = x
+                acc[j] = a
+                count[j] = n
+        for j in range(w):
+            values[i, j] = acc[j]
+            found[i, j] = count[j] > 0
+
+
+@_jit
+def _mode_histogram(data, mask, use_mask, nodata, use_nodata, kx, ky, offset, bins, values, found):
+    """GDAL's running mode for 8- and 16-bit integers: a value replaces the mode only when its
+    count becomes strictly larger (so among equals the one whose last occurrence comes first).
+    The histogram is cleared by walking the block again, not by zeroing all its bins."""
+    h, w = values.shape
+    counts = np.zeros(bins, np.int32)
+    for i in range(h):
+        for j in range(w):
+            best = 0
+            best_count = 0
+            for dy in range(ky):
+                r = i * ky + dy
+                for dx in range(kx):
+                    c = j * kx + dx
+                    v = data[r, c]
+                    if _missing(v, mask, use_mask, r, c, nodata, use_nodata):
+                        continue
+                    k = np.int64(v) + offset
+                    n = counts[k] + 1
+                    counts[k] = n
+                    if n > best_count:
+                        best_count = n
+                        best = np.int64(v)
+            for dy in range(ky):
+                r = i * ky + dy
+                for dx in range(kx):
+                    c = j * kx + dx
+                    v = data[r, c]
+                    if not _missing(v, mask, use_mask, r, c, nodata, use_nodata):
+                        counts[np.int64(v) + offset] = 0
+            values[i, j] = best
+            found[i, j] = best_count > 0
+
+
+@_jit
+def _mode_pairs(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found):
+    """The same running mode for other types: each valid pixel counted against the ones before it
+    in its block (blocks here hold at most engines.blocks.LARGE_BLOCK pixels)."""
+    h, w = values.shape
+    buf = np.empty(kx * ky, data.dtype)
+    for i in range(h):
+        for j in range(w):
+            m = 0
+            for dy in range(ky):
+                r = i * ky + dy
+                for dx in range(kx):
+                    c = j * kx + dx
+                    v = data[r, c]
+                    if not _missing(v, mask, use_mask, r, c, nodata, use_nodata):
+                        buf[m] = v
+                        m += 1
+            best_count = 0
+            for p in range(m):
+                n = 1
+                for q in range(p):
+                    if buf[q] == buf[p]:
+                        n += 1
+                if n > best_count:
+                    best_count = n
+                    values[i, j] = buf[p]
+            found[i, j] = best_count > 0
+
+
+@_jit
+def _median(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found):
+    """The lower median, sorted[(n - 1) // 2], of each block's valid pixels (insertion sort: blocks
+    here are small)."""
+    h, w = values.shape
+    buf = np.empty(kx * ky, np.float64)
+    for i in range(h):
+        for j in range(w):
+            m = 0
+            for dy in range(ky):
+                r = i * ky + dy
+                for dx in range(kx):
+                    c = j * kx + dx
+                    v = data[r, c]
+                    if _missing(v, mask, use_mask, r, c, nodata, use_nodata):
+                        continue
+                    x = np.float64(v)
+                    k = m
+                    while k > 0 and buf[k - 1] > x:
+                        buf[k] = buf[k - 1]
+                        k -= 1
+                    buf[k] = x
+                    m += 1
+            values[i, j] = buf[(m - 1) // 2] if m else 0.0
+            found[i, j] = m > 0
+
+
+def reduce_blocks_compiled(
+    data: np.ndarray,
+    valid: np.ndarray | None,
+    src_nodata: float | None,
+    kx: int,
+    ky: int,
+    method: str,
+    dst_dtype: str,
+    dst_nodata: float,
+) -> np.ndarray:
+    """engines.blocks.reduce_blocks without its validity mask: a pixel is missing where it is NaN,
+    equals ``src_nodata`` (in the data's type, as valid_mask compares), or is False in ``valid``
+    (the pixels beyond the raster's edge; None: no such pixels)."""
+    h, w = data.shape[0] // ky, data.shape[1] // kx
+    if (h * ky, w * kx) != data.shape:
+        raise ValueError(f"data of shape {data.shape} is not made of whole {ky}x{kx} blocks")
+    if method not in COMPILED_METHODS or kx == ky == 1 or data.dtype.kind not in "iuf":
+        if src_nodata is not None or data.dtype.kind == "f":
+            own = valid_mask(data, src_nodata)
+            valid = own if valid is None else (valid & own if own is not None else valid)
+        return reduce_blocks(data, valid, kx, ky, method, dst_dtype, dst_nodata)
+    use_nodata = src_nodata is not None and not math.isnan(src_nodata)
+    nodata = data.dtype.type(src_nodata) if use_nodata else data.dtype.type(0)
+    use_mask = valid is not None
+    mask = valid if use_mask else np.ones((1, 1), bool)
+    found = np.empty((h, w), bool)
+    if method == "mode":
+        values = np.zeros((h, w), np.int64 if data.dtype.kind in "iu" else np.float64)
+        if data.dtype.name in _HISTOGRAM:
+            offset, bins = _HISTOGRAM[data.dtype.name]
+            _mode_histogram(data, mask, use_mask, nodata, use_nodata, kx, ky, offset, bins, values, found)
+        else:
+            if data.dtype.kind in "iu":  # int64 holds every value of these types exactly
+                values = np.zeros((h, w), data.dtype)
+            _mode_pairs(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found)
+    else:
+        values = np.empty((h, w), np.float64)
+        if method == "average":
+            _average(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found)
+        elif method == "med":
+            _median(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found)
+        else:
+            _accumulate(data, mask, use_mask, nodata, use_nodata, kx, ky, _METHOD_CODES[method], values, found)
+    return to_output(values, found, dst_dtype, dst_nodata)
