@@ -128,6 +128,14 @@ def valid_mask(data: np.ndarray, src_nodata: float | None) -> np.ndarray | None:
     return mask
 
 
+def block_shape(data: np.ndarray, kx: int, ky: int) -> tuple[int, int]:
+    """The (rows, columns) of blocks in ``data``, whose shape must be a multiple of the block."""
+    h, w = data.shape[0] // ky, data.shape[1] // kx
+    if (h * ky, w * kx) != data.shape:
+        raise ValueError(f"data of shape {data.shape} is not made of whole {ky}x{kx} blocks")
+    return h, w
+
+
 def reduce_blocks(
     data: np.ndarray,
     valid: np.ndarray | None,
@@ -141,9 +149,7 @@ def reduce_blocks(
 
     ``valid`` marks the pixels that count (None: all of them).
     """
-    h, w = data.shape[0] // ky, data.shape[1] // kx
-    if (h * ky, w * kx) != data.shape:
-        raise ValueError(f"data of shape {data.shape} is not made of whole {ky}x{kx} blocks")
+    h, w = block_shape(data, kx, ky)
     if kx == ky == 1:
         method = "nearest"  # GDAL copies pixels for pixels, as nearest (no nudging off nodata)
     views = [data[dy::ky, dx::kx] for dy in range(ky) for dx in range(kx)]

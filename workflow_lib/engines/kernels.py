@@ -19,12 +19,12 @@ import math
 import numba
 import numpy as np
 
-from workflow_lib.engines.blocks import reduce_blocks, to_output, valid_mask
+from workflow_lib.engines.blocks import block_shape, reduce_blocks, to_output, valid_mask
 
 COMPILED_METHODS = ("average", "sum", "min", "max", "med", "mode")
 # Integer types whose mode is counted in a histogram (their values offset to start at 0).
 _HISTOGRAM = {"uint8": (0, 256), "int8": (128, 256), "uint16": (0, 65536), "int16": (32768, 65536)}
-_METHOD_CODES = {"sum": 0, "min": 1, "max": 2}
+_METHOD_CODES = {"sum": 0, "min": 1, "max": 2, "average": 3}
 
 _jit = numba.njit(nogil=True, cache=True)
 
@@ -39,48 +39,17 @@ def _missing(v, mask, use_mask, r, c, nodata, use_nodata):
 
 
 @_jit
-def _average(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found):
-    """GDAL 3.10's running mean: mean += (value - mean) * (1 / n), row-major within each block.
-    Rows are streamed: row dy of every block of an output row, then row dy + 1, which keeps each
-    block's order and reads the input once, sequentially."""
-    h, w = values.shape
-    mean = np.empty(w, np.float64)
-    count = np.empty(w, np.int64)
-    for i in range(h):
-        mean[:] = 0.0
-        count[:] = 0
-        for dy in range(ky):
-            r = i * ky + dy
-            for j in range(w):
-                m = mean[j]
-                n = count[j]
-                for dx in range(kx):
-                    c = j * kx + dx
-                    v = data[r, c]
-                    if _missing(v, mask, use_mask, r, c, nodata, use_nodata):
-                        continue
-                    n += 1
-                    m += (np.float64(v) - m) * (1.0 / n)
-                mean[j] = m
-                count[j] = n
-        for j in range(w):
-            values[i, j] = mean[j]
-            found[i, j] = count[j] > 0
-
-
-@_jit
 def _accumulate(data, mask, use_mask, nodata, use_nodata, kx, ky, code, values, found):
-    """sum (in double precision, row-major within each block), min or max."""
+    """average (GDAL 3.10's running mean: mean += (value - mean) * (1 / n)), sum (in double
+    precision), min or max, row-major within each block. Rows are streamed: row dy of every block
+    of an output row, then row dy + 1, which keeps each block's order and reads the input once,
+    sequentially."""
     h, w = values.shape
     acc = np.empty(w, np.float64)
     count = np.empty(w, np.int64)
+    start = np.inf if code == 1 else -np.inf if code == 2 else 0.0
     for i in range(h):
-        if code == 0:
-            acc[:] = 0.0
-        elif code == 1:
-            acc[:] = np.inf
-        else:
-            acc[:] = -np.inf
+        acc[:] = start
         count[:] = 0
         for dy in range(ky):
             r = i * ky + dy
@@ -94,7 +63,9 @@ def _accumulate(data, mask, use_mask, nodata, use_nodata, kx, ky, code, values, 
                         continue
                     n += 1
                     x = np.float64(v)
-                    if code == 0:
+                    if code == 3:
+                        a += (x - a) * (1.0 / n)
+                    elif code == 0:
                         a += x
                     elif code == 1:
                         if x < a:
@@ -212,9 +183,7 @@ def reduce_blocks_compiled(
     """engines.blocks.reduce_blocks without its validity mask: a pixel is missing where it is NaN,
     equals ``src_nodata`` (in the data's type, as valid_mask compares), or is False in ``valid``
     (the pixels beyond the raster's edge; None: no such pixels)."""
-    h, w = data.shape[0] // ky, data.shape[1] // kx
-    if (h * ky, w * kx) != data.shape:
-        raise ValueError(f"data of shape {data.shape} is not made of whole {ky}x{kx} blocks")
+    h, w = block_shape(data, kx, ky)
     if method not in COMPILED_METHODS or kx == ky == 1 or data.dtype.kind not in "iuf":
         if src_nodata is not None or data.dtype.kind == "f":
             own = valid_mask(data, src_nodata)
@@ -236,9 +205,7 @@ def reduce_blocks_compiled(
             _mode_pairs(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found)
     else:
         values = np.empty((h, w), np.float64)
-        if method == "average":
-            _average(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found)
-        elif method == "med":
+        if method == "med":
             _median(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found)
         else:
             _accumulate(data, mask, use_mask, nodata, use_nodata, kx, ky, _METHOD_CODES[method], values, found)

@@ -25,7 +25,6 @@ from workflow_lib.engines.blocks import (ENGINE_LABELS, LARGE_BLOCK, BlockGeomet
                                          reduce_large_blocks, valid_mask)
 from workflow_lib.engines.chunks import (Chunk, MemoryBudget, block_chunks, pads_source, plan_chunks,
                                          tile_axis_ranges, window_chunks)
-from workflow_lib.engines.kernels import reduce_blocks_compiled
 from workflow_lib.engines.warp import warp_chunk
 from workflow_lib.engines.windows import reduce_windows
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
@@ -136,6 +135,10 @@ def _block_chunk(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks
         return reduce_large_blocks(data, valid_mask(data, settings.src_nodata), row_starts - int(s.row_off),
                                    col_starts - int(s.col_off), centre, settings.method, settings.dst_dtype,
                                    settings.dst_nodata)
+    # Imported here, not at the top: the Snakefile imports this module at every parse (in every
+    # cluster job too), and loading numba there would cost each of them its import.
+    from workflow_lib.engines.kernels import reduce_blocks_compiled
+
     if chunk.source == chunk.padded:  # the compiled kernels test nodata and NaN as they read
         data, valid = read_source(dataset, src, settings, chunk.source, keep_nan=True), None
     else:
