@@ -10,7 +10,8 @@ import rasterio
 from affine import Affine
 
 from workflow_lib.config import validate_config
-from workflow_lib.engines.batch import DIGEST_TAG, TileHooks, forget_incomplete_batches, run_batch, tile_digest
+from workflow_lib.engines.batch import (DIGEST_TAG, TileHooks, compiled_kernels, forget_incomplete_batches, run_batch,
+                                        tile_digest)
 from workflow_lib.planning.batches import MAX_JOBS, make_batches, rectangle, tiles_per_batch
 from workflow_lib.planning.grid import tile_id
 from workflow_lib.planning.plan import build_plan
@@ -191,3 +192,34 @@ def test_statistics_of_batches_from_before_they_were_recorded_come_from_their_ti
     from_tag = kept_tile_stats(path, tile_tags(path), d.settings.dst_nodata)
     assert (from_pixels.valid, from_pixels.min, from_pixels.max) == (from_tag.valid, from_tag.min, from_tag.max)
     assert from_pixels.mean == pytest.approx(from_tag.mean, rel=1e-12)
+
+
+def test_small_jobs_reduce_blocks_with_numpy_and_give_the_same_pixels(tmp_path):
+    """A job whose mem_mb cannot hold numba beside a tile uses the NumPy reductions, and never loads
+    numba (its compiler dies of SIGSEGV when an allocation fails under memory.enforce); the pixels
+    are the compiled kernels' bit for bit."""
+    import subprocess
+    import sys
+
+    plan = plan_of(tmp_path)
+    d = plan.datasets["d"]
+    assert d.settings.engine == "numpy" and compiled_kernels(d, 512) and not compiled_kernels(d, 200)
+    tiles = list(d.tiles)[:6]
+    run_batch(d, plan.grid, "b", tiles, str(tmp_path / "compiled"), mem_mb=512, threads=2)
+    script = (
+        "import sys\n"
+        "from workflow_lib.config import validate_config\n"
+        "from workflow_lib.engines.batch import run_batch\n"
+        "from workflow_lib.planning.plan import build_plan\n"
+        f"config = {{'target': {{'crs': 'EPSG:32632', 'resolution': 20}}, 'tile_size': 32,\n"
+        f"          'datasets': {{'d': {{'path': {str(tmp_path / 'in.tif')!r}, 'method': 'average'}}}}}}\n"
+        "plan = build_plan(validate_config(config))\n"
+        f"result = run_batch(plan.datasets['d'], plan.grid, 'b', {tiles!r}, {str(tmp_path / 'numpy')!r}, mem_mb=200)\n"
+        "assert len(result.made) == 6, result\n"
+        "print('numba loaded' if 'numba' in sys.modules else 'numba not loaded')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "numba not loaded", proc.stdout + proc.stderr
+    for tile in tiles:
+        a, b = read_band(tmp_path / "compiled" / f"{tile}.tif"), read_band(tmp_path / "numpy" / f"{tile}.tif")
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), tile

@@ -24,7 +24,8 @@ from workflow_lib.mosaics.mosaic import write_mosaic, write_stack
 from workflow_lib.mosaics.statistics import PixelStats
 from workflow_lib.planning.plan import DatasetPlan
 from workflow_lib.planning.settings import CATEGORICAL_METHODS
-from workflow_lib.engines.batch import TileHooks, kept_tile_stats, run_batch, tile_digest, tile_path, tile_tags
+from workflow_lib.engines.batch import (TileHooks, kept_tile_stats, prepare_kernels, run_batch, tile_digest,
+                                        tile_path, tile_tags)
 from workflow_lib.status import DEFAULT_SPOOL_DIR, Event, StatusStore, TileBeat, redact, resolve_url
 from workflow_lib.status.run import PAUSED_MARK, RUN_ID_ENV, dataset_payload
 
@@ -246,12 +247,14 @@ def run_batch_job(snakemake) -> None:
         def being_made() -> list[TileBeat]:
             with running_lock:
                 return [running[t] for t in sorted(running)]
+        # Before the limit: numba's compiler cannot run under it (engines.kernels.warm_up).
+        compiled = prepare_kernels(dataset, mem_mb)
         with memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \
                 heartbeat(snakemake, dataset.name, being_made):
             result = run_batch(
                 dataset, grid, batch, tiles, snakemake.params.tile_dir, mem_mb=mem_mb, threads=snakemake.threads,
                 compress=snakemake.params.compress, stall_timeout=snakemake.config["stall_timeout"],
-                stop=STOP_STARTING, hooks=TileHooks(started, finished, failed, progress),
+                stop=STOP_STARTING, hooks=TileHooks(started, finished, failed, progress), compiled=compiled,
             )
         store.close()
         log.info("batch %s of %s: %d made, %d kept, %d failed, %d not started", batch, dataset.name,

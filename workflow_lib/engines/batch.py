@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
+from workflow_lib.engines.blocks import COMPILED_METHODS
 from workflow_lib.engines.chunks import BASELINE_MB
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
@@ -40,6 +41,32 @@ PIXELS_VERSION = 1
 # The least memory, beyond the interpreter's, that one tile is given: fewer tiles run at once
 # when the job's mem_mb cannot give each this much.
 MIN_TILE_SHARE_MB = 96
+# Data memory (what RLIMIT_DATA counts, VmData) that numba and one dataset's compiled kernels add to
+# a job: 16 MB to import numba and llvmlite, then 17-26 MB to load the kernels from the cache, or
+# 29 MB to compile them (measured 2026-12-03, numba 0.68.1). Kept above that.
+KERNELS_MB = 48
+
+
+def compiled_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:
+    """Whether this job reduces blocks with the compiled kernels: a block engine dataset whose
+    method they compile, in a job that can hold numba beside at least one tile's share of memory.
+    A smaller job uses the NumPy reductions, which give the same pixels, bit for bit."""
+    return (dataset.settings.engine == "numpy" and dataset.settings.method in COMPILED_METHODS
+            and mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB)
+
+
+def prepare_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:
+    """compiled_kernels(), with the kernels compiled or loaded now: call it before a memory limit
+    is set (engines.kernels.warm_up says why)."""
+    if not compiled_kernels(dataset, mem_mb):
+        return False
+    from workflow_lib.engines.kernels import warm_up  # numba, only in the jobs that use it
+
+    started = time.monotonic()
+    warm_up(dataset.header.dtype, dataset.settings.method)
+    log.info("compiled kernels for %s %s ready in %.2f s", dataset.header.dtype, dataset.settings.method,
+             time.monotonic() - started)
+    return True
 
 
 def tile_digest(grid: TargetGrid, dataset: DatasetPlan) -> str:
@@ -108,9 +135,10 @@ class TileHooks:
     progress: Callable[[str, int, int, int], None] = lambda tile, done, total, pixels_read: None
 
 
-def concurrency(threads: int, tiles: int, mem_mb: int) -> int:
-    """Tiles made at once: one per thread, as many as there are, and as many as mem_mb can hold."""
-    by_memory = max(1, (mem_mb - BASELINE_MB) // MIN_TILE_SHARE_MB)
+def concurrency(threads: int, tiles: int, mem_mb: int, fixed_mb: int = BASELINE_MB) -> int:
+    """Tiles made at once: one per thread, as many as there are, and as many as mem_mb can hold
+    beyond what the job holds whatever it makes (``fixed_mb``)."""
+    by_memory = max(1, (mem_mb - fixed_mb) // MIN_TILE_SHARE_MB)
     return max(1, min(threads, tiles, by_memory))
 
 
@@ -127,9 +155,13 @@ def run_batch(
     stop: threading.Event | None = None,
     hooks: TileHooks | None = None,
     max_chunk_bytes: int | None = None,
+    compiled: bool | None = None,
 ) -> BatchResult:
     """Make the tiles of ``batch`` that are not on disk with the current digest, ``threads`` at a
-    time within ``mem_mb`` in all, each written atomically to ``tile_dir``."""
+    time within ``mem_mb`` in all, each written atomically to ``tile_dir``.
+
+    ``compiled``: whether blocks are reduced by the compiled kernels, prepared by the caller with
+    prepare_kernels() (None: decided and prepared here)."""
     stop = stop or threading.Event()
     hooks = hooks or TileHooks()
     digest = tile_digest(grid, dataset)
@@ -147,8 +179,13 @@ def run_batch(
                      tile, dataset.name, found, digest)
         todo.put(tile)
     n_todo = len(tiles) - len(result.kept)
-    running = concurrency(threads, n_todo, mem_mb)
-    share_mb = BASELINE_MB + (mem_mb - BASELINE_MB) // running
+    if compiled is None:
+        compiled = prepare_kernels(dataset, mem_mb) if n_todo else False
+    fixed_mb = BASELINE_MB + (KERNELS_MB if compiled else 0)
+    running = concurrency(threads, n_todo, mem_mb, fixed_mb)
+    # Each tile's budget: the interpreter's baseline (as MemoryBudget counts it) plus its part of
+    # what the job has beyond its fixed memory.
+    share_mb = BASELINE_MB + (mem_mb - fixed_mb) // running
     tile_threads = max(1, threads // running)
     log.info("batch %s of %s: %d tiles, %d on disk with the current settings, %d to make, %d at a time "
              "(%d MB and %d thread(s) each; digest %s)", batch, dataset.name, len(tiles), len(result.kept),
@@ -166,7 +203,7 @@ def run_batch(
                 figures = resample_tile(
                     dataset.name, dataset.header, dataset.settings, grid, tile, tile_path(tile_dir, tile_id),
                     mem_mb=share_mb, threads=tile_threads, compress=compress, max_chunk_bytes=max_chunk_bytes,
-                    progress=dog.tick, tags={DIGEST_TAG: digest},
+                    progress=dog.tick, tags={DIGEST_TAG: digest}, compiled=compiled,
                     on_chunk=lambda done, total, read: hooks.progress(tile_id, done, total, read),
                 )
         except Exception as exc:  # noqa: BLE001 - one tile's failure must not lose the others

@@ -39,6 +39,8 @@ from affine import Affine
 from workflow_lib.planning.settings import AREA_METHODS
 
 BLOCK_METHODS = ("nearest", "average", "sum", "min", "max", "med", "mode")
+# Methods that engines.kernels compiles (nearest is a strided copy, which NumPy does as fast).
+COMPILED_METHODS = ("average", "sum", "min", "max", "med", "mode")
 # Blocks of more pixels than this are reduced segment by segment (reduce_large_blocks) instead of
 # one pass per position in the block (reduce_blocks), whose Python loop would run kx x ky times.
 LARGE_BLOCK = 256
@@ -134,6 +136,25 @@ def block_shape(data: np.ndarray, kx: int, ky: int) -> tuple[int, int]:
     if (h * ky, w * kx) != data.shape:
         raise ValueError(f"data of shape {data.shape} is not made of whole {ky}x{kx} blocks")
     return h, w
+
+
+def reduce_blocks_masked(
+    data: np.ndarray,
+    valid: np.ndarray | None,
+    src_nodata: float | None,
+    kx: int,
+    ky: int,
+    method: str,
+    dst_dtype: str,
+    dst_nodata: float,
+) -> np.ndarray:
+    """reduce_blocks of the pixels that are not missing: not NaN, not ``src_nodata``, and True in
+    ``valid`` (the pixels beyond the raster's edge; None: no such pixels). The NumPy twin of
+    engines.kernels.reduce_blocks_compiled, with the same arguments."""
+    if src_nodata is not None or data.dtype.kind == "f":
+        own = valid_mask(data, src_nodata)
+        valid = own if valid is None else (valid & own if own is not None else valid)
+    return reduce_blocks(data, valid, kx, ky, method, dst_dtype, dst_nodata)
 
 
 def reduce_blocks(

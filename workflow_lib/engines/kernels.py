@@ -19,9 +19,7 @@ import math
 import numba
 import numpy as np
 
-from workflow_lib.engines.blocks import block_shape, reduce_blocks, to_output, valid_mask
-
-COMPILED_METHODS = ("average", "sum", "min", "max", "med", "mode")
+from workflow_lib.engines.blocks import COMPILED_METHODS, block_shape, reduce_blocks_masked, to_output
 # Integer types whose mode is counted in a histogram (their values offset to start at 0).
 _HISTOGRAM = {"uint8": (0, 256), "int8": (128, 256), "uint16": (0, 65536), "int16": (32768, 65536)}
 _METHOD_CODES = {"sum": 0, "min": 1, "max": 2, "average": 3}
@@ -185,10 +183,7 @@ def reduce_blocks_compiled(
     (the pixels beyond the raster's edge; None: no such pixels)."""
     h, w = block_shape(data, kx, ky)
     if method not in COMPILED_METHODS or kx == ky == 1 or data.dtype.kind not in "iuf":
-        if src_nodata is not None or data.dtype.kind == "f":
-            own = valid_mask(data, src_nodata)
-            valid = own if valid is None else (valid & own if own is not None else valid)
-        return reduce_blocks(data, valid, kx, ky, method, dst_dtype, dst_nodata)
+        return reduce_blocks_masked(data, valid, src_nodata, kx, ky, method, dst_dtype, dst_nodata)
     use_nodata = src_nodata is not None and not math.isnan(src_nodata)
     nodata = data.dtype.type(src_nodata) if use_nodata else data.dtype.type(0)
     use_mask = valid is not None
@@ -210,3 +205,16 @@ def reduce_blocks_compiled(
         else:
             _accumulate(data, mask, use_mask, nodata, use_nodata, kx, ky, _METHOD_CODES[method], values, found)
     return to_output(values, found, dst_dtype, dst_nodata)
+
+
+def warm_up(dtype: str, method: str) -> None:
+    """Compile, or load from the cache, the kernels that blocks of ``dtype`` reduced by ``method``
+    use, with and without a mask of missing pixels: the specialisations a tile calls.
+
+    A job calls this before its memory limit is set (jobs.memory_limit): LLVM does not survive an
+    allocation that fails (the process dies of SIGSEGV, with no error to report), so it must never
+    run under the limit. The memory it takes stays counted against the limit afterwards
+    (engines.batch.KERNELS_MB)."""
+    data = np.zeros((2, 2), dtype)
+    for valid in (None, np.ones((2, 2), bool)):
+        reduce_blocks_compiled(data, valid, 0.0, 2, 2, method, dtype, 0.0)

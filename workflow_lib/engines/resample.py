@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from workflow_lib.atomic import atomic_path
 from workflow_lib.engines.blocks import (ENGINE_LABELS, LARGE_BLOCK, BlockGeometry, block_geometry,
-                                         reduce_large_blocks, valid_mask)
+                                         reduce_blocks_masked, reduce_large_blocks, valid_mask)
 from workflow_lib.engines.chunks import (Chunk, MemoryBudget, block_chunks, pads_source, plan_chunks,
                                          tile_axis_ranges, window_chunks)
 from workflow_lib.engines.warp import warp_chunk
@@ -51,6 +51,7 @@ def resample_tile(
     progress: Callable[[], None] | None = None,
     tags: dict[str, str] | None = None,
     on_chunk: Callable[[int, int, int], None] | None = None,
+    compiled: bool = True,
 ) -> dict:
     """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures.
 
@@ -58,6 +59,8 @@ def resample_tile(
     out of small data). ``progress`` is called after every chunk read and written (the watchdog).
     ``tags``: GeoTIFF metadata written into the tile (the digest of its settings, engines.batch).
     ``on_chunk(done, total, pixels_read)`` is told after each chunk is written (progress in heartbeats).
+    ``compiled``: the block engine reduces with the compiled kernels (engines.kernels), else with
+    NumPy (the same pixels, bit for bit; for jobs whose memory cannot hold numba, engines.batch).
     The figures include the statistics of the pixels written (mosaics.statistics), also kept in the
     tile's STATS_TAG.
     """
@@ -96,7 +99,7 @@ def resample_tile(
                 dst.update_tags(**tags)
             for i, chunk in enumerate(chunks, 1):
                 if blocks is not None:
-                    out = _block_chunk(dataset, src, settings, chunk, blocks)
+                    out = _block_chunk(dataset, src, settings, chunk, blocks, compiled)
                 elif settings.engine == "windows":
                     out = _window_chunk(dataset, src, header, settings, grid, tile, chunk)
                 else:
@@ -122,7 +125,9 @@ def resample_tile(
             "pixels_written": tile.width * tile.height, "stats": stats}
 
 
-def _block_chunk(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks: BlockGeometry) -> np.ndarray:
+def _block_chunk(
+    dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks: BlockGeometry, compiled: bool
+) -> np.ndarray:
     kx, ky = blocks.kx, blocks.ky
     if kx * ky > LARGE_BLOCK:
         # Large blocks are reduced segment by segment over the pixels that exist (no padding).
@@ -135,16 +140,17 @@ def _block_chunk(dataset: str, src, settings: WarpSettings, chunk: Chunk, blocks
         return reduce_large_blocks(data, valid_mask(data, settings.src_nodata), row_starts - int(s.row_off),
                                    col_starts - int(s.col_off), centre, settings.method, settings.dst_dtype,
                                    settings.dst_nodata)
-    # Imported here, not at the top: the Snakefile imports this module at every parse (in every
-    # cluster job too), and loading numba there would cost each of them its import.
-    from workflow_lib.engines.kernels import reduce_blocks_compiled
-
-    if chunk.source == chunk.padded:  # the compiled kernels test nodata and NaN as they read
+    if compiled:
+        # Imported here, not at the top: the Snakefile imports this module at every parse (in every
+        # cluster job too), and loading numba there would cost each of them its import.
+        from workflow_lib.engines.kernels import reduce_blocks_compiled as reduce
+    else:
+        reduce = reduce_blocks_masked
+    if chunk.source == chunk.padded:  # both test nodata and NaN themselves
         data, valid = read_source(dataset, src, settings, chunk.source, keep_nan=True), None
     else:
         data, valid = padded_source(dataset, src, settings, chunk)
-    return reduce_blocks_compiled(data, valid, settings.src_nodata, kx, ky, settings.method, settings.dst_dtype,
-                                  settings.dst_nodata)
+    return reduce(data, valid, settings.src_nodata, kx, ky, settings.method, settings.dst_dtype, settings.dst_nodata)
 
 
 def _window_chunk(dataset, src, header, settings, grid, tile, chunk) -> np.ndarray:
