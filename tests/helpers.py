@@ -157,33 +157,27 @@ def compare(result: np.ndarray, reference: np.ndarray, nodata) -> Comparison:
     )
 
 
-def run_tiles_and_mosaics(config: dict, workdir, mem_mb: int = 400, max_chunk_bytes: int | None = None,
-                          overviews: bool = True):
+def run_tiles_and_mosaics(config: dict, workdir, mem_mb: int = 400, max_chunk_bytes: int | None = None):
     """The workflow's library path without Snakemake: plan, every tile, then the real mosaic code.
 
-    ``overviews``: tiles carry their overview levels, which the mosaic copies, as in the workflow
-    (False: GDAL computes the mosaic's, as for tiles of earlier versions).
     Returns the plan and {dataset: mosaic path}.
     """
     from workflow_lib.config import validate_config
     from workflow_lib.mosaics.mosaic import write_mosaic
-    from workflow_lib.mosaics.overviews import tile_factors
     from workflow_lib.planning.plan import build_plan
     from workflow_lib.engines.resample import resample_tile
 
     plan = build_plan(validate_config(config))
-    factors = tile_factors(plan.grid) if overviews else []
     mosaics = {}
     for name, dataset in plan.datasets.items():
         tiles = []
         for tid in dataset.tiles:
             out = os.path.join(str(workdir), "tiles", name, f"{tid}.tif")
             resample_tile(name, dataset.header, dataset.settings, plan.grid, plan.grid.tile_by_id(tid), out,
-                          mem_mb=mem_mb, max_chunk_bytes=max_chunk_bytes, overviews=factors)
+                          mem_mb=mem_mb, max_chunk_bytes=max_chunk_bytes)
             tiles.append(out)
         mosaics[name] = os.path.join(str(workdir), "mosaics", f"{name}.tif")
-        write_mosaic(name, dataset.settings, plan.grid, tiles, mosaics[name], mem_mb=mem_mb,
-                     tile_overviews=factors)
+        write_mosaic(name, dataset.settings, plan.grid, tiles, mosaics[name], mem_mb=mem_mb)
     return plan, mosaics
 
 

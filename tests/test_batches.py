@@ -181,7 +181,7 @@ def test_statistics_of_batches_from_before_they_were_recorded_come_from_their_ti
     result = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400, threads=2)
     old = tmp_path / "old.json"  # a manifest of the previous version: no "stats"
     old.write_text(json.dumps({"dataset": "d", "batch": "b", "tiles": tiles}))
-    paths, stats, _ = batch_tiles([str(old)], out, d.settings.dst_nodata)
+    paths, stats = batch_tiles([str(old)], out, d.settings.dst_nodata)
     assert paths == [os.path.join(out, f"{t}.tif") for t in tiles]
     assert (stats.total, stats.valid, stats.min, stats.max) == (result.stats.total, result.stats.valid,
                                                                 result.stats.min, result.stats.max)

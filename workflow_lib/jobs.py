@@ -21,7 +21,6 @@ from workflow_lib.errors import BatchError, InputRasterError, JobMemoryError, ou
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.sources.header import read_header
 from workflow_lib.mosaics.mosaic import write_mosaic, write_stack
-from workflow_lib.mosaics.overviews import tile_factors
 from workflow_lib.mosaics.statistics import PixelStats
 from workflow_lib.planning.plan import DatasetPlan
 from workflow_lib.planning.settings import CATEGORICAL_METHODS
@@ -250,15 +249,12 @@ def run_batch_job(snakemake) -> None:
                 return [running[t] for t in sorted(running)]
         # Before the limit: numba's compiler cannot run under it (engines.kernels.warm_up).
         compiled = prepare_kernels(dataset, mem_mb)
-        # Mosaics are COGs with overviews: each tile brings its part of them (mosaics.overviews).
-        overviews = tile_factors(grid) if snakemake.config["output"]["cog"] else []
         with memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \
                 heartbeat(snakemake, dataset.name, being_made):
             result = run_batch(
                 dataset, grid, batch, tiles, snakemake.params.tile_dir, mem_mb=mem_mb, threads=snakemake.threads,
                 compress=snakemake.params.compress, stall_timeout=snakemake.config["stall_timeout"],
                 stop=STOP_STARTING, hooks=TileHooks(started, finished, failed, progress), compiled=compiled,
-                overviews=overviews,
             )
         store.close()
         log.info("batch %s of %s: %d made, %d kept, %d failed, %d not started", batch, dataset.name,
@@ -277,25 +273,18 @@ def run_batch_job(snakemake) -> None:
             "dataset": dataset.name, "batch": batch, "digest": tile_digest(grid, dataset),
             "tiles": tiles, "made": sorted(result.made), "kept": len(result.kept),
             "stats": result.stats.to_json(),
-            # The overview factors all of the batch's tiles carry (None: some do not).
-            "overviews": overviews if result.kept_overviews else None,
         })
 
 
-def batch_tiles(manifests: list[str], tile_dir: str,
-                nodata: float | None) -> tuple[list[str], PixelStats, list[int] | None]:
-    """The tile files of a dataset, the statistics of their pixels and the overview factors all of
-    them carry (None: not all the same), from its batches' manifests."""
+def batch_tiles(manifests: list[str], tile_dir: str, nodata: float | None) -> tuple[list[str], PixelStats]:
+    """The tile files of a dataset, and the statistics of their pixels, from its batches' manifests."""
     paths = []
     stats = PixelStats()
-    factors = set()
     for manifest in manifests:
         with open(manifest) as f:
             data = json.load(f)
         batch_paths = [tile_path(tile_dir, t) for t in data["tiles"]]
         paths.extend(batch_paths)
-        overviews = data.get("overviews")
-        factors.add(None if overviews is None else tuple(overviews))
         if "stats" in data:
             stats.merge(PixelStats.from_json(data["stats"]))
             continue
@@ -304,8 +293,7 @@ def batch_tiles(manifests: list[str], tile_dir: str,
             tags = tile_tags(path)
             if tags is not None:
                 stats.merge(kept_tile_stats(path, tags, nodata))
-    common = factors.pop() if len(factors) == 1 else None
-    return paths, stats, None if common is None else list(common)
+    return paths, stats
 
 
 def dataset_statistics(stats: PixelStats, grid: TargetGrid, dataset: DatasetPlan) -> dict:
@@ -321,13 +309,13 @@ def dataset_statistics(stats: PixelStats, grid: TargetGrid, dataset: DatasetPlan
 def run_mosaic_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
         grid, dataset = load_dataset(snakemake.input.meta)
-        paths, stats, overviews = batch_tiles(list(snakemake.input.batches), snakemake.params.tile_dir,
-                                              dataset.settings.dst_nodata)
+        paths, stats = batch_tiles(list(snakemake.input.batches), snakemake.params.tile_dir,
+                                   dataset.settings.dst_nodata)
         with memory_limit(snakemake, f"mosaic of dataset '{dataset.name}'"):
             write_mosaic(
                 dataset.name, dataset.settings, grid, paths, snakemake.output.mosaic,
                 mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
-                compress=snakemake.params.compress, cog=snakemake.params.cog, tile_overviews=overviews,
+                compress=snakemake.params.compress, cog=snakemake.params.cog,
             )
         figures = dataset_statistics(stats, grid, dataset)
         log.info("mosaic of %s: %d of %d pixels valid, min %s, max %s, mean %s, std %s", dataset.name,

@@ -28,7 +28,6 @@ from workflow_lib.engines.blocks import COMPILED_METHODS
 from workflow_lib.engines.chunks import BASELINE_MB
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
-from workflow_lib.mosaics.overviews import parse_factors_tag
 from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan
@@ -120,9 +119,6 @@ class BatchResult:
     failed: dict[str, str] = field(default_factory=dict)  # tile -> error
     left: list[str] = field(default_factory=list)  # not started: a stop was requested
     stats: PixelStats = field(default_factory=PixelStats)  # of the made and kept tiles together
-    # Whether every kept tile carries the overview factors asked for (tiles made earlier may not:
-    # the mosaic then has GDAL build its overviews, mosaics.mosaic).
-    kept_overviews: bool = True
 
     @property
     def complete(self) -> bool:
@@ -160,14 +156,12 @@ def run_batch(
     hooks: TileHooks | None = None,
     max_chunk_bytes: int | None = None,
     compiled: bool | None = None,
-    overviews: list[int] | tuple[int, ...] = (),
 ) -> BatchResult:
     """Make the tiles of ``batch`` that are not on disk with the current digest, ``threads`` at a
     time within ``mem_mb`` in all, each written atomically to ``tile_dir``.
 
     ``compiled``: whether blocks are reduced by the compiled kernels, prepared by the caller with
-    prepare_kernels() (None: decided and prepared here). ``overviews``: the overview factors each
-    tile carries for the mosaic (mosaics.overviews.tile_factors)."""
+    prepare_kernels() (None: decided and prepared here)."""
     stop = stop or threading.Event()
     hooks = hooks or TileHooks()
     digest = tile_digest(grid, dataset)
@@ -178,8 +172,6 @@ def run_batch(
         found = tags.get(DIGEST_TAG)
         if found == digest:
             result.kept.append(tile)
-            if parse_factors_tag(tags) != list(overviews):
-                result.kept_overviews = False
             result.stats.merge(kept_tile_stats(tile_path(tile_dir, tile), tags, dataset.settings.dst_nodata))
             continue
         if found is not None:
@@ -212,7 +204,6 @@ def run_batch(
                     dataset.name, dataset.header, dataset.settings, grid, tile, tile_path(tile_dir, tile_id),
                     mem_mb=share_mb, threads=tile_threads, compress=compress, max_chunk_bytes=max_chunk_bytes,
                     progress=dog.tick, tags={DIGEST_TAG: digest}, compiled=compiled,
-                    overviews=overviews,
                     on_chunk=lambda done, total, read: hooks.progress(tile_id, done, total, read),
                 )
         except Exception as exc:  # noqa: BLE001 - one tile's failure must not lose the others

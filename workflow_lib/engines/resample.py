@@ -30,7 +30,6 @@ from workflow_lib.engines.windows import reduce_windows
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
 from workflow_lib.gtiff import open_output, tile_profile
 from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
-from workflow_lib.mosaics.overviews import OVERVIEWS_TAG, build_tile_overviews, factors_tag
 from workflow_lib.planning.grid import TargetGrid, Tile
 from workflow_lib.planning.settings import WarpSettings
 from workflow_lib.sources.header import RasterHeader
@@ -53,7 +52,6 @@ def resample_tile(
     tags: dict[str, str] | None = None,
     on_chunk: Callable[[int, int, int], None] | None = None,
     compiled: bool = True,
-    overviews: list[int] | tuple[int, ...] = (),
 ) -> dict:
     """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures.
 
@@ -63,8 +61,6 @@ def resample_tile(
     ``on_chunk(done, total, pixels_read)`` is told after each chunk is written (progress in heartbeats).
     ``compiled``: the block engine reduces with the compiled kernels (engines.kernels), else with
     NumPy (the same pixels, bit for bit; for jobs whose memory cannot hold numba, engines.batch).
-    ``overviews``: overview factors the tile carries for the mosaic (mosaics.overviews), each level
-    made from the tile's full-resolution pixels.
     The figures include the statistics of the pixels written (mosaics.statistics), also kept in the
     tile's STATS_TAG.
     """
@@ -99,7 +95,8 @@ def resample_tile(
         except rasterio.errors.RasterioIOError as exc:
             raise InputRasterError(dataset, header.path, f"cannot be opened: {exc}") from exc
         with src, open_output(tmp, out_path, profile) as dst:
-            dst.update_tags(**(tags or {}), **{OVERVIEWS_TAG: factors_tag(list(overviews))})
+            if tags:
+                dst.update_tags(**tags)
             for i, chunk in enumerate(chunks, 1):
                 if blocks is not None:
                     out = _block_chunk(dataset, src, settings, chunk, blocks, compiled)
@@ -122,8 +119,6 @@ def resample_tile(
             # What no chunk wrote (beyond the raster's reach) is nodata.
             stats.total = tile.width * tile.height
             dst.update_tags(**{STATS_TAG: stats.to_json()})
-        if overviews:
-            build_tile_overviews(tmp, out_path, list(overviews), settings.method)
     seconds = time.monotonic() - started
     log.debug("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
     return {"chunks": len(chunks), "seconds": seconds, "pixels_read": pixels_read,

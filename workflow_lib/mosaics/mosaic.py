@@ -1,10 +1,7 @@
 """Merge tiles into one mosaic per dataset, and mosaics into one aligned stack.
 
 Both are streamed: a VRT places every tile (or mosaic) on the target grid and GDAL's COG driver
-copies it block by block. A mosaic's overview levels are VRTs of the tiles' own levels
-(mosaics.overviews), which the driver copies: each tile is read once, at full resolution, and each
-level is made from full-resolution pixels. Only tiles made before tiles carried levels leave GDAL to
-build them (from the copy, each level from the previous one). Missing tiles are nodata.
+copies it block by block, building overviews from the copy. Missing tiles are nodata.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 
 import numpy as np
 import rasterio
@@ -25,7 +21,6 @@ from workflow_lib.atomic import atomic_path, temporary_prefix
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.gtiff import compression_options
-from workflow_lib.mosaics.overviews import COG_BLOCK, mosaic_factors
 from workflow_lib.planning.settings import CATEGORICAL_METHODS, WarpSettings
 from workflow_lib.mosaics.vrt import Band, Source, vrt_xml
 
@@ -39,25 +34,6 @@ GROUP_TILES = 1024
 MAX_OPEN_DATASETS = 256
 
 
-@dataclass(frozen=True)
-class Level:
-    """The target grid at one overview factor (1: full resolution), for the VRTs of that level."""
-
-    factor: int
-    width: int
-    height: int
-    tile_size: int
-    transform: Affine
-    crs: object
-
-    @classmethod
-    def of(cls, grid: TargetGrid, factor: int = 1) -> "Level":
-        # GDAL's overview of n pixels at factor f has ceil(n / f); tiles start at multiples of the
-        # tile size, which f divides (mosaics.overviews.tile_factors), so they stay aligned.
-        return cls(factor, -(-grid.width // factor), -(-grid.height // factor), grid.tile_size // factor,
-                   grid.transform @ Affine.scale(factor), grid.crs)
-
-
 def write_mosaic(
     dataset: str,
     settings: WarpSettings,
@@ -69,10 +45,7 @@ def write_mosaic(
     compress: str = "deflate",
     cog: bool = True,
     group_tiles: int = GROUP_TILES,
-    tile_overviews: list[int] | None = None,
 ) -> None:
-    """The mosaic of ``tile_paths`` on ``grid``; ``tile_overviews``: the overview factors every tile
-    carries (mosaics.overviews), read from the tiles instead of computed by GDAL."""
     band = Band(
         dtype=settings.dst_dtype,
         nodata=settings.dst_nodata,
@@ -90,13 +63,9 @@ def write_mosaic(
         )
     overview = "NEAREST" if settings.method in CATEGORICAL_METHODS else "AVERAGE"
     log.info("mosaic of %s: %d tiles on a %d x %d grid", dataset, len(band.sources), grid.width, grid.height)
-    factors = list(tile_overviews or []) if cog else []
-    if cog and mosaic_factors(grid.width, grid.height) and not factors:
-        log.warning("mosaic of %s: its tiles carry no overview levels (made by an earlier version, or a tile "
-                    "size that 2 does not divide): GDAL builds them, each from the previous one", dataset)
     tiles_band = band
     try:
-        _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview, group_tiles, factors)
+        _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview, group_tiles)
     except OutputWriteError:
         # Reading a tile may be what failed: find corrupt tiles (only now, so a healthy run never
         # reads its tiles twice), remove them so that the next run makes them again, and say so.
@@ -115,31 +84,30 @@ def write_mosaic(
 
 
 @contextlib.contextmanager
-def grouped_sources(band: Band, grid: TargetGrid | Level, out_path: str, group_tiles: int) -> Iterator[Band]:
+def grouped_sources(band: Band, grid: TargetGrid, out_path: str, group_tiles: int) -> Iterator[Band]:
     """``band`` itself when it has at most ``group_tiles`` sources; else a band whose sources are
     VRTs of squares of the tile grid, written as temporaries beside ``out_path``."""
     if len(band.sources) <= group_tiles:
         yield band
         return
-    level = grid if isinstance(grid, Level) else Level.of(grid)
     side = max(1, math.isqrt(group_tiles))
     squares: dict[tuple[int, int], list[Source]] = {}
     for s in band.sources:
-        squares.setdefault((s.row_off // level.tile_size // side, s.col_off // level.tile_size // side),
-                           []).append(s)
-    grouped = Band(band.dtype, band.nodata, band.description, metadata=band.metadata, overviews=band.overviews)
+        squares.setdefault((s.row_off // grid.tile_size // side, s.col_off // grid.tile_size // side), []).append(s)
+    grouped = Band(band.dtype, band.nodata, band.description, metadata=band.metadata)
     written = []
     try:
         for (r, c), sources in sorted(squares.items()):
-            row0, col0 = r * side * level.tile_size, c * side * level.tile_size
-            height = min(side * level.tile_size, level.height - row0)
-            width = min(side * level.tile_size, level.width - col0)
+            row0, col0 = r * side * grid.tile_size, c * side * grid.tile_size
+            height = min(side * grid.tile_size, grid.height - row0)
+            width = min(side * grid.tile_size, grid.width - col0)
             inner = Band(band.dtype, band.nodata, sources=[
-                replace(s, col_off=s.col_off - col0, row_off=s.row_off - row0) for s in sources])
-            path = f"{temporary_prefix(out_path)}part-{os.getpid()}-x{level.factor}-{r}-{c}.vrt"
-            transform = level.transform @ Affine.translation(col0, row0)
+                Source(s.path, s.band, s.col_off - col0, s.row_off - row0, s.width, s.height, s.dtype, s.nodata)
+                for s in sources])
+            path = f"{temporary_prefix(out_path)}part-{os.getpid()}-{r}-{c}.vrt"
+            transform = grid.transform @ Affine.translation(col0, row0)
             with open(path, "w") as f:
-                f.write(vrt_xml(width, height, level.crs, transform, [inner]))
+                f.write(vrt_xml(width, height, grid.crs, transform, [inner]))
             written.append(path)
             # No nodata on the outer source: the inner VRT already has the band's nodata where no tile is.
             grouped.sources.append(Source(path, 1, col0, row0, width, height, band.dtype))
@@ -208,36 +176,15 @@ def write_stack(
     _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, "NEAREST")
 
 
-@contextlib.contextmanager
-def overview_levels(band: Band, grid: TargetGrid, factors: list[int], out_path: str,
-                    group_tiles: int) -> Iterator[Band]:
-    """``band`` with, for each factor, a VRT of its tiles' overview level of that factor (written
-    as temporaries beside ``out_path``), which GDAL's COG driver copies as the mosaic's level."""
-    if not factors:
-        yield band
-        return
-    with contextlib.ExitStack() as stack:
-        paths = []
-        for i, f in enumerate(factors):
-            level = Level.of(grid, f)
-            sources = [replace(s, col_off=s.col_off // f, row_off=s.row_off // f, width=-(-s.width // f),
-                               height=-(-s.height // f), overview_level=i) for s in band.sources]
-            level_band = stack.enter_context(grouped_sources(
-                Band(band.dtype, band.nodata, sources=sources), level, out_path, group_tiles))
-            xml = vrt_xml(level.width, level.height, level.crs, level.transform, [level_band])
-            paths.append(stack.enter_context(atomic_vrt(out_path, xml, f"x{f}")))
-        yield replace(band, overviews=paths)
-
-
 def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_resampling,
-              group_tiles: int = GROUP_TILES, tile_overviews: list[int] | None = None) -> None:
+              group_tiles: int = GROUP_TILES) -> None:
     dtype = bands[0].dtype
     options = compression_options(compress, dtype, threads)
     if cog:
         driver = "COG"
         if "predictor" in options:
             options["predictor"] = "YES"  # the COG driver picks 2 or 3 from the data type
-        options.update(blocksize=str(COG_BLOCK), overview_resampling=overview_resampling, bigtiff="IF_SAFER")
+        options.update(blocksize="512", overview_resampling=overview_resampling, bigtiff="IF_SAFER")
     else:
         driver = "GTiff"
         options.update(tiled="YES", blockxsize="512", blockysize="512", bigtiff="IF_SAFER")
@@ -245,9 +192,6 @@ def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_re
     cache_mb = int(min(max((mem_mb - 160) * 0.5, 16), 1024))
     # The VRTs are temporaries of the output: made after atomic_path has removed a killed job's.
     with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
-        if tile_overviews:
-            bands = [stack.enter_context(overview_levels(b, grid, tile_overviews, out_path, group_tiles))
-                     for b in bands]
         bands = [stack.enter_context(grouped_sources(b, grid, out_path, group_tiles)) for b in bands]
         xml = vrt_xml(grid.width, grid.height, grid.crs, grid.transform, bands)
         vrt_path = stack.enter_context(atomic_vrt(out_path, xml))
@@ -263,8 +207,8 @@ class atomic_vrt:
     """A throwaway VRT file beside the output (GDAL's COG driver reads sources by path), named
     like the output's other temporaries so that a killed job's VRT is cleaned up too."""
 
-    def __init__(self, out_path: str, xml: str, name: str = "all"):
-        self.path = f"{temporary_prefix(out_path)}vrt-{os.getpid()}-{name}.vrt"
+    def __init__(self, out_path: str, xml: str):
+        self.path = f"{temporary_prefix(out_path)}vrt-{os.getpid()}.vrt"
         self.xml = xml
 
     def __enter__(self) -> str:

@@ -32,7 +32,6 @@ class Source:
     height: int
     dtype: str
     nodata: float | None = None  # set: pixels equal to it are not copied (ComplexSource)
-    overview_level: int | None = None  # set: read this overview level of the file (0: the first)
 
 
 @dataclass
@@ -42,7 +41,6 @@ class Band:
     description: str = ""
     sources: list[Source] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
-    overviews: list[str] = field(default_factory=list)  # datasets (VRTs) of the band's overview levels
 
 
 def _number(value: float) -> str:
@@ -54,10 +52,6 @@ def _source_xml(s: Source) -> str:
     lines = [
         f"    <{kind}>",
         f'      <SourceFilename relativeToVRT="0">{escape(s.path)}</SourceFilename>',
-    ]
-    if s.overview_level is not None:
-        lines.append(f'      <OpenOptions><OOI key="OVERVIEW_LEVEL">{s.overview_level}</OOI></OpenOptions>')
-    lines += [
         f"      <SourceBand>{s.band}</SourceBand>",
         # Declaring the source's size and type spares GDAL from opening every tile up front.
         f'      <SourceProperties RasterXSize="{s.width}" RasterYSize="{s.height}" '
@@ -88,9 +82,6 @@ def vrt_xml(width: int, height: int, crs: CRS, transform: Affine, bands: list[Ba
             parts.append("    <Metadata>")
             parts.extend(f"      <MDI key={quoteattr(k)}>{escape(v)}</MDI>" for k, v in band.metadata.items())
             parts.append("    </Metadata>")
-        for path in band.overviews:  # GDAL's COG driver copies these instead of computing its own
-            parts.append(f'    <Overview><SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
-                         "<SourceBand>1</SourceBand></Overview>")
         parts.extend(_source_xml(s) for s in band.sources)
         parts.append("  </VRTRasterBand>")
     parts.append("</VRTDataset>")
