@@ -17,7 +17,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from workflow_lib.engines.blocks import LARGE_BLOCK, BlockGeometry
+from workflow_lib.engines.blocks import COMPILED_METHODS, LARGE_BLOCK, BlockGeometry
 from workflow_lib.engines.windows import axis_ranges, window_cost
 from workflow_lib.gtiff import BLOCK_SIZE
 from workflow_lib.planning.coords import transform_points, wrap_longitudes
@@ -173,16 +173,25 @@ def plan_chunks(
     return list(split(Window(0, 0, tile.width, tile.height)))
 
 
-def block_chunk_cost(settings: WarpSettings, src_dtype: str, kx: int, ky: int) -> float:
+def block_chunk_cost(settings: WarpSettings, src_dtype: str, kx: int, ky: int, compiled: bool = False,
+                     padded: bool = True) -> float:
     """Bytes held per source pixel by the block engine: the read (twice at the raster's edges,
     where it is copied into a padded array), its validity mask and NaN test, the method's working
     arrays (median: a float64 copy to sort; mode: sort keys and their values, up to 4 bytes each,
     or per-position counts; large blocks: a float64 copy of the values), and output-sized
-    float64 accumulators."""
+    float64 accumulators.
+
+    ``compiled``: the compiled kernels (engines.kernels), which test each pixel as they read it:
+    the read, and at the edges (``padded``) its padded copy and masks, then per output pixel a
+    value (8 bytes), whether it was found, and the output."""
+    itemsize = np.dtype(src_dtype).itemsize
     if kx * ky > LARGE_BLOCK:
-        return np.dtype(src_dtype).itemsize + 2 + 16
+        return itemsize + 2 + 16
+    if compiled and settings.method in COMPILED_METHODS and kx * ky > 1:
+        # At the edges: the padded copy, its mask, and the read's validity mask with its NaN test.
+        return itemsize + (itemsize + 3 if padded else 0) + 24 / (kx * ky)
     extra = {"med": 9, "mode": 9}.get(settings.method, 0)
-    return 2 * np.dtype(src_dtype).itemsize + 2 + extra + 40 / (kx * ky)
+    return 2 * itemsize + 2 + extra + 40 / (kx * ky)
 
 
 def active_range(offset: int, k: int, raster_size: int, tile_size: int) -> tuple[int, int]:
@@ -194,16 +203,19 @@ def active_range(offset: int, k: int, raster_size: int, tile_size: int) -> tuple
 
 
 def block_chunks(header: RasterHeader, settings: WarpSettings, tile: Tile, blocks: BlockGeometry,
-                 budget_bytes: int) -> list[Chunk]:
+                 budget_bytes: int, compiled: bool = False) -> list[Chunk]:
     """Chunks of whole output rows (or, for very wide tiles, columns too) whose blocks of source
     pixels fit ``budget_bytes``, over the part of the tile that the raster reaches (the rest of the
-    tile is nodata and never read)."""
+    tile is nodata and never read). ``compiled``: reduced by the compiled kernels (block_chunk_cost)."""
     kx, ky = blocks.kx, blocks.ky
     c_lo, c_hi = active_range(blocks.col_off, kx, header.width, tile.width)
     r_lo, r_hi = active_range(blocks.row_off, ky, header.height, tile.height)
     if c_hi <= c_lo or r_hi <= r_lo:
         return []
-    per_out_px = block_chunk_cost(settings, header.dtype, kx, ky) * kx * ky
+    # Whether any block of the tile reaches beyond the raster (then chunks are padded copies).
+    whole = Window(blocks.col_off + c_lo * kx, blocks.row_off + r_lo * ky, (c_hi - c_lo) * kx, (r_hi - r_lo) * ky)
+    padded = clip_window(whole, header) != whole
+    per_out_px = block_chunk_cost(settings, header.dtype, kx, ky, compiled, padded) * kx * ky
     width = c_hi - c_lo
     cols = max(1, min(width, int(budget_bytes // per_out_px)))
     rows = max(1, min(r_hi - r_lo, int(budget_bytes // (per_out_px * cols))))

@@ -72,7 +72,7 @@ def resample_tile(
         blocks, why = block_geometry(header.affine, tile.transform)
         if blocks is None:  # the plan checked the grid; a tile can only disagree if the plan is stale
             raise InputRasterError(dataset, header.path, f"the numpy engine cannot resample tile {tile.id}: {why}")
-        chunks = block_chunks(header, settings, tile, blocks, chunk_bytes)
+        chunks = block_chunks(header, settings, tile, blocks, chunk_bytes, compiled)
     elif settings.engine == "windows":
         chunks = window_chunks(header, settings, grid, tile, chunk_bytes)
     else:
