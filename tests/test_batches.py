@@ -33,9 +33,25 @@ def test_batches_are_rectangles_that_cover_every_tile_once():
         for t in b.tiles:
             r, c = (int(x[1:]) for x in t.split("_"))
             assert b.rows[0] <= r < b.rows[1] and b.cols[0] <= c < b.cols[1]
-    assert rectangle(12, 13, 17) == (3, 4)
+    assert rectangle(12, 13, 17) == (2, 6)  # 21 batches (3 x 4 tiles would make 25)
     assert rectangle(50, 2, 1000) == (2, 25)  # a grid two tiles high: wide batches
+    assert rectangle(57, 10, 10) == (5, 10)  # 2 batches of 50, not 7 x 8 with strips of 14, 24 and 6
     assert len({b.id for b in batches}) == len(batches)
+
+
+def test_rectangles_make_the_fewest_batches_then_the_squarest():
+    """Against every shape tried by brute force: no batch above per_batch, no shape that covers the
+    grid with fewer rectangles, and among the fewest none squarer."""
+    for per_batch in (1, 2, 3, 7, 12, 57, 100):
+        for rows, cols in ((1, 1), (1, 9), (9, 1), (10, 10), (13, 17), (31, 7)):
+            h, w = rectangle(per_batch, rows, cols)
+            count = -(-rows // h) * -(-cols // w)
+            assert h * w <= per_batch and h <= rows and w <= cols
+            shapes = [(-(-rows // a) * -(-cols // b), max(a / b, b / a)) for a in range(1, rows + 1)
+                      for b in range(1, cols + 1) if a * b <= per_batch]
+            fewest = min(n for n, _ in shapes)
+            assert count == fewest, (per_batch, rows, cols, (h, w))
+            assert max(h / w, w / h) <= min(r for n, r in shapes if n == fewest) + 1e-9
 
 
 def test_batch_count_is_bounded_for_sparse_datasets():

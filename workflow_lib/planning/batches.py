@@ -62,13 +62,22 @@ def tiles_per_batch(tile_work: float, tiles_in_dataset: int, tiles_in_run: int) 
 
 
 def rectangle(per_batch: int, tile_rows: int, tile_cols: int) -> tuple[int, int]:
-    """Rows and columns of tiles in a batch of about ``per_batch`` tiles: as square as the grid
-    allows (neighbouring tiles read neighbouring parts of the input, so a batch reads less twice)."""
-    h = max(1, min(tile_rows, int(math.isqrt(per_batch))))
-    w = max(1, min(tile_cols, per_batch // h))
-    if w == tile_cols:  # the batch spans the grid's width: give the rest to its height
-        h = max(1, min(tile_rows, per_batch // w))
-    return h, w
+    """Rows and columns of tiles in a batch of at most ``per_batch`` tiles: the shape that cuts the
+    tile grid into the fewest rectangles (every job has a fixed cost, and a leftover strip of small
+    batches pays it for little work), and among those the squarest (neighbouring tiles read
+    neighbouring parts of the input, so a batch reads less twice), wide before tall."""
+    per_batch = max(1, per_batch)
+    best = None
+    for h in range(1, min(tile_rows, per_batch) + 1):
+        widest = min(tile_cols, per_batch // h)
+        n_cols = -(-tile_cols // widest)
+        # Every width from the narrowest that still makes n_cols columns up to the widest gives the
+        # same rectangles' count: take the one closest to square.
+        w = min(max(h, -(-tile_cols // n_cols)), widest)
+        key = (-(-tile_rows // h) * n_cols, max(h / w, w / h), h > w)
+        if best is None or key < best[0]:
+            best = (key, (h, w))
+    return best[1]
 
 
 def make_batches(tiles: list[tuple[int, int, str]], tile_rows: int, tile_cols: int, per_batch: int,
