@@ -13,6 +13,7 @@ rule mosaic:
     params:
         tile_dir=lambda wildcards: f"results/tiles/{wildcards.dataset}",
         compress=OUTPUT["compress"],
+        level=OUTPUT["compress_level"],
         cog=OUTPUT["cog"],
     priority: dataset_priority
     threads: 2

@@ -11,6 +11,7 @@ rule stack:
         names=DATASETS,
         grid=PLAN.grid.to_dict(),
         compress=OUTPUT["compress"],
+        level=OUTPUT["compress_level"],
         cog=OUTPUT["cog"],
     threads: 2
     resources:

@@ -40,7 +40,7 @@ def test_defaults_are_filled_in(raster):
     assert cfg["target"]["extent"] == "union"
     assert cfg["target"]["origin"] == [0.0, 0.0]
     assert cfg["datasets"]["dem"]["band"] == 1
-    assert cfg["output"] == {"compress": "deflate", "cog": True}
+    assert cfg["output"] == {"compress": "deflate", "compress_level": 1, "cog": True}
     assert cfg["warp"]["error_threshold"] == 0.125
 
 
@@ -49,6 +49,15 @@ def test_unknown_method_names_the_key(raster):
     cfg["datasets"]["dem"]["method"] = "bilinearr"
     with pytest.raises(ConfigError, match=r"datasets\.dem\.method: 'bilinearr' is not one of"):
         validate_config(cfg)
+
+
+def test_deflate_level_beyond_12_names_the_key(raster):
+    cfg = config(raster)
+    cfg["output"] = {"compress": "deflate", "compress_level": 19}  # a zstd level, not deflate's
+    with pytest.raises(ConfigError, match=r"output\.compress_level: deflate's levels are 1 to 12, got 19"):
+        validate_config(cfg)
+    cfg["output"] = {"compress": "zstd", "compress_level": 19}
+    assert validate_config(cfg)["output"]["compress_level"] == 19
 
 
 def test_missing_file_names_dataset_and_path(tmp_path):

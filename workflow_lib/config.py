@@ -46,6 +46,9 @@ def check_config(config: dict[str, Any]) -> None:
     extent = target.get("extent", "union")
     if isinstance(extent, dict) and not (extent["right"] > extent["left"] and extent["top"] > extent["bottom"]):
         raise ConfigError(f"target.extent: right must exceed left and top must exceed bottom, got {extent}")
+    output = config["output"]
+    if output["compress"] == "deflate" and output["compress_level"] > 12:
+        raise ConfigError(f"output.compress_level: deflate's levels are 1 to 12, got {output['compress_level']}")
     for name, ds in config["datasets"].items():
         path = ds["path"]
         if not os.path.exists(path):

@@ -12,18 +12,22 @@ from workflow_lib.errors import GDAL_ERRORS, OutputWriteError
 BLOCK_SIZE = 256
 
 
-def compression_options(compress: str, dtype: str, threads: int = 1, fast: bool = False) -> dict:
-    """Creation options for ``compress``; ``fast``: the quickest level, for intermediate files
-    (tiles are read once, by the mosaic: their size matters less than the time to write them)."""
+def compression_options(compress: str, dtype: str, threads: int = 1, fast: bool = False,
+                        level: int | None = None) -> dict:
+    """Creation options (GeoTIFF driver) for ``compress``; ``fast``: the quickest level, for
+    intermediate files (tiles are read once, by the mosaic: their size matters less than the time
+    to write them); else ``level`` (None: GDAL's own default, DEFLATE 6 and ZSTD 9)."""
     if compress == "none":
         return {}
     options = {"compress": compress, "num_threads": str(max(threads, 1))}
     # Horizontal differencing shrinks smooth rasters by a third or more; floats need predictor 3.
     options["predictor"] = "3" if np.dtype(dtype).kind == "f" else "2"
+    if fast:
+        level = 1
     if compress == "zstd":
-        options["zstd_level"] = "1" if fast else "9"
-    elif compress == "deflate" and fast:
-        options["zlevel"] = "1"
+        options["zstd_level"] = str(level or 9)
+    elif compress == "deflate" and level:
+        options["zlevel"] = str(level)
     return options
 
 

@@ -315,7 +315,7 @@ def run_mosaic_job(snakemake) -> None:
             write_mosaic(
                 dataset.name, dataset.settings, grid, paths, snakemake.output.mosaic,
                 mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
-                compress=snakemake.params.compress, cog=snakemake.params.cog,
+                compress=snakemake.params.compress, cog=snakemake.params.cog, level=snakemake.params.level,
             )
         figures = dataset_statistics(stats, grid, dataset)
         log.info("mosaic of %s: %d of %d pixels valid, min %s, max %s, mean %s, std %s", dataset.name,
@@ -335,7 +335,7 @@ def run_stack_job(snakemake) -> None:
             write_stack(
                 list(snakemake.params.names), list(snakemake.input.mosaics), grid, snakemake.output[0],
                 mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
-                compress=snakemake.params.compress, cog=snakemake.params.cog,
+                compress=snakemake.params.compress, cog=snakemake.params.cog, level=snakemake.params.level,
             )
 
 

@@ -45,7 +45,10 @@ def write_mosaic(
     compress: str = "deflate",
     cog: bool = True,
     group_tiles: int = GROUP_TILES,
+    level: int | None = None,
 ) -> None:
+    """The mosaic of ``tile_paths`` on ``grid``, compressed with ``compress`` at ``level`` (None:
+    GDAL's default)."""
     band = Band(
         dtype=settings.dst_dtype,
         nodata=settings.dst_nodata,
@@ -65,7 +68,7 @@ def write_mosaic(
     log.info("mosaic of %s: %d tiles on a %d x %d grid", dataset, len(band.sources), grid.width, grid.height)
     tiles_band = band
     try:
-        _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview, group_tiles)
+        _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview, group_tiles, level)
     except OutputWriteError:
         # Reading a tile may be what failed: find corrupt tiles (only now, so a healthy run never
         # reads its tiles twice), remove them so that the next run makes them again, and say so.
@@ -151,6 +154,7 @@ def write_stack(
     threads: int = 1,
     compress: str = "deflate",
     cog: bool = True,
+    level: int | None = None,
 ) -> None:
     """All mosaics on the common grid, one band per dataset named after it, carrying the mosaic's
     band metadata (its resampling method)."""
@@ -173,17 +177,20 @@ def write_stack(
         )
         bands.append(Band(dtype=dtype, nodata=nodata, description=name, sources=[source], metadata=band_tags))
     log.info("stack of %d datasets as %s, nodata %s", len(bands), dtype, nodata)
-    _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, "NEAREST")
+    _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, "NEAREST", level=level)
 
 
 def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_resampling,
-              group_tiles: int = GROUP_TILES) -> None:
+              group_tiles: int = GROUP_TILES, level: int | None = None) -> None:
     dtype = bands[0].dtype
-    options = compression_options(compress, dtype, threads)
+    options = compression_options(compress, dtype, threads, level=level)
     if cog:
         driver = "COG"
         if "predictor" in options:
             options["predictor"] = "YES"  # the COG driver picks 2 or 3 from the data type
+        for name in ("zlevel", "zstd_level"):  # the COG driver's name for both
+            if name in options:
+                options["level"] = options.pop(name)
         options.update(blocksize="512", overview_resampling=overview_resampling, bigtiff="IF_SAFER")
     else:
         driver = "GTiff"
