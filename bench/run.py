@@ -2,10 +2,13 @@
 
     make bench                          # 40,000 x 40,000 inputs, 3 repeats (about 30 minutes on 2 cores, plus 8 to generate the inputs once)
     .venv/bin/python bench/run.py --size 8000 --repeats 1    # a quick look
+    .venv/bin/python bench/run.py --cases average --cores 1,2 --size 10000   # how it scales
 
 Needs Debian's gdal-bin (gdalwarp) and vmtouch. Inputs are generated once into --workdir (about
 5 GB at full size) and kept; every measurement runs with its input locked in the page cache
-(``vmtouch -l``), because these machines drop file cache untouched for about a minute. Prints, per
+(``vmtouch -l``), because these machines drop file cache untouched for about a minute. A second
+anchor runs GDAL's warper in the workflow's own GDAL (3.10, the rasterio wheel's; Debian's gdalwarp
+is 3.6): one whole-file ``rasterio.warp.reproject`` with 2 threads and 512 MB. Prints, per
 case and tool, the median wall time, the peak RSS of the largest process, and the ratio to tuned
 gdalwarp; the workflow's lines add the largest tile job's peak RSS and its declared mem_mb.
 """
@@ -134,6 +137,32 @@ with rasterio.Env(GDAL_CACHEMAX=64):
 """
 
 
+# The second anchor: GDAL's warper in the workflow's own GDAL (the rasterio wheel's, 3.10), whole
+# file to whole file, with 2 threads and the same working memory as tuned gdalwarp (-wm 512).
+REPROJECT = """
+import sys, rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+path, out, crs, transform, width, height, method = sys.argv[1:8]
+transform = Affine(*map(float, transform.split(",")))
+with rasterio.Env(GDAL_NUM_THREADS=2), rasterio.open(path) as src:
+    profile = {"driver": "GTiff", "width": int(width), "height": int(height), "count": 1,
+               "dtype": src.dtypes[0], "crs": crs, "transform": transform, "nodata": src.nodata}
+    with rasterio.open(out, "w", **profile) as dst:
+        reproject(rasterio.band(src, 1), rasterio.band(dst, 1), resampling=Resampling[method],
+                  src_nodata=src.nodata, dst_nodata=src.nodata, num_threads=2, warp_mem_limit=512)
+"""
+
+
+def rasterio_reproject(case: Case, out: str, grid) -> tuple[float, float]:
+    if os.path.exists(out):
+        os.unlink(out)
+    transform = ",".join(repr(v) for v in list(grid.transform)[:6])
+    return measured([sys.executable, "-c", REPROJECT, case.input, out, case.target_crs, transform,
+                     str(grid.width), str(grid.height), case.method])
+
+
 class PageCacheLock:
     """Keep the input resident while measuring: ``vmtouch -dl`` loads and locks it."""
 
@@ -168,13 +197,13 @@ def workflow_config(case: Case, tile_size: int | None) -> dict:
     return config
 
 
-def run_workflow(case: Case, workdir: str, tile_size: int | None) -> dict:
+def run_workflow(case: Case, workdir: str, tile_size: int | None, cores: int = 2) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(os.path.join(workdir, "config"))
     with open(os.path.join(workdir, "config", "config.yaml"), "w") as f:
         yaml.safe_dump(workflow_config(case, tile_size), f)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory", workdir,
-           "--cores", "2", "--resources", "mem_mb=4096", "--quiet", "all", "--", "results/mosaics/d.tif"]
+           "--cores", str(cores), "--resources", "mem_mb=4096", "--quiet", "all", "--", "results/mosaics/d.tif"]
     seconds, peak = measured(cmd)
     jobs = []
     for tsv in glob.glob(os.path.join(workdir, "benchmarks", "**", "*.tsv"), recursive=True):
@@ -241,6 +270,7 @@ def main() -> None:
     parser.add_argument("--cases", default="average,mode,reproject")
     parser.add_argument("--tile-sizes", default="", help="also time the workflow at these tile sizes (first case)")
     parser.add_argument("--skip-default-gdalwarp", action="store_true")
+    parser.add_argument("--cores", default="2", help="snakemake --cores for the workflow; a list (1,2) times each")
     args = parser.parse_args()
     for tool in ("gdalwarp", "vmtouch"):
         if not shutil.which(tool):
@@ -280,9 +310,15 @@ def main() -> None:
             if not args.skip_default_gdalwarp:
                 r["gdalwarp default"] = median_of(args.repeats, lambda: gdalwarp(case, out, grid, False))
                 print(f"  gdalwarp default {r['gdalwarp default']['all_seconds']}", flush=True)
+            r["rasterio.warp.reproject (GDAL 3.10, 2 threads)"] = median_of(
+                args.repeats, lambda: rasterio_reproject(case, out, grid))
+            print(f"  rasterio reproject {r['rasterio.warp.reproject (GDAL 3.10, 2 threads)']['all_seconds']}",
+                  flush=True)
             wf = os.path.join(args.workdir, "workflow")
-            r["workflow (snakemake --cores 2)"] = median_of(args.repeats, lambda: run_workflow(case, wf, None))
-            print(f"  workflow {r['workflow (snakemake --cores 2)']['all_seconds']}", flush=True)
+            for cores in map(int, args.cores.split(",")):
+                label = f"workflow (snakemake --cores {cores})"
+                r[label] = median_of(args.repeats, lambda: run_workflow(case, wf, None, cores))
+                print(f"  workflow --cores {cores} {r[label]['all_seconds']}", flush=True)
             if case is selected[0] and args.tile_sizes:
                 for size in map(int, args.tile_sizes.split(",")):
                     r[f"workflow, tile_size {size}"] = median_of(1, lambda: run_workflow(case, wf, size))
