@@ -219,7 +219,7 @@ def test_small_jobs_reduce_blocks_with_numpy_and_give_the_same_pixels(tmp_path):
 
     plan = plan_of(tmp_path)
     d = plan.datasets["d"]
-    assert d.settings.engine == "numpy" and compiled_kernels(d, 512) and not compiled_kernels(d, 200)
+    assert d.settings.engine == "numpy" and compiled_kernels(d, 512) and not compiled_kernels(d, 300)
     tiles = list(d.tiles)[:6]
     run_batch(d, plan.grid, "b", tiles, str(tmp_path / "compiled"), mem_mb=512, threads=2)
     script = (

@@ -25,7 +25,7 @@ import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
 from workflow_lib.engines.blocks import COMPILED_METHODS
-from workflow_lib.engines.chunks import BASELINE_MB
+from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, kernels_fit
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
 from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
@@ -38,21 +38,13 @@ log = logging.getLogger(__name__)
 DIGEST_TAG = "WORKFLOW_TILE_DIGEST"
 # Bump when a change to the engines changes the pixels of tiles already made (they are remade).
 PIXELS_VERSION = 1
-# The least memory, beyond the interpreter's, that one tile is given: fewer tiles run at once
-# when the job's mem_mb cannot give each this much.
-MIN_TILE_SHARE_MB = 96
-# Data memory (what RLIMIT_DATA counts, VmData) that numba and one dataset's compiled kernels add to
-# a job: 16 MB to import numba and llvmlite, then 17-26 MB to load the kernels from the cache, or
-# 29 MB to compile them (measured 2026-12-03, numba 0.68.1). Kept above that.
-KERNELS_MB = 48
 
 
 def compiled_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:
     """Whether this job reduces blocks with the compiled kernels: a block engine dataset whose
     method they compile, in a job that can hold numba beside at least one tile's share of memory.
     A smaller job uses the NumPy reductions, which give the same pixels, bit for bit."""
-    return (dataset.settings.engine == "numpy" and dataset.settings.method in COMPILED_METHODS
-            and mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB)
+    return dataset.settings.engine == "numpy" and dataset.settings.method in COMPILED_METHODS and kernels_fit(mem_mb)
 
 
 def prepare_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:

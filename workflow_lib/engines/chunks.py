@@ -28,6 +28,18 @@ from workflow_lib.sources.header import RasterHeader
 # Resident memory of a job before it touches data: Python, NumPy, GDAL and Snakemake's script
 # preamble (measured at about 120 MB; kept above that).
 BASELINE_MB = 160
+# What numba, llvmlite and one dataset's compiled kernels add to a job, resident (VmRSS: +103 MB,
+# mostly the libraries' code; VmData, which RLIMIT_DATA counts, +33 MB), measured 2026-12-03 with
+# numba 0.68.1. Kept above that. Jobs whose mem_mb cannot hold it use the NumPy reductions.
+KERNELS_MB = 112
+# The least memory, beyond the interpreter's, that one tile is given: fewer tiles run at once
+# when the job's mem_mb cannot give each this much.
+MIN_TILE_SHARE_MB = 96
+
+
+def kernels_fit(mem_mb: int) -> bool:
+    """Whether a job of ``mem_mb`` can hold numba and its kernels beside one tile's share."""
+    return mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB
 # Points sampled along each edge of a chunk (and across it) to find its source window: the
 # inverse projection of a straight target edge is curved.
 _EDGE_SAMPLES = 33

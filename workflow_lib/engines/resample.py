@@ -21,10 +21,10 @@ from affine import Affine
 from rasterio.windows import Window
 
 from workflow_lib.atomic import atomic_path
-from workflow_lib.engines.blocks import (ENGINE_LABELS, LARGE_BLOCK, BlockGeometry, block_geometry,
+from workflow_lib.engines.blocks import (COMPILED_METHODS, ENGINE_LABELS, LARGE_BLOCK, BlockGeometry, block_geometry,
                                          reduce_blocks_masked, reduce_large_blocks, valid_mask)
-from workflow_lib.engines.chunks import (Chunk, MemoryBudget, block_chunks, pads_source, plan_chunks,
-                                         tile_axis_ranges, window_chunks)
+from workflow_lib.engines.chunks import (KERNELS_MB, Chunk, MemoryBudget, block_chunks, kernels_fit, pads_source,
+                                         plan_chunks, tile_axis_ranges, window_chunks)
 from workflow_lib.engines.warp import warp_chunk
 from workflow_lib.engines.windows import reduce_windows
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
@@ -51,7 +51,7 @@ def resample_tile(
     progress: Callable[[], None] | None = None,
     tags: dict[str, str] | None = None,
     on_chunk: Callable[[int, int, int], None] | None = None,
-    compiled: bool = True,
+    compiled: bool | None = None,
 ) -> dict:
     """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures.
 
@@ -60,11 +60,16 @@ def resample_tile(
     ``tags``: GeoTIFF metadata written into the tile (the digest of its settings, engines.batch).
     ``on_chunk(done, total, pixels_read)`` is told after each chunk is written (progress in heartbeats).
     ``compiled``: the block engine reduces with the compiled kernels (engines.kernels), else with
-    NumPy (the same pixels, bit for bit; for jobs whose memory cannot hold numba, engines.batch).
+    NumPy (the same pixels, bit for bit); None: the kernels where ``mem_mb`` holds them as well
+    (engines.chunks.kernels_fit; a batch job decides once for all its tiles, engines.batch).
     The figures include the statistics of the pixels written (mosaics.statistics), also kept in the
     tile's STATS_TAG.
     """
     progress = progress or (lambda: None)
+    if compiled is None:
+        compiled = settings.engine == "numpy" and settings.method in COMPILED_METHODS and kernels_fit(mem_mb)
+        if compiled:
+            mem_mb -= KERNELS_MB  # what the tile's data may use beside them
     budget = MemoryBudget.for_job(mem_mb)
     chunk_bytes = min(budget.chunk_bytes, max_chunk_bytes or budget.chunk_bytes)
     blocks = None
@@ -121,7 +126,7 @@ def resample_tile(
             dst.update_tags(**{STATS_TAG: stats.to_json()})
     seconds = time.monotonic() - started
     log.debug("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
-    return {"chunks": len(chunks), "seconds": seconds, "pixels_read": pixels_read,
+    return {"chunks": len(chunks), "seconds": seconds, "pixels_read": pixels_read, "compiled": compiled,
             "pixels_written": tile.width * tile.height, "stats": stats}
 
 
