@@ -40,6 +40,8 @@ MIN_TILE_SHARE_MB = 96
 def kernels_fit(mem_mb: int) -> bool:
     """Whether a job of ``mem_mb`` can hold numba and its kernels beside one tile's share."""
     return mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB
+
+
 # Points sampled along each edge of a chunk (and across it) to find its source window: the
 # inverse projection of a straight target edge is curved.
 _EDGE_SAMPLES = 33
