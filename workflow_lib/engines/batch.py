@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
-from workflow_lib.engines.blocks import COMPILED_METHODS
-from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, kernels_fit
+from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, uses_kernels
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
 from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
@@ -41,10 +40,8 @@ PIXELS_VERSION = 1
 
 
 def compiled_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:
-    """Whether this job reduces blocks with the compiled kernels: a block engine dataset whose
-    method they compile, in a job that can hold numba beside at least one tile's share of memory.
-    A smaller job uses the NumPy reductions, which give the same pixels, bit for bit."""
-    return dataset.settings.engine == "numpy" and dataset.settings.method in COMPILED_METHODS and kernels_fit(mem_mb)
+    """Whether this job reduces the dataset's blocks with the compiled kernels (chunks.uses_kernels)."""
+    return uses_kernels(dataset.settings, mem_mb)
 
 
 def prepare_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:

@@ -37,9 +37,12 @@ KERNELS_MB = 112
 MIN_TILE_SHARE_MB = 96
 
 
-def kernels_fit(mem_mb: int) -> bool:
-    """Whether a job of ``mem_mb`` can hold numba and its kernels beside one tile's share."""
-    return mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB
+def uses_kernels(settings: WarpSettings, mem_mb: int) -> bool:
+    """Whether blocks are reduced by the compiled kernels: a block engine dataset whose method they
+    compile, in a job of ``mem_mb`` that can hold numba and its kernels beside one tile's share. A
+    smaller job uses the NumPy reductions, which give the same pixels, bit for bit."""
+    return (settings.engine == "numpy" and settings.method in COMPILED_METHODS
+            and mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB)
 
 
 # Points sampled along each edge of a chunk (and across it) to find its source window: the

@@ -36,6 +36,22 @@ def _missing(v, mask, use_mask, r, c, nodata, use_nodata):
     return use_mask and not mask[r, c]
 
 
+@numba.njit(inline="always")
+def _gather(data, mask, use_mask, nodata, use_nodata, kx, ky, i, j, buf):
+    """The valid pixels of block (i, j) into ``buf`` (converted to its type), in row-major order;
+    returns how many."""
+    m = 0
+    for dy in range(ky):
+        r = i * ky + dy
+        for dx in range(kx):
+            c = j * kx + dx
+            v = data[r, c]
+            if not _missing(v, mask, use_mask, r, c, nodata, use_nodata):
+                buf[m] = v
+                m += 1
+    return m
+
+
 @_jit
 def _accumulate(data, mask, use_mask, nodata, use_nodata, kx, ky, code, values, found):
     """average (GDAL 3.10's running mean: mean += (value - mean) * (1 / n)), sum (in double
@@ -120,15 +136,7 @@ def _mode_pairs(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found)
     buf = np.empty(kx * ky, data.dtype)
     for i in range(h):
         for j in range(w):
-            m = 0
-            for dy in range(ky):
-                r = i * ky + dy
-                for dx in range(kx):
-                    c = j * kx + dx
-                    v = data[r, c]
-                    if not _missing(v, mask, use_mask, r, c, nodata, use_nodata):
-                        buf[m] = v
-                        m += 1
+            m = _gather(data, mask, use_mask, nodata, use_nodata, kx, ky, i, j, buf)
             best_count = 0
             for p in range(m):
                 n = 1
@@ -149,21 +157,14 @@ def _median(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found):
     buf = np.empty(kx * ky, np.float64)
     for i in range(h):
         for j in range(w):
-            m = 0
-            for dy in range(ky):
-                r = i * ky + dy
-                for dx in range(kx):
-                    c = j * kx + dx
-                    v = data[r, c]
-                    if _missing(v, mask, use_mask, r, c, nodata, use_nodata):
-                        continue
-                    x = np.float64(v)
-                    k = m
-                    while k > 0 and buf[k - 1] > x:
-                        buf[k] = buf[k - 1]
-                        k -= 1
-                    buf[k] = x
-                    m += 1
+            m = _gather(data, mask, use_mask, nodata, use_nodata, kx, ky, i, j, buf)
+            for p in range(1, m):  # insertion sort of the block's values
+                x = buf[p]
+                k = p
+                while k > 0 and buf[k - 1] > x:
+                    buf[k] = buf[k - 1]
+                    k -= 1
+                buf[k] = x
             values[i, j] = buf[(m - 1) // 2] if m else 0.0
             found[i, j] = m > 0
 

@@ -21,10 +21,10 @@ from affine import Affine
 from rasterio.windows import Window
 
 from workflow_lib.atomic import atomic_path
-from workflow_lib.engines.blocks import (COMPILED_METHODS, ENGINE_LABELS, LARGE_BLOCK, BlockGeometry, block_geometry,
+from workflow_lib.engines.blocks import (ENGINE_LABELS, LARGE_BLOCK, BlockGeometry, block_geometry,
                                          reduce_blocks_masked, reduce_large_blocks, valid_mask)
-from workflow_lib.engines.chunks import (KERNELS_MB, Chunk, MemoryBudget, block_chunks, kernels_fit, pads_source,
-                                         plan_chunks, tile_axis_ranges, window_chunks)
+from workflow_lib.engines.chunks import (KERNELS_MB, Chunk, MemoryBudget, block_chunks, pads_source,
+                                         plan_chunks, tile_axis_ranges, uses_kernels, window_chunks)
 from workflow_lib.engines.warp import warp_chunk
 from workflow_lib.engines.windows import reduce_windows
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
@@ -61,13 +61,13 @@ def resample_tile(
     ``on_chunk(done, total, pixels_read)`` is told after each chunk is written (progress in heartbeats).
     ``compiled``: the block engine reduces with the compiled kernels (engines.kernels), else with
     NumPy (the same pixels, bit for bit); None: the kernels where ``mem_mb`` holds them as well
-    (engines.chunks.kernels_fit; a batch job decides once for all its tiles, engines.batch).
+    (engines.chunks.uses_kernels; a batch job decides once for all its tiles, engines.batch).
     The figures include the statistics of the pixels written (mosaics.statistics), also kept in the
     tile's STATS_TAG.
     """
     progress = progress or (lambda: None)
     if compiled is None:
-        compiled = settings.engine == "numpy" and settings.method in COMPILED_METHODS and kernels_fit(mem_mb)
+        compiled = uses_kernels(settings, mem_mb)
         if compiled:
             mem_mb -= KERNELS_MB  # what the tile's data may use beside them
     budget = MemoryBudget.for_job(mem_mb)
