@@ -7,6 +7,7 @@ from workflow_lib.engines.blocks import ENGINE_LABELS
 from workflow_lib.config import validate_config
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.plan import TilesToMake, load_plan, plan_cache_path
+from workflow_lib.sources.paths import local_file
 from workflow_lib.snakemake_fixes import (graceful_sigterm_without_deadlock, slurm_cancelled_by_user_is_cancelled,
                                           status_snapshot_on_sigusr1)
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
@@ -51,7 +52,10 @@ def dataset_priority(wildcards):
 
 
 def dataset_path(wildcards):
-    return config["datasets"][wildcards.dataset]["path"]
+    # The file GDAL reads: the input itself, the file inside a connection string (a NetCDF
+    # subdataset), or, for a dataset of many files, the VRT of them that the plan wrote (its name
+    # changes when a member does; thousands of inputs per job would slow Snakemake down).
+    return local_file(PLAN.datasets[wildcards.dataset].header.path)
 
 
 def dataset_plan(wildcards):

@@ -7,7 +7,6 @@ need GDAL or the file system (a CRS that parses, files that exist) and run befor
 from __future__ import annotations
 
 import math
-import os
 from importlib import resources
 from typing import Any
 
@@ -16,6 +15,7 @@ from rasterio.errors import CRSError
 
 from workflow_lib.errors import ConfigError
 from workflow_lib.planning.coords import parse_crs
+from workflow_lib.sources.paths import check_path
 
 SCHEMA_PATH = str(resources.files("workflow_lib") / "schemas" / "config.schema.yaml")
 
@@ -50,11 +50,11 @@ def check_config(config: dict[str, Any]) -> None:
     if output["compress"] == "deflate" and output["compress_level"] > 12:
         raise ConfigError(f"output.compress_level: deflate's levels are 1 to 12, got {output['compress_level']}")
     for name, ds in config["datasets"].items():
-        path = ds["path"]
-        if not os.path.exists(path):
-            raise ConfigError(f"datasets.{name}.path: file not found: {path} (dataset '{name}')")
-        if os.path.isdir(path):
-            raise ConfigError(f"datasets.{name}.path: is a directory, not a raster: {path} (dataset '{name}')")
+        paths = ds["path"] if isinstance(ds["path"], list) else [ds["path"]]
+        if not paths:
+            raise ConfigError(f"datasets.{name}.path: the list of files is empty (dataset '{name}')")
+        for path in paths:
+            check_path(name, path)  # globs are expanded, and checked, when the workflow is planned
 
 
 def target_crs(config: dict[str, Any]):

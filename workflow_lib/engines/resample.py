@@ -33,6 +33,7 @@ from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
 from workflow_lib.planning.grid import TargetGrid, Tile
 from workflow_lib.planning.settings import WarpSettings
 from workflow_lib.sources.header import RasterHeader
+from workflow_lib.sources.members import failing_member
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,11 @@ def read_source(dataset: str, src, settings: WarpSettings, window: Window, keep_
     try:
         data = src.read(settings.band, window=window)
     except GDAL_ERRORS as exc:
+        if src.driver == "VRT":  # many files (or a VRT of them): name the one that failed
+            found = failing_member(src.name, window, settings.band)
+            if found:
+                raise InputRasterError(dataset, found[0], f"cannot be read (a file of {src.name}, under window "
+                                       f"{window} of it): {found[1]}") from exc
         raise InputRasterError(dataset, src.name, f"read of window {window} failed: {exc}") from exc
     if keep_nan:
         return data

@@ -17,6 +17,8 @@ GDAL_TYPE_NAMES = {
     "int16": "Int16",
     "uint32": "UInt32",
     "int32": "Int32",
+    "uint64": "UInt64",
+    "int64": "Int64",
     "float32": "Float32",
     "float64": "Float64",
 }
@@ -32,6 +34,7 @@ class Source:
     height: int
     dtype: str
     nodata: float | None = None  # set: pixels equal to it are not copied (ComplexSource)
+    block: tuple[int, int] = (256, 256)  # (rows, cols) of the source's blocks
 
 
 @dataclass
@@ -55,7 +58,7 @@ def _source_xml(s: Source) -> str:
         f"      <SourceBand>{s.band}</SourceBand>",
         # Declaring the source's size and type spares GDAL from opening every tile up front.
         f'      <SourceProperties RasterXSize="{s.width}" RasterYSize="{s.height}" '
-        f'DataType="{GDAL_TYPE_NAMES[s.dtype]}" BlockXSize="256" BlockYSize="256"/>',
+        f'DataType="{GDAL_TYPE_NAMES[s.dtype]}" BlockXSize="{s.block[1]}" BlockYSize="{s.block[0]}"/>',
         f'      <SrcRect xOff="0" yOff="0" xSize="{s.width}" ySize="{s.height}"/>',
         f'      <DstRect xOff="{s.col_off}" yOff="{s.row_off}" xSize="{s.width}" ySize="{s.height}"/>',
     ]

@@ -26,12 +26,19 @@ from workflow_lib.errors import GDAL_ERRORS
 from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
 from workflow_lib.planning.footprint import Bounds, footprint_bounds, footprint_window, tile_mask, whole_image_scale
 from workflow_lib.planning.grid import TargetGrid, parse_tile_id, tile_id
+from workflow_lib.planning.coords import trusted_transform
+from workflow_lib.planning.footprint import raster_centre_lon
+from workflow_lib.sources.catalog import read_headers
 from workflow_lib.sources.header import RasterHeader, read_header
+from workflow_lib.sources.members import MemberMosaic, arrange, member_tiles, vrt_nodata, write_members_vrt
+from workflow_lib.sources.paths import is_glob, local_file, member_paths, stamp
 from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 7
+PLAN_FORMAT = 8
 DEFAULT_CACHE_DIR = ".cache/plan"
+# Sample points along each side of a tile when finding the members under it.
+_MEMBER_SAMPLES = 5
 
 
 @dataclass(frozen=True)
@@ -148,12 +155,15 @@ class Plan:
         )
 
 
-def build_plan(config: dict[str, Any]) -> Plan:
-    """Read every input's header and work out the grid and the tiles. No caching here."""
+def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Plan:
+    """Read every input's header and work out the grid and the tiles. The plan itself is not
+    cached here (load_plan does); the headers of datasets of many files are, under ``cache_dir``,
+    beside the VRT that makes them one raster."""
     crs = target_crs(config)
     datasets = config["datasets"]
     target = config["target"]
-    headers = {name: read_header(name, ds["path"], ds.get("band", 1)) for name, ds in datasets.items()}
+    sources = {name: dataset_source(name, ds, cache_dir) for name, ds in datasets.items()}
+    headers = {name: source[0] for name, source in sources.items()}
     footprints = {name: _footprint(name, datasets[name], h, crs) for name, h in headers.items()}
     extent = target.get("extent", "union")
     notes = {}
@@ -205,6 +215,8 @@ def build_plan(config: dict[str, Any]) -> Plan:
             engine=engine,
         )
         mask = _planning_call(name, ds, lambda: tile_mask(header, grid, margin_px=kernel_reach(settings)))
+        if sources[name][1] is not None:  # many files: only the tiles that one of them reaches
+            mask &= _planning_call(name, ds, lambda: _member_tiles(sources[name][1], header, grid, settings))
         tiles = [(int(r), int(c), tile_id(int(r), int(c))) for r, c in np.argwhere(mask)]
         if not tiles:
             raise ConfigError(
@@ -247,6 +259,38 @@ def tile_work(grid: TargetGrid, header: RasterHeader, settings: WarpSettings, ti
     return Plan(grid, plans)
 
 
+def dataset_source(name: str, ds: dict, cache_dir: str) -> tuple[RasterHeader, MemberMosaic | None]:
+    """The raster a dataset reads: its one file, or the VRT of its many files (with where each
+    lies on it)."""
+    band = ds.get("band", 1)
+    paths = member_paths(name, ds["path"])
+    if len(paths) == 1 and not isinstance(ds["path"], list) and not is_glob(ds["path"]):
+        return read_header(name, ds["path"], band), None
+    root = os.path.dirname(os.path.abspath(cache_dir))  # .cache/plan -> .cache
+    headers = read_headers(name, paths, band, os.path.join(root, "headers"))
+    mosaic = arrange(name, headers, ds.get("overlap", "last"))
+    nodata = vrt_nodata(headers[0], nodata_override(ds))
+    vrt = write_members_vrt(name, headers, mosaic, nodata, os.path.join(root, "sources"))
+    return read_header(name, vrt, band), mosaic
+
+
+def _member_tiles(mosaic: MemberMosaic, header: RasterHeader, grid: TargetGrid, settings: WarpSettings) -> np.ndarray:
+    n = _MEMBER_SAMPLES
+    ts = grid.tile_size
+    steps = np.linspace(0.0, 1.0, n)
+    cols = np.minimum((np.arange(grid.tile_cols)[:, None] + steps[None, :]) * ts, grid.width)  # (tile_cols, n)
+    rows = np.minimum((np.arange(grid.tile_rows)[:, None] + steps[None, :]) * ts, grid.height)
+    cc = np.broadcast_to(cols[None, :, None, :], (grid.tile_rows, grid.tile_cols, n, n))
+    rr = np.broadcast_to(rows[:, None, :, None], (grid.tile_rows, grid.tile_cols, n, n))
+    c, r, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.affine, cc.ravel(), rr.ravel(),
+                                 raster_centre_lon(header))
+    shape = (grid.tile_rows, grid.tile_cols, n * n)
+    # Between sample points a curved mapping may bulge out by a fraction of a tile: a margin of a
+    # quarter of the tile's source size besides the kernel's reach covers it.
+    margin = kernel_reach(settings) + 2 + 0.25 * ts * max(settings.x_scale, settings.y_scale)
+    return member_tiles(mosaic, c.reshape(shape), r.reshape(shape), ok.reshape(shape), margin)
+
+
 def _footprint(name: str, ds: dict, header: RasterHeader, crs) -> Bounds:
     return _planning_call(name, ds, lambda: footprint_bounds(header, crs))
 
@@ -282,8 +326,7 @@ def plan_cache_key(config: dict[str, Any]) -> str:
     """Changes whenever the config or any input file (size, modification time) changes."""
     files = {}
     for name, ds in config["datasets"].items():
-        stat = os.stat(ds["path"])
-        files[name] = [os.path.abspath(ds["path"]), stat.st_size, stat.st_mtime_ns]
+        files[name] = [[p, *stamp(p)] for p in member_paths(name, ds["path"])]
     text = json.dumps({"format": PLAN_FORMAT, "config": config, "files": files}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -298,10 +341,13 @@ def load_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR, path: 
     path = path or plan_cache_path(config, cache_dir)
     try:
         with open(path) as f:
-            return Plan.from_dict(json.load(f))
+            plan = Plan.from_dict(json.load(f))
+        # The VRT of a dataset of many files lives in the cache too: if it was removed, plan again.
+        if all(os.path.exists(local_file(d.header.path)) for d in plan.datasets.values()):
+            return plan
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no cache yet, or one from another version of this library: rebuild it below
-    plan = build_plan(config)
+    plan = build_plan(config, cache_dir)
     write_json_atomic(path, plan.to_dict())
     return plan
 

@@ -13,6 +13,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
 from workflow_lib.errors import InputRasterError
+from workflow_lib.sources.paths import absolute, local_file, stamp
 
 # GDAL's warper cannot resample complex numbers with most methods, and nothing in this workflow's
 # field (elevation, climate, land cover, ranges) needs them.
@@ -72,10 +73,10 @@ def read_header(dataset: str, path: str, band: int = 1) -> RasterHeader:
 
     Raises InputRasterError naming the dataset, the file and the problem.
     """
-    if not os.path.exists(path):
+    if not os.path.exists(local_file(path)):
         raise InputRasterError(dataset, path, "file not found; check datasets.%s.path in the config" % dataset)
     try:
-        stat = os.stat(path)
+        size, mtime = stamp(path)
         with rasterio.open(path) as src:
             if not 1 <= band <= src.count:
                 raise InputRasterError(dataset, path, f"band {band} requested but the file has {src.count} band(s)")
@@ -96,9 +97,9 @@ def read_header(dataset: str, path: str, band: int = 1) -> RasterHeader:
                 raise InputRasterError(dataset, path, f"data type {dtype} is not supported (use integer or real data)")
             nodata = src.nodatavals[band - 1]
             header = RasterHeader(
-                path=os.path.abspath(path),
-                size_bytes=stat.st_size,
-                mtime_ns=stat.st_mtime_ns,
+                path=absolute(path),
+                size_bytes=size,
+                mtime_ns=mtime,
                 driver=src.driver,
                 crs_wkt=src.crs.to_wkt(),
                 transform=tuple(src.transform)[:6],

@@ -1,0 +1,201 @@
+"""A dataset made of many files: one raster, the mosaic of its members, as a VRT.
+
+The members must share a CRS and a pixel grid (same pixel size, offsets a whole number of pixels
+apart), as the tiles of a national DEM or of a global land cover do. Their VRT then holds every
+member at its own pixels, unresampled, so every target pixel sees the valid pixels of all members
+under it (an average across the seam between two files is the average of both), and GDAL opens
+only the members that a read touches, through its pool of at most GDAL_MAX_DATASET_POOL_SIZE open
+files. Where members overlap, the later one in order wins (GDAL's VRT paints its sources in order,
+as ``gdalbuildvrt`` does); ``overlap: first`` reverses it. A member's nodata pixels are not
+painted, so the earlier member shows through them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from workflow_lib.atomic import atomic_path
+from workflow_lib.errors import ConfigError, GDAL_ERRORS
+from workflow_lib.mosaics.vrt import Band, Source, vrt_xml
+from workflow_lib.sources.header import RasterHeader
+
+# Offsets between members may be this far (in pixels) from whole numbers: the rounding of their
+# geotransforms' decimal text, not a different grid.
+GRID_TOLERANCE_PX = 1e-3
+# Pixel sizes may differ by this much (relative) for the same reason.
+SIZE_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Member:
+    path: str
+    col_off: int  # where the member lies on the dataset's grid
+    row_off: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class MemberMosaic:
+    transform: Affine
+    width: int
+    height: int
+    members: tuple[Member, ...]  # in painting order: the last one wins where they overlap
+
+
+def arrange(dataset: str, headers: list[RasterHeader], overlap: str = "last") -> MemberMosaic:
+    """Place the members on one pixel grid, or raise ConfigError naming the member that does not
+    fit and how."""
+    first = headers[0]
+    a, b, c0, d, e, f0 = first.transform
+    if b or d or a <= 0 or e >= 0:
+        raise ConfigError(f"datasets.{dataset}.path: {first.path} is rotated or not north-up; several files make "
+                          "one dataset only when they are north-up (warp them first: gdalwarp in.tif out.tif)")
+    first_crs = None
+    offsets = []
+    for h in headers:
+        why = _mismatch(h, first)
+        if why is None and h.crs_wkt != first.crs_wkt:
+            first_crs = first_crs or first.crs
+            if h.crs != first_crs:
+                why = f"its CRS ({h.crs.to_string()}) is not that of {first.path} ({first_crs.to_string()})"
+        if why is None:
+            ha, hb, hc, hd, he, hf = h.transform
+            if hb or hd or abs(ha - a) > SIZE_TOLERANCE * a or abs(he - e) > SIZE_TOLERANCE * -e:
+                why = (f"its pixels ({ha:.12g} x {-he:.12g}) are not those of {first.path} ({a:.12g} x {-e:.12g}), "
+                       "or are rotated")
+        if why is None:
+            col, row = (h.transform[2] - c0) / a, (h.transform[5] - f0) / e
+            if abs(col - round(col)) > GRID_TOLERANCE_PX or abs(row - round(row)) > GRID_TOLERANCE_PX:
+                why = (f"it is not on the pixel grid of {first.path} (offset {col:.4f}, {row:.4f} pixels); "
+                       "resample it onto that grid first")
+            offsets.append((round(col), round(row)))
+        if why is not None:
+            raise ConfigError(f"datasets.{dataset}.path: {h.path} cannot join the other files of dataset "
+                              f"'{dataset}': {why}")
+    cols = np.array([o[0] for o in offsets])
+    rows = np.array([o[1] for o in offsets])
+    widths = np.array([h.width for h in headers])
+    heights = np.array([h.height for h in headers])
+    col0, row0 = int(cols.min()), int(rows.min())
+    width, height = int((cols + widths).max()) - col0, int((rows + heights).max()) - row0
+    members = [Member(h.path, int(c) - col0, int(r) - row0, h.width, h.height)
+               for h, c, r in zip(headers, cols, rows)]
+    if overlap == "first":
+        members.reverse()
+    return MemberMosaic(Affine(a, 0.0, c0 + col0 * a, 0.0, e, f0 + row0 * e), width, height, tuple(members))
+
+
+def _mismatch(h: RasterHeader, first: RasterHeader) -> str | None:
+    if h.count != first.count:
+        return f"it has {h.count} band(s) and {first.path} has {first.count}"
+    if h.dtype != first.dtype:
+        return f"its data type is {h.dtype} and that of {first.path} is {first.dtype}"
+    same = h.nodata == first.nodata or (h.nodata is not None and first.nodata is not None and
+                                        math.isnan(h.nodata) and math.isnan(first.nodata))
+    if not same:
+        return (f"its nodata is {h.nodata} and that of {first.path} is {first.nodata} (set datasets.<name>.nodata "
+                "to treat one value as nodata in every file)")
+    return None
+
+
+def vrt_nodata(first: RasterHeader, override: float | None) -> float | None:
+    """The VRT's nodata, which also fills the gaps between members: the one given in the config,
+    else the members' own, else NaN for real numbers (a gap is no data, never zero). Integer
+    members without nodata leave gaps as 0, as gdalbuildvrt does (README: set ``nodata``)."""
+    if override is not None:
+        return override
+    if first.nodata is not None:
+        return first.nodata
+    return math.nan if np.dtype(first.dtype).kind == "f" else None
+
+
+def write_members_vrt(dataset: str, headers: list[RasterHeader], mosaic: MemberMosaic, nodata: float | None,
+                      out_dir: str) -> str:
+    """Write the members' VRT under a name made from its content (an unchanged dataset keeps its
+    file and modification time, a changed one gets a new file) and return its path."""
+    first = headers[0]
+    by_path = {h.path: h for h in headers}
+    src_nodata = nodata if nodata is not None else first.nodata
+    # The members' sizes and modification times are part of the text, so that a member changed in
+    # place (same geometry, new pixels) also makes a new VRT, and its tiles are made again.
+    stamps = json.dumps([[m.path, by_path[m.path].size_bytes, by_path[m.path].mtime_ns] for m in mosaic.members])
+    metadata = {"WORKFLOW_MEMBERS": str(len(mosaic.members)),
+                "WORKFLOW_MEMBERS_STAMP": hashlib.sha256(stamps.encode()).hexdigest()}
+    bands = []
+    for band in range(1, first.count + 1):
+        sources = [Source(m.path, band, m.col_off, m.row_off, m.width, m.height, first.dtype, src_nodata,
+                          by_path[m.path].block_shape) for m in mosaic.members]
+        bands.append(Band(first.dtype, nodata, sources=sources, metadata=metadata))
+    text = vrt_xml(mosaic.width, mosaic.height, first.crs, mosaic.transform, bands)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = os.path.abspath(os.path.join(out_dir, f"{dataset}-{digest}.vrt"))
+    if not os.path.exists(path):
+        os.makedirs(out_dir, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            f.write(text)
+    return path
+
+
+def member_tiles(mosaic: MemberMosaic, corners_cols: np.ndarray, corners_rows: np.ndarray, ok: np.ndarray,
+                 margin: float) -> np.ndarray:
+    """Boolean (tile_rows, tile_cols): the tiles whose source area meets a member.
+
+    ``corners_cols``/``corners_rows``: sample points of every tile (tile_rows, tile_cols, n) in the
+    mosaic's pixels; ``ok`` where they could be moved there. A tile with a point that could not be
+    moved is kept (it cannot be told apart). ``margin``: source pixels around each tile's area
+    (the resampling kernel's reach and the rounding of chunk windows)."""
+    c = np.where(ok, corners_cols, np.nan)
+    r = np.where(ok, corners_rows, np.nan)
+    lo_c, hi_c = np.nanmin(c, axis=2) - margin, np.nanmax(c, axis=2) + margin
+    lo_r, hi_r = np.nanmin(r, axis=2) - margin, np.nanmax(r, axis=2) + margin
+    keep = ~ok.all(axis=2)
+    for m in mosaic.members:
+        keep |= (hi_c >= m.col_off) & (lo_c <= m.col_off + m.width) & (hi_r >= m.row_off) & (
+            lo_r <= m.row_off + m.height)
+    return keep
+
+
+def failing_member(vrt_path: str, window: Window, band: int) -> tuple[str, str] | None:
+    """The first source of a VRT under ``window`` that cannot be opened or read, and why; None if
+    every one can. Called after a read of the VRT failed, to name the file behind it."""
+    try:
+        root = ET.parse(vrt_path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    bands = root.findall("VRTRasterBand")
+    if not 1 <= band <= len(bands):
+        return None
+    w0, h0 = window.col_off, window.row_off
+    w1, h1 = w0 + window.width, h0 + window.height
+    for source in bands[band - 1]:
+        name, dst, src = source.find("SourceFilename"), source.find("DstRect"), source.find("SrcRect")
+        if name is None or dst is None or src is None:
+            continue
+        path = name.text or ""
+        if name.get("relativeToVRT") == "1":
+            path = os.path.join(os.path.dirname(vrt_path), path)
+        x, y = float(dst.get("xOff")), float(dst.get("yOff"))
+        if x >= w1 or y >= h1 or x + float(dst.get("xSize")) <= w0 or y + float(dst.get("ySize")) <= h0:
+            continue
+        sb = source.find("SourceBand")
+        try:
+            with rasterio.open(path) as m:
+                # Read it all, block row by block row: which block is damaged is not known.
+                step = max(m.block_shapes[0][0], 1)
+                for row in range(0, m.height, step):
+                    m.read(int(sb.text) if sb is not None else 1,
+                           window=Window(0, row, m.width, min(step, m.height - row)))
+        except GDAL_ERRORS as exc:
+            return path, str(exc)
+    return None
