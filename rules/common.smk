@@ -55,7 +55,9 @@ def dataset_path(wildcards):
     # The file GDAL reads: the input itself, the file inside a connection string (a NetCDF
     # subdataset), or, for a dataset of many files, the VRT of them that the plan wrote (its name
     # changes when a member does; thousands of inputs per job would slow Snakemake down).
-    return local_file(PLAN.datasets[wildcards.dataset].header.path)
+    # A remote input is none: its identity (size, ETag) keys the plan instead (README, "Inputs").
+    local = local_file(PLAN.datasets[wildcards.dataset].header.path)
+    return [local] if local else []
 
 
 def dataset_plan(wildcards):

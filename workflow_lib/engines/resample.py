@@ -34,6 +34,7 @@ from workflow_lib.planning.grid import TargetGrid, Tile
 from workflow_lib.planning.settings import WarpSettings
 from workflow_lib.sources.header import RasterHeader
 from workflow_lib.sources.members import failing_member
+from workflow_lib.sources.remote import gdal_options
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def resample_tile(
     started = time.monotonic()
     pixels_read = 0
     stats = PixelStats()
-    env = {"GDAL_CACHEMAX": budget.cache_mb, "GDAL_NUM_THREADS": max(threads, 1)}
+    env = {"GDAL_CACHEMAX": budget.cache_mb, "GDAL_NUM_THREADS": max(threads, 1), **gdal_options(header.path)}
     with rasterio.Env(**env), atomic_path(out_path) as tmp:
         try:
             src = rasterio.open(header.path, OVERVIEW_LEVEL="NONE")

@@ -343,7 +343,8 @@ def load_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR, path: 
         with open(path) as f:
             plan = Plan.from_dict(json.load(f))
         # The VRT of a dataset of many files lives in the cache too: if it was removed, plan again.
-        if all(os.path.exists(local_file(d.header.path)) for d in plan.datasets.values()):
+        if all(local_file(d.header.path) is None or os.path.exists(local_file(d.header.path))
+               for d in plan.datasets.values()):
             return plan
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no cache yet, or one from another version of this library: rebuild it below

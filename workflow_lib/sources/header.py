@@ -14,6 +14,7 @@ from rasterio.errors import RasterioIOError
 
 from workflow_lib.errors import InputRasterError
 from workflow_lib.sources.paths import absolute, local_file, stamp
+from workflow_lib.sources.remote import explain, gdal_options, is_remote
 
 # GDAL's warper cannot resample complex numbers with most methods, and nothing in this workflow's
 # field (elevation, climate, land cover, ranges) needs them.
@@ -73,11 +74,12 @@ def read_header(dataset: str, path: str, band: int = 1) -> RasterHeader:
 
     Raises InputRasterError naming the dataset, the file and the problem.
     """
-    if not os.path.exists(local_file(path)):
+    local = local_file(path)
+    if local is not None and not os.path.exists(local):
         raise InputRasterError(dataset, path, "file not found; check datasets.%s.path in the config" % dataset)
     try:
         size, mtime = stamp(path)
-        with rasterio.open(path) as src:
+        with rasterio.Env(**gdal_options(path)), rasterio.open(absolute(path)) as src:
             if not 1 <= band <= src.count:
                 raise InputRasterError(dataset, path, f"band {band} requested but the file has {src.count} band(s)")
             if src.transform.is_identity:
@@ -113,6 +115,8 @@ def read_header(dataset: str, path: str, band: int = 1) -> RasterHeader:
                 block_shape=tuple(src.block_shapes[band - 1]),
             )
     except RasterioIOError as exc:
+        if is_remote(path):
+            raise InputRasterError(dataset, path, explain(path, str(exc))) from exc
         raise InputRasterError(dataset, path, f"cannot be opened as a raster: {exc}") from exc
     check_nodata_fits(dataset, path, header.nodata, header.dtype, "declared nodata")
     return header

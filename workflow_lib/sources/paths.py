@@ -13,32 +13,31 @@ import os
 import re
 
 from workflow_lib.errors import ConfigError
+from workflow_lib.sources.remote import is_remote, remote_stamp, to_gdal
 
 _GLOB_CHARS = re.compile(r"[*?[]")
 # DRIVER:"file":rest, DRIVER:file:rest or DRIVER:file (GDAL's subdataset and prefix syntaxes).
 _CONNECTION = re.compile(r'^(?P<driver>[A-Za-z][A-Za-z0-9_]+):(?:"(?P<quoted>[^"]+)"|(?P<plain>[^:]+))(?P<rest>:.*)?$')
 # Drivers whose connection strings name a local file first.
 _FILE_DRIVERS = {"NETCDF", "HDF5", "HDF4_SDS", "HDF4_EOS", "ZARR", "GTI", "GPKG"}
-_REMOTE = re.compile(r"^(https?|s3|gs|az)://|^/vsi(curl|s3|gs|az|adls|oss|swift|webhdfs)", re.IGNORECASE)
 # What makes a folder a Zarr store (version 2, consolidated or not, and version 3).
 _ZARR_MARKERS = (".zgroup", ".zarray", ".zmetadata", "zarr.json")
 
 
 def is_glob(path: str) -> bool:
-    return bool(_GLOB_CHARS.search(path)) and not _CONNECTION.match(path)
-
-
-def is_remote(path: str) -> bool:
-    return bool(_REMOTE.match(path))
+    # A URL's "?" starts its query: globs are for local files only.
+    return bool(_GLOB_CHARS.search(path)) and not _CONNECTION.match(path) and not is_remote(path)
 
 
 def is_zarr_store(path: str) -> bool:
     return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in _ZARR_MARKERS)
 
 
-def local_file(path: str) -> str:
+def local_file(path: str) -> str | None:
     """The file or folder on disk that ``path`` reads: itself, or the file inside a connection
-    string."""
+    string; None for a remote input."""
+    if is_remote(path):
+        return None
     m = _CONNECTION.match(path)
     if m and m.group("driver").upper() in _FILE_DRIVERS:
         return m.group("quoted") or m.group("plain")
@@ -46,7 +45,10 @@ def local_file(path: str) -> str:
 
 
 def absolute(path: str) -> str:
-    """``path`` with its local file made absolute (jobs may run in another folder)."""
+    """``path`` with its local file made absolute (jobs may run in another folder), or a URL as
+    GDAL names it (/vsicurl/, /vsis3/)."""
+    if is_remote(path):
+        return to_gdal(path)
     m = _CONNECTION.match(path)
     if m and m.group("driver").upper() in _FILE_DRIVERS:
         inner = os.path.abspath(m.group("quoted") or m.group("plain"))
@@ -56,7 +58,13 @@ def absolute(path: str) -> str:
 
 def stamp(path: str) -> tuple[int, int]:
     """(size, modification time in ns) of what ``path`` reads: a change to either means the input
-    changed. A Zarr store is a folder: its metadata files and top-level entries count."""
+    changed. A Zarr store is a folder: its metadata files and top-level entries count. A remote
+    object: its size and a number made from its ETag and Last-Modified (sources.remote)."""
+    if is_remote(path):
+        found = remote_stamp(path)
+        if found is None:
+            return -1, -1  # gone or refused: the header read that follows says which
+        return found
     target = local_file(path)
     st = os.stat(target)
     if not os.path.isdir(target):
@@ -72,11 +80,8 @@ def stamp(path: str) -> tuple[int, int]:
 
 def check_path(dataset: str, path: str) -> None:
     """A clear error for a path that names nothing usable; globs are checked when expanded."""
-    if is_remote(path):
-        raise ConfigError(f"datasets.{dataset}.path: remote inputs are not supported yet: {path} "
-                          f"(dataset '{dataset}'); copy the file to a local disk")
-    if is_glob(path):
-        return
+    if is_remote(path) or is_glob(path):
+        return  # a URL is checked when its header is read; a glob when it is expanded
     target = local_file(path)
     if not os.path.exists(target):
         raise ConfigError(f"datasets.{dataset}.path: file not found: {target} (dataset '{dataset}')")

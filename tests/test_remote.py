@@ -1,0 +1,165 @@
+"""Remote inputs: HTTP range requests and S3, on loopback servers started here, with faults.
+
+A folder over HTTP (tests/servers.py) and moto's S3 server, each behind a proxy that answers
+every 4th request with 503 and holds every 5th for a while. The results must be identical to the
+same file read locally, and credentials must never reach a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from affine import Affine
+
+from workflow_lib.config import validate_config
+from workflow_lib.errors import InputRasterError
+from workflow_lib.planning.plan import build_plan, plan_cache_key
+
+from .helpers import REPO, read_band, run_tiles_and_mosaics, smooth_field, write_raster
+from .servers import FaultyProxy, FileServer
+
+SECRET = "wJalrXUtnFEMI-never-in-a-log-K7MDENG"
+UTM = Affine(30, 0, 504000, 0, -30, 4608000)
+
+
+def config_for(path, **extra):
+    return {"target": {"crs": "EPSG:32633", "resolution": 90}, "tile_size": 128,
+            "datasets": {"dem": {"path": path, "method": "average", **extra}}}
+
+
+@pytest.fixture
+def dem(tmp_path):
+    values = smooth_field(900, 1000, seed=7)
+    values[100:160, 300:420] = -9999
+    folder = tmp_path / "served"
+    folder.mkdir()
+    return write_raster(folder / "dem.tif", values, "EPSG:32633", UTM, -9999.0)
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    # GDAL's own setting, from the environment, wins over the workflow's default (0.5 s): the
+    # tests inject dozens of faults and need not wait for each.
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.02")
+
+
+@pytest.fixture
+def http(dem, quick_retries):
+    server = FileServer(os.path.dirname(dem))
+    proxy = FaultyProxy(server.url.split("//")[1])
+    yield server, proxy
+    proxy.close()
+    server.close()
+
+
+@pytest.fixture
+def s3(monkeypatch, quick_retries):
+    """moto's S3 in server mode on loopback, behind the faulty proxy; GDAL and boto3 pointed at it
+    through the usual AWS variables."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    proxy = FaultyProxy(f"{host}:{port}")
+    for key, value in {"AWS_ACCESS_KEY_ID": "AKIAWORKFLOWTEST", "AWS_SECRET_ACCESS_KEY": SECRET,
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                       "AWS_S3_ENDPOINT": proxy.url.split("//")[1], "AWS_HTTPS": "NO",
+                       "AWS_VIRTUAL_HOSTING": "FALSE"}.items():
+        monkeypatch.setenv(key, value)
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
+    client.create_bucket(Bucket="layers")
+    yield client, proxy
+    proxy.close()
+    server.stop()
+
+
+def test_http_with_faults_gives_the_local_result(tmp_path, dem, http, record):
+    server, proxy = http
+    plan, remote = run_tiles_and_mosaics(config_for(f"{proxy.url}/dem.tif"), tmp_path / "remote")
+    assert plan.datasets["dem"].header.path == f"/vsicurl/{proxy.url}/dem.tif"
+    _, local = run_tiles_and_mosaics(config_for(dem), tmp_path / "local")
+    assert np.array_equal(read_band(remote["dem"]), read_band(local["dem"]))
+    # Faults were met and survived; the pixels came by range requests, not one download.
+    assert proxy.failed >= 3 and proxy.delayed >= 3
+    ranged = [r for r in server.requests if r[0] == "GET" and r[2]]
+    assert ranged and all(m == "HEAD" or r for m, _, r in server.requests)
+    record(f"HTTP input, {proxy.count} requests of which {proxy.failed} answered 503 and {proxy.delayed} delayed: "
+           "mosaic identical to the local file's")
+
+
+def test_http_errors_name_the_dataset_and_the_url(dem, http):
+    server, _ = http
+    with pytest.raises(InputRasterError) as err:
+        build_plan(validate_config(config_for(f"{server.url}/missing.tif")))
+    assert str(err.value) == (f"dataset 'dem' ({server.url}/missing.tif): the server has no such object (HTTP 404): "
+                              f"check the URL {server.url}/missing.tif")
+    server.forbidden.add("dem.tif")
+    with pytest.raises(InputRasterError, match=r"dataset 'dem' \(.*/dem\.tif\): access denied \(HTTP 403\)"):
+        build_plan(validate_config(config_for(f"{server.url}/dem.tif")))
+
+
+def test_a_changed_object_changes_the_plan(dem, http):
+    server, _ = http
+    config = validate_config(config_for(f"{server.url}/dem.tif"))
+    before = plan_cache_key(config)
+    assert plan_cache_key(config) == before  # the same object: the same plan
+    os.utime(dem, ns=(1, os.stat(dem).st_mtime_ns + 10**9))  # the server's ETag and Last-Modified change
+    assert plan_cache_key(config) != before
+
+
+def test_s3_with_faults_gives_the_local_result_also_as_files_of_a_dataset(tmp_path, monkeypatch, dem, s3):
+    client, proxy = s3
+    client.upload_file(dem, "layers", "dem/dem.tif")
+    plan, remote = run_tiles_and_mosaics(config_for("s3://layers/dem/dem.tif"), tmp_path / "remote")
+    assert plan.datasets["dem"].header.path == "/vsis3/layers/dem/dem.tif"
+    _, local = run_tiles_and_mosaics(config_for(dem), tmp_path / "local")
+    assert np.array_equal(read_band(remote["dem"]), read_band(local["dem"]))
+    assert proxy.failed >= 3 and proxy.delayed >= 3
+    # Two halves as two objects of one dataset: the same pixels again.
+    values = read_band(dem)
+    for name, rows in {"north": slice(0, 450), "south": slice(450, 900)}.items():
+        part = write_raster(tmp_path / f"{name}.tif", values[rows], "EPSG:32633",
+                            UTM @ Affine.translation(0, rows.start), -9999.0)
+        client.upload_file(part, "layers", f"parts/{name}.tif")
+    monkeypatch.chdir(tmp_path)  # the VRT of the two objects goes under .cache here
+    _, halves = run_tiles_and_mosaics(config_for(["s3://layers/parts/north.tif", "s3://layers/parts/south.tif"]),
+                                      tmp_path / "halves")
+    assert np.array_equal(read_band(halves["dem"]), read_band(local["dem"]))
+    with pytest.raises(InputRasterError, match=r"dataset 'dem' \(s3://layers/nothere\.tif\): the server has no such "
+                                               r"object \(HTTP 404\)"):
+        build_plan(validate_config(config_for("s3://layers/nothere.tif")))
+
+
+@pytest.mark.integration
+def test_s3_end_to_end_and_no_credentials_in_any_log(tmp_path, dem, s3):
+    client, proxy = s3
+    client.upload_file(dem, "layers", "dem.tif")
+    work = tmp_path / "run"
+    os.makedirs(work / "config")
+    with open(work / "config" / "config.yaml", "w") as f:
+        yaml.safe_dump(config_for("s3://layers/dem.tif"), f)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
+           str(work), "--cores", "2", "--resources", "mem_mb=2000"]
+    dry = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=600)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    _, local = run_tiles_and_mosaics(config_for(dem), tmp_path / "local")
+    assert np.array_equal(read_band(work / "results" / "mosaics" / "dem.tif"), read_band(local["dem"]))
+    assert proxy.failed >= 1
+    # Not in the console, the logs, Snakemake's metadata, the status database or the results.
+    assert SECRET not in dry.stdout + dry.stderr + run.stdout + run.stderr
+    for folder, _, files in os.walk(work):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                assert SECRET.encode() not in f.read(), os.path.join(folder, name)

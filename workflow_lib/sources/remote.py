@@ -1,0 +1,126 @@
+"""Inputs on a web server or in object storage, read by GDAL's range requests.
+
+``https://host/dem.tif`` is read through GDAL's ``/vsicurl/``, ``s3://bucket/key`` through
+``/vsis3/`` (``gs://`` and ``az://`` likewise): a header at planning, and in tile jobs only the
+bytes of the blocks a window needs, never the whole object. Credentials come from where GDAL looks
+for them (AWS_ACCESS_KEY_ID and friends, AWS_PROFILE, ~/.aws/credentials and config, instance
+roles): the workflow never reads, prints or logs them, and paths carry none.
+
+A remote object is no Snakemake input (a storage plugin would download it whole). Its identity is
+the server's answer to a HEAD request: size, ETag and Last-Modified. The plan's cache is keyed by
+them, so a changed object is planned again and its tiles are made again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+from functools import lru_cache
+
+_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
+_URL = re.compile(r"^(?P<scheme>https?|s3|gs|az)://(?P<rest>.+)$", re.IGNORECASE)
+_VSI = re.compile(r"^/vsi(curl|s3|gs|az|adls|oss|swift|webhdfs)(_streaming)?/", re.IGNORECASE)
+
+# GDAL's settings for reading over a network, unless the environment sets them: transient errors
+# (429, 5xx, timeouts) retried with a growing delay, and one GET for neighbouring blocks. They
+# touch only network reads, so they are on for every input (the files of a VRT may be remote).
+NETWORK_DEFAULTS = {
+    "GDAL_HTTP_MAX_RETRY": "8",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_CONNECTTIMEOUT": "20",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+}
+# For a remote input itself: no listing of its "folder" on open (one request per page of
+# siblings, in search of side-car files). Not for local files, whose .aux.xml and .msk count.
+REMOTE_DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+def is_remote(path: str) -> bool:
+    return bool(_URL.match(path) or _VSI.match(path))
+
+
+def to_gdal(path: str) -> str:
+    """The GDAL file name of a URL (``s3://b/k`` -> ``/vsis3/b/k``); other paths unchanged."""
+    m = _URL.match(path)
+    if not m:
+        return path
+    scheme = m.group("scheme").lower()
+    prefix = _SCHEMES[scheme]
+    return prefix + (path if prefix == "/vsicurl/" else m.group("rest"))
+
+
+def network_options(remote: bool = True) -> dict[str, str]:
+    """The defaults above (REMOTE_DEFAULTS too when ``remote``), less what the environment sets
+    itself: the user's choice wins."""
+    defaults = {**NETWORK_DEFAULTS, **(REMOTE_DEFAULTS if remote else {})}
+    return {k: v for k, v in defaults.items() if k not in os.environ}
+
+
+def gdal_options(path: str) -> dict[str, str]:
+    """GDAL config options for reading ``path`` (local or remote)."""
+    return network_options(is_remote(path))
+
+
+@lru_cache(maxsize=1)
+def _gdal():
+    """GDAL's C library, the one rasterio's wheel bundles (already loaded by importing rasterio):
+    the HEAD answer of an object is not reachable through rasterio."""
+    import rasterio  # noqa: F401 - loads libgdal
+
+    with open("/proc/self/maps") as f:
+        libs = sorted({line.split()[-1] for line in f if "/libgdal" in line})
+    lib = ctypes.CDLL(libs[0])
+    lib.VSIGetFileMetadata.restype = ctypes.POINTER(ctypes.c_char_p)
+    lib.VSIGetFileMetadata.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
+    lib.CSLDestroy.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
+    lib.VSICurlClearCache.argtypes = []
+    return lib
+
+
+def head(path: str) -> dict[str, str] | None:
+    """The server's headers for ``path`` (a GDAL remote file name), through GDAL itself (its
+    credentials, endpoint and retry settings); None if it has no such object or refused."""
+    import rasterio
+
+    lib = _gdal()
+    with rasterio.Env(**network_options()):
+        lib.VSICurlClearCache()  # the answer now, not one GDAL remembers from earlier in this process
+        items = lib.VSIGetFileMetadata(path.encode(), b"HEADERS", None)
+    if not items:
+        return None
+    out = {}
+    i = 0
+    while items[i] is not None:
+        key, _, value = items[i].decode("utf-8", "replace").partition("=")
+        out[key.strip().lower()] = value.strip()
+        i += 1
+    lib.CSLDestroy(items)
+    return out
+
+
+def remote_stamp(path: str) -> tuple[int, int] | None:
+    """(size, a number made from ETag and Last-Modified) of a remote object; None if the server
+    has no such object (or refused: the header read says which)."""
+    headers = head(to_gdal(path))
+    if headers is None:
+        return None
+    size = int(headers.get("content-length") or headers.get("x-goog-stored-content-length") or -1)
+    identity = f"{headers.get('etag', '')}|{headers.get('last-modified', '')}"
+    return size, int(hashlib.sha256(identity.encode()).hexdigest()[:15], 16)
+
+
+def explain(url: str, message: str) -> str:
+    """GDAL's error for a remote read, said for people: what the HTTP status means and what to do."""
+    m = re.search(r"HTTP response code: (\d+)", message)
+    code = int(m.group(1)) if m else None
+    if code == 404 or "does not exist in the file system" in message or "No such file" in message:
+        return f"the server has no such object (HTTP 404): check the URL {url}"
+    if code in (401, 403):
+        return (f"access denied (HTTP {code}) to {url}: check the credentials in the environment "
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws) and the object's permissions")
+    if code is not None:
+        return f"the server answered HTTP {code} for {url} after GDAL's retries ({message})"
+    return f"cannot be read from {url}: {message}"
