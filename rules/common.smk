@@ -56,8 +56,9 @@ def dataset_path(wildcards):
     # subdataset), or, for a dataset of many files, the VRT of them that the plan wrote (its name
     # changes when a member does; thousands of inputs per job would slow Snakemake down).
     # A remote input is none: its identity (size, ETag) keys the plan instead (README, "Inputs").
-    local = local_file(PLAN.datasets[wildcards.dataset].header.path)
-    return [local] if local else []
+    planned = PLAN.datasets[wildcards.dataset]
+    paths = [p.header.path for p in planned.parts] or [planned.header.path]
+    return [local for local in map(local_file, paths) if local]
 
 
 def dataset_plan(wildcards):

@@ -187,11 +187,6 @@ def test_members_that_do_not_fit_are_named(tmp_path, monkeypatch):
     paths, _ = write_members(tmp_path / "parts", rows=1, cols=3)
     data = np.zeros((50, 50), "float32")
     cases = {
-        "crs": (write_raster(tmp_path / "parts" / "z1.tif", data, "EPSG:32632", ORIGIN, NODATA), "its CRS"),
-        "pixels": (write_raster(tmp_path / "parts" / "z2.tif", data, "EPSG:32633",
-                                Affine(20, 0, 504000, 0, -20, 4608000), NODATA), "its pixels"),
-        "grid": (write_raster(tmp_path / "parts" / "z3.tif", data, "EPSG:32633",
-                              Affine(30, 0, 504007, 0, -30, 4608000), NODATA), "not on the pixel grid"),
         "dtype": (write_raster(tmp_path / "parts" / "z4.tif", data.astype("int16"), "EPSG:32633", ORIGIN, -9999),
                   "data type is int16"),
         "nodata": (write_raster(tmp_path / "parts" / "z5.tif", data, "EPSG:32633", ORIGIN, 0), "its nodata is 0.0"),
@@ -209,6 +204,75 @@ def test_members_that_do_not_fit_are_named(tmp_path, monkeypatch):
     broken.write_bytes(b"not a raster at all")
     with pytest.raises(InputRasterError, match=r"dataset 'dem' \(.*broken\.tif\): cannot be opened as a raster"):
         build_plan(validate_config(config_for([*paths, str(broken)])))
+
+
+def _part_reference(plan, path, part, pad_methods=("average",)):
+    """GDAL's whole-image warp of one file onto the plan's grid, with that part's settings."""
+    from .helpers import reference_warp
+
+    s, g = part.settings, plan.grid
+    pad = int(math.ceil(4.0 / min(s.x_scale, s.y_scale, 1.0))) + 4 if s.method in pad_methods else 0
+    return reference_warp(path, 1, g.transform, g.width, g.height, g.crs, s.method, s.dst_dtype, s.src_nodata,
+                          s.dst_nodata, {"XSCALE": repr(s.x_scale), "YSCALE": repr(s.y_scale)},
+                          error_threshold=s.error_threshold, pad=pad).data
+
+
+@pytest.mark.parametrize("method", ["bilinear", "average"])
+def test_files_in_two_utm_zones_are_warped_each_and_combined_in_order(tmp_path, monkeypatch, record, method):
+    """Three files across the border of UTM zones 32 and 33, in the order 32, 33, 32 (three
+    parts). Reference: each file warped by GDAL on its own, painted in order."""
+    from rasterio.warp import transform as move
+
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("parts")
+    (x33,), (y33,) = move("EPSG:32632", "EPSG:32633", [709000.0], [5198000.0])
+    specs = [("a", "EPSG:32632", 700000.0, 5200000.0), ("b", "EPSG:32633", round(x33, -1), round(y33, -1)),
+             ("c", "EPSG:32632", 706000.0, 5194000.0)]
+    paths = []
+    for k, (name, crs, x, y) in enumerate(specs):
+        values = smooth_field(300, 360, seed=10 + k) + 50 * k
+        values[40:70, 100:160] = NODATA
+        paths.append(os.path.abspath(write_raster(f"parts/{name}.tif", values, crs, Affine(30, 0, x, 0, -30, y),
+                                                  NODATA)))
+    config = config_for("parts/*.tif", method, "EPSG:3035", 100, tile_size=48)
+    plan, result = mosaic_of(tmp_path, config, "zones")
+    d = plan.datasets["dem"]
+    assert [p.header.path for p in d.parts] == paths  # a run of one file is the file itself
+    reference = None
+    for path, part in zip(paths, d.parts):
+        warped = _part_reference(plan, path, part)
+        if reference is None:
+            reference = warped
+        else:
+            later = warped != NODATA
+            reference[later] = warped[later]
+    cmp = compare(result, reference, NODATA)
+    record(cmp.row(f"3 files in UTM 32/33/32 -> 3035, {method}, vs GDAL per file"))
+    assert cmp.compared > 5000 and cmp.nodata_mismatch == 0
+    assert cmp.max_abs_diff < 0.01
+    # Each part on its own matters: where b covers a, b's values are there (b is 50 higher).
+    only_b = _part_reference(plan, paths[1], d.parts[1]) != NODATA
+    only_c = _part_reference(plan, paths[2], d.parts[2]) != NODATA
+    shown = only_b & ~only_c & (result != NODATA)
+    assert shown.sum() > 1000 and np.array_equal(result[shown], reference[shown])
+
+
+def test_files_of_two_pixel_sizes_in_one_crs(tmp_path, monkeypatch):
+    """A coarse file under a fine one (a fill-in below a detailed DEM): two parts, the fine one
+    painted last (list order), each on its own grid."""
+    monkeypatch.chdir(tmp_path)
+    coarse = write_raster("coarse.tif", smooth_field(200, 200, seed=1), "EPSG:32633",
+                          Affine(60, 0, 504000, 0, -60, 4608000), NODATA)
+    fine = write_raster("fine.tif", smooth_field(200, 200, seed=2) + 1000, "EPSG:32633",
+                        Affine(30, 0, 507000, 0, -30, 4605000), NODATA)
+    plan, result = mosaic_of(tmp_path, config_for([coarse, fine], "average", resolution=120, tile_size=32), "sizes")
+    d = plan.datasets["dem"]
+    assert len(d.parts) == 2 and [p.settings.engine for p in d.parts] == ["numpy", "numpy"]
+    reference = _part_reference(plan, coarse, d.parts[0])
+    top = _part_reference(plan, fine, d.parts[1])
+    reference[top != NODATA] = top[top != NODATA]
+    cmp = compare(result, reference, NODATA)
+    assert cmp.compared > 5000 and cmp.nodata_mismatch == 0 and cmp.max_abs_diff < 1e-3
 
 
 def _damage_first_block(path):
@@ -361,3 +425,39 @@ def test_500_files_end_to_end_with_at_most_256_open_files(tmp_path, record):
     _, expected = mosaic_of(tmp_path / "one", config_for(single, tile_size=48), "lib")
     assert np.array_equal(result, expected)
     record(f"500 files end to end under 256 open files: {seconds:.1f} s, mosaic {result.shape}, equal to one file")
+
+
+@pytest.mark.integration
+def test_files_in_two_utm_zones_end_to_end(tmp_path):
+    """The batch jobs make the same tiles from parts as the library does, and Snakemake tracks
+    every part's file: a dry run after touching one lists the dataset's jobs again."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .helpers import REPO
+
+    from rasterio.warp import transform as move
+
+    (x33,), (y33,) = move("EPSG:32632", "EPSG:32633", [709000.0], [5198000.0])
+    os.makedirs(tmp_path / "parts")
+    for k, (name, crs, x, y) in enumerate([("a", "EPSG:32632", 700000.0, 5200000.0),
+                                           ("b", "EPSG:32633", round(x33, -1), round(y33, -1))]):
+        write_raster(tmp_path / "parts" / f"{name}.tif", smooth_field(300, 360, seed=k) + 50 * k, crs,
+                     Affine(30, 0, x, 0, -30, y), NODATA)
+    config = config_for(str(tmp_path / "parts" / "*.tif"), "average", "EPSG:3035", 100, tile_size=48)
+    os.makedirs(tmp_path / "run" / "config")
+    with open(tmp_path / "run" / "config" / "config.yaml", "w") as f:
+        yaml.safe_dump(config, f)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
+           str(tmp_path / "run"), "--cores", "2", "--resources", "mem_mb=2000"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, expected = mosaic_of(tmp_path, config, "lib")
+    assert np.array_equal(read_band(tmp_path / "run" / "results" / "mosaics" / "dem.tif"), expected)
+    again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=600)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    os.utime(tmp_path / "parts" / "b.tif")  # the second part's file: newer than the outputs
+    again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=600)
+    assert "register_dataset" in again.stdout and "resample_batch" in again.stdout, again.stdout

@@ -25,6 +25,7 @@ import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
 from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, uses_kernels
+from workflow_lib.engines.parts import resample_parts
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
 from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
@@ -63,8 +64,10 @@ def tile_digest(grid: TargetGrid, dataset: DatasetPlan) -> str:
     (a changed file has another size or modification time). Not the compression: it changes bytes,
     not pixels."""
     h = dataset.header
+    parts = [[p.header.path, p.header.size_bytes, p.header.mtime_ns, p.settings.to_dict()] for p in dataset.parts]
     text = json.dumps({"pixels": PIXELS_VERSION, "grid": grid.to_dict(), "settings": dataset.settings.to_dict(),
-                       "input": [h.path, h.size_bytes, h.mtime_ns]}, sort_keys=True, default=str)
+                       "input": [h.path, h.size_bytes, h.mtime_ns], **({"parts": parts} if parts else {})},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -189,12 +192,14 @@ def run_batch(
         started = time.monotonic()
         try:
             with Watchdog(stall_timeout, what) as dog:
-                figures = resample_tile(
-                    dataset.name, dataset.header, dataset.settings, grid, tile, tile_path(tile_dir, tile_id),
-                    mem_mb=share_mb, threads=tile_threads, compress=compress, max_chunk_bytes=max_chunk_bytes,
-                    progress=dog.tick, tags={DIGEST_TAG: digest}, compiled=compiled,
-                    on_chunk=lambda done, total, read: hooks.progress(tile_id, done, total, read),
-                )
+                options = dict(threads=tile_threads, compress=compress, max_chunk_bytes=max_chunk_bytes,
+                               progress=dog.tick, tags={DIGEST_TAG: digest}, compiled=compiled,
+                               on_chunk=lambda done, total, read: hooks.progress(tile_id, done, total, read))
+                if dataset.parts:  # files on several grids: each part, then combined in order
+                    figures = resample_parts(dataset, grid, tile, tile_path(tile_dir, tile_id), share_mb, **options)
+                else:
+                    figures = resample_tile(dataset.name, dataset.header, dataset.settings, grid, tile,
+                                            tile_path(tile_dir, tile_id), mem_mb=share_mb, **options)
         except Exception as exc:  # noqa: BLE001 - one tile's failure must not lose the others
             if out_of_memory(exc):
                 exc = JobMemoryError(what, share_mb, exc)

@@ -30,7 +30,8 @@ from workflow_lib.planning.coords import trusted_transform
 from workflow_lib.planning.footprint import raster_centre_lon
 from workflow_lib.sources.catalog import read_headers
 from workflow_lib.sources.header import RasterHeader, read_header
-from workflow_lib.sources.members import MemberMosaic, arrange, member_tiles, vrt_nodata, write_members_vrt
+from workflow_lib.sources.members import (MemberMosaic, arrange, check_members, member_tiles, split_runs,
+                                         vrt_nodata, write_members_vrt)
 from workflow_lib.sources.paths import is_glob, local_file, member_paths, stamp
 from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 
@@ -39,6 +40,29 @@ PLAN_FORMAT = 8
 DEFAULT_CACHE_DIR = ".cache/plan"
 # Sample points along each side of a tile when finding the members under it.
 _MEMBER_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Part:
+    """One of the rasters of a dataset made of files on several grids (another UTM zone): its
+    settings of its own, and the rectangle of tiles it reaches (rows r0:r1, columns c0:c1)."""
+
+    header: RasterHeader
+    settings: WarpSettings
+    tile_box: tuple[int, int, int, int]
+
+    def reaches(self, tile: str) -> bool:
+        r, c = parse_tile_id(tile)
+        r0, r1, c0, c1 = self.tile_box
+        return r0 <= r < r1 and c0 <= c < c1
+
+    def to_dict(self) -> dict:
+        return {"header": self.header.to_dict(), "settings": self.settings.to_dict(), "tile_box": list(self.tile_box)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Part":
+        return cls(RasterHeader.from_dict(data["header"]), WarpSettings.from_dict(data["settings"]),
+                   tuple(data["tile_box"]))
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,9 @@ class DatasetPlan:
     # The part of the grid under the input's footprint, (col_off, row_off, width, height) in target
     # pixels: how much of each tile has source pixels (its estimated work, tile_work_of).
     footprint: tuple[int, int, int, int] | None = None
+    # Several parts (files on several grids), resampled one by one and combined in this order, the
+    # later one's valid pixels winning (engines.parts); none for one raster (the header above).
+    parts: tuple[Part, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tile_count < 0:
@@ -76,6 +103,7 @@ class DatasetPlan:
             "tile_count": self.tile_count,
             "note": self.note,
             "footprint": list(self.footprint) if self.footprint else None,
+            "parts": [p.to_dict() for p in self.parts],
         }
 
     @classmethod
@@ -89,6 +117,7 @@ class DatasetPlan:
             data.get("note", ""),
             -1 if batches else data.get("tile_count", 0),
             tuple(data["footprint"]) if data.get("footprint") else None,
+            tuple(Part.from_dict(p) for p in data.get("parts", [])),
         )
 
     def tile_work_of(self, grid: TargetGrid) -> Callable[[str], float]:
@@ -162,13 +191,14 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
     crs = target_crs(config)
     datasets = config["datasets"]
     target = config["target"]
-    sources = {name: dataset_source(name, ds, cache_dir) for name, ds in datasets.items()}
-    headers = {name: source[0] for name, source in sources.items()}
-    footprints = {name: _footprint(name, datasets[name], h, crs) for name, h in headers.items()}
+    sources = {name: dataset_sources(name, ds, cache_dir) for name, ds in datasets.items()}
+    # Each part of a dataset (one file, or one run of its files on one pixel grid): its footprint.
+    footprints = {name: [_footprint(name, datasets[name], h, crs) for h, _ in parts]
+                  for name, parts in sources.items()}
     extent = target.get("extent", "union")
     notes = {}
     if extent == "union":
-        for name, bounds in footprints.items():
+        for name, bounds in ((n, b) for n, parts in footprints.items() for b in parts):
             if bounds.untrusted:
                 raise ConfigError(
                     f"datasets.{name}: part of {datasets[name]['path']} lies where {target['crs']} is not defined "
@@ -182,7 +212,7 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
                 notes[name] = (f"{datasets[name]['path']} reaches beyond where {target['crs']} is defined: its part of "
                                f"the union extent is clipped to the CRS's area of use ({bounds.clipped_to}); set "
                                "target.extent to choose another area")
-        boxes = [b.box for b in footprints.values()]
+        boxes = [b.box for parts in footprints.values() for b in parts]
         bounds = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
                   max(b[3] for b in boxes))
     else:
@@ -194,37 +224,54 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
     error_threshold = config.get("warp", {}).get("error_threshold", 0.125)
     plans, masks = {}, {}
     for name, ds in datasets.items():
-        header = headers[name]
-        same_crs = header.crs == crs
-        try:
-            engine = choose_engine(ds.get("engine", "auto"), ds["method"], same_crs, header.dtype, header.affine,
-                                   grid.transform)
-        except ValueError as exc:
-            raise ConfigError(f"datasets.{name}.engine: {exc} ({ds['path']})") from None
-        window = footprint_window(header, grid, footprints[name])
-        settings = resolve_settings(
-            name,
-            header,
-            method=ds["method"],
-            band=ds.get("band", 1),
-            nodata_override=nodata_override(ds),
-            dtype=ds.get("dtype"),
-            scale=_planning_call(name, ds, lambda: whole_image_scale(header, grid, window, ds["method"])),
-            error_threshold=error_threshold,
-            same_crs=same_crs,
-            engine=engine,
-        )
-        mask = _planning_call(name, ds, lambda: tile_mask(header, grid, margin_px=kernel_reach(settings)))
-        if sources[name][1] is not None:  # many files: only the tiles that one of them reaches
-            mask &= _planning_call(name, ds, lambda: _member_tiles(sources[name][1], header, grid, settings))
+        planned = [_plan_part(name, ds, header, mosaic, footprint, grid, crs, error_threshold)
+                   for (header, mosaic), footprint in zip(sources[name], footprints[name])]
+        mask = np.logical_or.reduce([m for _, _, m, _ in planned])
         tiles = [(int(r), int(c), tile_id(int(r), int(c))) for r, c in np.argwhere(mask)]
         if not tiles:
             raise ConfigError(
                 f"datasets.{name}: {ds['path']} does not overlap the target extent {grid.bounds} "
                 f"(in {target['crs']}); remove the dataset or widen target.extent" + _units_hint(crs, bounds))
         masks[name] = tiles
-        plans[name] = (header, settings, window)
+        header, settings, _, window = planned[0]
+        parts = ()
+        if len(planned) > 1:  # runs in other CRSs or on other grids: each resampled, then combined
+            parts = tuple(Part(h, st, _tile_box(m)) for h, st, m, _ in planned if m.any())
+        plans[name] = (header, settings, window, parts)
     return Plan(grid, _batched(config, grid, plans, masks, notes))
+
+
+def _plan_part(name: str, ds: dict, header: RasterHeader, mosaic: MemberMosaic | None, footprint: Bounds,
+               grid: TargetGrid, crs, error_threshold: float):
+    """Settings and tiles of one part of a dataset: (header, settings, tile mask, footprint window)."""
+    same_crs = header.crs == crs
+    try:
+        engine = choose_engine(ds.get("engine", "auto"), ds["method"], same_crs, header.dtype, header.affine,
+                               grid.transform)
+    except ValueError as exc:
+        raise ConfigError(f"datasets.{name}.engine: {exc} ({ds['path']})") from None
+    window = footprint_window(header, grid, footprint)
+    settings = resolve_settings(
+        name,
+        header,
+        method=ds["method"],
+        band=ds.get("band", 1),
+        nodata_override=nodata_override(ds),
+        dtype=ds.get("dtype"),
+        scale=_planning_call(name, ds, lambda: whole_image_scale(header, grid, window, ds["method"])),
+        error_threshold=error_threshold,
+        same_crs=same_crs,
+        engine=engine,
+    )
+    mask = _planning_call(name, ds, lambda: tile_mask(header, grid, margin_px=kernel_reach(settings)))
+    if mosaic is not None:  # many files: only the tiles that one of them reaches
+        mask &= _planning_call(name, ds, lambda: _member_tiles(mosaic, header, grid, settings))
+    return header, settings, mask, window
+
+
+def _tile_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask)
+    return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
 
 
 def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: dict) -> dict[str, DatasetPlan]:
@@ -233,7 +280,7 @@ def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: di
     in_run = sum(len(t) for t in masks.values())
     fixed = config.get("tiles_per_job", "auto")
     out = {}
-    for name, (header, settings, window) in plans.items():
+    for name, (header, settings, window, parts) in plans.items():
         tiles = masks[name]
         if fixed == "auto":
             per_batch = tiles_per_batch(tile_work(grid, header, settings, len(tiles)), len(tiles), in_run)
@@ -244,7 +291,8 @@ def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: di
         batches = make_batches(tiles, grid.tile_rows, grid.tile_cols, per_batch, limit)
         footprint = None if window is None else (int(window.col_off), int(window.row_off), int(window.width),
                                                  int(window.height))
-        out[name] = DatasetPlan(name, header, settings, tuple(batches), notes.get(name, ""), footprint=footprint)
+        out[name] = DatasetPlan(name, header, settings, tuple(batches), notes.get(name, ""), footprint=footprint,
+                                parts=parts)
     return out
 
 
@@ -259,19 +307,29 @@ def tile_work(grid: TargetGrid, header: RasterHeader, settings: WarpSettings, ti
     return Plan(grid, plans)
 
 
-def dataset_source(name: str, ds: dict, cache_dir: str) -> tuple[RasterHeader, MemberMosaic | None]:
-    """The raster a dataset reads: its one file, or the VRT of its many files (with where each
-    lies on it)."""
+def dataset_sources(name: str, ds: dict, cache_dir: str) -> list[tuple[RasterHeader, MemberMosaic | None]]:
+    """The rasters a dataset reads, in the order they are combined: its one file, or for many
+    files one raster per run of them on one pixel grid (sources.members): the file itself, or the
+    VRT of the run's files (with where each lies on it)."""
     band = ds.get("band", 1)
     paths = member_paths(name, ds["path"])
     if len(paths) == 1 and not isinstance(ds["path"], list) and not is_glob(ds["path"]):
-        return read_header(name, ds["path"], band), None
+        return [(read_header(name, ds["path"], band), None)]
     root = os.path.dirname(os.path.abspath(cache_dir))  # .cache/plan -> .cache
     headers = read_headers(name, paths, band, os.path.join(root, "headers"))
-    mosaic = arrange(name, headers, ds.get("overlap", "last"))
+    check_members(name, headers)
+    if ds.get("overlap", "last") == "first":
+        headers = headers[::-1]  # painted last, the first file wins
     nodata = vrt_nodata(headers[0], nodata_override(ds))
-    vrt = write_members_vrt(name, headers, mosaic, nodata, os.path.join(root, "sources"))
-    return read_header(name, vrt, band), mosaic
+    out = []
+    for run in split_runs(headers):
+        if len(run) == 1 and len(headers) > 1:
+            out.append((read_header(name, run[0].path, band), None))  # a run of one: the file itself
+            continue
+        mosaic = arrange(run)
+        vrt = write_members_vrt(name, run, mosaic, nodata, os.path.join(root, "sources"))
+        out.append((read_header(name, vrt, band), mosaic))
+    return out
 
 
 def _member_tiles(mosaic: MemberMosaic, header: RasterHeader, grid: TargetGrid, settings: WarpSettings) -> np.ndarray:

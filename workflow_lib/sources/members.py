@@ -1,13 +1,18 @@
-"""A dataset made of many files: one raster, the mosaic of its members, as a VRT.
+"""A dataset made of many files: the mosaic of its members, as VRTs.
 
-The members must share a CRS and a pixel grid (same pixel size, offsets a whole number of pixels
-apart), as the tiles of a national DEM or of a global land cover do. Their VRT then holds every
-member at its own pixels, unresampled, so every target pixel sees the valid pixels of all members
-under it (an average across the seam between two files is the average of both), and GDAL opens
-only the members that a read touches, through its pool of at most GDAL_MAX_DATASET_POOL_SIZE open
-files. Where members overlap, the later one in order wins (GDAL's VRT paints its sources in order,
-as ``gdalbuildvrt`` does); ``overlap: first`` reverses it. A member's nodata pixels are not
-painted, so the earlier member shows through them.
+Members must share their bands, data type and nodata. Consecutive members on one pixel grid (one
+CRS, one pixel size, offsets a whole number of pixels apart), as the tiles of a national DEM or of
+a global land cover are, make one *run* and one VRT: it holds every member at its own pixels,
+unresampled, so every target pixel sees the valid pixels of all members under it (an average
+across the seam between two files is the average of both), and GDAL opens only the members that
+a read touches, through its pool of at most GDAL_MAX_DATASET_POOL_SIZE open files. Where members
+overlap, the later one in order wins (GDAL's VRT paints its sources in order, as ``gdalbuildvrt``
+does; ``overlap: first`` reverses the order). A member's nodata pixels are not painted, so the
+earlier member shows through them.
+
+Members on other grids (another UTM zone, another pixel size) start a new run. Each run is then
+resampled onto the tile on its own and the runs are combined in the same order, the later run's
+valid pixels over the earlier's (engines.parts).
 """
 
 from __future__ import annotations
@@ -53,46 +58,55 @@ class MemberMosaic:
     members: tuple[Member, ...]  # in painting order: the last one wins where they overlap
 
 
-def arrange(dataset: str, headers: list[RasterHeader], overlap: str = "last") -> MemberMosaic:
-    """Place the members on one pixel grid, or raise ConfigError naming the member that does not
-    fit and how."""
+def check_members(dataset: str, headers: list[RasterHeader]) -> None:
+    """What every member must share with the first (bands, data type, nodata): else a
+    ConfigError naming the member and what differs."""
     first = headers[0]
-    a, b, c0, d, e, f0 = first.transform
-    if b or d or a <= 0 or e >= 0:
-        raise ConfigError(f"datasets.{dataset}.path: {first.path} is rotated or not north-up; several files make "
-                          "one dataset only when they are north-up (warp them first: gdalwarp in.tif out.tif)")
-    first_crs = None
-    offsets = []
     for h in headers:
         why = _mismatch(h, first)
-        if why is None and h.crs_wkt != first.crs_wkt:
-            first_crs = first_crs or first.crs
-            if h.crs != first_crs:
-                why = f"its CRS ({h.crs.to_string()}) is not that of {first.path} ({first_crs.to_string()})"
-        if why is None:
-            ha, hb, hc, hd, he, hf = h.transform
-            if hb or hd or abs(ha - a) > SIZE_TOLERANCE * a or abs(he - e) > SIZE_TOLERANCE * -e:
-                why = (f"its pixels ({ha:.12g} x {-he:.12g}) are not those of {first.path} ({a:.12g} x {-e:.12g}), "
-                       "or are rotated")
-        if why is None:
-            col, row = (h.transform[2] - c0) / a, (h.transform[5] - f0) / e
-            if abs(col - round(col)) > GRID_TOLERANCE_PX or abs(row - round(row)) > GRID_TOLERANCE_PX:
-                why = (f"it is not on the pixel grid of {first.path} (offset {col:.4f}, {row:.4f} pixels); "
-                       "resample it onto that grid first")
-            offsets.append((round(col), round(row)))
         if why is not None:
             raise ConfigError(f"datasets.{dataset}.path: {h.path} cannot join the other files of dataset "
                               f"'{dataset}': {why}")
-    cols = np.array([o[0] for o in offsets])
-    rows = np.array([o[1] for o in offsets])
+
+
+def split_runs(headers: list[RasterHeader]) -> list[list[RasterHeader]]:
+    """The members cut into runs, in order, of files on one pixel grid (one CRS, one pixel size,
+    offsets whole pixels apart, north-up): each run becomes one VRT, whose seams are invisible;
+    the runs are resampled one by one and combined in order (files in several UTM zones)."""
+    runs: list[list[RasterHeader]] = []
+    for h in headers:
+        if runs and _same_grid(h, runs[-1][0]):
+            runs[-1].append(h)
+        else:
+            runs.append([h])
+    return runs
+
+
+def _same_grid(h: RasterHeader, first: RasterHeader) -> bool:
+    a, b, c0, d, e, f0 = first.transform
+    ha, hb, hc, hd, he, hf = h.transform
+    if b or d or hb or hd or a <= 0 or e >= 0:
+        return False
+    if abs(ha - a) > SIZE_TOLERANCE * a or abs(he - e) > SIZE_TOLERANCE * -e:
+        return False
+    col, row = (hc - c0) / a, (hf - f0) / e
+    if abs(col - round(col)) > GRID_TOLERANCE_PX or abs(row - round(row)) > GRID_TOLERANCE_PX:
+        return False
+    return h.crs_wkt == first.crs_wkt or h.crs == first.crs
+
+
+def arrange(headers: list[RasterHeader]) -> MemberMosaic:
+    """Place the members of one run (split_runs) on its pixel grid, in painting order."""
+    first = headers[0]
+    a, _, c0, _, e, f0 = first.transform
+    cols = np.array([round((h.transform[2] - c0) / a) for h in headers])
+    rows = np.array([round((h.transform[5] - f0) / e) for h in headers])
     widths = np.array([h.width for h in headers])
     heights = np.array([h.height for h in headers])
     col0, row0 = int(cols.min()), int(rows.min())
     width, height = int((cols + widths).max()) - col0, int((rows + heights).max()) - row0
     members = [Member(h.path, int(c) - col0, int(r) - row0, h.width, h.height)
                for h, c, r in zip(headers, cols, rows)]
-    if overlap == "first":
-        members.reverse()
     return MemberMosaic(Affine(a, 0.0, c0 + col0 * a, 0.0, e, f0 + row0 * e), width, height, tuple(members))
 
 
