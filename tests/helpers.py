@@ -165,7 +165,7 @@ def run_tiles_and_mosaics(config: dict, workdir, mem_mb: int = 400, max_chunk_by
     from workflow_lib.config import validate_config
     from workflow_lib.mosaics.mosaic import write_mosaic
     from workflow_lib.planning.plan import build_plan
-    from workflow_lib.engines.parts import resample_parts
+    from workflow_lib.engines.compose import make_tile
     from workflow_lib.engines.resample import resample_tile
 
     plan = build_plan(validate_config(config))
@@ -174,15 +174,15 @@ def run_tiles_and_mosaics(config: dict, workdir, mem_mb: int = 400, max_chunk_by
         tiles = []
         for tid in dataset.tiles:
             out = os.path.join(str(workdir), "tiles", name, f"{tid}.tif")
-            if dataset.parts:  # files on several grids (engines.parts), as a batch job makes them
-                resample_parts(dataset, plan.grid, plan.grid.tile_by_id(tid), out, mem_mb,
-                               max_chunk_bytes=max_chunk_bytes)
+            if dataset.parts or dataset.settings.bands:  # pieces (engines.compose), as a batch job makes them
+                make_tile(dataset, plan.grid, plan.grid.tile_by_id(tid), out, mem_mb, max_chunk_bytes=max_chunk_bytes)
             else:
                 resample_tile(name, dataset.header, dataset.settings, plan.grid, plan.grid.tile_by_id(tid), out,
                               mem_mb=mem_mb, max_chunk_bytes=max_chunk_bytes)
             tiles.append(out)
         mosaics[name] = os.path.join(str(workdir), "mosaics", f"{name}.tif")
-        write_mosaic(name, dataset.settings, plan.grid, tiles, mosaics[name], mem_mb=mem_mb)
+        write_mosaic(name, dataset.settings, plan.grid, tiles, mosaics[name], mem_mb=mem_mb,
+                     band_names=dataset.band_names)
     return plan, mosaics
 
 

@@ -461,3 +461,93 @@ def test_files_in_two_utm_zones_end_to_end(tmp_path):
     os.utime(tmp_path / "parts" / "b.tif")  # the second part's file: newer than the outputs
     again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=600)
     assert "register_dataset" in again.stdout and "resample_batch" in again.stdout, again.stdout
+
+
+def _three_bands(path, descriptions=("elevation", None, None)):
+    data = np.stack([smooth_field(300, 400, seed=20 + b) + 1000 * b for b in range(3)]).astype("float32")
+    data[:, 50:80, 100:150] = NODATA
+    with rasterio.open(path, "w", driver="GTiff", width=400, height=300, count=3, dtype="float32",
+                       crs="EPSG:32633", transform=ORIGIN, nodata=NODATA, tiled=True, blockxsize=128,
+                       blockysize=128, interleave="pixel") as dst:
+        dst.write(data)
+        for b, d in enumerate(descriptions, 1):
+            if d:
+                dst.set_band_description(b, d)
+    return str(path)
+
+
+@pytest.mark.parametrize("method, crs, resolution", [("average", "EPSG:32633", 120), ("bilinear", "EPSG:4326", 0.001)])
+def test_several_bands_make_one_multiband_mosaic_and_stack(tmp_path, monkeypatch, method, crs, resolution):
+    from workflow_lib.mosaics.mosaic import write_mosaic, write_stack
+
+    monkeypatch.chdir(tmp_path)
+    path = _three_bands(tmp_path / "three.tif")
+    plan, mosaics = run_tiles_and_mosaics(config_for(path, method, crs, resolution, tile_size=48, bands=[1, 3]),
+                                          tmp_path / "multi")
+    d = plan.datasets["dem"]
+    assert d.settings.bands == (1, 3) and d.band_names == ("elevation", "dem_b3")
+    with rasterio.open(mosaics["dem"]) as src:
+        assert src.count == 2 and src.descriptions == ("elevation", "dem_b3")
+        multi = src.read()
+    for i, band in enumerate((1, 3)):
+        _, single = mosaic_of(tmp_path, config_for(path, method, crs, resolution, tile_size=48, band=band), f"b{band}")
+        assert np.array_equal(multi[i], single)
+    # Through the mosaic's hierarchical VRTs (many tiles) too: each band from its own tiles' band.
+    tiles = sorted(glob.glob(str(tmp_path / "multi" / "tiles" / "dem" / "*.tif")))
+    grouped = str(tmp_path / "grouped.tif")
+    write_mosaic("dem", d.settings, plan.grid, tiles, grouped, mem_mb=400, group_tiles=4, band_names=d.band_names)
+    with rasterio.open(grouped) as src:
+        assert np.array_equal(src.read(), multi)
+    # The stack: one band per band of the dataset, named as in its mosaic, then the next dataset.
+    _, other = run_tiles_and_mosaics(config_for(path, method, crs, resolution, tile_size=48, band=2), tmp_path / "o")
+    stack = str(tmp_path / "stack.tif")
+    write_stack(["dem", "second"], [mosaics["dem"], other["dem"]], plan.grid, stack, mem_mb=400)
+    with rasterio.open(stack) as src:
+        assert src.count == 3 and src.descriptions == ("elevation", "dem_b3", "second")
+        assert np.array_equal(src.read(2), multi[1]) and np.array_equal(src.read(3), read_band(other["dem"]))
+
+
+def test_all_bands_of_a_netcdf_variable_and_band_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _months()
+    nc = _netcdf_with_time(tmp_path, data, LONLAT, -999.0)
+    config = config_for(f'NETCDF:"{nc}":tas', "average", "EPSG:32632", 2000, tile_size=32, bands="all")
+    plan, result = run_tiles_and_mosaics(config, tmp_path / "all")
+    assert plan.datasets["dem"].settings.bands == (1, 2, 3)
+    with rasterio.open(result["dem"]) as src:
+        assert src.count == 3
+        every = src.read()
+    _, second = mosaic_of(tmp_path, config_for(f'NETCDF:"{nc}":tas', "average", "EPSG:32632", 2000, tile_size=32,
+                                               band=2), "second")
+    assert np.array_equal(every[1], second)
+    path = _three_bands(tmp_path / "three.tif")
+    with pytest.raises(InputRasterError, match=r"dataset 'dem' \(.*three\.tif\): band 5 requested but the file has 3"):
+        build_plan(validate_config(config_for(path, bands=[1, 5])))
+    with pytest.raises(ConfigError, match=r"datasets\.dem: give band or bands, not both"):
+        build_plan(validate_config(config_for(path, band=2, bands=[1, 3])))
+
+
+@pytest.mark.integration
+def test_several_bands_end_to_end_into_the_stack(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from .helpers import REPO
+
+    path = _three_bands(tmp_path / "three.tif", descriptions=("jan", "feb", "mar"))
+    config = config_for(path, "average", tile_size=48, bands="all")
+    config["datasets"]["second"] = {"path": path, "method": "average", "band": 2}
+    os.makedirs(tmp_path / "run" / "config")
+    with open(tmp_path / "run" / "config" / "config.yaml", "w") as f:
+        yaml.safe_dump(config, f)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
+           str(tmp_path / "run"), "--cores", "2", "--resources", "mem_mb=2000"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with rasterio.open(tmp_path / "run" / "results" / "stack.tif") as src:
+        assert src.count == 4 and src.descriptions == ("jan", "feb", "mar", "second")
+        assert np.array_equal(src.read(2), src.read(4))  # band 2 of the first, and the second dataset
+    with rasterio.open(tmp_path / "run" / "results" / "mosaics" / "dem.tif") as src:
+        assert src.count == 3 and src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"

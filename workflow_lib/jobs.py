@@ -300,7 +300,8 @@ def dataset_statistics(stats: PixelStats, grid: TargetGrid, dataset: DatasetPlan
     """The mosaic's statistics: its pixels are the tiles' pixels, and the grid's pixels that no
     tile covers are nodata."""
     summary = stats.summary(categorical=dataset.settings.method in CATEGORICAL_METHODS)
-    summary["total_pixels"] = grid.width * grid.height
+    # Over all its bands, for a dataset of several.
+    summary["total_pixels"] = grid.width * grid.height * max(len(dataset.settings.bands), 1)
     summary["valid_share"] = summary["valid_pixels"] / summary["total_pixels"]
     return {"dataset": dataset.name, "method": dataset.settings.method, "dtype": dataset.settings.dst_dtype,
             **summary}
@@ -316,6 +317,7 @@ def run_mosaic_job(snakemake) -> None:
                 dataset.name, dataset.settings, grid, paths, snakemake.output.mosaic,
                 mem_mb=_mem_mb(snakemake), threads=snakemake.threads,
                 compress=snakemake.params.compress, cog=snakemake.params.cog, level=snakemake.params.level,
+                band_names=dataset.band_names,
             )
         figures = dataset_statistics(stats, grid, dataset)
         log.info("mosaic of %s: %d of %d pixels valid, min %s, max %s, mean %s, std %s", dataset.name,

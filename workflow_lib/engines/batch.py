@@ -25,7 +25,7 @@ import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
 from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, uses_kernels
-from workflow_lib.engines.parts import resample_parts
+from workflow_lib.engines.compose import make_tile
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
 from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
@@ -195,8 +195,8 @@ def run_batch(
                 options = dict(threads=tile_threads, compress=compress, max_chunk_bytes=max_chunk_bytes,
                                progress=dog.tick, tags={DIGEST_TAG: digest}, compiled=compiled,
                                on_chunk=lambda done, total, read: hooks.progress(tile_id, done, total, read))
-                if dataset.parts:  # files on several grids: each part, then combined in order
-                    figures = resample_parts(dataset, grid, tile, tile_path(tile_dir, tile_id), share_mb, **options)
+                if dataset.parts or dataset.settings.bands:  # pieces: parts in order, bands (engines.compose)
+                    figures = make_tile(dataset, grid, tile, tile_path(tile_dir, tile_id), share_mb, **options)
                 else:
                     figures = resample_tile(dataset.name, dataset.header, dataset.settings, grid, tile,
                                             tile_path(tile_dir, tile_id), mem_mb=share_mb, **options)

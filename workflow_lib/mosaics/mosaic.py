@@ -46,29 +46,30 @@ def write_mosaic(
     cog: bool = True,
     group_tiles: int = GROUP_TILES,
     level: int | None = None,
+    band_names: tuple[str, ...] = (),
 ) -> None:
     """The mosaic of ``tile_paths`` on ``grid``, compressed with ``compress`` at ``level`` (None:
-    GDAL's default)."""
-    band = Band(
-        dtype=settings.dst_dtype,
-        nodata=settings.dst_nodata,
-        description=dataset,
-        metadata={"method": settings.method},
-    )
+    GDAL's default). ``band_names``: those of a dataset of several bands (settings.bands), one
+    band of the mosaic each; else one band named after the dataset."""
+    names = band_names or (dataset,)
+    bands = [Band(dtype=settings.dst_dtype, nodata=settings.dst_nodata, description=name,
+                  metadata={"method": settings.method}) for name in names]
     for path in tile_paths:
         if not os.path.exists(path):
             log.warning("tile %s of %s is missing: its area stays nodata", path, dataset)
             continue
         tile = grid.tile_by_id(os.path.splitext(os.path.basename(path))[0])
-        band.sources.append(
-            Source(os.path.abspath(path), 1, int(tile.window.col_off), int(tile.window.row_off),
-                   tile.width, tile.height, settings.dst_dtype)
-        )
+        for i, band in enumerate(bands, 1):
+            band.sources.append(
+                Source(os.path.abspath(path), i, int(tile.window.col_off), int(tile.window.row_off),
+                       tile.width, tile.height, settings.dst_dtype)
+            )
     overview = "NEAREST" if settings.method in CATEGORICAL_METHODS else "AVERAGE"
-    log.info("mosaic of %s: %d tiles on a %d x %d grid", dataset, len(band.sources), grid.width, grid.height)
-    tiles_band = band
+    log.info("mosaic of %s: %d tiles on a %d x %d grid, %d band(s)", dataset, len(bands[0].sources), grid.width,
+             grid.height, len(bands))
+    tiles_band = bands[0]
     try:
-        _copy_vrt(grid, [band], out_path, mem_mb, threads, compress, cog, overview, group_tiles, level)
+        _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview, group_tiles, level)
     except OutputWriteError:
         # Reading a tile may be what failed: find corrupt tiles (only now, so a healthy run never
         # reads its tiles twice), remove them so that the next run makes them again, and say so.
@@ -87,7 +88,7 @@ def write_mosaic(
 
 
 @contextlib.contextmanager
-def grouped_sources(band: Band, grid: TargetGrid, out_path: str, group_tiles: int) -> Iterator[Band]:
+def grouped_sources(band: Band, grid: TargetGrid, out_path: str, group_tiles: int, index: int = 1) -> Iterator[Band]:
     """``band`` itself when it has at most ``group_tiles`` sources; else a band whose sources are
     VRTs of squares of the tile grid, written as temporaries beside ``out_path``."""
     if len(band.sources) <= group_tiles:
@@ -107,7 +108,7 @@ def grouped_sources(band: Band, grid: TargetGrid, out_path: str, group_tiles: in
             inner = Band(band.dtype, band.nodata, sources=[
                 Source(s.path, s.band, s.col_off - col0, s.row_off - row0, s.width, s.height, s.dtype, s.nodata)
                 for s in sources])
-            path = f"{temporary_prefix(out_path)}part-{os.getpid()}-{r}-{c}.vrt"
+            path = f"{temporary_prefix(out_path)}part-{os.getpid()}-b{index}-{r}-{c}.vrt"
             transform = grid.transform @ Affine.translation(col0, row0)
             with open(path, "w") as f:
                 f.write(vrt_xml(width, height, grid.crs, transform, [inner]))
@@ -156,26 +157,27 @@ def write_stack(
     cog: bool = True,
     level: int | None = None,
 ) -> None:
-    """All mosaics on the common grid, one band per dataset named after it, carrying the mosaic's
-    band metadata (its resampling method)."""
-    found = []
-    tags = []
-    for path in mosaic_paths:
+    """All mosaics on the common grid, one band per dataset named after it (one per band of a
+    dataset of several bands, named as in its mosaic), carrying the mosaic's band metadata (its
+    resampling method)."""
+    found = []  # (mosaic, band, its name, dtype, nodata, tags)
+    for name, path in zip(names, mosaic_paths):
         with rasterio.open(path) as src:
-            found.append((src.dtypes[0], src.nodata))
-            tags.append(src.tags(1))
-    dtype, nodata = stack_dtype_and_nodata(found)
+            for b in range(1, src.count + 1):
+                label = name if src.count == 1 else (src.descriptions[b - 1] or f"{name}_b{b}")
+                found.append((path, b, label, src.dtypes[b - 1], src.nodata, src.tags(b)))
+    dtype, nodata = stack_dtype_and_nodata([(f[3], f[4]) for f in found])
     bands = []
-    for name, path, (src_dtype, src_nodata), band_tags in zip(names, mosaic_paths, found, tags):
+    for path, b, label, src_dtype, src_nodata, band_tags in found:
         converting = (src_dtype, src_nodata) != (dtype, nodata) and not (
             src_dtype == dtype and math.isnan(src_nodata) and math.isnan(nodata)
         )
         source = Source(
-            os.path.abspath(path), 1, 0, 0, grid.width, grid.height, src_dtype,
+            os.path.abspath(path), b, 0, 0, grid.width, grid.height, src_dtype,
             # Masking the source's own nodata lets the band's NaN show through where it differs.
             nodata=src_nodata if converting else None,
         )
-        bands.append(Band(dtype=dtype, nodata=nodata, description=name, sources=[source], metadata=band_tags))
+        bands.append(Band(dtype=dtype, nodata=nodata, description=label, sources=[source], metadata=band_tags))
     log.info("stack of %d datasets as %s, nodata %s", len(bands), dtype, nodata)
     _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, "NEAREST", level=level)
 
@@ -199,7 +201,8 @@ def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_re
     cache_mb = int(min(max((mem_mb - 160) * 0.5, 16), 1024))
     # The VRTs are temporaries of the output: made after atomic_path has removed a killed job's.
     with atomic_path(out_path) as tmp, contextlib.ExitStack() as stack:
-        bands = [stack.enter_context(grouped_sources(b, grid, out_path, group_tiles)) for b in bands]
+        bands = [stack.enter_context(grouped_sources(b, grid, out_path, group_tiles, i))
+                 for i, b in enumerate(bands, 1)]
         xml = vrt_xml(grid.width, grid.height, grid.crs, grid.transform, bands)
         vrt_path = stack.enter_context(atomic_vrt(out_path, xml))
         with rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_NUM_THREADS=max(threads, 1),

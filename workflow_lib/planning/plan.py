@@ -7,6 +7,7 @@ keyed by the config and each input's size and modification time.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,7 +22,7 @@ import numpy as np
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.engines.blocks import choose_engine
 from workflow_lib.config import nodata_override, target_crs, target_resolution
-from workflow_lib.errors import ConfigError
+from workflow_lib.errors import ConfigError, InputRasterError
 from workflow_lib.errors import GDAL_ERRORS
 from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
 from workflow_lib.planning.footprint import Bounds, footprint_bounds, footprint_window, tile_mask, whole_image_scale
@@ -79,6 +80,8 @@ class DatasetPlan:
     # Several parts (files on several grids), resampled one by one and combined in this order, the
     # later one's valid pixels winning (engines.parts); none for one raster (the header above).
     parts: tuple[Part, ...] = ()
+    # Names of the mosaic's bands when the dataset has several (settings.bands); else its name.
+    band_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tile_count < 0:
@@ -104,6 +107,7 @@ class DatasetPlan:
             "note": self.note,
             "footprint": list(self.footprint) if self.footprint else None,
             "parts": [p.to_dict() for p in self.parts],
+            "band_names": list(self.band_names),
         }
 
     @classmethod
@@ -118,6 +122,7 @@ class DatasetPlan:
             -1 if batches else data.get("tile_count", 0),
             tuple(data["footprint"]) if data.get("footprint") else None,
             tuple(Part.from_dict(p) for p in data.get("parts", [])),
+            tuple(data.get("band_names", [])),
         )
 
     def tile_work_of(self, grid: TargetGrid) -> Callable[[str], float]:
@@ -224,7 +229,8 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
     error_threshold = config.get("warp", {}).get("error_threshold", 0.125)
     plans, masks = {}, {}
     for name, ds in datasets.items():
-        planned = [_plan_part(name, ds, header, mosaic, footprint, grid, crs, error_threshold)
+        bands = dataset_bands(name, ds, sources[name][0][0])
+        planned = [_plan_part(name, ds, header, mosaic, footprint, grid, crs, error_threshold, bands)
                    for (header, mosaic), footprint in zip(sources[name], footprints[name])]
         mask = np.logical_or.reduce([m for _, _, m, _ in planned])
         tiles = [(int(r), int(c), tile_id(int(r), int(c))) for r, c in np.argwhere(mask)]
@@ -237,12 +243,31 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
         parts = ()
         if len(planned) > 1:  # runs in other CRSs or on other grids: each resampled, then combined
             parts = tuple(Part(h, st, _tile_box(m)) for h, st, m, _ in planned if m.any())
-        plans[name] = (header, settings, window, parts)
+        names = ()
+        if settings.bands:
+            names = tuple(header.descriptions[b - 1] if len(header.descriptions) >= b and header.descriptions[b - 1]
+                          else f"{name}_b{b}" for b in settings.bands)
+        plans[name] = (header, settings, window, parts, names)
     return Plan(grid, _batched(config, grid, plans, masks, notes))
 
 
+def dataset_bands(name: str, ds: dict, header: RasterHeader) -> tuple[int, ...]:
+    """The bands a dataset resamples: ``bands`` (a list, or "all"), else ``band``."""
+    bands = ds.get("bands")
+    if bands is None:
+        return (ds.get("band", 1),)
+    if ds.get("band", 1) != 1:
+        raise ConfigError(f"datasets.{name}: give band or bands, not both")
+    if bands == "all":
+        return tuple(range(1, header.count + 1))
+    for b in bands:
+        if b > header.count:
+            raise InputRasterError(name, header.path, f"band {b} requested but the file has {header.count} band(s)")
+    return tuple(bands)
+
+
 def _plan_part(name: str, ds: dict, header: RasterHeader, mosaic: MemberMosaic | None, footprint: Bounds,
-               grid: TargetGrid, crs, error_threshold: float):
+               grid: TargetGrid, crs, error_threshold: float, bands: tuple[int, ...] = (1,)):
     """Settings and tiles of one part of a dataset: (header, settings, tile mask, footprint window)."""
     same_crs = header.crs == crs
     try:
@@ -255,7 +280,7 @@ def _plan_part(name: str, ds: dict, header: RasterHeader, mosaic: MemberMosaic |
         name,
         header,
         method=ds["method"],
-        band=ds.get("band", 1),
+        band=bands[0],
         nodata_override=nodata_override(ds),
         dtype=ds.get("dtype"),
         scale=_planning_call(name, ds, lambda: whole_image_scale(header, grid, window, ds["method"])),
@@ -263,6 +288,8 @@ def _plan_part(name: str, ds: dict, header: RasterHeader, mosaic: MemberMosaic |
         same_crs=same_crs,
         engine=engine,
     )
+    if len(bands) > 1:
+        settings = dataclasses.replace(settings, bands=bands)
     mask = _planning_call(name, ds, lambda: tile_mask(header, grid, margin_px=kernel_reach(settings)))
     if mosaic is not None:  # many files: only the tiles that one of them reaches
         mask &= _planning_call(name, ds, lambda: _member_tiles(mosaic, header, grid, settings))
@@ -280,7 +307,7 @@ def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: di
     in_run = sum(len(t) for t in masks.values())
     fixed = config.get("tiles_per_job", "auto")
     out = {}
-    for name, (header, settings, window, parts) in plans.items():
+    for name, (header, settings, window, parts, names) in plans.items():
         tiles = masks[name]
         if fixed == "auto":
             per_batch = tiles_per_batch(tile_work(grid, header, settings, len(tiles)), len(tiles), in_run)
@@ -292,7 +319,7 @@ def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: di
         footprint = None if window is None else (int(window.col_off), int(window.row_off), int(window.width),
                                                  int(window.height))
         out[name] = DatasetPlan(name, header, settings, tuple(batches), notes.get(name, ""), footprint=footprint,
-                                parts=parts)
+                                parts=parts, band_names=names)
     return out
 
 

@@ -26,9 +26,13 @@ class WarpSettings:
     same_crs: bool  # input and target share one CRS: the transformation is affine
     engine: str = "gdal"  # "numpy" (aligned blocks, workflow_lib.blocks) or "gdal" (GDAL's warper)
     engine_reason: str = ""
+    # Several bands (config "bands"): each resampled as ``band`` is, into one multi-band tile;
+    # empty for one band.
+    bands: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["bands"] = list(self.bands)
         data["src_nodata"] = _json_number(self.src_nodata)
         data["dst_nodata"] = _json_number(self.dst_nodata)
         return data
@@ -38,6 +42,7 @@ class WarpSettings:
         data = dict(data)
         data["src_nodata"] = _number_from_json(data["src_nodata"])
         data["dst_nodata"] = _number_from_json(data["dst_nodata"])
+        data["bands"] = tuple(data.get("bands", ()))
         return cls(**data)
 
 

@@ -16,7 +16,7 @@ from workflow_lib.atomic import write_json_atomic
 from workflow_lib.sources.header import RasterHeader, read_header
 from workflow_lib.sources.paths import stamp
 
-CATALOG_FORMAT = 1
+CATALOG_FORMAT = 2
 # Header reads at once: opening a file is mostly waiting (disk, network mount), not computing.
 READERS = 16
 

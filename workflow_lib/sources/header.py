@@ -35,6 +35,7 @@ class RasterHeader:
     dtype: str  # of the selected band
     nodata: float | None  # declared nodata of the selected band; NaN stays NaN
     block_shape: tuple[int, int]  # (rows, cols) of the selected band
+    descriptions: tuple[str, ...] = ()  # of every band ("" where none)
 
     @property
     def crs(self) -> CRS:
@@ -65,6 +66,7 @@ class RasterHeader:
         data = dict(data)
         data["transform"] = tuple(data["transform"])
         data["block_shape"] = tuple(data["block_shape"])
+        data["descriptions"] = tuple(data.get("descriptions", ()))
         data["nodata"] = _number_from_json(data["nodata"])
         return cls(**data)
 
@@ -113,6 +115,7 @@ def read_header(dataset: str, path: str, band: int = 1) -> RasterHeader:
                 # Not the overviews: for a VRT, counting them opens every source file, which on a
                 # hung mount would hang the plan; the workflow never reads overviews anyway.
                 block_shape=tuple(src.block_shapes[band - 1]),
+                descriptions=tuple(d or "" for d in src.descriptions),
             )
     except RasterioIOError as exc:
         if is_remote(path):

@@ -150,7 +150,8 @@ def write_members_vrt(dataset: str, headers: list[RasterHeader], mosaic: MemberM
     for band in range(1, first.count + 1):
         sources = [Source(m.path, band, m.col_off, m.row_off, m.width, m.height, first.dtype, src_nodata,
                           by_path[m.path].block_shape) for m in mosaic.members]
-        bands.append(Band(first.dtype, nodata, sources=sources, metadata=metadata))
+        description = first.descriptions[band - 1] if len(first.descriptions) >= band else ""
+        bands.append(Band(first.dtype, nodata, description=description, sources=sources, metadata=metadata))
     text = vrt_xml(mosaic.width, mosaic.height, first.crs, mosaic.transform, bands)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = os.path.abspath(os.path.join(out_dir, f"{dataset}-{digest}.vrt"))
