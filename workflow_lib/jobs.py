@@ -13,7 +13,12 @@ import resource
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
+
+import numpy as np
+import rasterio
+import rasterio.shutil
 
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.engines.blocks import ENGINE_LABELS
@@ -83,6 +88,25 @@ def _finish_first(signum, frame) -> None:
                 "stop at once)")
 
 
+def start_gdal_threads(threads: int) -> None:
+    """Start GDAL's worker threads (its global pool, which decodes, compresses and warps) now,
+    before the memory limit: a thread that cannot start under the limit leaves GDAL waiting for
+    its work forever (seen: a read stuck in CPLJobQueue::WaitCompletion at 100 MB). Decoding a
+    small tiled file with ``threads`` threads starts them; later reads and warps reuse them."""
+    if threads < 2:
+        return
+    path = "/vsimem/workflow_lib_threads.tif"
+    profile = {"driver": "GTiff", "width": 512, "height": 512, "count": 1, "dtype": "uint8", "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.zeros((1, 512, 512), np.uint8))
+        with rasterio.Env(GDAL_NUM_THREADS=threads), rasterio.open(path) as src:
+            src.read(1)
+    rasterio.shutil.delete(path)
+
+
 @contextlib.contextmanager
 def memory_limit(snakemake, what: str) -> Iterator[None]:
     """Hold the job to the memory it was granted, when the config asks for it (memory.enforce).
@@ -94,6 +118,7 @@ def memory_limit(snakemake, what: str) -> Iterator[None]:
     """
     mem_mb = _mem_mb(snakemake)
     if snakemake.config["memory"]["enforce"]:
+        start_gdal_threads(snakemake.threads)
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
         limit = mem_mb * 2**20  # mem_mb is MiB to Snakemake's executors and to SLURM's --mem
         if hard != resource.RLIM_INFINITY:

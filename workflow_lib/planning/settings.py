@@ -32,7 +32,11 @@ class WarpSettings:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["bands"] = list(self.bands)
+        # Left out for one band: tiles made before "bands" existed keep their digest (engines.batch).
+        if self.bands:
+            data["bands"] = list(self.bands)
+        else:
+            del data["bands"]
         data["src_nodata"] = _json_number(self.src_nodata)
         data["dst_nodata"] = _json_number(self.dst_nodata)
         return data

@@ -182,8 +182,8 @@ def member_tiles(mosaic: MemberMosaic, corners_cols: np.ndarray, corners_rows: n
 
 
 def failing_member(vrt_path: str, window: Window, band: int) -> tuple[str, str] | None:
-    """The first source of a VRT under ``window`` that cannot be opened or read, and why; None if
-    every one can. Called after a read of the VRT failed, to name the file behind it."""
+    """The first source of a VRT under ``window`` that cannot be opened or read there, and why;
+    None if every one can. Called after a read of the VRT failed, to name the file behind it."""
     try:
         root = ET.parse(vrt_path).getroot()
     except (OSError, ET.ParseError):
@@ -201,16 +201,20 @@ def failing_member(vrt_path: str, window: Window, band: int) -> tuple[str, str] 
         if name.get("relativeToVRT") == "1":
             path = os.path.join(os.path.dirname(vrt_path), path)
         x, y = float(dst.get("xOff")), float(dst.get("yOff"))
-        if x >= w1 or y >= h1 or x + float(dst.get("xSize")) <= w0 or y + float(dst.get("ySize")) <= h0:
+        dw, dh = float(dst.get("xSize")), float(dst.get("ySize"))
+        if x >= w1 or y >= h1 or x + dw <= w0 or y + dh <= h0:
             continue
+        # The part of the source under the window (the members' VRT never scales its sources).
+        sx, sy = float(src.get("xOff")), float(src.get("yOff"))
+        fx, fy = float(src.get("xSize")) / dw, float(src.get("ySize")) / dh
+        c0, c1 = (max(w0, x) - x) * fx + sx, (min(w1, x + dw) - x) * fx + sx
+        r0, r1 = (max(h0, y) - y) * fy + sy, (min(h1, y + dh) - y) * fy + sy
         sb = source.find("SourceBand")
         try:
             with rasterio.open(path) as m:
-                # Read it all, block row by block row: which block is damaged is not known.
-                step = max(m.block_shapes[0][0], 1)
-                for row in range(0, m.height, step):
-                    m.read(int(sb.text) if sb is not None else 1,
-                           window=Window(0, row, m.width, min(step, m.height - row)))
+                m.read(int(sb.text) if sb is not None else 1,
+                       window=Window(int(c0), int(r0), max(1, math.ceil(c1) - int(c0)),
+                                     max(1, math.ceil(r1) - int(r0))))
         except GDAL_ERRORS as exc:
             return path, str(exc)
     return None
