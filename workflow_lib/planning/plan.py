@@ -22,18 +22,17 @@ import numpy as np
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.engines.blocks import choose_engine
 from workflow_lib.config import nodata_override, target_crs, target_resolution
-from workflow_lib.errors import ConfigError, InputRasterError
-from workflow_lib.errors import GDAL_ERRORS
+from workflow_lib.errors import GDAL_ERRORS, ConfigError, InputRasterError
 from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
-from workflow_lib.planning.footprint import Bounds, footprint_bounds, footprint_window, tile_mask, whole_image_scale
-from workflow_lib.planning.grid import TargetGrid, parse_tile_id, tile_id
 from workflow_lib.planning.coords import trusted_transform
-from workflow_lib.planning.footprint import raster_centre_lon
+from workflow_lib.planning.footprint import (Bounds, footprint_bounds, footprint_window, raster_centre_lon, tile_mask,
+                                             whole_image_scale)
+from workflow_lib.planning.grid import TargetGrid, parse_tile_id, tile_id
 from workflow_lib.sources.catalog import read_headers
 from workflow_lib.sources.header import RasterHeader, read_header
 from workflow_lib.sources.members import (MemberMosaic, arrange, check_members, member_tiles, split_runs,
                                          vrt_nodata, write_members_vrt)
-from workflow_lib.sources.paths import is_glob, local_file, member_paths, stamp
+from workflow_lib.sources.paths import is_glob, local_file, member_paths, stamps
 from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
@@ -78,7 +77,7 @@ class DatasetPlan:
     # pixels: how much of each tile has source pixels (its estimated work, tile_work_of).
     footprint: tuple[int, int, int, int] | None = None
     # Several parts (files on several grids), resampled one by one and combined in this order, the
-    # later one's valid pixels winning (engines.parts); none for one raster (the header above).
+    # later one's valid pixels winning (engines.compose); none for one raster (the header above).
     parts: tuple[Part, ...] = ()
     # Names of the mosaic's bands when the dataset has several (settings.bands); else its name.
     band_names: tuple[str, ...] = ()
@@ -411,7 +410,8 @@ def plan_cache_key(config: dict[str, Any]) -> str:
     """Changes whenever the config or any input file (size, modification time) changes."""
     files = {}
     for name, ds in config["datasets"].items():
-        files[name] = [[p, *stamp(p)] for p in member_paths(name, ds["path"])]
+        paths = member_paths(name, ds["path"])
+        files[name] = [[p, *s] for p, s in zip(paths, stamps(paths))]
     text = json.dumps({"format": PLAN_FORMAT, "config": config, "files": files}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

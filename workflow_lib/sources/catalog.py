@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.sources.header import RasterHeader, read_header
-from workflow_lib.sources.paths import stamp
+from workflow_lib.sources.paths import stamps
 
 CATALOG_FORMAT = 2
 # Header reads at once: opening a file is mostly waiting (disk, network mount), not computing.
@@ -26,8 +26,8 @@ def read_headers(dataset: str, paths: list[str], band: int, cache_dir: str | Non
     file (in that order) that cannot be used."""
     cache_path = os.path.join(cache_dir, f"{dataset}.json") if cache_dir else None
     cached = _load(cache_path, band)
-    stamps = [stamp(p) for p in paths]
-    todo = [i for i, (p, s) in enumerate(zip(paths, stamps))
+    found = stamps(paths)
+    todo = [i for i, (p, s) in enumerate(zip(paths, found))
             if p not in cached or (cached[p].size_bytes, cached[p].mtime_ns) != s]
     if todo:
         with ThreadPoolExecutor(min(READERS, len(todo))) as pool:

@@ -12,7 +12,7 @@ earlier member shows through them.
 
 Members on other grids (another UTM zone, another pixel size) start a new run. Each run is then
 resampled onto the tile on its own and the runs are combined in the same order, the later run's
-valid pixels over the earlier's (engines.parts).
+valid pixels over the earlier's (engines.compose).
 """
 
 from __future__ import annotations
