@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import os
 
-import numpy as np
 import rasterio
 
 from workflow_lib.atomic import atomic_path, temporary_prefix

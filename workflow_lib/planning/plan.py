@@ -330,9 +330,6 @@ def tile_work(grid: TargetGrid, header: RasterHeader, settings: WarpSettings, ti
     return min(read, float(header.width) * header.height / max(tiles, 1)) + written
 
 
-    return Plan(grid, plans)
-
-
 def dataset_sources(name: str, ds: dict, cache_dir: str) -> list[tuple[RasterHeader, MemberMosaic | None]]:
     """The rasters a dataset reads, in the order they are combined: its one file, or for many
     files one raster per run of them on one pixel grid (sources.members): the file itself, or the
