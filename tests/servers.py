@@ -18,6 +18,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive and ranges, as GDAL's curl expects
+
+    def log_message(self, *args):
+        pass  # quiet tests
+
+
 def _serve(handler) -> tuple[_Server, str]:
     server = _Server(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -34,12 +41,7 @@ class FileServer:
         self.requests: list[tuple[str, str, str]] = []  # (method, path, range)
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(_Handler):
             def do_HEAD(self):
                 self.answer(body=False)
 
@@ -101,12 +103,7 @@ class FaultyProxy:
         self.lock = threading.Lock()
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(_Handler):
             def do_GET(self):
                 self.forward()
 

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-import yaml
 from affine import Affine
 
 from workflow_lib.config import validate_config
 from workflow_lib.errors import InputRasterError
 from workflow_lib.planning.plan import build_plan, plan_cache_key
 
-from .helpers import REPO, read_band, run_tiles_and_mosaics, smooth_field, write_raster
+from .helpers import read_band, run_tiles_and_mosaics, smooth_field, write_raster
 from .servers import FaultyProxy, FileServer
+from .test_workflow import snakemake, write_config
 
 SECRET = "wJalrXUtnFEMI-never-in-a-log-K7MDENG"
 UTM = Affine(30, 0, 504000, 0, -30, 4608000)
@@ -145,15 +143,9 @@ def test_s3_end_to_end_and_no_credentials_in_any_log(tmp_path, dem, s3):
     client, proxy = s3
     client.upload_file(dem, "layers", "dem.tif")
     work = tmp_path / "run"
-    os.makedirs(work / "config")
-    with open(work / "config" / "config.yaml", "w") as f:
-        yaml.safe_dump(config_for("s3://layers/dem.tif"), f)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
-           str(work), "--cores", "2", "--resources", "mem_mb=2000"]
-    dry = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=600)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout + run.stderr
+    write_config(work, config_for("s3://layers/dem.tif"))
+    dry = snakemake(work, "-n", "--cores", "2")
+    run = snakemake(work, "--cores", "2", "--resources", "mem_mb=2000")
     _, local = run_tiles_and_mosaics(config_for(dem), tmp_path / "local")
     assert np.array_equal(read_band(work / "results" / "mosaics" / "dem.tif"), read_band(local["dem"]))
     assert proxy.failed >= 1

@@ -26,6 +26,7 @@ from workflow_lib.engines.resample import resample_tile
 from workflow_lib.sources import catalog
 
 from .helpers import compare, read_band, reference_for, run_tiles_and_mosaics, smooth_field, write_raster
+from .test_workflow import snakemake, write_config
 
 # On the grid of a 120 m target with origin (0, 0): whole target pixels from the corner.
 ORIGIN = Affine(30, 0, 504000, 0, -30, 4608000)
@@ -397,27 +398,14 @@ def _limit_open_files():
 def test_500_files_end_to_end_with_at_most_256_open_files(tmp_path, record):
     """Snakemake on a dataset of 500 files, every process (Snakemake and its jobs) limited to 256
     open files: the mosaic is exactly the workflow's result on one file of the same pixels."""
-    import subprocess
-    import sys
     import time
-
-    import yaml
-
-    from .helpers import REPO
 
     paths, _ = write_members(tmp_path / "srtm", rows=20, cols=25, size=40, overlap=2)
     assert len(paths) == 500
-    config = config_for("srtm/*.tif", tile_size=48)
-    os.makedirs(tmp_path / "config")
-    with open(tmp_path / "config" / "config.yaml", "w") as f:
-        yaml.safe_dump(config, f)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
-           str(tmp_path), "--cores", "2", "--resources", "mem_mb=2000"]
-    dry = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=600)
-    assert dry.returncode == 0, dry.stderr
+    write_config(tmp_path, config_for("srtm/*.tif", tile_size=48))
+    snakemake(tmp_path, "-n", "--cores", "2")
     started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, preexec_fn=_limit_open_files)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    snakemake(tmp_path, "--cores", "2", "--resources", "mem_mb=2000", preexec_fn=_limit_open_files)
     seconds = time.monotonic() - started
     result = read_band(tmp_path / "results" / "mosaics" / "dem.tif")
     os.makedirs(tmp_path / "one")
@@ -431,13 +419,6 @@ def test_500_files_end_to_end_with_at_most_256_open_files(tmp_path, record):
 def test_files_in_two_utm_zones_end_to_end(tmp_path):
     """The batch jobs make the same tiles from parts as the library does, and Snakemake tracks
     every part's file: a dry run after touching one lists the dataset's jobs again."""
-    import subprocess
-    import sys
-
-    import yaml
-
-    from .helpers import REPO
-
     from rasterio.warp import transform as move
 
     (x33,), (y33,) = move("EPSG:32632", "EPSG:32633", [709000.0], [5198000.0])
@@ -447,19 +428,14 @@ def test_files_in_two_utm_zones_end_to_end(tmp_path):
         write_raster(tmp_path / "parts" / f"{name}.tif", smooth_field(300, 360, seed=k) + 50 * k, crs,
                      Affine(30, 0, x, 0, -30, y), NODATA)
     config = config_for(str(tmp_path / "parts" / "*.tif"), "average", "EPSG:3035", 100, tile_size=48)
-    os.makedirs(tmp_path / "run" / "config")
-    with open(tmp_path / "run" / "config" / "config.yaml", "w") as f:
-        yaml.safe_dump(config, f)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
-           str(tmp_path / "run"), "--cores", "2", "--resources", "mem_mb=2000"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    write_config(tmp_path / "run", config)
+    snakemake(tmp_path / "run", "--cores", "2", "--resources", "mem_mb=2000")
     _, expected = mosaic_of(tmp_path, config, "lib")
     assert np.array_equal(read_band(tmp_path / "run" / "results" / "mosaics" / "dem.tif"), expected)
-    again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=600)
+    again = snakemake(tmp_path / "run", "-n", "--cores", "2", "--resources", "mem_mb=2000")
     assert "Nothing to be done" in again.stdout + again.stderr
     os.utime(tmp_path / "parts" / "b.tif")  # the second part's file: newer than the outputs
-    again = subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=600)
+    again = snakemake(tmp_path / "run", "-n", "--cores", "2", "--resources", "mem_mb=2000")
     assert "register_dataset" in again.stdout and "resample_batch" in again.stdout, again.stdout
 
 
@@ -529,23 +505,11 @@ def test_all_bands_of_a_netcdf_variable_and_band_errors(tmp_path, monkeypatch):
 
 @pytest.mark.integration
 def test_several_bands_end_to_end_into_the_stack(tmp_path):
-    import subprocess
-    import sys
-
-    import yaml
-
-    from .helpers import REPO
-
     path = _three_bands(tmp_path / "three.tif", descriptions=("jan", "feb", "mar"))
     config = config_for(path, "average", tile_size=48, bands="all")
     config["datasets"]["second"] = {"path": path, "method": "average", "band": 2}
-    os.makedirs(tmp_path / "run" / "config")
-    with open(tmp_path / "run" / "config" / "config.yaml", "w") as f:
-        yaml.safe_dump(config, f)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory",
-           str(tmp_path / "run"), "--cores", "2", "--resources", "mem_mb=2000"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    write_config(tmp_path / "run", config)
+    snakemake(tmp_path / "run", "--cores", "2", "--resources", "mem_mb=2000")
     with rasterio.open(tmp_path / "run" / "results" / "stack.tif") as src:
         assert src.count == 4 and src.descriptions == ("jan", "feb", "mar", "second")
         assert np.array_equal(src.read(2), src.read(4))  # band 2 of the first, and the second dataset

@@ -24,10 +24,11 @@ pytestmark = pytest.mark.integration
 UTM = Affine(10, 0, 500000, 0, -10, 5200000)
 
 
-def snakemake(workdir, *args, check=True):
+def snakemake(workdir, *args, check=True, **options):
+    """``options``: more of subprocess.run's (preexec_fn, to set limits on Snakemake and its jobs)."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"),
            "--directory", str(workdir), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, **options)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
