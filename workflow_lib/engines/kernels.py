@@ -97,11 +97,16 @@ def _accumulate(data, mask, use_mask, nodata, use_nodata, kx, ky, code, values, 
 def _mode_histogram(data, mask, use_mask, nodata, use_nodata, kx, ky, offset, bins, values, found):
     """GDAL's running mode for 8- and 16-bit integers: a value replaces the mode only when its
     count becomes strictly larger (so among equals the one whose last occurrence comes first).
-    The histogram is cleared by walking the block again, not by zeroing all its bins."""
+    A bin's count belongs to the block whose number its stamp holds, and starts again from 1 in any
+    other block: no pass to clear the histogram (a second walk over each block cost a third of
+    the kernel's time)."""
     h, w = values.shape
     counts = np.zeros(bins, np.int32)
+    stamps = np.zeros(bins, np.int64)
+    block = 0
     for i in range(h):
         for j in range(w):
+            block += 1
             best = 0
             best_count = 0
             for dy in range(ky):
@@ -112,18 +117,15 @@ def _mode_histogram(data, mask, use_mask, nodata, use_nodata, kx, ky, offset, bi
                     if _missing(v, mask, use_mask, r, c, nodata, use_nodata):
                         continue
                     k = np.int64(v) + offset
-                    n = counts[k] + 1
+                    if stamps[k] == block:
+                        n = counts[k] + 1
+                    else:
+                        stamps[k] = block
+                        n = 1
                     counts[k] = n
                     if n > best_count:
                         best_count = n
                         best = np.int64(v)
-            for dy in range(ky):
-                r = i * ky + dy
-                for dx in range(kx):
-                    c = j * kx + dx
-                    v = data[r, c]
-                    if not _missing(v, mask, use_mask, r, c, nodata, use_nodata):
-                        counts[np.int64(v) + offset] = 0
             values[i, j] = best
             found[i, j] = best_count > 0
 
