@@ -168,7 +168,7 @@ def test_outputs_logs_and_benchmarks_exist_and_no_temporary_file_is_left(run):
             for t in b.tiles:  # one line per tile made
                 assert len(re.findall(rf"tile {t} done in", text)) == 1, (t, text)
         with rasterio.open(workdir / "results" / "tiles" / name / f"{dataset.tiles[0]}.tif") as tile:
-            assert tile.profile["tiled"] and tile.profile["compress"] == "deflate"
+            assert tile.profile["tiled"] and tile.profile["compress"] == "zstd"
             assert tile.nodata == dataset.settings.dst_nodata or math.isnan(tile.nodata)
     leftovers = [os.path.join(d, f) for d, _, files in os.walk(workdir / "results") for f in files
                  if f.startswith(".tmp-")]
