@@ -161,7 +161,7 @@ def test_a_resolution_in_the_wrong_units_says_so(raster):
     with pytest.raises(ConfigError, match=r"target\.resolution: 100 x 100 degrees makes one pixel larger than the "
                                           r"whole extent .* EPSG:4326 is in degrees"):
         build_plan(validate_config(config(raster, target={"crs": "EPSG:4326", "resolution": 100})))
-    with pytest.raises(ConfigError, match=r"look like metres, but EPSG:4326 is in degrees"):
+    with pytest.raises(ConfigError, match=r"target\.extent: 400000, .* look like metres, but EPSG:4326 is in degrees"):
         build_plan(validate_config(config(raster, target={
             "crs": "EPSG:4326", "resolution": 0.01,
             "extent": {"left": 400000, "bottom": 5000000, "right": 410000, "top": 5010000}})))

@@ -221,6 +221,7 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
                   max(b[3] for b in boxes))
     else:
         bounds = (extent["left"], extent["bottom"], extent["right"], extent["top"])
+        _check_extent_units(config, crs, bounds)
     resolution = target_resolution(config)
     _check_resolution(config, crs, bounds, resolution)
     grid = TargetGrid.from_bounds(crs, bounds, resolution, tuple(target.get("origin", (0.0, 0.0))),
@@ -395,6 +396,16 @@ def _check_resolution(config: dict, crs, bounds, resolution) -> None:
             f"target.resolution: {res_x:g} x {res_y:g} {units}s makes one pixel larger than the whole extent "
             f"({right - left:.6g} x {top - bottom:.6g} {units}s; {config['target']['crs']} is in {units}s): "
             f"give the resolution in {units}s, or choose a target CRS in the units you meant")
+
+
+def _check_extent_units(config: dict, crs, bounds) -> None:
+    """An extent in metres given to a CRS in degrees is said at once: planned as degrees, it makes
+    a grid of millions of tiles whose footprints alone took minutes to compute before any error."""
+    left, bottom, right, top = bounds
+    if crs.is_geographic and (max(abs(bottom), abs(top)) > 90 or max(abs(left), abs(right)) > 720):
+        raise ConfigError(
+            f"target.extent: {left:g}, {bottom:g}, {right:g}, {top:g} has latitudes beyond 90 or longitudes beyond "
+            f"720 degrees{_units_hint(crs, bounds)}: give the extent in degrees, or choose a target CRS in metres")
 
 
 def _units_hint(crs, bounds) -> str:
