@@ -221,7 +221,7 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
                   max(b[3] for b in boxes))
     else:
         bounds = (extent["left"], extent["bottom"], extent["right"], extent["top"])
-        _check_extent_units(config, crs, bounds)
+        _check_extent_units(crs, bounds)
     resolution = target_resolution(config)
     _check_resolution(config, crs, bounds, resolution)
     grid = TargetGrid.from_bounds(crs, bounds, resolution, tuple(target.get("origin", (0.0, 0.0))),
@@ -398,7 +398,7 @@ def _check_resolution(config: dict, crs, bounds, resolution) -> None:
             f"give the resolution in {units}s, or choose a target CRS in the units you meant")
 
 
-def _check_extent_units(config: dict, crs, bounds) -> None:
+def _check_extent_units(crs, bounds) -> None:
     """An extent in metres given to a CRS in degrees is said at once: planned as degrees, it makes
     a grid of millions of tiles whose footprints alone took minutes to compute before any error."""
     left, bottom, right, top = bounds
