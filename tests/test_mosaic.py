@@ -3,12 +3,13 @@
 import os
 
 import numpy as np
+import pytest
 import rasterio
 from affine import Affine
 
 from workflow_lib.mosaics.mosaic import write_mosaic
 
-from .helpers import run_tiles_and_mosaics, smooth_field, write_raster
+from .helpers import classes_field, run_tiles_and_mosaics, smooth_field, write_raster
 
 
 def test_grouped_mosaic_equals_the_flat_one_with_holes_kept(tmp_path, record):
@@ -58,3 +59,86 @@ def test_mosaic_compression_level_is_applied(tmp_path):
                 pixels[level] = src.read(1)
         assert sizes[9] < sizes[1], (cog, sizes)
         assert pixels[1].tobytes() == pixels[9].tobytes()
+
+
+def _block_reference(full: np.ndarray, f: int, nodata: float, categorical: bool) -> np.ndarray:
+    """An overview level of ``full`` made here with NumPy alone: of each f x f block (partial at the
+    right and bottom edges), its centre pixel (categorical), or the float64 mean of its valid
+    pixels cast to the type (halves up for integers), nodata where it has none."""
+    h, w = full.shape
+    if categorical:
+        rows = [i + min(f, h - i) // 2 for i in range(0, h, f)]
+        cols = [j + min(f, w - j) // 2 for j in range(0, w, f)]
+        return full[np.ix_(rows, cols)]
+    H, W = -(-h // f), -(-w // f)
+    padded = np.full((H * f, W * f), np.nan)
+    padded[:h, :w] = np.where(full == nodata, np.nan, full)
+    blocks = padded.reshape(H, f, W, f)
+    count = np.sum(~np.isnan(blocks), axis=(1, 3))
+    with np.errstate(invalid="ignore"):
+        mean = np.nansum(blocks, axis=(1, 3)) / count
+    if full.dtype.kind in "iu":
+        mean = np.floor(mean + 0.5)
+        mean[mean == nodata] = nodata - 1 if nodata > np.iinfo(full.dtype).min else nodata + 1
+    return np.where(count > 0, mean, nodata).astype(full.dtype)
+
+
+@pytest.mark.parametrize("window", [2048, 256])
+@pytest.mark.parametrize("method,dtype", [("average", "float32"), ("average", "int16"), ("mode", "uint8")])
+def test_mosaic_overviews_are_made_from_the_full_resolution_pixels(tmp_path, monkeypatch, record, window,
+                                                                   method, dtype):
+    """Every overview level of a COG mosaic: of each block of the full-resolution mosaic, the mean
+    of its valid pixels (nodata where it has none) or, for classes, its centre pixel, as an
+    independent NumPy reference makes it, at edges of odd sizes and across the windows of the pass
+    (``window``); the COG layout is kept and no temporary is left behind."""
+    from workflow_lib.mosaics import overviews
+
+    monkeypatch.setattr(overviews, "WINDOW", window)
+    h, w = 1000, 2100  # levels 2, 4, 8 (1050, 525, 263 pixels across: the last is uneven)
+    nodata = {"float32": -9999.0, "int16": -32768, "uint8": 0}[dtype]
+    data = classes_field(h, w) if method == "mode" else smooth_field(h, w).astype(dtype)
+    data[100:400, 300:700] = nodata  # blocks wholly and partly empty, at every level
+    data[::7, ::5] = nodata
+    path = write_raster(tmp_path / "in.tif", data, "EPSG:32632", Affine(10, 0, 500000, 0, -10, 5200000), nodata)
+    config = {"target": {"crs": "EPSG:32632", "resolution": 10}, "tile_size": 512,
+              "datasets": {"d": {"path": path, "method": method}}}
+    plan, mosaics = run_tiles_and_mosaics(config, tmp_path / "run")
+    with rasterio.open(mosaics["d"]) as src:
+        full, mosaic_nodata = src.read(1), src.nodata
+        assert src.overviews(1) == [2, 4, 8] and src.shape == (h, w)
+        assert src.profile["blockxsize"] == 512 and src.compression is not None
+        assert (full == nodata).any()
+    for k, f in enumerate([2, 4, 8]):
+        with rasterio.open(mosaics["d"], overview_level=k) as level:
+            got = level.read(1)
+        np.testing.assert_array_equal(got, _block_reference(full, f, mosaic_nodata, method == "mode"),
+                                      err_msg=f"level {f}")
+    leftovers = [f for root, _, files in os.walk(tmp_path) for f in files if ".tmp-" in f]
+    assert leftovers == []
+    record(f"{method} {dtype}, pass windows of {window}: overview levels 2, 4, 8 equal the NumPy block reference")
+
+
+def test_mosaic_overviews_match_gdal_where_gdal_reads_the_full_resolution(tmp_path, monkeypatch, record):
+    """The first overview level, which GDAL's COG driver also makes from the full-resolution pixels,
+    is the same as GDAL's (its own overviews, when this module does not make them: the path of
+    mosaics too large for the pass); later GDAL levels average the level before and differ."""
+    from workflow_lib.mosaics import overviews
+
+    data = smooth_field(1000, 2100)
+    data[100:400, 300:700] = -9999.0
+    data[::7, ::5] = -9999.0
+    path = write_raster(tmp_path / "in.tif", data, "EPSG:32632", Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+    config = {"target": {"crs": "EPSG:32632", "resolution": 10}, "tile_size": 512,
+              "datasets": {"d": {"path": path, "method": "average"}}}
+    plan, mosaics = run_tiles_and_mosaics(config, tmp_path / "run")
+    d = plan.datasets["d"]
+    tiles = [os.path.join(tmp_path, "run", "tiles", "d", f"{t}.tif") for t in d.tiles]
+    monkeypatch.setattr(overviews, "made_here", lambda factors: False)
+    by_gdal = str(tmp_path / "gdal.tif")
+    write_mosaic("d", d.settings, plan.grid, tiles, by_gdal, mem_mb=400)
+    with rasterio.open(mosaics["d"], overview_level=0) as a, rasterio.open(by_gdal, overview_level=0) as b:
+        ours, gdal = a.read(1), b.read(1)
+    with rasterio.open(by_gdal) as b:
+        assert b.overviews(1) == [2, 4, 8]
+    np.testing.assert_array_equal(ours, gdal)
+    record(f"overview level 2 ({ours.shape[1]} x {ours.shape[0]}) equal to GDAL's COG AVERAGE overview")

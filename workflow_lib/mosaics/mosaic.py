@@ -1,12 +1,15 @@
 """Merge tiles into one mosaic per dataset, and mosaics into one aligned stack.
 
 Both are streamed: a VRT places every tile (or mosaic) on the target grid and GDAL's COG driver
-copies it block by block, building overviews from the copy. Missing tiles are nodata.
+copies it block by block. Missing tiles are nodata. A mosaic's overview levels are made first, in
+one threaded pass over the tiles (mosaics.overviews), and copied by the COG driver as they are; the
+stack's, and those of mosaics too large for that pass, are built by the COG driver from the copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -69,7 +72,8 @@ def write_mosaic(
              grid.height, len(bands))
     tiles_band = bands[0]
     try:
-        _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview, group_tiles, level)
+        _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview, group_tiles, level,
+                  own_overviews=True)
     except OutputWriteError:
         # Reading a tile may be what failed: find corrupt tiles (only now, so a healthy run never
         # reads its tiles twice), remove them so that the next run makes them again, and say so.
@@ -183,7 +187,13 @@ def write_stack(
 
 
 def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_resampling,
-              group_tiles: int = GROUP_TILES, level: int | None = None) -> None:
+              group_tiles: int = GROUP_TILES, level: int | None = None, own_overviews: bool = False) -> None:
+    """Copy the VRT of ``bands`` into ``out_path``. ``own_overviews``: a COG's overview levels are
+    made by mosaics.overviews (from the full-resolution pixels, in the same pass over the tiles
+    on ``threads``) where it can, not by the COG driver."""
+    # Imported here: it loads numba, which every job importing this module (workflow_lib.jobs) would pay.
+    from workflow_lib.mosaics.overviews import COG_BLOCK, cog_factors, made_here, overview_files
+
     dtype = bands[0].dtype
     options = compression_options(compress, dtype, threads, level=level)
     if cog:
@@ -193,10 +203,11 @@ def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_re
         for name in ("zlevel", "zstd_level"):  # the COG driver's name for both
             if name in options:
                 options["level"] = options.pop(name)
-        options.update(blocksize="512", overview_resampling=overview_resampling, bigtiff="IF_SAFER")
+        options.update(blocksize=str(COG_BLOCK), overview_resampling=overview_resampling, bigtiff="IF_SAFER")
     else:
         driver = "GTiff"
         options.update(tiled="YES", blockxsize="512", blockysize="512", bigtiff="IF_SAFER")
+    factors = cog_factors(grid.width, grid.height) if cog and own_overviews else []
     # GDAL's block cache bounds the copy's memory; leave room for the interpreter itself.
     cache_mb = int(min(max((mem_mb - 160) * 0.5, 16), 1024))
     # The VRTs are temporaries of the output: made after atomic_path has removed a killed job's.
@@ -208,6 +219,13 @@ def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_re
         with rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_NUM_THREADS=max(threads, 1),
                           GDAL_MAX_DATASET_POOL_SIZE=MAX_OPEN_DATASETS):
             try:
+                if made_here(factors):
+                    resampling = "nearest" if overview_resampling == "NEAREST" else "average"
+                    levels = stack.enter_context(overview_files(vrt_path, out_path, factors, resampling, threads))
+                    with_levels = [dataclasses.replace(b, overviews=levels, overview_band=i)
+                                   for i, b in enumerate(bands, 1)]
+                    xml = vrt_xml(grid.width, grid.height, grid.crs, grid.transform, with_levels)
+                    vrt_path = stack.enter_context(atomic_vrt(out_path, xml, "levels"))
                 rasterio.shutil.copy(vrt_path, tmp, driver=driver, **options)
             except (*GDAL_ERRORS, OSError) as exc:
                 raise OutputWriteError(out_path, exc) from exc
@@ -217,8 +235,8 @@ class atomic_vrt:
     """A throwaway VRT file beside the output (GDAL's COG driver reads sources by path), named
     like the output's other temporaries so that a killed job's VRT is cleaned up too."""
 
-    def __init__(self, out_path: str, xml: str):
-        self.path = f"{temporary_prefix(out_path)}vrt-{os.getpid()}.vrt"
+    def __init__(self, out_path: str, xml: str, name: str = "vrt"):
+        self.path = f"{temporary_prefix(out_path)}{name}-{os.getpid()}.vrt"
         self.xml = xml
 
     def __enter__(self) -> str:

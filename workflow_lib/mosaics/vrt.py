@@ -44,6 +44,9 @@ class Band:
     description: str = ""
     sources: list[Source] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Files holding this band's overview levels, finest first (band ``overview_band`` of each).
+    overviews: list[str] = field(default_factory=list)
+    overview_band: int = 1
 
 
 def _number(value: float) -> str:
@@ -86,6 +89,9 @@ def vrt_xml(width: int, height: int, crs: CRS, transform: Affine, bands: list[Ba
             parts.extend(f"      <MDI key={quoteattr(k)}>{escape(v)}</MDI>" for k, v in band.metadata.items())
             parts.append("    </Metadata>")
         parts.extend(_source_xml(s) for s in band.sources)
+        for path in band.overviews:
+            parts.append(f'    <Overview><SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
+                         f"<SourceBand>{band.overview_band}</SourceBand></Overview>")
         parts.append("  </VRTRasterBand>")
     parts.append("</VRTDataset>")
     return "\n".join(parts) + "\n"
