@@ -12,7 +12,7 @@ from affine import Affine
 from workflow_lib.config import validate_config
 from workflow_lib.engines.batch import (DIGEST_TAG, TileHooks, compiled_kernels, forget_incomplete_batches, run_batch,
                                         tile_digest)
-from workflow_lib.planning.batches import MAX_JOBS, make_batches, rectangle, tiles_per_batch
+from workflow_lib.planning.batches import MAX_JOBS, MIN_BATCH_WORK, make_batches, rectangle, tiles_per_batch
 from workflow_lib.planning.grid import tile_id
 from workflow_lib.planning.plan import build_plan
 
@@ -63,9 +63,12 @@ def test_batch_count_is_bounded_for_sparse_datasets():
 
 
 def test_tiles_per_batch_from_work_and_job_count():
-    assert tiles_per_batch(tile_work=2e9, tiles_in_dataset=50, tiles_in_run=50) == 1  # big tiles: one each
-    assert tiles_per_batch(tile_work=1e7, tiles_in_dataset=10_000, tiles_in_run=10_000) == 100  # by work
-    assert tiles_per_batch(tile_work=2e9, tiles_in_dataset=10**6, tiles_in_run=10**6) == 10**6 // MAX_JOBS
+    big = 2 * MIN_BATCH_WORK
+    assert tiles_per_batch(tile_work=big, tiles_in_dataset=50, tiles_in_run=50) == 1  # big tiles: one each
+    assert tiles_per_batch(tile_work=1e7, tiles_in_dataset=10_000, tiles_in_run=10_000) == 400  # by work (4e9)
+    # A 40,000^2 float32 input at x4 (100 tiles of 1024 px, 1.78e7 each): one job, not two.
+    assert tiles_per_batch(tile_work=1024**2 * 17, tiles_in_dataset=100, tiles_in_run=100) == 100
+    assert tiles_per_batch(tile_work=big, tiles_in_dataset=10**6, tiles_in_run=10**6) == 10**6 // MAX_JOBS
     assert tiles_per_batch(tile_work=1.0, tiles_in_dataset=7, tiles_in_run=7) == 7  # never beyond the dataset
 
 

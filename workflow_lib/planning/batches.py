@@ -15,9 +15,12 @@ from dataclasses import dataclass
 
 # The most resample jobs a run should have: Snakemake plans 2,000 jobs in about 8 s.
 MAX_JOBS = 2000
-# Work, in source pixels read plus output pixels written, below which a job's fixed cost (about 1 s)
-# is no longer small: 1e9 is 20-30 s of the block engine's average on one core.
-MIN_BATCH_WORK = 1e9
+# Work, in source pixels read plus output pixels written, below which a job's fixed cost (1-2 s:
+# the interpreter, imports, loading the compiled kernels, Snakemake's preamble) is no longer small.
+# Measured 2026-12-04 on a 2-thread job: the block engine's compiled kernels do 1.3e8 (float32
+# average) to 3.2e8 (uint8 mode) a second, GDAL's warper across CRSs 4.4e7; so 4e9 is 12-30 s of
+# the block engine (1e9, the value before the kernels, left 23-42 % of such a job to its start).
+MIN_BATCH_WORK = 4e9
 
 
 @dataclass(frozen=True)
