@@ -4,6 +4,7 @@ Needs a SLURM cluster that this machine submits to and runs on (CI starts a one-
 .ci/start-slurm.sh); the tests skip without one, and fail instead when REQUIRE_SLURM=1.
 """
 
+import math
 import os
 import shutil
 import subprocess
@@ -165,20 +166,19 @@ def _wait_for_running_and_queued_tile_jobs(workdir, timeout=300):
 
 
 def _sacct(ids):
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,Start", "-j", ",".join(ids)],
+    """Each job's state, start and end as sacct gives them (times to the second, or None/Unknown)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,Start,End", "-j", ",".join(ids)],
                          capture_output=True, text=True).stdout
-    return {i: (s.split()[0], start) for i, s, start in (line.split("|") for line in out.splitlines() if line)}
+    rows = (line.split("|") for line in out.splitlines() if line)
+    return {i: (state.split()[0], start, end) for i, state, start, end in rows}
 
 
-def _ended_before(job_id: str, when: float) -> bool:
-    """Whether SLURM job ``job_id`` ended before the epoch time ``when`` (sacct's End, to the second)."""
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "End", "-j", job_id], capture_output=True,
-                         text=True).stdout.strip()
+def _epoch(stamp: str) -> float | None:
+    """sacct's local time (2026-12-04T18:10:43) as epoch seconds; None for None or Unknown."""
     try:
-        ended = time.mktime(time.strptime(out.splitlines()[0], "%Y-%m-%dT%H:%M:%S"))
-    except (IndexError, ValueError):
-        return False
-    return ended <= when
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 def test_controller_pause_and_stop_on_slurm(tmp_path, slurm, record):
@@ -240,6 +240,7 @@ def test_controller_pause_and_stop_on_slurm(tmp_path, slurm, record):
     t0 = time.monotonic()
     _control(tmp_path, "stop")
     stop_s = time.monotonic() - t0
+    stopped_at = time.time()
     section = _run_section(tmp_path)
     submitted = submitted_slurm_jobs(section)
     assert _queue(list(submitted)) == {}, "stop left SLURM jobs behind"
@@ -247,10 +248,10 @@ def test_controller_pause_and_stop_on_slurm(tmp_path, slurm, record):
     # A job of 4 tiny tiles lasts a second or two: one seen running may end in the moment between
     # the look at the queue and the stop (CI, 2026-12-04: one of three). Every other is cancelled,
     # and none may have ended after the stop returned (it would have been left to run).
-    stopped_at = time.time()
     cancelled = [i for i in before if after[i][0] == "CANCELLED"]
-    ended = {i for i in before if i not in cancelled}
-    assert cancelled and all(after[i][0] == "COMPLETED" and _ended_before(i, stopped_at) for i in ended), after
+    ended = [i for i in before if i not in cancelled]
+    assert cancelled and all(after[i][0] == "COMPLETED" and (_epoch(after[i][2]) or math.inf) <= stopped_at
+                             for i in ended), after
     assert temporaries(tmp_path) == []
     store.replay()
     assert store.query("SELECT COUNT(*) FROM tiles WHERE status IN ('failed', 'running')") == [(0,)]
