@@ -14,7 +14,7 @@ rule resample_batch:
         "benchmarks/resample_batch/{dataset}/{batch}.tsv"
     params:
         tiles=batch_tiles,
-        tile_dir=lambda wildcards: f"results/tiles/{wildcards.dataset}",
+        tile_dir=dataset_tile_dir,
         compress=OUTPUT["compress"],
         engine=tile_engine,
         todo=batch_todo,

@@ -2,14 +2,14 @@
 # that rules use. Everything here runs at parse time, again in every cluster job: keep it cheap.
 import sys
 
-from workflow_lib.engines.batch import forget_incomplete_batches
-from workflow_lib.engines.blocks import ENGINE_LABELS
 from workflow_lib.config import validate_config
+from workflow_lib.domain import tile_dir
+from workflow_lib.engines.batch import forget_incomplete_batches
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.plan import TilesToMake, load_plan, plan_cache_path
-from workflow_lib.sources.paths import local_file
 from workflow_lib.snakemake_fixes import (graceful_sigterm_without_deadlock, slurm_cancelled_by_user_is_cancelled,
                                           status_snapshot_on_sigusr1)
+from workflow_lib.sources.paths import local_file
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
 from workflow_lib.status.run import write_run_context
 
@@ -75,13 +75,17 @@ def dataset_batches(wildcards):
 
 
 def batch_tiles(wildcards):
-    return list(PLAN.datasets[wildcards.dataset].batch_by_id[wildcards.batch].tiles)
+    # Ids (plain strings): parameters are rerun triggers, kept in Snakemake's metadata.
+    return list(PLAN.datasets[wildcards.dataset].batch_by_id[wildcards.batch].tile_ids)
+
+
+def dataset_tile_dir(wildcards):
+    return tile_dir(wildcards.dataset)
 
 
 def batch_todo(wildcards):
     # Counted only when the message is shown (a dry run), and no rerun trigger (not a plain value).
-    return TilesToMake(PLAN.datasets[wildcards.dataset].batch_by_id[wildcards.batch],
-                       f"results/tiles/{wildcards.dataset}")
+    return TilesToMake(PLAN.datasets[wildcards.dataset].batch_by_id[wildcards.batch], tile_dir(wildcards.dataset))
 
 
 def cluster_overhead_mb():
@@ -102,4 +106,4 @@ def mosaic_mem_mb(wildcards, attempt):
 
 def tile_engine(wildcards):
     # Shown in each batch job's message, so that a dry run tells which engine each dataset gets.
-    return ENGINE_LABELS[PLAN.datasets[wildcards.dataset].settings.engine]
+    return PLAN.datasets[wildcards.dataset].settings.engine.label

@@ -11,7 +11,7 @@ rule mosaic:
     benchmark:
         "benchmarks/mosaic/{dataset}.tsv"
     params:
-        tile_dir=lambda wildcards: f"results/tiles/{wildcards.dataset}",
+        tile_dir=dataset_tile_dir,
         compress=OUTPUT["compress"],
         level=OUTPUT["compress_level"],
         cog=OUTPUT["cog"],

@@ -3,12 +3,13 @@
 Switched on by the default profile (``logger: [tilestatus]``). It runs in Snakemake's main process,
 which sees every job start, finish and fail, including jobs killed by the OOM killer or SIGKILL
 (Snakemake reports them as errors), so no tile is left "running" forever. Batch jobs record each
-of their tiles as they start and finish it, with its measurements (workflow_lib.jobs). The database never stops the run: see workflow_lib.status.
+of their tiles as they start and finish it, with its measurements (workflow_lib.status.reporter).
+The database never stops the run: see workflow_lib.status. What it shares with the workflow (the
+run context, the rule names, the run id's variable) is defined in workflow_lib.status.run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 
-RUN_CONTEXT = os.path.join(".cache", "status", "run.json")
-BATCH_RULE = "resample_batch"
-REGISTER_RULE = "register_dataset"
+from workflow_lib.controller.runfile import own_state
+from workflow_lib.status import StatusStore
+from workflow_lib.status.events import BatchEnded, DatasetFailed, Note, RunFinished, RunStarted, TilesPlanned
+from workflow_lib.status.run import (BATCH_RULE, REGISTER_RULE, RUN_ID_ENV, cancellation, dataset_recorded,
+                                     error_from_logs, planned_tiles, read_run_context)
 
 log = logging.getLogger("workflow_lib.status")
 
@@ -92,37 +95,27 @@ class LogHandler(LogHandlerBase):
             log.exception("status logger: could not record %s", event)
 
     def _started(self, record) -> None:
-        from workflow_lib.status import Event, StatusStore
-        from workflow_lib.status.run import RUN_ID_ENV, planned_tiles
-
         cwd = os.getcwd()  # Snakemake has changed into --directory by now
-        path = os.path.join(cwd, RUN_CONTEXT)
-        if not os.path.exists(path):
+        context = read_run_context(cwd)
+        if context is None:
             return  # not this project's workflow
-        with open(path) as f:
-            context = json.load(f)
         self.store = StatusStore(context["database_url"], spool_dir=os.path.join(cwd, context["spool_dir"]))
         self.run_id = str(getattr(record, "workflow_id", "")) or None
         if self.run_id:
             # Batch jobs (local, or on SLURM, which passes the environment on) tag their tiles with it.
             os.environ[RUN_ID_ENV] = self.run_id
-        self.store.record(Event("run_started", run_id=self.run_id, payload={
-            "config_digest": getattr(record, "config_md5", None),
-            "snakemake_version": getattr(record, "snakemake_version", None),
-            "user": getattr(record, "user", None),
-        }))
-        for name, dataset, tiles in planned_tiles(context, cwd):
-            self.store.record(Event("dataset", run_id=self.run_id, dataset=name, payload=dataset))
-            self.store.record(Event("tiles_planned", run_id=self.run_id, dataset=name, payload={"tiles": tiles}))
+        self.store.record(RunStarted(run_id=self.run_id, config_digest=getattr(record, "config_md5", None),
+                                     snakemake_version=getattr(record, "snakemake_version", None),
+                                     user=getattr(record, "user", None)))
+        for dataset, tiles in planned_tiles(context, cwd):
+            self.store.record(dataset_recorded(dataset, "planned", run_id=self.run_id))
+            self.store.record(TilesPlanned(run_id=self.run_id, dataset=dataset.name, tiles=tiles))
 
     def _job_error(self, record) -> None:
-        from workflow_lib.status import Event
-        from workflow_lib.status.run import cancellation, error_from_logs
-
         job = self.jobs.get(record.jobid, {"rule": record.rule_name, "wildcards": {}, "log": []})
         logs = list(getattr(record, "log", None) or job["log"]) + self.group_logs.pop(record.jobid, [])
         message = error_from_logs(logs)
-        cancelled = cancellation(message, os.getcwd())
+        cancelled = cancellation(message, own_state(os.getcwd()))
         # The executor's word on the failure (on SLURM: "SLURM-job '12' failed, SLURM status is:
         # 'OUT_OF_MEMORY'") comes first: the job itself may have been killed before it could say anything.
         executor_says = getattr(record, "rule_msg", None)
@@ -132,32 +125,27 @@ class LogHandler(LogHandlerBase):
             # The tiles it was making when it ended (a kill, the OOM killer, a cancellation); those it
             # finished or that failed on their own were recorded by the job.
             w = job["wildcards"]
-            self.store.record(Event("batch_ended", run_id=self.run_id, dataset=w.get("dataset"), payload={
-                "batch": w.get("batch"), "cancelled": cancelled, "error": message}))
+            self.store.record(BatchEnded(run_id=self.run_id, dataset=w.get("dataset"), batch=w.get("batch"),
+                                         cancelled=cancelled, error=message))
         elif job["rule"] == REGISTER_RULE:
-            name = job["wildcards"].get("dataset")
-            self.store.record(Event("dataset", run_id=self.run_id, dataset=name,
-                                    payload={"status": "failed", "error": message}))
-        self.store.record(Event("note", run_id=self.run_id, dataset=job["wildcards"].get("dataset"),
-                                payload={"rule": job["rule"], "batch": job["wildcards"].get("batch"),
-                                         "error": message}))
+            self.store.record(DatasetFailed(run_id=self.run_id, dataset=job["wildcards"].get("dataset"),
+                                            error=message))
+        self.store.record(Note(run_id=self.run_id, dataset=job["wildcards"].get("dataset"),
+                               details={"rule": job["rule"], "batch": job["wildcards"].get("batch"),
+                                        "error": message}))
 
     def _end_status(self) -> str:
         """finished, failed, or paused / stopped when the controller paused or stopped this run."""
-        from workflow_lib.controller.runfile import read_run
-
-        info = read_run(os.getcwd())
-        if info is not None and info.pid == os.getpid() and info.state in ("pausing", "stopping"):
-            return {"pausing": "paused", "stopping": "stopped"}[info.state]
+        state = own_state(os.getcwd())
+        if state in ("pausing", "stopping"):
+            return {"pausing": "paused", "stopping": "stopped"}[state]
         return "failed" if self.errors else "finished"
 
     def close(self) -> None:
         if self.store is not None and not self.finished:
-            from workflow_lib.status import Event
-
             self.finished = True
             try:
-                self.store.record(Event("run_finished", run_id=self.run_id, payload={"status": self._end_status()}))
+                self.store.record(RunFinished(run_id=self.run_id, status=self._end_status()))
                 self.store.replay()
             except Exception:  # noqa: BLE001
                 log.exception("status logger: could not record the end of the run")

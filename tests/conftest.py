@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from .helpers import REAL_DATA
+from .helpers import REAL_DATA, uninterrupted_run as run_uninterrupted
 
 # Figures of every comparison with the GDAL reference, printed at the end of the run so that the
 # closing note (and anyone reading CI's log) sees what was compared, not just "passed".
@@ -52,3 +52,10 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/status.sqlite"
     return request.getfixturevalue("pg_cluster").new_database()
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(tmp_path_factory):
+    """One whole run of the interruptible config, shared by the interruption and controller tests
+    (each of their interrupted runs must end with its results)."""
+    return run_uninterrupted(tmp_path_factory.mktemp("uninterrupted"))

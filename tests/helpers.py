@@ -1,4 +1,5 @@
-"""Test helpers: synthetic rasters, the independent GDAL reference, and comparisons.
+"""Test helpers: synthetic rasters, the independent GDAL reference, comparisons, and running the
+workflow (Snakemake in a temporary folder) with what its results are checked by.
 
 The reference is GDAL itself on the whole image: the full raster read at once (overviews off) and
 warped in one ``rasterio.warp.reproject`` call onto the same grid. Nothing of workflow_lib's
@@ -7,13 +8,19 @@ chunking, windows or padding is used to make it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import subprocess
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+import yaml
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
@@ -175,9 +182,9 @@ def run_tiles_and_mosaics(config: dict, workdir, mem_mb: int = 400, max_chunk_by
         for tid in dataset.tiles:
             out = os.path.join(str(workdir), "tiles", name, f"{tid}.tif")
             if dataset.parts or dataset.settings.bands:  # pieces (engines.compose), as a batch job makes them
-                make_tile(dataset, plan.grid, plan.grid.tile_by_id(tid), out, mem_mb, max_chunk_bytes=max_chunk_bytes)
+                make_tile(dataset, plan.grid, plan.grid.tile(tid), out, mem_mb, max_chunk_bytes=max_chunk_bytes)
             else:
-                resample_tile(name, dataset.header, dataset.settings, plan.grid, plan.grid.tile_by_id(tid), out,
+                resample_tile(name, dataset.header, dataset.settings, plan.grid, plan.grid.tile(tid), out,
                               mem_mb=mem_mb, max_chunk_bytes=max_chunk_bytes)
             tiles.append(out)
         mosaics[name] = os.path.join(str(workdir), "mosaics", f"{name}.tif")
@@ -346,3 +353,190 @@ def window_reference(plan, name: str) -> np.ndarray:
                     v = v + 1 if v == info.min else v - 1
             result[i, j] = v
     return result
+
+
+# ---------------------------------------------------------------------------- the workflow itself
+
+UTM = Affine(10, 0, 500000, 0, -10, 5200000)
+
+
+def snakemake(workdir, *args, check=True, **options):
+    """``options``: more of subprocess.run's (preexec_fn, to set limits on Snakemake and its jobs)."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"),
+           "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, **options)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start(workdir, *args, env=None):
+    """Start snakemake in its own process group (as a terminal gives it: a signal sent to the group
+    reaches snakemake and all its jobs), its output going to a file: an unread pipe would fill up
+    and block snakemake while a test watches it."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"),
+           "--directory", str(workdir), *args]
+    out = open(os.path.join(workdir, "snakemake.out"), "w")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=env)
+    proc.output_path = os.path.join(workdir, "snakemake.out")
+    return proc
+
+
+def finish(proc, timeout=600) -> str:
+    proc.wait(timeout=timeout)
+    with open(proc.output_path) as f:
+        return f.read()
+
+
+def write_config(workdir, config):
+    os.makedirs(os.path.join(workdir, "config"), exist_ok=True)
+    with open(os.path.join(workdir, "config", "config.yaml"), "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+
+
+def synthetic_config(folder):
+    values = smooth_field(360, 400)
+    values[50:80, 100:180] = -9999
+    values[200:210, 20:60] = np.nan
+    classes = classes_field(300, 320)
+    classes[:30, :40] = 0
+    lonlat = Affine(0.0005, 0, 8.995, 0, -0.0005, 46.952)
+    temperature = (smooth_field(80, 90, seed=3) * 10).astype("int16")
+    return {
+        "target": {"crs": "EPSG:32632", "resolution": 40, "origin": [0, 0]},
+        "tile_size": 48,
+        "warp": {"error_threshold": 0},
+        "datasets": {
+            "dem": {"path": write_raster(folder / "dem.tif", values, "EPSG:32632", UTM, -9999.0),
+                    "method": "average"},
+            "landcover": {"path": write_raster(folder / "landcover.tif", classes, "EPSG:32632",
+                                               Affine(10, 0, 500400, 0, -10, 5199600), 0),
+                          "method": "mode"},
+            "temperature": {"path": write_raster(folder / "temperature.tif", temperature, "EPSG:4326", lonlat,
+                                                 -32768),
+                            "method": "bilinear", "dtype": "float32"},
+        },
+    }
+
+
+def digest(path):
+    """Pixels and georeferencing of a raster, as one hash."""
+    with rasterio.open(path) as src:
+        h = hashlib.sha256()
+        h.update(repr((src.crs.to_wkt(), tuple(src.transform), src.shape, src.count, src.dtypes, src.nodatavals,
+                       src.descriptions)).encode())
+        for i in range(1, src.count + 1):
+            h.update(src.read(i).tobytes())
+        return h.hexdigest()
+
+
+def results_digests(workdir):
+    root = workdir / "results"
+    names = sorted(os.listdir(root / "mosaics"))
+    return {**{f"mosaics/{n}": digest(root / "mosaics" / n) for n in names}, "stack.tif": digest(root / "stack.tif")}
+
+
+def tiles(workdir):
+    root = workdir / "results" / "tiles"
+    if not root.exists():
+        return {}
+    return {f"{d}/{f}": os.stat(root / d / f).st_mtime_ns for d in os.listdir(root)
+            for f in os.listdir(root / d) if f.endswith(".tif") and not f.startswith(".tmp-")}
+
+
+def temporaries(workdir):
+    return [os.path.join(d, f) for d, _, files in os.walk(workdir / "results") for f in files
+            if f.startswith(".tmp-")]
+
+
+STALLING_VRT = """<VRTDataset rasterXSize="512" rasterYSize="512">
+  <SRS>EPSG:32632</SRS>
+  <GeoTransform>500000, 10, 0, 5200000, 0, -10</GeoTransform>
+  <VRTRasterBand dataType="Float32" band="1">
+    <NoDataValue>-9999</NoDataValue>
+    <SimpleSource>
+      <SourceFilename relativeToVRT="1">pipe.tif</SourceFilename>
+      <SourceBand>1</SourceBand>
+      <SourceProperties RasterXSize="512" RasterYSize="512" DataType="Float32" BlockXSize="256" BlockYSize="256"/>
+      <SrcRect xOff="0" yOff="0" xSize="512" ySize="512"/>
+      <DstRect xOff="0" yOff="0" xSize="512" ySize="512"/>
+    </SimpleSource>
+  </VRTRasterBand>
+</VRTDataset>
+"""
+
+
+def interruptible_config(folder, **overrides):
+    """The synthetic config in many short tiles, in batches of 6: signals and the controller's
+    verbs land in the middle of batches."""
+    cfg = synthetic_config(folder)
+    cfg["tile_size"] = 16
+    cfg["tiles_per_job"] = 6
+    cfg.update(overrides)
+    return cfg
+
+
+# The controller (python -m workflow_lib run ...) starts Snakemake with these.
+SNAKEMAKE_ARGS = ["--snakefile", os.path.join(REPO, "Snakefile"), "--cores", "2", "--resources", "mem_mb=2000"]
+
+
+def control(workdir, *args, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "workflow_lib", *args], cwd=workdir, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"workflow_lib {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_info(workdir):
+    with open(workdir / ".workflow" / "run.json") as f:
+        return json.load(f)
+
+
+def alive(workdir):
+    """Snakemake's process runs (an exited one may linger as a zombie until its parent reaps it)."""
+    from workflow_lib.controller.runfile import read_run
+
+    return read_run(str(workdir)).alive()
+
+
+def wait_until(condition, timeout=300, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_end(workdir, timeout=600):
+    wait_until(lambda: not alive(workdir), timeout, "the run to end")
+
+
+def console(workdir):
+    with open(workdir / "logs" / "run" / "console.log") as f:
+        return f.read()
+
+
+@dataclass
+class UninterruptedRun:
+    """The run that every interrupted, paused, frozen or stopped run must end up equal to."""
+
+    workdir: object
+    digests: dict  # results_digests
+    tiles: set  # tile files, by dataset/name
+    started: subprocess.CompletedProcess  # `run --detach` that started it
+    second: subprocess.CompletedProcess  # a second `run` tried while it was alive
+    info: dict  # its run file while it was alive
+
+
+def uninterrupted_run(workdir) -> UninterruptedRun:
+    """interruptible_config run whole in ``workdir``, started detached by the controller; a second
+    `run` is tried while it is alive (the controller must refuse it)."""
+    write_config(workdir, interruptible_config(workdir))
+    started = control(workdir, "run", "--detach", "--", *SNAKEMAKE_ARGS)
+    second = control(workdir, "run", "--", *SNAKEMAKE_ARGS, check=False)
+    info = run_info(workdir)
+    wait_for_end(workdir)
+    return UninterruptedRun(workdir, results_digests(workdir), set(tiles(workdir)), started, second, info)

@@ -14,8 +14,8 @@ from workflow_lib.config import validate_config
 from workflow_lib.errors import InputRasterError
 from workflow_lib.planning.plan import build_plan
 
-from .helpers import REPO, read_band, run_tiles_and_mosaics, smooth_field, write_raster
-from .test_workflow import snakemake, synthetic_config, write_config
+from .helpers import (REPO, read_band, run_tiles_and_mosaics, smooth_field, snakemake, synthetic_config, write_config,
+                      write_raster)
 
 UTM = Affine(10, 0, 500000, 0, -10, 5200000)
 
@@ -56,6 +56,7 @@ def test_truncated_geotiff_fails_its_tiles_naming_dataset_and_file(tmp_path):
         run_tiles_and_mosaics(one(path), tmp_path)
 
 
+@pytest.mark.integration
 def test_corrupt_tile_left_in_results_is_named_removed_and_remade(tmp_path):
     """A tile under its final name that is not whole (another tool, a crash outside this workflow):
     the mosaic names it and removes it; the next run makes it again and the result is right."""
@@ -92,7 +93,7 @@ plan = build_plan(cfg)
 d = plan.datasets["d"]
 resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 try:
-    resample_tile("d", d.header, d.settings, plan.grid, plan.grid.tile_by_id(d.tiles[0]), sys.argv[2], mem_mb=400,
+    resample_tile("d", d.header, d.settings, plan.grid, plan.grid.tile(d.tiles[0]), sys.argv[2], mem_mb=400,
                   compress="none")
 except OutputWriteError as exc:
     print("OutputWriteError:", exc)

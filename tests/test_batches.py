@@ -13,26 +13,25 @@ from workflow_lib.config import validate_config
 from workflow_lib.engines.batch import (DIGEST_TAG, TileHooks, compiled_kernels, forget_incomplete_batches, run_batch,
                                         tile_digest)
 from workflow_lib.planning.batches import MAX_JOBS, MIN_BATCH_WORK, make_batches, rectangle, tiles_per_batch
-from workflow_lib.planning.grid import tile_id
+from workflow_lib.domain import TileIndex
 from workflow_lib.planning.plan import build_plan
 
 from .helpers import read_band, smooth_field, write_raster
 
 
 def grid_tiles(rows, cols, keep=lambda r, c: True):
-    return [(r, c, tile_id(r, c)) for r in range(rows) for c in range(cols) if keep(r, c)]
+    return [TileIndex(r, c) for r in range(rows) for c in range(cols) if keep(r, c)]
 
 
 def test_batches_are_rectangles_that_cover_every_tile_once():
     tiles = grid_tiles(13, 17, keep=lambda r, c: (r * 7 + c * 3) % 5 != 0)  # holes, as at a coast
     batches = make_batches(tiles, 13, 17, per_batch=12)
     seen = [t for b in batches for t in b.tiles]
-    assert sorted(seen) == sorted(t for *_, t in tiles) and len(seen) == len(set(seen))
+    assert sorted(seen) == sorted(tiles) and len(seen) == len(set(seen))
     for b in batches:
         assert len(b.tiles) <= 12 and b.tiles
         for t in b.tiles:
-            r, c = (int(x[1:]) for x in t.split("_"))
-            assert b.rows[0] <= r < b.rows[1] and b.cols[0] <= c < b.cols[1]
+            assert b.rows[0] <= t.row < b.rows[1] and b.cols[0] <= t.col < b.cols[1]
     assert rectangle(12, 13, 17) == (2, 6)  # 21 batches (3 x 4 tiles would make 25)
     assert rectangle(50, 2, 1000) == (2, 25)  # a grid two tiles high: wide batches
     assert rectangle(57, 10, 10) == (5, 10)  # 2 batches of 50, not 7 x 8 with strips of 14, 24 and 6
@@ -59,7 +58,7 @@ def test_batch_count_is_bounded_for_sparse_datasets():
     tiles = grid_tiles(400, 400, keep=lambda r, c: abs(r - c) < 2)
     bounded = make_batches(tiles, 400, 400, per_batch=4, max_batches=100)
     assert len(bounded) <= 100
-    assert sorted(t for b in bounded for t in b.tiles) == sorted(t for *_, t in tiles)
+    assert sorted(t for b in bounded for t in b.tiles) == sorted(tiles)
 
 
 def test_tiles_per_batch_from_work_and_job_count():
@@ -120,7 +119,7 @@ def test_a_failing_tile_does_not_stop_the_others_and_a_stop_starts_no_new_tile(t
     real = batch_module.resample_tile
 
     def flaky(name, header, settings, grid, tile, out_path, **kw):
-        if tile.id == tiles[3]:
+        if tile.index == tiles[3]:
             raise RuntimeError("a corrupt block")
         return real(name, header, settings, grid, tile, out_path, **kw)
 
@@ -190,8 +189,7 @@ def test_a_batch_reports_each_tiles_chunks_and_gathers_the_statistics_of_its_til
 
 
 def test_statistics_of_batches_from_before_they_were_recorded_come_from_their_tiles(tmp_path):
-    from workflow_lib.engines.batch import kept_tile_stats, tile_tags
-    from workflow_lib.jobs import batch_tiles
+    from workflow_lib.engines.batch import kept_tile_stats, manifest_tiles, tile_tags
 
     plan = plan_of(tmp_path)
     d = plan.datasets["d"]
@@ -199,8 +197,8 @@ def test_statistics_of_batches_from_before_they_were_recorded_come_from_their_ti
     out = str(tmp_path / "tiles")
     result = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400, threads=2)
     old = tmp_path / "old.json"  # a manifest of the previous version: no "stats"
-    old.write_text(json.dumps({"dataset": "d", "batch": "b", "tiles": tiles}))
-    paths, stats = batch_tiles([str(old)], out, d.settings.dst_nodata)
+    old.write_text(json.dumps({"dataset": "d", "batch": "b", "tiles": [t.id for t in tiles]}))
+    paths, stats = manifest_tiles([str(old)], out, d.settings.dst_nodata)
     assert paths == [os.path.join(out, f"{t}.tif") for t in tiles]
     assert (stats.total, stats.valid, stats.min, stats.max) == (result.stats.total, result.stats.valid,
                                                                 result.stats.min, result.stats.max)
@@ -228,6 +226,7 @@ def test_small_jobs_reduce_blocks_with_numpy_and_give_the_same_pixels(tmp_path):
     script = (
         "import sys\n"
         "from workflow_lib.config import validate_config\n"
+        "from workflow_lib.domain import TileIndex\n"
         "from workflow_lib.engines.batch import run_batch\n"
         "from workflow_lib.planning.plan import build_plan\n"
         f"config = {{'target': {{'crs': 'EPSG:32632', 'resolution': 20}}, 'tile_size': 32,\n"

@@ -10,7 +10,8 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from workflow_lib.engines.blocks import block_geometry, choose_engine, reduce_blocks, valid_mask
+from workflow_lib.engines.blocks import reduce_blocks, valid_mask
+from workflow_lib.planning.engine import block_geometry, choose_engine
 from workflow_lib.config import validate_config
 from workflow_lib.errors import ConfigError
 from workflow_lib.planning.plan import build_plan
@@ -83,8 +84,8 @@ def test_blocks_equal_an_independent_reference_and_gdal_where_gdal_is_exact(dtyp
     data = synthetic(dtype, src_nodata, kx, ky, seed=kx * 10 + ky)
     valid = valid_mask(data, src_nodata)
     for method in METHODS:
-        engine, why = choose_engine("auto", method, True, dtype, SRC, SRC @ Affine.scale(kx, ky))
-        assert engine == "numpy", why
+        choice = choose_engine("auto", method, True, SRC, SRC @ Affine.scale(kx, ky))
+        assert choice.engine == "numpy", choice.reason
         ours = reduce_blocks(data, valid, kx, ky, method, dst_dtype, dst_nodata)
         # The independent reference: the same semantics, computed another way.
         ref = block_reference(data, valid, kx, ky, method, dst_dtype, dst_nodata)
@@ -117,7 +118,7 @@ def test_blocks_equal_an_independent_reference_and_gdal_where_gdal_is_exact(dtyp
             record(f"numpy engine: float64 sum {kx}x{ky}: {int((~same).sum())} of {same.size} differ in the last "
                    f"bits, max {np.nanmax(np.abs(ours - gdal)):.3g}")
             continue
-        assert same.all(), (method, ours[~same][:5], gdal[~same][:5], why)
+        assert same.all(), (method, ours[~same][:5], gdal[~same][:5], choice.reason)
 
 
 def test_mode_ties_follow_gdal_running_mode():
@@ -154,13 +155,13 @@ def test_where_gdal_is_not_exact_auto_takes_the_exact_block_result():
     dst3 = SRC @ Affine.scale(3, 3)
     for method, dtype, dst in [("sum", "float32", dst3), ("mode", "float64", dst3), ("mode", "int32", dst3),
                                ("average", "int8", SRC @ Affine.scale(2)), ("mode", "int16", dst3)]:
-        assert choose_engine("auto", method, True, dtype, SRC, dst)[0] == "numpy", (method, dtype)
+        assert choose_engine("auto", method, True, SRC, dst).engine == "numpy", (method, dtype)
     # Non-dyadic pixel sizes (GDAL's weights are then 1 only to within ~1e-11) go to NumPy too.
     odd = Affine(121.53, 0, 1000.7, 0, -164.76, 5000.3)
-    assert choose_engine("auto", "average", True, "uint8", odd, odd @ Affine.scale(2))[0] == "numpy"
+    assert choose_engine("auto", "average", True, odd, odd @ Affine.scale(2)).engine == "numpy"
     # Very large blocks too (reduced segment by segment, or block by block for med and mode).
-    assert choose_engine("auto", "mode", True, "uint8", SRC, SRC @ Affine.scale(17))[0] == "numpy"
-    assert choose_engine("auto", "average", True, "uint8", SRC, SRC @ Affine.scale(300))[0] == "numpy"
+    assert choose_engine("auto", "mode", True, SRC, SRC @ Affine.scale(17)).engine == "numpy"
+    assert choose_engine("auto", "average", True, SRC, SRC @ Affine.scale(300)).engine == "numpy"
     # GDAL 3.10 writes nodata (5 here) where a signed block's mode is -1; the exact mode is -1.
     signed = np.tile(np.array([[-1, -1], [3, 4]], "int16"), (8, 8))
     assert gdal_blocks(signed, 2, 2, "mode", None, 5, "int16")[4, 4] == 5

@@ -173,4 +173,4 @@ def test_a_raster_smaller_than_one_target_pixel_is_planned(tmp_path):
                         Affine(1, 0, 501100, 0, -1, 5002700), 0)
     plan = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 3000}, "tile_size": 64,
                                        "datasets": {"s": {"path": path, "method": "average"}}}))
-    assert (plan.grid.width, plan.grid.height) == (1, 1) and plan.datasets["s"].tiles == ("r0000_c0000",)
+    assert (plan.grid.width, plan.grid.height) == (1, 1) and plan.datasets["s"].tile_ids == ("r0000_c0000",)

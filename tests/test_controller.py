@@ -3,7 +3,6 @@ pause and resume, freeze for a minute, stop, SIGKILL then resume without a manua
 snapshot, and the smallest datasets first. Every interrupted run ends with the results of an
 uninterrupted one."""
 
-import json
 import os
 import signal
 import subprocess
@@ -15,60 +14,18 @@ import pytest
 
 from workflow_lib.planning.plan import build_plan
 from workflow_lib.config import validate_config
-from workflow_lib.controller.runfile import read_run
 from workflow_lib.status import StatusStore
 
-from .test_interruptions import results_digests, temporaries, tiles
-from .test_workflow import REPO, synthetic_config, write_config
+from .helpers import (REPO, SNAKEMAKE_ARGS, alive, console, control, interruptible_config, results_digests, run_info,
+                      temporaries, tiles, wait_for_end, wait_until, write_config)
+
 
 pytestmark = pytest.mark.integration
 
-SNAKEMAKE_ARGS = ["--snakefile", os.path.join(REPO, "Snakefile"), "--cores", "2", "--resources", "mem_mb=2000"]
-
-
-def control(workdir, *args, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "workflow_lib", *args], cwd=workdir, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"workflow_lib {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 def prepare(workdir, **overrides):
-    cfg = synthetic_config(workdir)
-    cfg["tile_size"] = 16  # many short tiles, in batches of 6: the verbs land in the middle of batches
-    cfg["tiles_per_job"] = 6
-    cfg.update(overrides)
+    cfg = interruptible_config(workdir, **overrides)
     write_config(workdir, cfg)
     return cfg
-
-
-def run_info(workdir):
-    with open(workdir / ".workflow" / "run.json") as f:
-        return json.load(f)
-
-
-def alive(workdir):
-    """Snakemake's process runs (an exited one may linger as a zombie until its parent reaps it)."""
-    return read_run(str(workdir)).alive()
-
-
-def wait_until(condition, timeout=300, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def wait_for_end(workdir, timeout=600):
-    wait_until(lambda: not alive(workdir), timeout, "the run to end")
-
-
-def console(workdir):
-    with open(workdir / "logs" / "run" / "console.log") as f:
-        return f.read()
 
 
 def job_running(workdir):
@@ -93,31 +50,24 @@ def nothing_left(workdir):
     return True
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted detached run; a second `run` while it is alive is refused."""
-    workdir = tmp_path_factory.mktemp("controller-reference")
-    prepare(workdir)
-    started = control(workdir, "run", "--detach", "--", *SNAKEMAKE_ARGS)
-    assert "started run" in started.stdout
-    second = control(workdir, "run", "--", *SNAKEMAKE_ARGS, check=False)
-    info = run_info(workdir)
-    wait_for_end(workdir)
-    assert second.returncode == 1
-    assert "a run is already going in this folder" in second.stderr and str(info["pid"]) in second.stderr
-    assert "Traceback" not in second.stderr
+def test_detached_run_completes_and_logs_show_it(uninterrupted_run):
+    workdir = uninterrupted_run.workdir
+    assert "started run" in uninterrupted_run.started.stdout
     assert "Finished job" in console(workdir) or "steps (100%) done" in console(workdir)
-    return results_digests(workdir), workdir
-
-
-def test_detached_run_completes_and_logs_show_it(reference):
-    digests, workdir = reference
     assert (workdir / "results" / "stack.tif").exists()
     logs = control(workdir, "logs")
     assert "100%) done" in logs.stdout
 
 
-def test_pause_then_resume_gives_the_uninterrupted_result(tmp_path, reference, record):
+def test_a_second_run_beside_a_live_one_is_refused(uninterrupted_run):
+    second = uninterrupted_run.second
+    assert second.returncode == 1
+    assert "a run is already going in this folder" in second.stderr
+    assert str(uninterrupted_run.info["pid"]) in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+def test_pause_then_resume_gives_the_uninterrupted_result(tmp_path, uninterrupted_run, record):
     prepare(tmp_path)
     control(tmp_path, "run", "--detach", "--", *SNAKEMAKE_ARGS)
     mid_run(tmp_path)
@@ -130,12 +80,12 @@ def test_pause_then_resume_gives_the_uninterrupted_result(tmp_path, reference, r
     control(tmp_path, "resume", "--detach")
     wait_for_end(tmp_path)
     record(f"controller: pause with {done_at_pause} tiles on disk, resume: identical "
-           f"{results_digests(tmp_path) == reference[0]}")
-    assert results_digests(tmp_path) == reference[0]
+           f"{results_digests(tmp_path) == uninterrupted_run.digests}")
+    assert results_digests(tmp_path) == uninterrupted_run.digests
     assert temporaries(tmp_path) == []
 
 
-def test_a_minute_frozen_fails_no_job_and_changes_nothing(tmp_path, reference, record):
+def test_a_minute_frozen_fails_no_job_and_changes_nothing(tmp_path, uninterrupted_run, record):
     # stall_timeout 20 s: a watchdog that took the frozen minute for a hang would end the jobs.
     prepare(tmp_path, stall_timeout=20)
     control(tmp_path, "run", "--detach", "--", *SNAKEMAKE_ARGS)
@@ -153,13 +103,13 @@ def test_a_minute_frozen_fails_no_job_and_changes_nothing(tmp_path, reference, r
     store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
     failed = store.query("SELECT COUNT(*) FROM tiles WHERE status = 'failed'")[0][0]
     record(f"controller: frozen 60 s with {len(frozen_tiles)} tiles on disk; failed jobs {failed}; identical "
-           f"{results_digests(tmp_path) == reference[0]}")
+           f"{results_digests(tmp_path) == uninterrupted_run.digests}")
     assert failed == 0
     assert "StallError" not in console(tmp_path)
-    assert results_digests(tmp_path) == reference[0]
+    assert results_digests(tmp_path) == uninterrupted_run.digests
 
 
-def test_stop_leaves_no_temporary_file_and_resume_completes(tmp_path, reference):
+def test_stop_leaves_no_temporary_file_and_resume_completes(tmp_path, uninterrupted_run):
     prepare(tmp_path)
     control(tmp_path, "run", "--detach", "--", *SNAKEMAKE_ARGS)
     mid_run(tmp_path)
@@ -175,10 +125,10 @@ def test_stop_leaves_no_temporary_file_and_resume_completes(tmp_path, reference)
     assert store.query("SELECT status FROM runs") == [("stopped",)]
     control(tmp_path, "resume", "--detach")
     wait_for_end(tmp_path)
-    assert results_digests(tmp_path) == reference[0]
+    assert results_digests(tmp_path) == uninterrupted_run.digests
 
 
-def test_sigkill_of_the_whole_run_then_resume_needs_no_manual_step(tmp_path, reference, record):
+def test_sigkill_of_the_whole_run_then_resume_needs_no_manual_step(tmp_path, uninterrupted_run, record):
     prepare(tmp_path)
     control(tmp_path, "run", "--detach", "--", *SNAKEMAKE_ARGS)
     mid_run(tmp_path)
@@ -189,7 +139,7 @@ def test_sigkill_of_the_whole_run_then_resume_needs_no_manual_step(tmp_path, ref
     assert "removing the stale lock" in resumed.stdout, resumed.stdout
     wait_for_end(tmp_path)
     record(f"controller: SIGKILL of the process group, resume: {resumed.stdout.splitlines()[0]}")
-    assert results_digests(tmp_path) == reference[0]
+    assert results_digests(tmp_path) == uninterrupted_run.digests
     assert temporaries(tmp_path) == []
 
 

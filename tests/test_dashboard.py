@@ -15,12 +15,13 @@ import urllib.request
 import psutil
 import pytest
 
-from workflow_lib.status import Event, StatusStore, TileBeat
+from workflow_lib.status import StatusStore, TileBeat
+from workflow_lib.status.events import (DatasetRecorded, RunStarted, TileFailed, TileFinished, TilesPlanned,
+                                        TileStarted)
 from workflow_lib.views.dashboard import make_server
 
 from .browser import Dom, dump_dom, screenshot
-from .helpers import REPO
-from .test_workflow import finish, start, synthetic_config, write_config
+from .helpers import REPO, finish, start, synthetic_config, write_config
 
 EVIL = "<script>window.PWNED=1</script><img src=x onerror=window.PWNED=2>"
 
@@ -35,21 +36,18 @@ def artifacts(tmp_path) -> str:
 def fill(store: StatusStore, now: float) -> None:
     """A run half way: a dataset with a hostile name, 6 tiles of which 2 done, 1 running at 40 %,
     1 failed with a hostile error, 2 pending."""
-    store.record(Event("run_started", run_id="r", at=now - 100))
+    store.record(RunStarted(run_id="r", at=now - 100))
     for name in ("dem", EVIL):
-        store.record(Event("dataset", run_id="r", dataset=name, at=now - 100, payload={"status": "registered"}))
-        store.record(Event("tiles_planned", run_id="r", dataset=name, at=now - 100, payload={
-            "tiles": [[f"r{r:04d}_c{c:04d}", "pending", "b0", 100.0] for r in range(2) for c in range(3)]}))
+        store.record(DatasetRecorded(run_id="r", dataset=name, at=now - 100, status="registered"))
+        store.record(TilesPlanned(run_id="r", dataset=name, at=now - 100, tiles=[
+            [f"r{r:04d}_c{c:04d}", "pending", "b0", 100.0] for r in range(2) for c in range(3)]))
     for tile in ("r0000_c0000", "r0000_c0001"):
-        store.record(Event("tile_started", run_id="r", dataset=EVIL, tile=tile, at=now - 90,
-                           payload={"batch": "b0", "mem_mb": 512}))
-        store.record(Event("tile_finished", run_id="r", dataset=EVIL, tile=tile, at=now - 60))
-    store.record(Event("tile_started", run_id="r", dataset=EVIL, tile="r0000_c0002", at=now - 50,
-                       payload={"batch": "b0", "mem_mb": 512}))
+        store.record(TileStarted(run_id="r", dataset=EVIL, tile=tile, at=now - 90, batch="b0", mem_mb=512))
+        store.record(TileFinished(run_id="r", dataset=EVIL, tile=tile, at=now - 60))
+    store.record(TileStarted(run_id="r", dataset=EVIL, tile="r0000_c0002", at=now - 50, batch="b0", mem_mb=512))
     store.heartbeat(EVIL, [TileBeat("r0000_c0002", 0.4, 1000)], rss_mb=210.0)
-    store.record(Event("tile_started", run_id="r", dataset=EVIL, tile="r0001_c0000", at=now - 50))
-    store.record(Event("tile_failed", run_id="r", dataset=EVIL, tile="r0001_c0000", at=now - 40,
-                       payload={"error": EVIL}))
+    store.record(TileStarted(run_id="r", dataset=EVIL, tile="r0001_c0000", at=now - 50))
+    store.record(TileFailed(run_id="r", dataset=EVIL, tile="r0001_c0000", at=now - 40, error=EVIL))
 
 
 @pytest.fixture
@@ -131,11 +129,12 @@ def test_browser_shows_the_tile_map_and_figures_and_hostile_text_as_text(served,
     assert os.path.getsize(shot) > 10_000
 
 
+@pytest.mark.integration
 def test_browser_during_a_run_shows_what_the_database_holds(tmp_path, record):
     """A real run: dataset dem completes while dataset stuck has one tile running (its pixels sit
     behind a named pipe nobody writes) and 15 pending. The page, loaded in Chromium, shows exactly
     the database's states, counts and the running job's memory."""
-    from .test_watchdog import STALLING_VRT
+    from .helpers import STALLING_VRT
 
     os.mkfifo(tmp_path / "pipe.tif")
     (tmp_path / "stalling.vrt").write_text(STALLING_VRT)

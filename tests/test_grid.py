@@ -3,7 +3,8 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from workflow_lib.planning.grid import TargetGrid, parse_tile_id, tile_id
+from workflow_lib.domain import TileIndex
+from workflow_lib.planning.grid import TargetGrid
 
 CRS3035 = CRS.from_epsg(3035)
 
@@ -31,20 +32,20 @@ def test_tiles_cover_the_grid_exactly_once():
     cover = np.zeros((grid.height, grid.width), dtype=int)
     for row in range(grid.tile_rows):
         for col in range(grid.tile_cols):
-            tile = grid.tile(row, col)
+            tile = grid.tile(TileIndex(row, col))
             w = tile.window
             cover[int(w.row_off):int(w.row_off + w.height), int(w.col_off):int(w.col_off + w.width)] += 1
             assert tile.transform @ (0, 0) == grid.transform @ (w.col_off, w.row_off)
     assert (cover == 1).all()
-    last = grid.tile(grid.tile_rows - 1, grid.tile_cols - 1)
+    last = grid.tile(TileIndex(grid.tile_rows - 1, grid.tile_cols - 1))
     assert (last.width, last.height) == (103 - 3 * 32, 77 - 2 * 32)
 
 
 def test_tile_ids_round_trip_and_reject_garbage():
-    assert parse_tile_id(tile_id(3, 12)) == (3, 12)
-    assert tile_id(3, 12) == "r0003_c0012"
+    assert TileIndex.parse(TileIndex(3, 12).id) == TileIndex(3, 12)
+    assert TileIndex(3, 12).id == "r0003_c0012"
     with pytest.raises(ValueError, match="not a tile id"):
-        parse_tile_id("tile_3_12")
+        TileIndex.parse("tile_3_12")
 
 
 def test_grid_round_trips_through_its_dict():

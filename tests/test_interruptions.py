@@ -1,64 +1,17 @@
 """Stop a run in every way at several moments, resume it, and get exactly the uninterrupted result."""
 
-import hashlib
 import os
 import signal
 import time
 
 import psutil
 import pytest
-import rasterio
 
 from workflow_lib.status import StatusStore
 
-from .test_workflow import finish, snakemake, start, synthetic_config, write_config
+from .helpers import finish, interruptible_config, results_digests, snakemake, start, temporaries, tiles, write_config
 
 pytestmark = pytest.mark.integration
-
-
-def digest(path):
-    """Pixels and georeferencing of a raster, as one hash."""
-    with rasterio.open(path) as src:
-        h = hashlib.sha256()
-        h.update(repr((src.crs.to_wkt(), tuple(src.transform), src.shape, src.count, src.dtypes, src.nodatavals,
-                       src.descriptions)).encode())
-        for i in range(1, src.count + 1):
-            h.update(src.read(i).tobytes())
-        return h.hexdigest()
-
-
-def results_digests(workdir):
-    root = workdir / "results"
-    names = sorted(os.listdir(root / "mosaics"))
-    return {**{f"mosaics/{n}": digest(root / "mosaics" / n) for n in names}, "stack.tif": digest(root / "stack.tif")}
-
-
-def tiles(workdir):
-    root = workdir / "results" / "tiles"
-    if not root.exists():
-        return {}
-    return {f"{d}/{f}": os.stat(root / d / f).st_mtime_ns for d in os.listdir(root)
-            for f in os.listdir(root / d) if f.endswith(".tif") and not f.startswith(".tmp-")}
-
-
-def temporaries(workdir):
-    return [os.path.join(d, f) for d, _, files in os.walk(workdir / "results") for f in files
-            if f.startswith(".tmp-")]
-
-
-def config(folder):
-    cfg = synthetic_config(folder)
-    cfg["tile_size"] = 16  # many short tiles, in batches of 6: the signals fall in the middle of batches
-    cfg["tiles_per_job"] = 6
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    write_config(workdir, config(workdir))
-    snakemake(workdir, "--cores", "2", "--resources", "mem_mb=2000")
-    return results_digests(workdir), set(tiles(workdir))
 
 
 def wait_for(condition, proc, timeout=180):
@@ -84,10 +37,10 @@ SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal
 
 @pytest.mark.parametrize("moment", ["tile jobs", "mosaic"])
 @pytest.mark.parametrize("name", list(SIGNALS))
-def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path, reference, record, name, moment):
-    reference, reference_tiles = reference
+def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path, uninterrupted_run, record, name, moment):
+    reference, reference_tiles = uninterrupted_run.digests, uninterrupted_run.tiles
     # The inputs are made anew in this folder: same content, so the same results are expected.
-    write_config(tmp_path, config(tmp_path))
+    write_config(tmp_path, interruptible_config(tmp_path))
     proc = start(tmp_path, "--cores", "2", "--resources", "mem_mb=2000")
     if moment == "tile jobs":
         hit = wait_for(lambda: len(tiles(tmp_path)) >= 8 and job_running(proc, "resample_batch"), proc)

@@ -20,8 +20,8 @@ from workflow_lib.engines.resample import resample_tile
 config, out, mem_mb = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 plan = build_plan(validate_config(config))
 d = plan.datasets["d"]
-figures = resample_tile("d", d.header, d.settings, plan.grid, plan.grid.tile_by_id(d.tiles[0]), out, mem_mb=mem_mb)
-from workflow_lib.jobs import peak_rss_mb
+figures = resample_tile("d", d.header, d.settings, plan.grid, plan.grid.tile(d.tiles[0]), out, mem_mb=mem_mb)
+from workflow_lib.runtime import peak_rss_mb
 figures["peak_rss_mb"] = peak_rss_mb()  # not ru_maxrss, which includes the forking pytest's RSS
 figures["engine"] = d.settings.engine
 figures["stats"] = figures["stats"].summary(bins=4)  # the tile's statistics, as JSON

@@ -31,7 +31,7 @@ def test_grouped_mosaic_equals_the_flat_one_with_holes_kept(tmp_path, record):
         np.testing.assert_array_equal(x, y)
         assert np.array_equal(a.read(1, out_shape=(a.height // 4, a.width // 4)),
                               b.read(1, out_shape=(b.height // 4, b.width // 4)))  # overviews too
-    tile = plan.grid.tile_by_id(d.tiles[37])
+    tile = plan.grid.tile(d.tiles[37])
     w = tile.window
     hole = y[int(w.row_off):int(w.row_off + w.height), int(w.col_off):int(w.col_off + w.width)]
     assert np.all(hole == d.settings.dst_nodata) or np.all(np.isnan(hole))

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from .helpers import REPO, write_raster
-from .test_workflow import write_config
+from .helpers import REPO, write_config, write_raster
 
 pytestmark = pytest.mark.integration
 

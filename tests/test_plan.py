@@ -8,7 +8,7 @@ import pytest
 from affine import Affine
 
 from workflow_lib.config import validate_config
-from workflow_lib.planning.grid import parse_tile_id
+from workflow_lib.domain import TileIndex
 from workflow_lib.planning.plan import build_plan, load_plan, plan_cache_key
 from workflow_lib.engines.chunks import MemoryBudget, chunk_cost, plan_chunks
 
@@ -36,7 +36,7 @@ def test_every_tile_with_data_is_planned_and_few_others(tmp_path, crs, res):
     config = validate_config({"target": {"crs": crs, "resolution": res}, "tile_size": 16,
                               "datasets": {"d": {"path": path, "method": "average"}}})
     plan = build_plan(config)
-    planned = {parse_tile_id(t) for t in plan.datasets["d"].tiles}
+    planned = {(t.row, t.col) for t in plan.datasets["d"].tiles}
     needed = tiles_with_data(plan, "d")
     assert needed <= planned, f"tiles with data but not planned: {sorted(needed - planned)}"
     # Only tiles along the footprint's edge may be planned without data.
@@ -75,7 +75,7 @@ def test_plan_is_cached_and_invalidated_by_input_changes(tmp_path):
     data["datasets"]["d"]["batches"] = [[[0, 1], [0, 1], ["r0000_c0000"]]]
     with open(cache / files[0], "w") as f:
         json.dump(data, f)
-    assert load_plan(config, str(cache)).datasets["d"].tiles == ("r0000_c0000",)
+    assert load_plan(config, str(cache)).datasets["d"].tile_ids == ("r0000_c0000",)
     # Touching the input changes the key: the plan is made anew from the header.
     stat = os.stat(path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
@@ -118,7 +118,7 @@ def test_chunks_fit_the_memory_budget_whatever_the_tile(tmp_path, mem_mb):
                               "datasets": {"d": {"path": str(path), "method": "average"}}})
     plan = build_plan(config)
     d = plan.datasets["d"]
-    tile = plan.grid.tile_by_id(d.tiles[0])
+    tile = plan.grid.tile(d.tiles[0])
     budget = MemoryBudget.for_job(mem_mb)
     chunks = plan_chunks(d.header, d.settings, tile, plan.grid.crs, budget.chunk_bytes)
     costs = [chunk_cost(c.padded, c.window, d.header.dtype, d.settings.dst_dtype, d.settings.same_crs) for c in chunks]
@@ -147,16 +147,16 @@ def test_each_tiles_estimated_work_is_the_source_pixels_under_it(tmp_path):
     for name, source_pixels in (("big", 1000 * 1000), ("small", 130 * 170)):
         d = plan.datasets[name]
         work = d.tile_work_of(plan.grid)
-        written = {t: min(64, plan.grid.width - 64 * parse_tile_id(t)[1]) *
-                   min(64, plan.grid.height - 64 * parse_tile_id(t)[0]) for t in d.tiles}
+        written = {t: min(64, plan.grid.width - 64 * t.col) *
+                   min(64, plan.grid.height - 64 * t.row) for t in d.tiles}
         read = sum(work(t) - written[t] for t in d.tiles)
         assert read == pytest.approx(source_pixels, rel=0.1), name
     small = plan.datasets["small"]
     work = small.tile_work_of(plan.grid)
     # 170 x 130 px of 10 m are 42.5 x 32.5 target pixels: one tile, partly covered.
-    assert small.tiles == ("r0000_c0000",) and work("r0000_c0000") < plan.datasets["big"].tile_work_of(plan.grid)(
-        "r0000_c0000")
+    first = TileIndex(0, 0)
+    assert small.tile_ids == ("r0000_c0000",) and work(first) < plan.datasets["big"].tile_work_of(plan.grid)(first)
     big_work = plan.datasets["big"].tile_work_of(plan.grid)
-    edge = "r0003_c0003"  # 1000 px of 10 m: 250 target pixels, the last tile holds 58 x 58 of 64 x 64
-    assert big_work(edge) < big_work("r0000_c0000")
+    edge = TileIndex(3, 3)  # 1000 px of 10 m: 250 target pixels, the last tile holds 58 x 58 of 64 x 64
+    assert big_work(edge) < big_work(first)
     assert json.loads(json.dumps(plan.to_dict()))["datasets"]["small"]["footprint"] == [0, 0, 43, 33]

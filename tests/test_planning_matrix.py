@@ -24,7 +24,7 @@ from rasterio.warp import transform as move_points
 from workflow_lib.config import validate_config
 from workflow_lib.errors import ConfigError
 from workflow_lib.planning.footprint import footprint_bounds
-from workflow_lib.planning.grid import TargetGrid, parse_tile_id
+from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import build_plan
 from workflow_lib.planning.settings import kernel_reach
 from workflow_lib.sources.header import read_header
@@ -56,7 +56,16 @@ REAL = {
     "umbra rotated UTM 59S": "geotiff-test-data__umbra_mount_yasur.tif",
     "Albers custom WKT": "rio-cogeo__image_nodata.tif",
 }
-# The matrix's rows, printed by the test run (and in the closing note).
+# Union extents that must be refused: the input and the target CRS's area of use do not meet
+# (Europe is not in New Zealand, the Antarctic or UTM zones 18N and 59S; the equatorial Pacific is
+# not in Europe, the Arctic or UTM 32N and 18N; the Arctic is not in the southern hemisphere).
+NO_OVERLAP = {("europe 4326", t) for t in ("EPSG:2193", "EPSG:3031", "EPSG:32618", "EPSG:32759")} | \
+             {("pacific 150..210", t) for t in ("EPSG:32632", "EPSG:3035", "EPSG:3413", "EPSG:32618")} | \
+             {("arctic 3413", t) for t in ("EPSG:2193", "EPSG:3031", "EPSG:32759")}
+GLOBAL = ("global 0..360", "world.byte")
+# Each pair's outcome, filled by the pair's test: (name, target, extent) -> "planned" or "refused";
+# and the rows printed at the end of the run (and in closing notes).
+MATRIX: dict[tuple[str, str, str], str] = {}
 ROWS: list[str] = []
 
 
@@ -141,6 +150,7 @@ def test_every_tile_where_data_lands_is_planned(inputs, name, target, extent):
         with pytest.raises(ConfigError, match="does not overlap the area of use"):
             build_plan(validate_config(config))
         ROWS.append(f"{name:<24} {target:<10} {extent:<5}  no overlap with the CRS's area of use (refused)")
+        MATRIX[name, target, extent] = "refused"
         return
     # About 512 pixels (32 tiles) along the longer side.
     config["target"]["resolution"] = max(box[2] - box[0], box[3] - box[1]) / 512
@@ -153,9 +163,10 @@ def test_every_tile_where_data_lands_is_planned(inputs, name, target, extent):
         landed = tiles_where_data_lands(path, grid)
         assert not landed, f"refused as not overlapping, but data lands in {len(landed)} tiles"
         ROWS.append(f"{name:<24} {target:<10} {extent:<5}  no overlap (refused); GDAL lands nothing either")
+        MATRIX[name, target, extent] = "refused"
         return
     grid = plan.grid
-    planned = {parse_tile_id(t) for t in plan.datasets["d"].tiles}
+    planned = {(t.row, t.col) for t in plan.datasets["d"].tiles}
     landed = tiles_where_data_lands(path, grid)
     missed = landed - planned
     settings = plan.datasets["d"].settings
@@ -167,10 +178,28 @@ def test_every_tile_where_data_lands_is_planned(inputs, name, target, extent):
                 f"expected {len(landed):>4}  planned {len(planned):>4}  missed {len(missed)}  stray {len(stray)}")
     assert not missed, f"tiles where data lands but not planned: {sorted(missed)[:10]}"
     assert not stray, f"tiles planned far from any data: {sorted(stray)[:10]}"
+    MATRIX[name, target, extent] = "planned"
 
 
-def test_matrix_summary(record):
-    """Prints the matrix (runs last in this module)."""
+def test_the_matrix_is_whole_and_refuses_only_where_input_and_crs_do_not_meet(request, record):
+    """Runs last in this module: over every pair that ran in this session, each pair has an
+    outcome, global inputs are planned onto every target CRS, union extents are refused exactly
+    where the input lies outside the target CRS's area of use, and every target CRS plans some
+    input. Prints the matrix."""
+    ran = [item.callspec.params for item in request.session.items
+           if item.originalname == "test_every_tile_where_data_lands_is_planned"
+           and item.callspec.params["name"] in SYNTHETIC | REAL]
+    if not ran:
+        pytest.skip("no pair of the matrix ran in this session")
     for row in ROWS:
         record("planning: " + row)
-    assert ROWS or not os.environ.get("CI")
+    pairs_ran = {(p["name"], p["target"], p["extent"]) for p in ran}
+    real_missing = not os.path.isdir(REAL_DATA)
+    expected = {k for k in pairs_ran if not (real_missing and k[0] in REAL)}
+    assert set(MATRIX) == expected, f"pairs without an outcome: {sorted(expected - set(MATRIX))[:10]}"
+    refused = {(n, t) for (n, t, e), outcome in MATRIX.items() if e == "union" and outcome == "refused"}
+    assert refused == {k for k in NO_OVERLAP if (k[0], k[1], "union") in MATRIX}, refused ^ NO_OVERLAP
+    for name in GLOBAL:
+        assert all(o == "planned" for (n, _, _), o in MATRIX.items() if n == name), name
+    for target in {t for _, t, _ in MATRIX}:
+        assert any(o == "planned" for (_, t, _), o in MATRIX.items() if t == target), target

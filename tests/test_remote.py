@@ -18,9 +18,8 @@ from workflow_lib.config import validate_config
 from workflow_lib.errors import InputRasterError
 from workflow_lib.planning.plan import build_plan, plan_cache_key
 
-from .helpers import read_band, run_tiles_and_mosaics, smooth_field, write_raster
+from .helpers import read_band, run_tiles_and_mosaics, smooth_field, snakemake, write_config, write_raster
 from .servers import FaultyProxy, FileServer
-from .test_workflow import snakemake, write_config
 
 SECRET = "wJalrXUtnFEMI-never-in-a-log-K7MDENG"
 UTM = Affine(30, 0, 504000, 0, -30, 4608000)

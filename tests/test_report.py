@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from workflow_lib.mosaics.statistics import PixelStats, key_values
-from workflow_lib.planning.grid import parse_tile_id
+from workflow_lib.statistics import PixelStats, key_values
+from workflow_lib.domain import TileIndex
 from workflow_lib.status import StatusStore
 from workflow_lib.views.report import quicklook_array
 
-from .helpers import REPO, read_band
-from .test_workflow import snakemake, synthetic_config, write_config
+from .helpers import REPO, read_band, snakemake, synthetic_config, write_config
 
 
 def numpy_statistics(path):
@@ -78,6 +77,7 @@ def reported(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.integration
 def test_statistics_of_each_mosaic_equal_numpy_on_the_whole_mosaic(reported, record):
     store = StatusStore(f"sqlite:///{reported}/results/status.sqlite")
     for name in ("dem", "landcover", "temperature"):
@@ -111,6 +111,7 @@ def test_statistics_of_each_mosaic_equal_numpy_on_the_whole_mosaic(reported, rec
     assert landcover[1] == f"{100 * stats['valid_share']:.1f}%" and float(landcover[2]) == stats["min"]
 
 
+@pytest.mark.integration
 def test_quicklooks_come_from_the_overviews_with_a_palette_for_classes(reported):
     for name, categorical in (("dem", False), ("landcover", True), ("temperature", False)):
         mosaic = reported / "results" / "mosaics" / f"{name}.tif"
@@ -139,6 +140,7 @@ def test_quicklooks_come_from_the_overviews_with_a_palette_for_classes(reported)
             assert len(np.unique(np.round(rgb, 2), axis=0)) > 50
 
 
+@pytest.mark.integration
 def test_tile_figures_and_the_report_hold_every_part(reported):
     store = StatusStore(f"sqlite:///{reported}/results/status.sqlite")
     rows = store.query("SELECT dataset, tile, status FROM tiles")
@@ -159,4 +161,4 @@ def test_tile_figures_and_the_report_hold_every_part(reported):
     page = (reported / "results" / "report" / "statistics.html").read_text()
     assert page.count("<table>") == 3 and page.count("data:image/png;base64,") == 3
     assert "standard deviation" in page
-    assert parse_tile_id(rows[0][1])  # tile ids as the map places them
+    assert TileIndex.parse(rows[0][1])  # tile ids as the map places them

@@ -220,7 +220,7 @@ def test_missing_tiles_are_nodata_in_the_mosaic(tmp_path, inputs):
     plan, mosaics = run_tiles_and_mosaics(config, tmp_path)
     d, grid = plan.datasets["d"], plan.grid
     full = read_band(mosaics["d"])
-    gone = grid.tile_by_id(d.tiles[1])
+    gone = grid.tile(d.tiles[1])
     tiles = [str(tmp_path / "tiles" / "d" / f"{t}.tif") for t in d.tiles]
     import os
 

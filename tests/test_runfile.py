@@ -5,7 +5,7 @@ import socket
 
 import psutil
 
-from workflow_lib.controller.runfile import RunInfo, read_run, write_run
+from workflow_lib.controller.runfile import RunInfo, own_state, read_run, write_run
 from workflow_lib.watchdog import Watchdog
 
 
@@ -78,43 +78,18 @@ def test_the_slurm_jobs_of_a_run_are_those_of_its_own_section_of_the_log(tmp_pat
     assert submitted_jobs(info(log=str(tmp_path / "missing.log"))) == []
 
 
-def test_a_slurm_job_cancelled_by_someone_is_cancelled_to_snakemake():
-    """sacct says "CANCELLED by 0"; the SLURM plugin would wait for such a job forever."""
-    import asyncio
-
-    import pytest
-
-    plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
-    from workflow_lib.snakemake_fixes import slurm_cancelled_by_user_is_cancelled
-
-    original = plugin.query_job_status
-
-    async def sacct_says(command, logger):
-        return {"7": "CANCELLED by 0", "8": "COMPLETED", "9": "RUNNING"}, 0.01
-
-    try:
-        plugin.query_job_status = sacct_says
-        slurm_cancelled_by_user_is_cancelled()
-        slurm_cancelled_by_user_is_cancelled()  # applied twice: still one wrapper
-        states, _ = asyncio.run(plugin.query_job_status("sacct ...", None))
-        assert states == {"7": "CANCELLED", "8": "COMPLETED", "9": "RUNNING"}
-        assert plugin.query_job_status.__wrapped_original__ is sacct_says
-    finally:
-        plugin.query_job_status = original
-
-
 def test_a_tile_cancelled_by_the_controller_is_no_failure(tmp_path):
     from workflow_lib.status.run import SILENT_END, cancellation
 
     silent = f"{SILENT_END} (killed by a signal or the out-of-memory killer?)"
     write_run(info(state="pausing"), str(tmp_path))
-    assert cancellation(silent, str(tmp_path)) == "cancelled by pause before it started"
-    assert cancellation("MemoryError: out of memory", str(tmp_path)) is None  # a real failure
+    assert cancellation(silent, own_state(str(tmp_path))) == "cancelled by pause before it started"
+    assert cancellation("MemoryError: out of memory", own_state(str(tmp_path))) is None  # a real failure
     write_run(info(state="stopping"), str(tmp_path))
-    assert cancellation("KeyboardInterrupt", str(tmp_path)) == "cancelled by stop"
+    assert cancellation("KeyboardInterrupt", own_state(str(tmp_path))) == "cancelled by stop"
     write_run(info(state="stopping", pid=2 ** 22 + 12345), str(tmp_path))  # another process's run
-    assert cancellation(silent, str(tmp_path)) is None
+    assert cancellation(silent, own_state(str(tmp_path))) is None
     assert cancellation("slurmstepd: error: *** JOB 87 ON n1 CANCELLED AT 2026-12-02T04:30:43 ***",
-                        str(tmp_path)) == "cancelled on SLURM"
+                        own_state(str(tmp_path))) == "cancelled on SLURM"
     assert cancellation("slurmstepd: error: *** JOB 87 ON n1 CANCELLED AT 2026-12-02T04:30:43 DUE TO TIME LIMIT ***",
-                        str(tmp_path)) is None  # out of runtime: a failure, retried with the resources asked
+                        own_state(str(tmp_path))) is None  # out of runtime: a failure, retried with the resources asked

@@ -20,9 +20,8 @@ from workflow_lib.config import validate_config
 from workflow_lib.planning.plan import build_plan
 from workflow_lib.status import StatusStore
 
-from .helpers import REPO, run_tiles_and_mosaics, smooth_field, write_raster
-from .test_interruptions import temporaries, tiles
-from .test_workflow import synthetic_config, write_config
+from .helpers import (REPO, run_tiles_and_mosaics, smooth_field, synthetic_config, temporaries, tiles, write_config,
+                      write_raster)
 
 pytestmark = pytest.mark.integration
 

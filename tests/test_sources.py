@@ -25,8 +25,8 @@ from workflow_lib.planning.plan import build_plan
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.sources import catalog
 
-from .helpers import compare, read_band, reference_for, run_tiles_and_mosaics, smooth_field, write_raster
-from .test_workflow import snakemake, write_config
+from .helpers import (compare, read_band, reference_for, run_tiles_and_mosaics, smooth_field, snakemake, write_config,
+                      write_raster)
 
 # On the grid of a 120 m target with origin (0, 0): whole target pixels from the corner.
 ORIGIN = Affine(30, 0, 504000, 0, -30, 4608000)
@@ -160,7 +160,7 @@ def test_sparse_members_plan_only_the_tiles_they_reach(tmp_path, monkeypatch):
     # A member's own tile and the tiles around it (whose kernels reach over the shared edge); none
     # of the 9 tiles in the cross between them, which no file reaches.
     expected = {f"r{r:04d}_c{c:04d}" for r in range(5) for c in range(5) if r != 2 and c != 2}
-    assert set(plan.datasets["dem"].tiles) == expected
+    assert set(plan.datasets["dem"].tile_ids) == expected
 
 
 def test_headers_are_read_once_and_again_when_a_file_changes(tmp_path, monkeypatch):
@@ -294,10 +294,10 @@ def test_a_damaged_member_fails_only_the_tiles_that_need_it_and_is_named(tmp_pat
     for tid in d.tiles:
         out = tmp_path / "tiles" / f"{tid}.tif"
         try:
-            resample_tile("dem", d.header, d.settings, plan.grid, plan.grid.tile_by_id(tid), str(out), mem_mb=300)
+            resample_tile("dem", d.header, d.settings, plan.grid, plan.grid.tile(tid), str(out), mem_mb=300)
             made.append(tid)
         except InputRasterError as exc:
-            failed[tid] = str(exc)
+            failed[tid.id] = str(exc)
             assert not out.exists()  # nothing under the final name
     assert list(failed) == ["r0000_c0000"]
     assert f"dataset 'dem' ({paths[0]}): cannot be read (a file of {d.header.path}" in failed["r0000_c0000"]

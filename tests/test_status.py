@@ -9,20 +9,24 @@ import time
 
 import pytest
 
-from workflow_lib.status import Event, StatusStore, TileBeat
+from workflow_lib.status import StatusStore, TileBeat
+from workflow_lib.status.events import (DatasetRecorded, Note, RunFinished, RunStarted, TileFailed, TileFinished,
+                                        TilesPlanned, TileStarted)
+from workflow_lib.status.schema import CURRENT_VERSION
 from workflow_lib.views.status import STALL_SECONDS, build_report, render, to_json
 
 from .helpers import REPO
 
 WRITER = """
 import sys, time
-from workflow_lib.status import Event, StatusStore, TileBeat
+from workflow_lib.status import StatusStore
+from workflow_lib.status.events import Note, TileMeasured
 url, spool, worker, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 store = StatusStore(url, spool_dir=spool)
 for i in range(n):
-    store.record(Event("note", run_id="load", dataset=f"w{worker}", tile=f"r{i:04d}_c0000", payload={"i": i}))
+    store.record(Note(run_id="load", dataset=f"w{worker}", tile=f"r{i:04d}_c0000", details={"i": i}))
     if i % 10 == 0:
-        store.record(Event("tile_measured", dataset=f"w{worker}", tile="r0000_c0000", payload={"seconds": i}))
+        store.record(TileMeasured(dataset=f"w{worker}", tile="r0000_c0000", seconds=i))
 store.close()
 """
 
@@ -30,8 +34,8 @@ store.close()
 def test_schema_is_migrated_once_with_its_version(store_url, tmp_path):
     for _ in range(2):
         store = StatusStore(store_url, spool_dir=str(tmp_path / "spool"))
-        store.record(Event("run_started", run_id="r1"))
-        assert store.query("SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,)]
+        store.record(RunStarted(run_id="r1"))
+        assert store.query("SELECT version FROM schema_migrations ORDER BY version") == [(1,), (2,), (3,), (4,)]
         store.close()
     assert StatusStore(store_url).query("SELECT COUNT(*) FROM runs") == [(1,)]
 
@@ -40,9 +44,9 @@ def test_quotes_and_sql_in_names_and_messages_are_stored_verbatim(store_url, tmp
     name = "o'brien\"; DROP TABLE tiles; --"
     error = "it's \"broken\"'); DELETE FROM events WHERE ('1'='1"
     store = StatusStore(store_url, spool_dir=str(tmp_path / "spool"))
-    store.record(Event("tiles_planned", run_id="r", dataset=name, payload={"tiles": [["r0000_c0000", "pending"]]}))
-    store.record(Event("tile_started", run_id="r", dataset=name, tile="r0000_c0000"))
-    store.record(Event("tile_failed", run_id="r", dataset=name, tile="r0000_c0000", payload={"error": error}))
+    store.record(TilesPlanned(run_id="r", dataset=name, tiles=[["r0000_c0000", "pending"]]))
+    store.record(TileStarted(run_id="r", dataset=name, tile="r0000_c0000"))
+    store.record(TileFailed(run_id="r", dataset=name, tile="r0000_c0000", error=error))
     assert store.query("SELECT dataset, status, error FROM tiles") == [(name, "failed", error)]
     assert store.query("SELECT COUNT(*) FROM events") == [(3,)]
 
@@ -74,11 +78,11 @@ def test_unreachable_database_spools_events_and_replays_them(pg_cluster, tmp_pat
     url = pg_cluster.new_database().replace("postgres@", "postgres:secret-password@")
     spool = str(tmp_path / "spool")
     store = StatusStore(url, spool_dir=spool)
-    store.record(Event("run_started", run_id="r"))
+    store.record(RunStarted(run_id="r"))
     pg_cluster.stop()
     try:
         with caplog.at_level(logging.WARNING):
-            reached = [store.record(Event("note", run_id="r", payload={"i": i})) for i in range(300)]
+            reached = [store.record(Note(run_id="r", details={"i": i})) for i in range(300)]
         assert not any(reached)
         assert len(os.listdir(spool)) == 1
     finally:
@@ -86,7 +90,7 @@ def test_unreachable_database_spools_events_and_replays_them(pg_cluster, tmp_pat
     warnings = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(warnings) == 1 and "spooled" in warnings[0]
     assert "secret-password" not in caplog.text
-    assert store.record(Event("note", run_id="r", payload={"i": 300}))  # replays the spool first
+    assert store.record(Note(run_id="r", details={"i": 300}))  # replays the spool first
     assert store.query("SELECT COUNT(*) FROM events WHERE kind = 'note'") == [(301,)]
     assert os.listdir(spool) == []
     record("status postgresql outage: 300 events spooled while the server was down, 301/301 present after restart")
@@ -96,8 +100,8 @@ def test_replaying_the_same_spool_twice_applies_each_event_once(tmp_path):
     url = f"sqlite:///{tmp_path}/s.sqlite"
     spool = tmp_path / "spool"
     spool.mkdir()
-    events = [Event("tile_started", run_id="r", dataset="d", tile="r0000_c0000") for _ in range(3)]
-    line = "".join(json.dumps(e.__dict__) + "\n" for e in events)
+    events = [TileStarted(run_id="r", dataset="d", tile="r0000_c0000") for _ in range(3)]
+    line = "".join(json.dumps(e.to_record()) + "\n" for e in events)
     (spool / "spool-a-1.jsonl").write_text(line + '{"kind": "trunc')  # a writer died mid-line
     (spool / "spool-b-2.jsonl").write_text(line)  # the same events again
     store = StatusStore(url, spool_dir=str(spool))
@@ -109,16 +113,16 @@ def test_replaying_the_same_spool_twice_applies_each_event_once(tmp_path):
 def test_report_shows_progress_eta_and_flags_stalled_jobs(tmp_path):
     store = StatusStore(f"sqlite:///{tmp_path}/s.sqlite")
     t0 = 1_000_000.0
-    store.record(Event("run_started", run_id="r", at=t0))
-    store.record(Event("tiles_planned", run_id="r", dataset="dem", at=t0,
-                       payload={"tiles": [[f"r0000_c{i:04d}", "pending"] for i in range(10)]}))
+    store.record(RunStarted(run_id="r", at=t0))
+    store.record(TilesPlanned(run_id="r", dataset="dem", at=t0,
+                              tiles=[[f"r0000_c{i:04d}", "pending"] for i in range(10)]))
     for i in range(4):
-        store.record(Event("tile_started", run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 60 * i))
-        store.record(Event("tile_finished", run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 60 * i + 60))
-    store.record(Event("tile_started", run_id="r", dataset="dem", tile="r0000_c0004", at=t0 + 240))
-    store.record(Event("tile_started", run_id="r", dataset="dem", tile="r0000_c0005", at=t0 + 240))
-    store.record(Event("tile_failed", run_id="r", dataset="dem", tile="r0000_c0005", at=t0 + 250,
-                       payload={"error": "InputRasterError: dataset 'dem' (a.tif): read failed"}))
+        store.record(TileStarted(run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 60 * i))
+        store.record(TileFinished(run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 60 * i + 60))
+    store.record(TileStarted(run_id="r", dataset="dem", tile="r0000_c0004", at=t0 + 240))
+    store.record(TileStarted(run_id="r", dataset="dem", tile="r0000_c0005", at=t0 + 240))
+    store.record(TileFailed(run_id="r", dataset="dem", tile="r0000_c0005", at=t0 + 250,
+                            error="InputRasterError: dataset 'dem' (a.tif): read failed"))
     now = t0 + 240 + STALL_SECONDS + 1
     report = build_report(store, now=now)
     d = report.datasets[0]
@@ -158,22 +162,21 @@ def test_eta_is_weighted_by_each_tiles_estimated_work_and_running_progress(store
 
     store = StatusStore(store_url)
     t0 = 1_000_000.0
-    store.record(Event("run_started", run_id="r", at=t0))
+    store.record(RunStarted(run_id="r", at=t0))
     work = [1000.0] * 5 + [100.0] * 5
-    store.record(Event("tiles_planned", run_id="r", dataset="dem", at=t0, payload={
-        "tiles": [[f"r0000_c{i:04d}", "pending", "b0", w] for i, w in enumerate(work)]}))
+    store.record(TilesPlanned(run_id="r", dataset="dem", at=t0,
+                              tiles=[[f"r0000_c{i:04d}", "pending", "b0", w] for i, w in enumerate(work)]))
     for i in range(5):
-        store.record(Event("tile_started", run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 100 * i,
-                           payload={"batch": "b0", "mem_mb": 512}))
-        store.record(Event("tile_finished", run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 100 * i + 100))
+        store.record(TileStarted(run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 100 * i, batch="b0",
+                                 mem_mb=512))
+        store.record(TileFinished(run_id="r", dataset="dem", tile=f"r0000_c{i:04d}", at=t0 + 100 * i + 100))
     now = t0 + 500
     d = build_report(store, now=now).datasets[0]
     assert (d.work_total, d.work_done) == (5500.0, 5000.0)
     assert d.eta_seconds == pytest.approx(500 / (5000 / 500))  # 50 s, where counting tiles says 500 s
     assert d.tiles_per_minute == pytest.approx(5 / (500 / 60))
     # A running tile half done: its half counts as done, in the share and in the rate.
-    store.record(Event("tile_started", run_id="r", dataset="dem", tile="r0000_c0005", at=now,
-                       payload={"batch": "b0", "mem_mb": 512}))
+    store.record(TileStarted(run_id="r", dataset="dem", tile="r0000_c0005", at=now, batch="b0", mem_mb=512))
     store.heartbeat("dem", [TileBeat("r0000_c0005", 0.5, 12345)], rss_mb=300.0)
     report = build_report(store, now=now + 5)
     d = report.datasets[0]
@@ -199,13 +202,13 @@ def test_a_read_only_store_reads_and_never_writes(tmp_path):
     assert StatusStore(url, read_only=True).schema_version() == 0  # no database yet: nothing is created
     assert not (tmp_path / "s.sqlite").exists()
     writer = StatusStore(url)
-    writer.record(Event("run_started", run_id="r"))
+    writer.record(RunStarted(run_id="r"))
     writer.close()
     before = (tmp_path / "s.sqlite").read_bytes()
     reader = StatusStore(url, read_only=True)
-    assert reader.schema_version() == 3 and reader.query("SELECT id FROM runs") == [("r",)]
+    assert reader.schema_version() == CURRENT_VERSION and reader.query("SELECT id FROM runs") == [("r",)]
     with pytest.raises(RuntimeError):
-        reader.record(Event("run_started", run_id="s"))
+        reader.record(RunStarted(run_id="s"))
     import sqlite3
 
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
@@ -218,9 +221,9 @@ def test_a_read_only_store_on_postgresql_is_refused_writes_by_the_server(pg_clus
     import psycopg
 
     url = pg_cluster.new_database()
-    StatusStore(url).record(Event("run_started", run_id="r"))
+    StatusStore(url).record(RunStarted(run_id="r"))
     reader = StatusStore(url, read_only=True)
-    assert reader.schema_version() == 3 and reader.query("SELECT id FROM runs") == [("r",)]
+    assert reader.schema_version() == CURRENT_VERSION and reader.query("SELECT id FROM runs") == [("r",)]
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         reader.query("DELETE FROM runs")
     reader.close()
@@ -230,16 +233,88 @@ def test_a_read_only_store_on_postgresql_is_refused_writes_by_the_server(pg_clus
 def test_a_resumed_runs_rate_counts_only_the_tiles_it_made(tmp_path):
     store = StatusStore(f"sqlite:///{tmp_path}/s.sqlite")
     tiles = [[f"r0000_c{i:04d}", "pending", "b0", 100.0] for i in range(4)]
-    store.record(Event("run_started", run_id="r1", at=1000.0))
-    store.record(Event("tiles_planned", run_id="r1", dataset="dem", at=1000.0, payload={"tiles": tiles}))
-    store.record(Event("tile_started", run_id="r1", dataset="dem", tile="r0000_c0000", at=1000.0))
-    store.record(Event("tile_finished", run_id="r1", dataset="dem", tile="r0000_c0000", at=1010.0))
-    store.record(Event("run_finished", run_id="r1", at=1011.0, payload={"status": "paused"}))
+    store.record(RunStarted(run_id="r1", at=1000.0))
+    store.record(TilesPlanned(run_id="r1", dataset="dem", at=1000.0, tiles=tiles))
+    store.record(TileStarted(run_id="r1", dataset="dem", tile="r0000_c0000", at=1000.0))
+    store.record(TileFinished(run_id="r1", dataset="dem", tile="r0000_c0000", at=1010.0))
+    store.record(RunFinished(run_id="r1", at=1011.0, status="paused"))
     # A day later: the tile made before is planned as done in the new run.
     tiles[0][1] = "done"
-    store.record(Event("run_started", run_id="r2", at=90000.0))
-    store.record(Event("tiles_planned", run_id="r2", dataset="dem", at=90000.0, payload={"tiles": tiles}))
-    store.record(Event("tile_started", run_id="r2", dataset="dem", tile="r0000_c0001", at=90000.0))
-    store.record(Event("tile_finished", run_id="r2", dataset="dem", tile="r0000_c0001", at=90010.0))
+    store.record(RunStarted(run_id="r2", at=90000.0))
+    store.record(TilesPlanned(run_id="r2", dataset="dem", at=90000.0, tiles=tiles))
+    store.record(TileStarted(run_id="r2", dataset="dem", tile="r0000_c0001", at=90000.0))
+    store.record(TileFinished(run_id="r2", dataset="dem", tile="r0000_c0001", at=90010.0))
     report = build_report(store, now=90010.0)
     assert report.eta_seconds == pytest.approx(20.0)  # two tiles of 10 s left, not two days'
+
+
+def _plugin_record(event, **attributes):
+    record = logging.LogRecord("snakemake", logging.ERROR if event == "job_error" else logging.INFO, __file__, 0,
+                               "", None, None)
+    record.event = event
+    for key, value in attributes.items():
+        setattr(record, key, value)
+    return record
+
+
+def test_a_failed_registration_keeps_the_datasets_facts_and_shows_its_error(tmp_path, monkeypatch):
+    """The status logger plugin, driven as Snakemake drives it: a register job fails. The dataset's
+    row keeps what the plan knows of it (path, CRS, size, nodata), its error is stored, and the
+    status report and the dashboard show it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from affine import Affine
+
+    from snakemake_interface_logger_plugins.common import LogEvent
+    from snakemake_logger_plugin_tilestatus import LogHandler
+    from workflow_lib.config import validate_config
+    from workflow_lib.planning.plan import build_plan
+    from workflow_lib.status.run import REGISTER_RULE, RUN_CONTEXT, write_run_context
+    from workflow_lib.views.dashboard import state
+
+    from .helpers import write_raster
+
+    monkeypatch.chdir(tmp_path)
+    path = write_raster(tmp_path / "dem.tif", np.ones((40, 40), "float32"), "EPSG:32632",
+                        Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+    plan = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 20}, "tile_size": 16,
+                                       "datasets": {"dem": {"path": path, "method": "average"}}}))
+    (tmp_path / "plan.json").write_text(json.dumps(plan.to_dict()))
+    url = f"sqlite:///{tmp_path}/status.sqlite"
+    write_run_context("plan.json", url, "spool")
+    assert os.path.exists(RUN_CONTEXT)
+    error = f"InputRasterError: dataset 'dem' ({path}): the file changed after the workflow was planned"
+    (tmp_path / "register.log").write_text(f"2026-12-06 INFO planning\n{error}\n")
+
+    handler = LogHandler(SimpleNamespace(dryrun=False), None)
+    handler.emit(_plugin_record(LogEvent.WORKFLOW_STARTED, workflow_id="run-1"))
+    handler.emit(_plugin_record(LogEvent.JOB_INFO, jobid=1, rule_name=REGISTER_RULE, wildcards={"dataset": "dem"},
+                                log=[str(tmp_path / "register.log")]))
+    handler.emit(_plugin_record(LogEvent.JOB_ERROR, jobid=1, rule_name=REGISTER_RULE))
+    handler.close()
+
+    store = StatusStore(url)
+    [(status, stored_path, crs, width, height, nodata, stored_error)] = store.query(
+        "SELECT status, path, crs, width, height, nodata, error FROM datasets WHERE name = 'dem'")
+    assert (status, stored_path, crs, width, height, nodata) == ("failed", path, "EPSG:32632", 40, 40, "-9999.0")
+    assert error in stored_error
+    report = build_report(store)
+    assert report.datasets[0].error == stored_error and not report.complete
+    assert f"dem: {stored_error}" in render(report)
+    page = state(StatusStore(url, read_only=True))
+    assert page["report"]["datasets"][0]["error"] == stored_error
+
+
+def test_a_failure_spooled_by_an_older_version_is_replayed_as_a_failure(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = StatusStore(f"sqlite:///{tmp_path}/s.sqlite", spool_dir=str(spool))
+    store.record(DatasetRecorded(run_id="r", dataset="dem", status="planned", path="dem.tif", crs="EPSG:32632"))
+    # As the version before typed events spooled it: a "dataset" event whose status is "failed".
+    old = {"kind": "dataset", "run_id": "r", "dataset": "dem", "tile": None, "id": "x1", "at": 1.0, "host": "h",
+           "pid": 1, "payload": {"status": "failed", "error": "it broke"}}
+    (spool / "spool-h-1.jsonl").write_text(json.dumps(old) + "\n")
+    store.replay()
+    assert store.query("SELECT status, path, crs, error FROM datasets") == [("failed", "dem.tif", "EPSG:32632",
+                                                                            "it broke")]

@@ -6,26 +6,9 @@ import pytest
 
 from workflow_lib.status import StatusStore
 
-from .test_workflow import snakemake, write_config
+from .helpers import STALLING_VRT, snakemake, write_config
 
 pytestmark = pytest.mark.integration
-
-STALLING_VRT = """<VRTDataset rasterXSize="512" rasterYSize="512">
-  <SRS>EPSG:32632</SRS>
-  <GeoTransform>500000, 10, 0, 5200000, 0, -10</GeoTransform>
-  <VRTRasterBand dataType="Float32" band="1">
-    <NoDataValue>-9999</NoDataValue>
-    <SimpleSource>
-      <SourceFilename relativeToVRT="1">pipe.tif</SourceFilename>
-      <SourceBand>1</SourceBand>
-      <SourceProperties RasterXSize="512" RasterYSize="512" DataType="Float32" BlockXSize="256" BlockYSize="256"/>
-      <SrcRect xOff="0" yOff="0" xSize="512" ySize="512"/>
-      <DstRect xOff="0" yOff="0" xSize="512" ySize="512"/>
-    </SimpleSource>
-  </VRTRasterBand>
-</VRTDataset>
-"""
-
 
 def test_stalled_read_fails_the_job_with_a_message_and_a_stack_dump(tmp_path):
     # The raster's pixels live behind a named pipe that nobody writes: its header reads at once,

@@ -13,75 +13,13 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from affine import Affine
 
 from workflow_lib.config import validate_config
 from workflow_lib.planning.plan import build_plan
 
-from .helpers import REAL_DATA, REPO, classes_field, compare, reference_for, smooth_field, valid_mask, write_raster
+from .helpers import REAL_DATA, REPO, compare, reference_for, snakemake, synthetic_config, valid_mask, write_config
 
 pytestmark = pytest.mark.integration
-UTM = Affine(10, 0, 500000, 0, -10, 5200000)
-
-
-def snakemake(workdir, *args, check=True, **options):
-    """``options``: more of subprocess.run's (preexec_fn, to set limits on Snakemake and its jobs)."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"),
-           "--directory", str(workdir), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, **options)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def start(workdir, *args, env=None):
-    """Start snakemake in its own process group (as a terminal gives it: a signal sent to the group
-    reaches snakemake and all its jobs), its output going to a file: an unread pipe would fill up
-    and block snakemake while a test watches it."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"),
-           "--directory", str(workdir), *args]
-    out = open(os.path.join(workdir, "snakemake.out"), "w")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env=env)
-    proc.output_path = os.path.join(workdir, "snakemake.out")
-    return proc
-
-
-def finish(proc, timeout=600) -> str:
-    proc.wait(timeout=timeout)
-    with open(proc.output_path) as f:
-        return f.read()
-
-
-def write_config(workdir, config):
-    os.makedirs(os.path.join(workdir, "config"), exist_ok=True)
-    with open(os.path.join(workdir, "config", "config.yaml"), "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-
-
-def synthetic_config(folder):
-    values = smooth_field(360, 400)
-    values[50:80, 100:180] = -9999
-    values[200:210, 20:60] = np.nan
-    classes = classes_field(300, 320)
-    classes[:30, :40] = 0
-    lonlat = Affine(0.0005, 0, 8.995, 0, -0.0005, 46.952)
-    temperature = (smooth_field(80, 90, seed=3) * 10).astype("int16")
-    return {
-        "target": {"crs": "EPSG:32632", "resolution": 40, "origin": [0, 0]},
-        "tile_size": 48,
-        "warp": {"error_threshold": 0},
-        "datasets": {
-            "dem": {"path": write_raster(folder / "dem.tif", values, "EPSG:32632", UTM, -9999.0),
-                    "method": "average"},
-            "landcover": {"path": write_raster(folder / "landcover.tif", classes, "EPSG:32632",
-                                               Affine(10, 0, 500400, 0, -10, 5199600), 0),
-                          "method": "mode"},
-            "temperature": {"path": write_raster(folder / "temperature.tif", temperature, "EPSG:4326", lonlat,
-                                                 -32768),
-                            "method": "bilinear", "dtype": "float32"},
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +53,7 @@ def test_dry_run_lists_every_batch_job(run):
         assert sorted(d.tiles) == sorted(set(d.tiles))
         for b in d.batches:
             for t in b.tiles:
-                r, c = (int(x[1:]) for x in t.split("_"))
-                assert b.rows[0] <= r < b.rows[1] and b.cols[0] <= c < b.cols[1]
+                assert b.rows[0] <= t.row < b.rows[1] and b.cols[0] <= t.col < b.cols[1]
 
 
 def test_mosaics_equal_whole_image_gdal_warp(run, record):
@@ -219,7 +156,7 @@ def test_second_run_has_nothing_to_do_and_missing_tiles_alone_are_remade(run):
     assert set(after) == {f"{t}.tif" for t in dem_tiles}
     assert {f: after[f] for f in before} == before  # complete tiles were not computed again
     logs = "".join((workdir / "logs" / "resample_batch" / "dem" / f"{b}.log").read_text() for b in batches)
-    assert sorted(re.findall(r"tile (r\d+_c\d+) done in", logs)) == sorted(dem_tiles[:2])
+    assert sorted(re.findall(r"tile (r\d+_c\d+) done in", logs)) == sorted(t.id for t in dem_tiles[:2])
 
 
 def test_a_rerun_batch_keeps_its_finished_tiles(run):

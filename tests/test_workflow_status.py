@@ -15,8 +15,8 @@ from affine import Affine
 
 from workflow_lib.status import StatusStore
 
-from .helpers import REPO, read_band, run_tiles_and_mosaics, smooth_field, write_raster
-from .test_workflow import finish, snakemake, start, synthetic_config, write_config
+from .helpers import (REPO, finish, read_band, run_tiles_and_mosaics, smooth_field, snakemake, start, synthetic_config,
+                      write_config, write_raster)
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ def test_batch_job_killed_with_sigkill_is_recorded_as_failed(tmp_path):
     """The tile a batch was making when it was killed failed; the tiles it had not started are still
     pending. Its input's pixels sit behind a named pipe that nobody writes, so the first tile stays
     running until the kill."""
-    from .test_watchdog import STALLING_VRT
+    from .helpers import STALLING_VRT
 
     os.mkfifo(tmp_path / "pipe.tif")
     (tmp_path / "stalling.vrt").write_text(STALLING_VRT)

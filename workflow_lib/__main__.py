@@ -34,28 +34,22 @@ def results(results_dir: str) -> int:
     statistics = dataset_statistics()
     if statistics:
         print("Statistics (status database):")
-        width = max(len(r[0]) for r in statistics)
+        width = max(len(s.name) for s in statistics)
         print(f"  {'dataset':<{width}}  {'valid':>7}  {'min':>10}  {'max':>10}  {'mean':>10}  {'std':>10}")
-        for name, total, valid, lo, hi, mean, std in statistics:
-            share = f"{100 * valid / total:6.1f}%" if total else "      -"
-            print(f"  {name:<{width}}  {share}  {_figure(lo)}  {_figure(hi)}  {_figure(mean)}  {_figure(std)}")
+        for s in statistics:
+            share = f"{100 * s.valid_pixels / s.total_pixels:6.1f}%" if s.total_pixels else "      -"
+            print(f"  {s.name:<{width}}  {share}  {_figure(s.min)}  {_figure(s.max)}  {_figure(s.mean)}  "
+                  f"{_figure(s.std)}")
     return 0
 
 
-def dataset_statistics() -> list[tuple]:
+def dataset_statistics() -> list:
     """Each dataset's statistics as its mosaic job recorded them; none if there is no database."""
     from workflow_lib.status import StatusStore, resolve_url
 
     store = StatusStore(resolve_url(_config_database_url()), read_only=True)
     try:
-        if store.schema_version() < 3:
-            return []
-        rows = store.query("SELECT name, total_pixels, valid_pixels, stat_min, stat_max, stat_mean, stat_std "
-                           "FROM datasets WHERE valid_pixels IS NOT NULL")
-        # In the order the run first recorded them: the config's order.
-        order = {name: i for i, (name,) in enumerate(store.query(
-            "SELECT dataset FROM events WHERE kind = 'dataset' GROUP BY dataset ORDER BY MIN(at)"))}
-        return sorted(rows, key=lambda r: (order.get(r[0], len(order)), r[0]))
+        return store.dataset_statistics()
     except store.backend.unreachable:
         return []
     finally:
@@ -73,16 +67,19 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
     from workflow_lib.views.status import build_report, render, to_json
 
     store = StatusStore(url or resolve_url(_config_database_url()))
-    while True:
-        store.replay()
-        report = build_report(store, controller=_controller_state())
-        text = to_json(report) if as_json else render(report)
-        if watch:
-            print("\033[2J\033[H" + text, flush=True)  # clear the screen, then redraw
-            time.sleep(watch)
-            continue
-        print(text)
-        return 0
+    try:
+        while True:
+            store.replay()
+            report = build_report(store, controller=_controller_state())
+            text = to_json(report) if as_json else render(report)
+            if watch:
+                print("\033[2J\033[H" + text, flush=True)  # clear the screen, then redraw
+                time.sleep(watch)
+                continue
+            print(text)
+            return 0
+    finally:
+        store.close()
 
 
 def show_plan(config_path: str, as_json: bool) -> int:

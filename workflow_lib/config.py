@@ -14,7 +14,7 @@ import yaml
 from rasterio.errors import CRSError
 
 from workflow_lib.errors import ConfigError
-from workflow_lib.planning.coords import parse_crs
+from workflow_lib.coords import parse_crs
 from workflow_lib.sources.paths import check_path
 
 SCHEMA_PATH = str(resources.files("workflow_lib") / "schemas" / "config.schema.yaml")

@@ -1,12 +1,44 @@
-"""Work-arounds for Snakemake itself, applied by the Snakefile in Snakemake's main process."""
+"""Work-arounds for Snakemake itself, applied by the Snakefile in Snakemake's main process.
+
+Two of them replace code of Snakemake or of its SLURM plugin, reaching into their internals: each
+is applied only to the version it was written for (the versions pyproject.toml pins), and says so
+on the console, without applying, when another version is installed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import signal
+import sys
 import threading
+import time
+
+# The versions the patches below were written for and tested with (tests/test_snakemake_fixes.py).
+SNAKEMAKE_VERSION = "9.27.1"
+SLURM_PLUGIN_VERSION = "2.8.0"
 
 
-def graceful_sigterm_without_deadlock() -> None:
-    """Make SIGTERM's pause safe.
+def installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def written_for(package: str, version: str, patch: str, without: str) -> bool:
+    """Whether ``package`` is installed at the ``version`` that ``patch`` was written for; if it is
+    installed at another, say on the console that the patch is not applied and what that means."""
+    found = installed_version(package)
+    if found is None or found == version:
+        return found is not None
+    print(f"workflow_lib: {patch} was written for {package} {version}, but {found} is installed: it is not "
+          f"applied ({without})", file=sys.stderr)
+    return False
+
+
+def graceful_sigterm_without_deadlock() -> bool:
+    """Make SIGTERM's pause safe; True if applied.
 
     Snakemake 9.27's SIGTERM handler takes the scheduler's non-reentrant lock. A signal handler
     runs in the main thread, so a SIGTERM that lands while the main thread holds that lock (as it
@@ -14,6 +46,9 @@ def graceful_sigterm_without_deadlock() -> None:
     lock, and waking the scheduler is left to another thread, which may wait for the lock
     without blocking the main one.
     """
+    if not written_for("snakemake", SNAKEMAKE_VERSION, "the fix of SIGTERM's deadlock",
+                       "a pause may hang if SIGTERM lands while a job finishes"):
+        return False
     from snakemake.scheduling.job_scheduler import JobScheduler
 
     def exit_gracefully(self, *args):
@@ -21,6 +56,7 @@ def graceful_sigterm_without_deadlock() -> None:
         threading.Thread(target=self._open_jobs.release, name="sigterm", daemon=True).start()
 
     JobScheduler.exit_gracefully = exit_gracefully
+    return True
 
 
 def status_snapshot_on_sigusr1(url: str) -> None:
@@ -30,18 +66,14 @@ def status_snapshot_on_sigusr1(url: str) -> None:
     The report is built in a thread: a signal handler runs in the main thread, which may be inside
     the scheduler or the status database when the signal lands.
     """
-    import signal
-    import sys
-    import time
+    from workflow_lib.status import StatusStore
+    from workflow_lib.views.status import build_report, render
 
     def snapshot():
-        from workflow_lib.status import StatusStore
-        from workflow_lib.views.status import build_report, render
-
         try:
-            store = StatusStore(url)
-            store.replay()
-            text = render(build_report(store))
+            with contextlib.closing(StatusStore(url)) as store:
+                store.replay()
+                text = render(build_report(store))
         except Exception as exc:  # a snapshot must never stop the run; say why it failed
             text = f"status snapshot failed: {type(exc).__name__}: {exc}"
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -52,22 +84,29 @@ def status_snapshot_on_sigusr1(url: str) -> None:
         target=snapshot, name="status-snapshot", daemon=True).start())
 
 
-def slurm_cancelled_by_user_is_cancelled() -> None:
-    """Let Snakemake see a SLURM job that someone cancelled as failed, not as running forever.
+def slurm_cancelled_by_user_is_cancelled() -> bool:
+    """Let Snakemake see a SLURM job that someone cancelled as failed, not as running forever; True
+    if applied (False also where the plugin is not installed).
 
     sacct reports such a job as ``CANCELLED by <uid>``; snakemake-executor-plugin-slurm 2.8.0
     compares the state with the exact word ``CANCELLED``, so the job stays "running" to it and the
     run never ends (measured on the CI's SLURM: a pause that cancels queued jobs hung for 15
     minutes until killed; the old Snakemake-Profiles/slurm had the same bug, fixed in its PR 22).
-    Only the first word of a state is kept. Nothing happens where the plugin is not installed.
+    Only the first word of a state is kept.
     """
-    try:
-        import snakemake_executor_plugin_slurm as plugin
-    except ImportError:
-        return
+    if not written_for("snakemake-executor-plugin-slurm", SLURM_PLUGIN_VERSION,
+                       "the fix of SLURM jobs cancelled by a user",
+                       "a run whose queued SLURM jobs are cancelled, by a pause or by hand, may never end"):
+        return False
+    import snakemake_executor_plugin_slurm as plugin
+
     original = getattr(plugin, "query_job_status", None)
-    if original is None or hasattr(original, "__wrapped_original__"):
-        return  # not this plugin's layout, or patched already
+    if original is None:
+        print("workflow_lib: snakemake-executor-plugin-slurm has no query_job_status: the fix of SLURM jobs "
+              "cancelled by a user is not applied", file=sys.stderr)
+        return False
+    if hasattr(original, "__wrapped_original__"):
+        return True  # applied already
 
     async def query_job_status(command, logger):
         states, duration = await original(command, logger)
@@ -77,3 +116,4 @@ def slurm_cancelled_by_user_is_cancelled() -> None:
 
     query_job_status.__wrapped_original__ = original
     plugin.query_job_status = query_job_status
+    return True

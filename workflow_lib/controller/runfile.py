@@ -69,6 +69,13 @@ def read_run(folder: str = ".") -> RunInfo | None:
     return RunInfo(**known)
 
 
+def own_state(folder: str = ".") -> str | None:
+    """The state the controller gave the run that is this very process (pausing, stopping, ...):
+    read by the status logger inside Snakemake's process. None when no controller runs it."""
+    info = read_run(folder)
+    return info.state if info is not None and info.pid == os.getpid() else None
+
+
 def write_run(info: RunInfo, folder: str = ".") -> None:
     os.makedirs(os.path.join(folder, RUN_DIR), exist_ok=True)
     write_json_atomic(os.path.join(folder, RUN_FILE), asdict(info))

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
+from workflow_lib.domain import RESULTS_DIR, TileIndex, tile_dir, tile_file_name
 from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, uses_kernels
 from workflow_lib.engines.compose import make_tile
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
-from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
 from workflow_lib.planning.grid import TargetGrid
-from workflow_lib.planning.plan import DatasetPlan
+from workflow_lib.planning.plan import DatasetPlan, Plan
+from workflow_lib.statistics import STATS_TAG, PixelStats
 from workflow_lib.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,6 @@ def tile_digest(grid: TargetGrid, dataset: DatasetPlan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def tile_path(tile_dir: str, tile: str) -> str:
-    return os.path.join(tile_dir, f"{tile}.tif")
-
-
 def made_with(path: str) -> str | None:
     """The digest a tile file was made with; None if there is no readable tile there."""
     tags = tile_tags(path)
@@ -106,10 +103,10 @@ def kept_tile_stats(path: str, tags: dict, nodata) -> PixelStats:
 
 @dataclass
 class BatchResult:
-    made: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # tile -> error
-    left: list[str] = field(default_factory=list)  # not started: a stop was requested
+    made: list[TileIndex] = field(default_factory=list)
+    kept: list[TileIndex] = field(default_factory=list)
+    failed: dict[TileIndex, str] = field(default_factory=dict)  # tile -> error
+    left: list[TileIndex] = field(default_factory=list)  # not started: a stop was requested
     stats: PixelStats = field(default_factory=PixelStats)  # of the made and kept tiles together
 
     @property
@@ -119,12 +116,14 @@ class BatchResult:
 
 @dataclass
 class TileHooks:
-    """What the job is told as each tile starts and ends (the status database, heartbeats)."""
+    """What the job is told as each tile starts and ends (the status database, heartbeats); called
+    from the batch's worker threads. ``progress(tile, done, total, pixels_read)``: ``done`` of the
+    tile's ``total`` chunks are written."""
 
-    started: Callable[[str], None] = lambda tile: None
-    finished: Callable[[str, dict], None] = lambda tile, figures: None
-    failed: Callable[[str, str], None] = lambda tile, error: None
-    progress: Callable[[str, int, int, int], None] = lambda tile, done, total, pixels_read: None
+    started: Callable[[TileIndex], None] = lambda tile: None
+    finished: Callable[[TileIndex, dict], None] = lambda tile, figures: None
+    failed: Callable[[TileIndex, str], None] = lambda tile, error: None
+    progress: Callable[[TileIndex, int, int, int], None] = lambda tile, done, total, pixels_read: None
 
 
 def concurrency(threads: int, tiles: int, mem_mb: int, fixed_mb: int = BASELINE_MB) -> int:
@@ -138,8 +137,8 @@ def run_batch(
     dataset: DatasetPlan,
     grid: TargetGrid,
     batch: str,
-    tiles: list[str],
-    tile_dir: str,
+    tiles: list[TileIndex],
+    folder: str,
     mem_mb: int,
     threads: int = 1,
     compress: str = "deflate",
@@ -150,7 +149,7 @@ def run_batch(
     compiled: bool | None = None,
 ) -> BatchResult:
     """Make the tiles of ``batch`` that are not on disk with the current digest, ``threads`` at a
-    time within ``mem_mb`` in all, each written atomically to ``tile_dir``.
+    time within ``mem_mb`` in all, each written atomically into ``folder`` (the dataset's tile_dir).
 
     ``compiled``: whether blocks are reduced by the compiled kernels, prepared by the caller with
     prepare_kernels() (None: decided and prepared here)."""
@@ -158,18 +157,19 @@ def run_batch(
     hooks = hooks or TileHooks()
     digest = tile_digest(grid, dataset)
     result = BatchResult()
-    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
-    for tile in tiles:
-        tags = tile_tags(tile_path(tile_dir, tile)) or {}
+    todo: queue.SimpleQueue[TileIndex] = queue.SimpleQueue()
+    for index in tiles:
+        path = index.path(folder)
+        tags = tile_tags(path) or {}
         found = tags.get(DIGEST_TAG)
         if found == digest:
-            result.kept.append(tile)
-            result.stats.merge(kept_tile_stats(tile_path(tile_dir, tile), tags, dataset.settings.dst_nodata))
+            result.kept.append(index)
+            result.stats.merge(kept_tile_stats(path, tags, dataset.settings.dst_nodata))
             continue
         if found is not None:
             log.info("tile %s of %s was made with other settings (digest %s, now %s): made again",
-                     tile, dataset.name, found, digest)
-        todo.put(tile)
+                     index, dataset.name, found, digest)
+        todo.put(index)
     n_todo = len(tiles) - len(result.kept)
     if compiled is None:
         compiled = prepare_kernels(dataset, mem_mb) if n_todo else False
@@ -182,52 +182,54 @@ def run_batch(
     log.info("batch %s of %s: %d tiles, %d on disk with the current settings, %d to make, %d at a time "
              "(%d MB and %d thread(s) each; digest %s)", batch, dataset.name, len(tiles), len(result.kept),
              n_todo, running, share_mb, tile_threads, digest)
-    active: dict[str, None] = {}
+    active: dict[TileIndex, None] = {}
     lock = threading.Lock()
 
-    def make(tile_id: str) -> None:
-        tile = grid.tile_by_id(tile_id)
-        what = f"tile {tile_id} of dataset '{dataset.name}' ({dataset.header.path})"
-        hooks.started(tile_id)
+    def make(index: TileIndex) -> None:
+        tile = grid.tile(index)
+        what = f"tile {index} of dataset '{dataset.name}' ({dataset.header.path})"
+        hooks.started(index)
         started = time.monotonic()
         try:
             with Watchdog(stall_timeout, what) as dog:
                 options = dict(threads=tile_threads, compress=compress, max_chunk_bytes=max_chunk_bytes,
                                progress=dog.tick, tags={DIGEST_TAG: digest}, compiled=compiled,
-                               on_chunk=lambda done, total, read: hooks.progress(tile_id, done, total, read))
+                               on_chunk=lambda done, total, read: hooks.progress(index, done, total, read))
                 if dataset.parts or dataset.settings.bands:  # pieces: parts in order, bands (engines.compose)
-                    figures = make_tile(dataset, grid, tile, tile_path(tile_dir, tile_id), share_mb, **options)
+                    figures = make_tile(dataset, grid, tile, index.path(folder), share_mb, **options)
                 else:
                     figures = resample_tile(dataset.name, dataset.header, dataset.settings, grid, tile,
-                                            tile_path(tile_dir, tile_id), mem_mb=share_mb, **options)
+                                            index.path(folder), mem_mb=share_mb, **options)
         except Exception as exc:  # noqa: BLE001 - one tile's failure must not lose the others
             if out_of_memory(exc):
                 exc = JobMemoryError(what, share_mb, exc)
             message = str(exc) if isinstance(exc, WorkflowLibError) else f"{what}: {type(exc).__name__}: {exc}"
-            log.error("tile %s failed: %s", tile_id, message, exc_info=not isinstance(exc, WorkflowLibError))
+            log.error("tile %s failed: %s", index, message, exc_info=not isinstance(exc, WorkflowLibError))
             with lock:
-                result.failed[tile_id] = message
-            hooks.failed(tile_id, message)
+                result.failed[index] = message
+            hooks.failed(index, message)
             return
         figures["seconds"] = time.monotonic() - started
+        log.info("tile %s done in %.2f s (%d chunk(s), %d source pixels read)", index, figures["seconds"],
+                 figures["chunks"], figures["pixels_read"])
         with lock:
-            result.made.append(tile_id)
+            result.made.append(index)
             result.stats.merge(figures["stats"])
-        hooks.finished(tile_id, figures)
+        hooks.finished(index, figures)
 
     def worker() -> None:
         while not stop.is_set():
             try:
-                tile_id = todo.get_nowait()
+                index = todo.get_nowait()
             except queue.Empty:
                 return
             with lock:
-                active[tile_id] = None
+                active[index] = None
             try:
-                make(tile_id)
+                make(index)
             finally:
                 with lock:
-                    active.pop(tile_id, None)
+                    active.pop(index, None)
 
     # Daemon threads: Ctrl-C (or the watchdog) ends the job at once instead of waiting for them.
     workers = [threading.Thread(target=worker, name=f"tile-{i}", daemon=True) for i in range(running)]
@@ -241,8 +243,8 @@ def run_batch(
         stop.set()
         with lock:
             interrupted = list(active)
-        for tile_id in interrupted:  # what the running tiles had written so far
-            remove_stale_temporaries(tile_path(tile_dir, tile_id))
+        for index in interrupted:  # what the running tiles had written so far
+            remove_stale_temporaries(index.path(folder))
         raise
     while True:
         try:
@@ -252,7 +254,36 @@ def run_batch(
     return result
 
 
-def forget_incomplete_batches(plan, results_dir: str = "results") -> list[str]:
+def manifest(dataset: DatasetPlan, grid: TargetGrid, batch: str, tiles: list[TileIndex],
+             result: BatchResult) -> dict:
+    """What a complete batch's manifest (its job's output) records: the tiles, how they were made
+    and the statistics of their pixels, which the mosaic gathers without reading a pixel."""
+    return {"dataset": dataset.name, "batch": batch, "digest": tile_digest(grid, dataset),
+            "tiles": [t.id for t in tiles], "made": [t.id for t in sorted(result.made)], "kept": len(result.kept),
+            "stats": result.stats.to_json()}
+
+
+def manifest_tiles(manifests: list[str], folder: str, nodata: float | None) -> tuple[list[str], PixelStats]:
+    """The tile files of a dataset, and the statistics of their pixels, from its batches' manifests."""
+    paths = []
+    stats = PixelStats()
+    for path in manifests:
+        with open(path) as f:
+            data = json.load(f)
+        batch_paths = [os.path.join(folder, tile_file_name(t)) for t in data["tiles"]]
+        paths.extend(batch_paths)
+        if "stats" in data:
+            stats.merge(PixelStats.from_json(data["stats"]))
+            continue
+        # A batch made before manifests carried statistics: from its tiles (their tags, or pixels).
+        for tile in batch_paths:
+            tags = tile_tags(tile)
+            if tags is not None:
+                stats.merge(kept_tile_stats(tile, tags, nodata))
+    return paths, stats
+
+
+def forget_incomplete_batches(plan: Plan, results_dir: str = RESULTS_DIR) -> list[str]:
     """Remove the manifest of every batch whose tiles are no longer all on disk (a tile deleted by
     hand, or found corrupt and removed by its mosaic), so that Snakemake runs that batch again.
 
@@ -266,10 +297,10 @@ def forget_incomplete_batches(plan, results_dir: str = "results") -> list[str]:
         if not os.path.isdir(folder):
             continue
         manifests = set(os.listdir(folder))
-        tiles_dir = os.path.join(results_dir, "tiles", name)
-        on_disk = set(os.listdir(tiles_dir)) if os.path.isdir(tiles_dir) else set()
+        tiles = tile_dir(name, results_dir)
+        on_disk = set(os.listdir(tiles)) if os.path.isdir(tiles) else set()
         for b in d.batches:
-            if f"{b.id}.json" in manifests and any(f"{t}.tif" not in on_disk for t in b.tiles):
+            if f"{b.id}.json" in manifests and any(tile_file_name(t) not in on_disk for t in b.tile_ids):
                 path = os.path.join(folder, f"{b.id}.json")
                 os.unlink(path)
                 removed.append(path)

@@ -31,91 +31,14 @@ cannot hold, signed modes of -1) this engine keeps the exact one: README, "Engin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
-from affine import Affine
 
-from workflow_lib.planning.settings import AREA_METHODS
+from workflow_lib.domain import Method
 
-BLOCK_METHODS = ("nearest", "average", "sum", "min", "max", "med", "mode")
-# Methods that engines.kernels compiles (nearest is a strided copy, which NumPy does as fast).
-COMPILED_METHODS = ("average", "sum", "min", "max", "med", "mode")
 # Blocks of more pixels than this are reduced segment by segment (reduce_large_blocks) instead of
 # one pass per position in the block (reduce_blocks), whose Python loop would run kx x ky times.
 LARGE_BLOCK = 256
-ENGINE_LABELS = {"numpy": "numpy-blocks", "windows": "numpy-windows", "gdal": "gdal-warp"}
-# Relative tolerance for calling a resolution ratio an integer and an offset a whole pixel: headers
-# hold decimal resolutions (0.1, 1/3600) that are not exact in binary.
-_ALIGN_RTOL = 1e-9
-
-
-@dataclass(frozen=True)
-class BlockGeometry:
-    """Target pixels are kx x ky input pixels; the target origin is input pixel (col_off, row_off)."""
-
-    kx: int
-    ky: int
-    col_off: int
-    row_off: int
-
-
-def _whole(value: float) -> int | None:
-    nearest = round(value)
-    return int(nearest) if abs(value - nearest) <= _ALIGN_RTOL * max(1.0, abs(value)) else None
-
-
-def block_geometry(src_transform: Affine, dst_transform: Affine) -> tuple[BlockGeometry | None, str]:
-    """How ``dst_transform``'s pixels sit on ``src_transform``'s, or None and why they do not align."""
-    a, b, c, d, e, f = tuple(src_transform)[:6]
-    A, B, C, D, E, F = tuple(dst_transform)[:6]
-    if b or d or B or D:
-        return None, "the input's geotransform is rotated or sheared"
-    if e >= 0 or E >= 0 or a <= 0 or A <= 0:
-        return None, "the input is not north-up"
-    kx, ky = _whole(A / a), _whole(E / e)
-    if not kx or not ky:
-        return None, f"target pixels are {A / a:.6g} x {E / e:.6g} input pixels, not whole numbers"
-    col_off, row_off = _whole((C - c) / a), _whole((F - f) / e)
-    if col_off is None or row_off is None:
-        return None, "the target grid's pixel corners fall between the input's"
-    return BlockGeometry(kx, ky, col_off, row_off), f"aligned {kx}x{ky} blocks"
-
-
-def choose_engine(
-    requested: str, method: str, same_crs: bool, src_dtype: str, src_transform: Affine, dst_transform: Affine
-) -> tuple[str, str]:
-    """The engine for a dataset ("numpy": aligned blocks, "windows": unaligned picks, or "gdal") and
-    why. ``requested``: auto, numpy or gdal.
-
-    Where target pixels are whole blocks of input pixels, "auto" takes NumPy: its result is the
-    exact block reduction, the same for every tiling, and equal to GDAL's wherever GDAL's is exact
-    (README, "Engines", for where it is not). Outside the aligned case asking for NumPy is an error, so
-    that a config never silently gets something else than it asked for.
-    """
-    if requested == "gdal":
-        return "gdal", "asked for in the config"
-    geometry = None
-    if not same_crs:
-        reason = "the input and the target are in different CRSs"
-    elif method not in BLOCK_METHODS:
-        reason = f"method {method} is an interpolation, not a block reduction"
-    else:
-        geometry, reason = block_geometry(src_transform, dst_transform)
-    if geometry is None and same_crs and method in AREA_METHODS:
-        from workflow_lib.engines.windows import window_geometry_reason
-
-        if window_geometry_reason(src_transform, dst_transform) is None:
-            # Unaligned area methods within one CRS: the rectangle of input pixels under each
-            # target pixel, the same for every tiling (engines.windows).
-            return "windows", f"{reason}: unaligned windows" + (", asked for in the config" if requested == "numpy" else "")
-    if geometry is None:
-        if requested == "numpy":
-            raise ValueError(f"the numpy engine cannot be used: {reason}")
-        return "gdal", reason
-    if requested == "numpy":
-        return "numpy", f"{reason}, asked for in the config"
-    return "numpy", reason
 
 
 def valid_mask(data: np.ndarray, src_nodata: float | None) -> np.ndarray | None:
@@ -144,7 +67,7 @@ def reduce_blocks_masked(
     src_nodata: float | None,
     kx: int,
     ky: int,
-    method: str,
+    method: Method,
     dst_dtype: str,
     dst_nodata: float,
 ) -> np.ndarray:
@@ -162,7 +85,7 @@ def reduce_blocks(
     valid: np.ndarray | None,
     kx: int,
     ky: int,
-    method: str,
+    method: Method,
     dst_dtype: str,
     dst_nodata: float,
 ) -> np.ndarray:
@@ -170,49 +93,52 @@ def reduce_blocks(
 
     ``valid`` marks the pixels that count (None: all of them).
     """
+    method = Method(method)
     h, w = block_shape(data, kx, ky)
     if kx == ky == 1:
-        method = "nearest"  # GDAL copies pixels for pixels, as nearest (no nudging off nodata)
+        method = Method.NEAREST  # GDAL copies pixels for pixels, as nearest (no nudging off nodata)
     views = [data[dy::ky, dx::kx] for dy in range(ky) for dx in range(kx)]
     masks = None if valid is None else [valid[dy::ky, dx::kx] for dy in range(ky) for dx in range(kx)]
-    if method == "nearest":
+    if method is Method.NEAREST:
         centre = (ky // 2) * kx + kx // 2
         found = np.ones((h, w), bool) if masks is None else masks[centre]
-        return _to_output(views[centre], found, dst_dtype, dst_nodata, avoid_nodata=False)
+        return to_output(views[centre], found, dst_dtype, dst_nodata, avoid_nodata=False)
     if masks is None:
-        values, found = _reduce(method, views, None, (h, w))
+        values, found = reduce_views(method, views, None, (h, w))
     else:
         # Most blocks are usually complete: reduce every block as if it were (the fast path, no
         # masks), then again, with masks, only the blocks that miss a pixel.
         complete = masks[0].copy()
         for mask in masks[1:]:
             complete &= mask
-        values, found = _reduce(method, views, None, (h, w))
+        values, found = reduce_views(method, views, None, (h, w))
         partial = np.nonzero(~complete)
         if partial[0].size:
-            sub_values, sub_found = _reduce(method, [v[partial] for v in views], [m[partial] for m in masks],
-                                            partial[0].shape)
+            sub_values, sub_found = reduce_views(method, [v[partial] for v in views],
+                                                 [m[partial] for m in masks], partial[0].shape)
             values[partial] = sub_values
             found[partial] = sub_found
-    return _to_output(values, found, dst_dtype, dst_nodata)
+    return to_output(values, found, dst_dtype, dst_nodata)
 
 
-def _reduce(method: str, views, masks, shape) -> tuple[np.ndarray, np.ndarray]:
-    """Block values (writable) and where a block had any valid pixel, for one method."""
-    if method == "mode":
+def reduce_views(method: Method, views, masks, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Block values (writable) and where a block had any valid pixel, for one method: ``views``
+    are the positions of the blocks in row-major order, ``masks`` (or None) where each is valid.
+    The window engine (engines.windows) reduces its gathered pixels by the same rules."""
+    if method is Method.MODE:
         return _mode(views, masks, shape)
-    if method == "med":
+    if method is Method.MED:
         return _median(views, masks, shape)
     count = np.zeros(shape, np.int32)
-    if method == "average":
+    if method is Method.AVERAGE:
         acc = _running_mean(views, masks, count)
-    elif method == "sum":
+    elif method is Method.SUM:
         acc = np.zeros(shape, np.float64)
         for i, view in enumerate(views):  # GDAL's order: rows of the block, top to bottom
             _accumulate(np.add, acc, view, None if masks is None else masks[i], count)
-    elif method in ("min", "max"):
-        acc = np.full(shape, np.inf if method == "min" else -np.inf)
-        func = np.minimum if method == "min" else np.maximum
+    elif method in (Method.MIN, Method.MAX):
+        acc = np.full(shape, np.inf if method is Method.MIN else -np.inf)
+        func = np.minimum if method is Method.MIN else np.maximum
         for i, view in enumerate(views):
             _accumulate(func, acc, view, None if masks is None else masks[i], count)
     else:
@@ -411,7 +337,7 @@ def _sorting_network(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def _to_output(
+def to_output(
     values: np.ndarray, found: np.ndarray, dst_dtype: str, dst_nodata: float, avoid_nodata: bool = True
 ) -> np.ndarray:
     """Cast to the output type as GDAL's warper does, nodata where nothing was found."""
@@ -438,7 +364,7 @@ def reduce_large_blocks(
     row_starts: np.ndarray,
     col_starts: np.ndarray,
     centre: tuple[np.ndarray, np.ndarray],
-    method: str,
+    method: Method,
     dst_dtype: str,
     dst_nodata: float,
 ) -> np.ndarray:
@@ -452,8 +378,9 @@ def reduce_large_blocks(
     the last bits. ``med`` and ``mode`` take one block at a time (blocks this large are few:
     each holds more than ``LARGE_BLOCK`` pixels), with the same rules as reduce_blocks.
     """
+    method = Method(method)
     shape = (row_starts.size, col_starts.size)
-    if method == "nearest":
+    if method is Method.NEAREST:
         rows, cols = centre
         inside_r = (rows >= 0) & (rows < data.shape[0])
         inside_c = (cols >= 0) & (cols < data.shape[1])
@@ -461,20 +388,20 @@ def reduce_large_blocks(
         found = inside_r[:, None] & inside_c[None, :]
         if valid is not None:
             found &= valid[np.clip(rows, 0, data.shape[0] - 1)][:, np.clip(cols, 0, data.shape[1] - 1)]
-        return _to_output(values, found, dst_dtype, dst_nodata, avoid_nodata=False)
+        return to_output(values, found, dst_dtype, dst_nodata, avoid_nodata=False)
     mask = np.ones(data.shape, bool) if valid is None else valid
     count = np.add.reduceat(np.add.reduceat(mask.astype(np.int64), row_starts, axis=0), col_starts, axis=1)
     found = count > 0
-    if method in ("average", "sum"):
+    if method.is_weighted:
         values = np.where(mask, data, 0).astype(np.float64)
         total = np.add.reduceat(np.add.reduceat(values, row_starts, axis=0), col_starts, axis=1)
-        result = total if method == "sum" else np.divide(total, count, out=np.zeros(shape), where=found)
-    elif method in ("min", "max"):
-        func = np.minimum if method == "min" else np.maximum
-        fill = np.inf if method == "min" else -np.inf
+        result = total if method is Method.SUM else np.divide(total, count, out=np.zeros(shape), where=found)
+    elif method in (Method.MIN, Method.MAX):
+        func = np.minimum if method is Method.MIN else np.maximum
+        fill = np.inf if method is Method.MIN else -np.inf
         values = np.where(mask, data.astype(np.float64), fill)
         result = func.reduceat(func.reduceat(values, row_starts, axis=0), col_starts, axis=1)
-    elif method in ("med", "mode"):
+    elif method in (Method.MED, Method.MODE):
         result = np.zeros(shape, np.float64 if data.dtype.kind == "f" else np.int64)
         row_ends = np.append(row_starts[1:], data.shape[0])
         col_ends = np.append(col_starts[1:], data.shape[1])
@@ -482,10 +409,10 @@ def reduce_large_blocks(
             rows = slice(row_starts[i], row_ends[i])
             cols = slice(col_starts[j], col_ends[j])
             values = data[rows, cols][mask[rows, cols]]  # row-major, as GDAL visits them
-            result[i, j] = _lower_median(values) if method == "med" else _running_mode(values)
+            result[i, j] = _lower_median(values) if method is Method.MED else _running_mode(values)
     else:
         raise ValueError(f"method {method} is not reduced over large blocks")
-    return _to_output(result, found, dst_dtype, dst_nodata)
+    return to_output(result, found, dst_dtype, dst_nodata)
 
 
 def _lower_median(values: np.ndarray):
@@ -501,7 +428,3 @@ def _running_mode(values: np.ndarray):
     best = np.lexsort((last, -counts))[0]  # most counts first, then the earliest last occurrence
     return unique[best]
 
-
-# For the window engine (engines.windows), which reduces gathered pixels by the same rules.
-reduce_views = _reduce
-to_output = _to_output

@@ -17,12 +17,14 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from workflow_lib.engines.blocks import COMPILED_METHODS, LARGE_BLOCK, BlockGeometry
+from workflow_lib.coords import transform_points, wrap_longitudes
+from workflow_lib.domain import Engine, Method
+from workflow_lib.engines.blocks import LARGE_BLOCK
 from workflow_lib.engines.windows import axis_ranges, window_cost
 from workflow_lib.gtiff import BLOCK_SIZE
-from workflow_lib.planning.coords import transform_points, wrap_longitudes
+from workflow_lib.planning.engine import BlockGeometry
 from workflow_lib.planning.grid import TargetGrid, Tile
-from workflow_lib.planning.settings import AREA_METHODS, WarpSettings, kernel_padding, rounded_from_float64
+from workflow_lib.planning.settings import WarpSettings, kernel_padding, rounded_from_float64
 from workflow_lib.sources.header import RasterHeader
 
 # Resident memory of a job before it touches data: Python, NumPy, GDAL and Snakemake's script
@@ -41,7 +43,7 @@ def uses_kernels(settings: WarpSettings, mem_mb: int) -> bool:
     """Whether blocks are reduced by the compiled kernels: a block engine dataset whose method they
     compile, in a job of ``mem_mb`` that can hold numba and its kernels beside one tile's share. A
     smaller job uses the NumPy reductions, which give the same pixels, bit for bit."""
-    return (settings.engine == "numpy" and settings.method in COMPILED_METHODS
+    return (settings.engine is Engine.BLOCKS and settings.method.is_compiled
             and mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB)
 
 
@@ -88,9 +90,9 @@ def source_window(
     if header.crs != dst_crs:
         xs, ys, _ = transform_points(dst_crs, header.crs, xs, ys)
         if header.crs.is_geographic:  # into the raster's own longitudes (0..360, or across 180)
-            centre_x, _ = header.affine @ (header.width / 2.0, header.height / 2.0)
+            centre_x, _ = header.transform @ (header.width / 2.0, header.height / 2.0)
             xs = wrap_longitudes(xs, centre_x)
-    cols, rows = ~header.affine @ (np.asarray(xs), np.asarray(ys))
+    cols, rows = ~header.transform @ (np.asarray(xs), np.asarray(ys))
     ok = np.isfinite(cols) & np.isfinite(rows)
     if not ok.any():
         return None
@@ -130,7 +132,7 @@ def pad_width(settings: WarpSettings) -> int:
 
 def pads_source(settings: WarpSettings) -> bool:
     """Whether GDAL's engine gets its source padded with nodata (pad_width): the area methods."""
-    return settings.engine == "gdal" and settings.method in AREA_METHODS
+    return settings.engine is Engine.WARP and settings.method.is_area
 
 
 def chunk_cost(source: Window | None, window: Window, src_dtype: str, dst_dtype: str, same_crs: bool = True,
@@ -204,10 +206,10 @@ def block_chunk_cost(settings: WarpSettings, src_dtype: str, kx: int, ky: int, c
     itemsize = np.dtype(src_dtype).itemsize
     if kx * ky > LARGE_BLOCK:
         return itemsize + 2 + 16
-    if compiled and settings.method in COMPILED_METHODS and kx * ky > 1:
+    if compiled and settings.method.is_compiled and kx * ky > 1:
         # At the edges: the padded copy, its mask, and the read's validity mask with its NaN test.
         return itemsize + (itemsize + 3 if padded else 0) + 24 / (kx * ky)
-    extra = {"med": 9, "mode": 9}.get(settings.method, 0)
+    extra = 9 if settings.method in (Method.MED, Method.MODE) else 0
     return 2 * itemsize + 2 + extra + 40 / (kx * ky)
 
 
@@ -265,7 +267,7 @@ def row_breaks(height: int, rows: int, first_source_row: int, ky: int, block_row
 def tile_axis_ranges(header: RasterHeader, grid: TargetGrid, tile: Tile, window: Window):
     """Input rows and columns under each target pixel of ``window`` (in the tile), for the window
     engine: from the whole grid's transform and the pixels' indices in it."""
-    src, dst = header.affine, grid.transform
+    src, dst = header.transform, grid.transform
     col0 = int(tile.window.col_off + window.col_off)
     row0 = int(tile.window.row_off + window.row_off)
     cols = axis_ranges(src.c, src.a, dst.c, dst.a, col0, int(window.width), header.width)
@@ -283,8 +285,8 @@ def window_chunks(header: RasterHeader, settings: WarpSettings, grid: TargetGrid
     if live_r.size == 0 or live_c.size == 0:
         return []
     r_lo, r_hi, c_lo, c_hi = int(live_r[0]), int(live_r[-1]) + 1, int(live_c[0]), int(live_c[-1]) + 1
-    kx = abs(grid.transform.a / header.affine.a)
-    ky = abs(grid.transform.e / header.affine.e)
+    kx = abs(grid.transform.a / header.transform.a)
+    ky = abs(grid.transform.e / header.transform.e)
     per_out_px = window_cost(header.dtype, kx, ky)
     width = c_hi - c_lo
     n_cols = max(1, min(width, int(budget_bytes // per_out_px)))

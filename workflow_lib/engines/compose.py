@@ -24,9 +24,9 @@ from workflow_lib.engines.blocks import valid_mask
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, OutputWriteError
 from workflow_lib.gtiff import open_output, tile_profile
-from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
 from workflow_lib.planning.grid import TargetGrid, Tile
 from workflow_lib.planning.plan import DatasetPlan
+from workflow_lib.statistics import STATS_TAG, PixelStats
 
 
 def make_tile(dataset: DatasetPlan, grid: TargetGrid, tile: Tile, out_path: str, mem_mb: int,
@@ -93,7 +93,7 @@ def _remove(paths: list[str]) -> None:
 def resample_parts(dataset: DatasetPlan, band: int, grid: TargetGrid, tile: Tile, out_path: str, mem_mb: int,
                    compress: str = "deflate", tags: dict[str, str] | None = None, **options) -> dict:
     """Make one band of ``tile`` of a dataset of several parts into ``out_path`` (atomically)."""
-    reaching = [p for p in dataset.parts if p.reaches(tile.id)] or [dataset.parts[0]]
+    reaching = [p for p in dataset.parts if p.reaches(tile.index)] or [dataset.parts[0]]
     parts = [dataclasses.replace(p, settings=dataclasses.replace(p.settings, band=band, bands=())) for p in reaching]
     if len(parts) == 1:
         return resample_tile(dataset.name, parts[0].header, parts[0].settings, grid, tile, out_path, mem_mb,

@@ -19,10 +19,12 @@ import math
 import numba
 import numpy as np
 
-from workflow_lib.engines.blocks import COMPILED_METHODS, block_shape, reduce_blocks_masked, to_output
+from workflow_lib.domain import Method
+from workflow_lib.engines.blocks import block_shape, reduce_blocks_masked, to_output
+
 # Integer types whose mode is counted in a histogram (their values offset to start at 0).
 _HISTOGRAM = {"uint8": (0, 256), "int8": (128, 256), "uint16": (0, 65536), "int16": (32768, 65536)}
-_METHOD_CODES = {"sum": 0, "min": 1, "max": 2, "average": 3}
+_METHOD_CODES = {Method.SUM: 0, Method.MIN: 1, Method.MAX: 2, Method.AVERAGE: 3}
 
 _jit = numba.njit(nogil=True, cache=True)
 
@@ -187,22 +189,23 @@ def reduce_blocks_compiled(
     src_nodata: float | None,
     kx: int,
     ky: int,
-    method: str,
+    method: Method,
     dst_dtype: str,
     dst_nodata: float,
 ) -> np.ndarray:
     """engines.blocks.reduce_blocks without its validity mask: a pixel is missing where it is NaN,
     equals ``src_nodata`` (in the data's type, as valid_mask compares), or is False in ``valid``
     (the pixels beyond the raster's edge; None: no such pixels)."""
+    method = Method(method)
     h, w = block_shape(data, kx, ky)
-    if method not in COMPILED_METHODS or kx == ky == 1 or data.dtype.kind not in "iuf":
+    if not method.is_compiled or kx == ky == 1 or data.dtype.kind not in "iuf":
         return reduce_blocks_masked(data, valid, src_nodata, kx, ky, method, dst_dtype, dst_nodata)
     use_nodata = src_nodata is not None and not math.isnan(src_nodata)
     nodata = data.dtype.type(src_nodata) if use_nodata else data.dtype.type(0)
     use_mask = valid is not None
     mask = valid if use_mask else np.ones((1, 1), bool)
     found = np.empty((h, w), bool)
-    if method == "mode":
+    if method is Method.MODE:
         values = np.zeros((h, w), np.int64 if data.dtype.kind in "iu" else np.float64)
         if data.dtype.name in _HISTOGRAM:
             offset, bins = _HISTOGRAM[data.dtype.name]
@@ -213,14 +216,14 @@ def reduce_blocks_compiled(
             _mode_pairs(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found)
     else:
         values = np.empty((h, w), np.float64)
-        if method == "med":
+        if method is Method.MED:
             _median(data, mask, use_mask, nodata, use_nodata, kx, ky, values, found)
         else:
             _accumulate(data, mask, use_mask, nodata, use_nodata, kx, ky, _METHOD_CODES[method], values, found)
     return to_output(values, found, dst_dtype, dst_nodata)
 
 
-def warm_up(dtype: str, method: str) -> None:
+def warm_up(dtype: str, method: Method) -> None:
     """Compile, or load from the cache, the kernels that blocks of ``dtype`` reduced by ``method``
     use, with and without a mask of missing pixels: the specialisations a tile calls.
 

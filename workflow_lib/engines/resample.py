@@ -21,15 +21,16 @@ from affine import Affine
 from rasterio.windows import Window
 
 from workflow_lib.atomic import atomic_path
-from workflow_lib.engines.blocks import (ENGINE_LABELS, LARGE_BLOCK, BlockGeometry, block_geometry,
-                                         reduce_blocks_masked, reduce_large_blocks, valid_mask)
+from workflow_lib.domain import Engine
+from workflow_lib.engines.blocks import LARGE_BLOCK, reduce_blocks_masked, reduce_large_blocks, valid_mask
 from workflow_lib.engines.chunks import (KERNELS_MB, Chunk, MemoryBudget, block_chunks, pads_source,
                                          plan_chunks, tile_axis_ranges, uses_kernels, window_chunks)
 from workflow_lib.engines.warp import warp_chunk
 from workflow_lib.engines.windows import reduce_windows
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
 from workflow_lib.gtiff import open_output, tile_profile
-from workflow_lib.mosaics.statistics import STATS_TAG, PixelStats
+from workflow_lib.statistics import STATS_TAG, PixelStats
+from workflow_lib.planning.engine import BlockGeometry, block_geometry
 from workflow_lib.planning.grid import TargetGrid, Tile
 from workflow_lib.planning.settings import WarpSettings
 from workflow_lib.sources.header import RasterHeader
@@ -64,7 +65,7 @@ def resample_tile(
     ``compiled``: the block engine reduces with the compiled kernels (engines.kernels), else with
     NumPy (the same pixels, bit for bit); None: the kernels where ``mem_mb`` holds them as well
     (engines.chunks.uses_kernels; a batch job decides once for all its tiles, engines.batch).
-    The figures include the statistics of the pixels written (mosaics.statistics), also kept in the
+    The figures include the statistics of the pixels written (workflow_lib.statistics), also kept in the
     tile's STATS_TAG.
     """
     progress = progress or (lambda: None)
@@ -75,19 +76,19 @@ def resample_tile(
     budget = MemoryBudget.for_job(mem_mb)
     chunk_bytes = min(budget.chunk_bytes, max_chunk_bytes or budget.chunk_bytes)
     blocks = None
-    if settings.engine == "numpy":
-        blocks, why = block_geometry(header.affine, tile.transform)
+    if settings.engine is Engine.BLOCKS:
+        blocks, why = block_geometry(header.transform, tile.transform)
         if blocks is None:  # the plan checked the grid; a tile can only disagree if the plan is stale
             raise InputRasterError(dataset, header.path, f"the numpy engine cannot resample tile {tile.id}: {why}")
         chunks = block_chunks(header, settings, tile, blocks, chunk_bytes, compiled)
-    elif settings.engine == "windows":
+    elif settings.engine is Engine.WINDOWS:
         chunks = window_chunks(header, settings, grid, tile, chunk_bytes)
     else:
         chunks = [c for c in plan_chunks(header, settings, tile, grid.crs, chunk_bytes) if c.source is not None]
     log.info(
         "tile %s of %s: %dx%d px in %d chunk(s), budget %d MB (GDAL cache %d MB, chunks %.0f MB), method %s, "
         "engine %s (%s)", tile.id, dataset, tile.width, tile.height, len(chunks), mem_mb, budget.cache_mb,
-        chunk_bytes / 1e6, settings.method, ENGINE_LABELS[settings.engine], settings.engine_reason,
+        chunk_bytes / 1e6, settings.method, settings.engine.label, settings.engine_reason,
     )
     profile = tile_profile(
         tile.width, tile.height, tile.transform, grid.crs, settings.dst_dtype, settings.dst_nodata, compress
@@ -107,7 +108,7 @@ def resample_tile(
             for i, chunk in enumerate(chunks, 1):
                 if blocks is not None:
                     out = _block_chunk(dataset, src, settings, chunk, blocks, compiled)
-                elif settings.engine == "windows":
+                elif settings.engine is Engine.WINDOWS:
                     out = _window_chunk(dataset, src, header, settings, grid, tile, chunk)
                 else:
                     out = _warp_chunk(dataset, src, header, settings, grid, tile, chunk, threads, chunk_bytes)

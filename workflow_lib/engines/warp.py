@@ -73,7 +73,7 @@ def warp_chunk(
         return to_output(stable_round(np.where(found, values, 0.0)), found, settings.dst_dtype,
                          settings.dst_nodata)
     warp_options = {"XSCALE": repr(settings.x_scale), "YSCALE": repr(settings.y_scale)}
-    resampling = Resampling[settings.method]
+    resampling = Resampling[settings.method.value]
     if settings.same_crs and valid is None:
         out = np.full(shape, settings.dst_nodata, dtype=settings.dst_dtype)
         reproject(

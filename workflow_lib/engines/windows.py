@@ -21,14 +21,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from affine import Affine
 
+from workflow_lib.domain import Method
 from workflow_lib.engines.blocks import reduce_views, to_output
 
-WINDOW_METHODS = ("min", "max", "mode", "med", "average", "sum")
-WEIGHTED = ("average", "sum")
-# Most positions (input pixels) in one target pixel's window that the engine takes on.
-MAX_POSITIONS = 4096
 # Overlaps of a target pixel with an input pixel below this, in input pixels, are rounding noise.
 OVERLAP_TOL = 1e-9
 
@@ -50,23 +46,6 @@ class AxisRanges:
         return np.where(position < self.end - self.start, np.clip(w, 0.0, 1.0), 0.0)
 
 
-def window_geometry_reason(src_transform: Affine, dst_transform: Affine) -> str | None:
-    """None when the window engine can map ``dst_transform``'s pixels onto ``src_transform``'s,
-    else why not."""
-    a, b, _, d, e, _ = tuple(src_transform)[:6]
-    A, B, _, D, E, _ = tuple(dst_transform)[:6]
-    if b or d or B or D:
-        return "the input's geotransform is rotated or sheared"
-    if e >= 0 or E >= 0 or a <= 0 or A <= 0:
-        return "the input is not north-up"
-    positions = (math.ceil(A / a) + 1) * (math.ceil(E / e) + 1)
-    if positions > MAX_POSITIONS:
-        # One vectorised pass per position in the window: beyond this GDAL's warper, which visits
-        # each input pixel once, is faster by far (a 1 m raster onto 3 km: 9 million positions).
-        return f"windows of up to {positions} input pixels (more than {MAX_POSITIONS})"
-    return None
-
-
 def axis_ranges(src_origin: float, src_step: float, dst_origin: float, dst_step: float, first: int, count: int,
                 raster_size: int) -> AxisRanges:
     """Input pixels under target pixels ``first .. first + count - 1`` of the whole grid, clipped to
@@ -81,10 +60,11 @@ def axis_ranges(src_origin: float, src_step: float, dst_origin: float, dst_step:
     return AxisRanges(np.clip(start, 0, raster_size), np.clip(end, 0, raster_size), lo, hi)
 
 
-def reduce_windows(data: np.ndarray, valid: np.ndarray | None, rows: AxisRanges, cols: AxisRanges, offset: tuple[int, int],
-                   method: str, dst_dtype: str, dst_nodata: float) -> np.ndarray:
+def reduce_windows(data: np.ndarray, valid: np.ndarray | None, rows: AxisRanges, cols: AxisRanges,
+                   offset: tuple[int, int], method: Method, dst_dtype: str, dst_nodata: float) -> np.ndarray:
     """Reduce each target pixel's rectangle of input pixels. ``data`` holds the input from row
     ``offset[0]`` and column ``offset[1]``; ``valid`` where it holds values (None: everywhere)."""
+    method = Method(method)
     shape = (rows.start.size, cols.start.size)
     height = int((rows.end - rows.start).max(initial=0))
     width = int((cols.end - cols.start).max(initial=0))
@@ -92,7 +72,7 @@ def reduce_windows(data: np.ndarray, valid: np.ndarray | None, rows: AxisRanges,
         return to_output(np.zeros(shape), np.zeros(shape, bool), dst_dtype, dst_nodata)
     r0 = rows.start - offset[0]
     c0 = cols.start - offset[1]
-    if method in WEIGHTED:
+    if method.is_weighted:
         return _weighted(data, valid, rows, cols, r0, c0, height, width, method, dst_dtype, dst_nodata)
     views, masks = [], []
     for dy in range(height):
@@ -126,7 +106,7 @@ def _weighted(data, valid, rows, cols, r0, c0, height, width, method, dst_dtype,
             total += np.where(w > 0, values, 0.0) * w  # NaN under a zero weight must not spread
             weight += w
     found = weight > 0
-    if method == "average":
+    if method is Method.AVERAGE:
         with np.errstate(invalid="ignore", divide="ignore"):
             total = np.where(found, total / np.where(found, weight, 1.0), 0.0)
     return to_output(total, found, dst_dtype, dst_nodata)

@@ -21,11 +21,14 @@ import rasterio.shutil
 from affine import Affine
 
 from workflow_lib.atomic import atomic_path, temporary_prefix
+from workflow_lib.domain import TileIndex
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
-from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.gtiff import compression_options
-from workflow_lib.planning.settings import CATEGORICAL_METHODS, WarpSettings
-from workflow_lib.mosaics.vrt import Band, Source, vrt_xml
+from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.planning.plan import DatasetPlan
+from workflow_lib.planning.settings import WarpSettings
+from workflow_lib.statistics import PixelStats
+from workflow_lib.vrt import Band, Source, vrt_xml
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +59,18 @@ def write_mosaic(
     band of the mosaic each; else one band named after the dataset."""
     names = band_names or (dataset,)
     bands = [Band(dtype=settings.dst_dtype, nodata=settings.dst_nodata, description=name,
-                  metadata={"method": settings.method}) for name in names]
+                  metadata={"method": settings.method.value}) for name in names]
     for path in tile_paths:
         if not os.path.exists(path):
             log.warning("tile %s of %s is missing: its area stays nodata", path, dataset)
             continue
-        tile = grid.tile_by_id(os.path.splitext(os.path.basename(path))[0])
+        tile = grid.tile(TileIndex.parse(os.path.splitext(os.path.basename(path))[0]))
         for i, band in enumerate(bands, 1):
             band.sources.append(
                 Source(os.path.abspath(path), i, int(tile.window.col_off), int(tile.window.row_off),
                        tile.width, tile.height, settings.dst_dtype)
             )
-    overview = "NEAREST" if settings.method in CATEGORICAL_METHODS else "AVERAGE"
+    overview = "NEAREST" if settings.method.is_categorical else "AVERAGE"
     log.info("mosaic of %s: %d tiles on a %d x %d grid, %d band(s)", dataset, len(bands[0].sources), grid.width,
              grid.height, len(bands))
     tiles_band = bands[0]
@@ -89,6 +92,15 @@ def write_mosaic(
         ) from None
 
 
+def mosaic_statistics(stats: PixelStats, grid: TargetGrid, dataset: DatasetPlan) -> dict:
+    """The statistics of a dataset's mosaic, from its tiles' (gathered as they were written): its
+    pixels are the tiles' pixels, and the grid's pixels that no tile covers are nodata."""
+    summary = stats.summary(categorical=dataset.settings.method.is_categorical)
+    # Over all its bands, for a dataset of several.
+    summary["total_pixels"] = grid.width * grid.height * max(len(dataset.settings.bands), 1)
+    summary["valid_share"] = summary["valid_pixels"] / summary["total_pixels"]
+    return {"dataset": dataset.name, "method": dataset.settings.method.value, "dtype": dataset.settings.dst_dtype,
+            **summary}
 
 
 @contextlib.contextmanager

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
+
+from workflow_lib.domain import TileIndex
 
 # The most resample jobs a run should have: Snakemake plans 2,000 jobs in about 8 s.
 MAX_JOBS = 2000
@@ -29,7 +32,14 @@ class Batch:
 
     rows: tuple[int, int]
     cols: tuple[int, int]
-    tiles: tuple[str, ...]  # the planned tiles inside the rectangle, row by row
+    # The planned tiles inside the rectangle, row by row, by id as the plan file keeps them: a plan
+    # of a million tiles is read at every parse, and only the jobs and views that need a batch's
+    # tiles make TileIndex values of them (``tiles``).
+    tile_ids: tuple[str, ...]
+
+    @cached_property
+    def tiles(self) -> tuple[TileIndex, ...]:
+        return tuple(TileIndex.parse(t) for t in self.tile_ids)
 
     @property
     def id(self) -> str:
@@ -42,7 +52,7 @@ class Batch:
                 f"columns {self.cols[0]:04d}-{self.cols[1] - 1:04d}")
 
     def to_list(self) -> list:
-        return [list(self.rows), list(self.cols), list(self.tiles)]
+        return [list(self.rows), list(self.cols), list(self.tile_ids)]
 
     @classmethod
     def from_list(cls, data: list) -> "Batch":
@@ -83,23 +93,23 @@ def rectangle(per_batch: int, tile_rows: int, tile_cols: int) -> tuple[int, int]
     return best[1]
 
 
-def make_batches(tiles: list[tuple[int, int, str]], tile_rows: int, tile_cols: int, per_batch: int,
+def make_batches(tiles: list[TileIndex], tile_rows: int, tile_cols: int, per_batch: int,
                  max_batches: int | None = None) -> list[Batch]:
-    """Cut a dataset's planned tiles ((row, col, id), row by row) into rectangles of about
+    """Cut a dataset's planned tiles (row by row) into rectangles of about
     ``per_batch`` tiles. Rectangles without a planned tile are no batch. ``max_batches``: grow the
     rectangles until there are at most that many (a sparse dataset, say a coastline, leaves many
     rectangles nearly empty)."""
     while True:
         h, w = rectangle(per_batch, tile_rows, tile_cols)
-        groups: dict[tuple[int, int], list[str]] = {}
-        for r, c, tid in tiles:
-            groups.setdefault((r // h, c // w), []).append(tid)
+        groups: dict[tuple[int, int], list[TileIndex]] = {}
+        for t in tiles:
+            groups.setdefault((t.row // h, t.col // w), []).append(t)
         if max_batches is None or len(groups) <= max_batches or (h >= tile_rows and w >= tile_cols):
             break
         per_batch *= 2
     batches = []
-    for (br, bc), ids in sorted(groups.items()):
+    for (br, bc), members in sorted(groups.items()):
         rows = (br * h, min((br + 1) * h, tile_rows))
         cols = (bc * w, min((bc + 1) * w, tile_cols))
-        batches.append(Batch(rows, cols, tuple(ids)))
+        batches.append(Batch(rows, cols, tuple(t.id for t in members)))
     return batches

@@ -14,7 +14,7 @@ Two directions, because neither alone is right everywhere:
 
 A tile that meets the raster either contains part of its outline or lies wholly inside it, so the
 two together find every tile where data can land. Only points that survive a round trip are
-trusted (planning.coords): a projection far outside its domain may return numbers that do not
+trusted (workflow_lib.coords): a projection far outside its domain may return numbers that do not
 mean anything.
 """
 
@@ -26,12 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from affine import Affine
+from rasterio.coords import BoundingBox
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from workflow_lib.planning.coords import transform_points, trusted_transform, wrap_longitudes
+from workflow_lib.coords import transform_points, trusted_transform, wrap_longitudes
+from workflow_lib.domain import Method
 from workflow_lib.planning.grid import TargetGrid
-from workflow_lib.planning.settings import FILTER_RADIUS
 from workflow_lib.sources.header import RasterHeader
 
 GEOGRAPHIC = CRS.from_epsg(4326)
@@ -92,7 +93,7 @@ class Bounds:
     """A raster's footprint in the target CRS: its bounding box, and whether (and to what) it had
     to be clipped because part of the raster lies where the target CRS is not defined."""
 
-    box: tuple[float, float, float, float] | None  # left, bottom, right, top
+    box: BoundingBox | None
     clipped_to: AreaOfUse | None = None
     untrusted: bool = False  # part of the outline could not be moved and no area of use is known
 
@@ -102,7 +103,7 @@ def raster_centre_lon(header: RasterHeader) -> float | None:
     wrapped around it (a raster may span 0..360 or 120..240)."""
     if not header.crs.is_geographic:
         return None
-    x, _ = header.affine @ (header.width / 2.0, header.height / 2.0)
+    x, _ = header.transform @ (header.width / 2.0, header.height / 2.0)
     return float(x)
 
 
@@ -130,9 +131,9 @@ def _sample_pixels(header: RasterHeader) -> tuple[np.ndarray, np.ndarray]:
     cols, rows = np.concatenate([cols, gc.ravel()]), np.concatenate([rows, gr.ravel()])
     if header.crs.is_geographic:
         # Keep latitudes on the globe: a header a hair beyond the pole would fail everywhere.
-        x, y = header.affine @ (cols, rows)
+        x, y = header.transform @ (cols, rows)
         y = np.clip(y, -90.0, 90.0)
-        cols, rows = ~header.affine @ (x, y)
+        cols, rows = ~header.transform @ (x, y)
     return cols, rows
 
 
@@ -146,14 +147,13 @@ def footprint_bounds(header: RasterHeader, dst_crs: CRS, lon_centre: float | Non
     ``untrusted`` is set, so that the caller can ask for an explicit extent.
     """
     if header.crs == dst_crs:
-        left, bottom, right, top = _affine_bounds(header.affine, header.width, header.height)
-        return Bounds((left, bottom, right, top))
+        return Bounds(_affine_bounds(header.transform, header.width, header.height))
     if lon_centre is None and dst_crs.is_geographic:  # keep the footprint in one piece around the raster
-        cx, cy = header.affine @ (header.width / 2.0, header.height / 2.0)
+        cx, cy = header.transform @ (header.width / 2.0, header.height / 2.0)
         lon, _, found = transform_points(header.crs, dst_crs, [cx], [cy])
         lon_centre = float(lon[0]) if found[0] else None
     cols, rows = _sample_pixels(header)
-    x, y, ok = trusted_transform(header.crs, header.affine, dst_crs, Affine.identity(), cols, rows, lon_centre)
+    x, y, ok = trusted_transform(header.crs, header.transform, dst_crs, Affine.identity(), cols, rows, lon_centre)
     use = area_of_use(dst_crs)
     use_box = None if use is None else _area_of_use_box(use, dst_crs, lon_centre)
     box = _box(x[ok], y[ok])
@@ -163,23 +163,23 @@ def footprint_bounds(header: RasterHeader, dst_crs: CRS, lon_centre: float | Non
         return Bounds(None, untrusted=True)
     # The part of the raster inside the area of use: the raster's own points there, and the
     # area of use's points that fall inside the raster.
-    lon, lat, geo_ok = transform_points(header.crs, GEOGRAPHIC, *(header.affine @ (cols, rows)))
+    lon, lat, geo_ok = transform_points(header.crs, GEOGRAPHIC, *(header.transform @ (cols, rows)))
     keep = ok & geo_ok & use.contains(lon, lat)
     ulon, ulat = use.outline()
     centre = raster_centre_lon(header)
     src_x, src_y, src_ok = transform_points(GEOGRAPHIC, header.crs, ulon, ulat)
     if centre is not None:
         src_x = wrap_longitudes(src_x, centre)
-    ucols, urows = ~header.affine @ (src_x, src_y)
+    ucols, urows = ~header.transform @ (src_x, src_y)
     inside = src_ok & (ucols >= 0) & (ucols <= header.width) & (urows >= 0) & (urows <= header.height)
-    ux, uy, u_ok = trusted_transform(header.crs, header.affine, dst_crs, Affine.identity(), ucols[inside],
+    ux, uy, u_ok = trusted_transform(header.crs, header.transform, dst_crs, Affine.identity(), ucols[inside],
                                      urows[inside], lon_centre)
     xs = np.concatenate([x[keep], ux[u_ok]])
     ys = np.concatenate([y[keep], uy[u_ok]])
     return Bounds(_box(xs, ys) if xs.size else None, clipped_to=use)
 
 
-def _area_of_use_box(use: AreaOfUse, crs: CRS, lon_centre: float | None):
+def _area_of_use_box(use: AreaOfUse, crs: CRS, lon_centre: float | None) -> BoundingBox | None:
     lon, lat = use.outline()
     x, y, ok = transform_points(GEOGRAPHIC, crs, lon, lat)
     if lon_centre is not None and crs.is_geographic:
@@ -187,25 +187,25 @@ def _area_of_use_box(use: AreaOfUse, crs: CRS, lon_centre: float | None):
     return _box(x[ok], y[ok])
 
 
-def _much_larger(box, use_box) -> bool:
+def _much_larger(box: BoundingBox | None, use_box: BoundingBox) -> bool:
     """Whether a footprint is more than twice as wide or as tall as the CRS's area of use: the
     projection is then used far outside where it is meant to be (a global layer onto a UTM zone,
     a pole onto Mercator), and its numbers there (up to infinity) make no sensible extent."""
     if box is None:
         return False
-    width, height = box[2] - box[0], box[3] - box[1]
-    return width > 2 * (use_box[2] - use_box[0]) or height > 2 * (use_box[3] - use_box[1])
+    width, height = box.right - box.left, box.top - box.bottom
+    return width > 2 * (use_box.right - use_box.left) or height > 2 * (use_box.top - use_box.bottom)
 
 
-def _affine_bounds(affine: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+def _affine_bounds(affine: Affine, width: int, height: int) -> BoundingBox:
     xs, ys = affine @ (np.array([0, width, width, 0], float), np.array([0, 0, height, height], float))
-    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+    return _box(xs, ys)
 
 
-def _box(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float, float] | None:
+def _box(xs: np.ndarray, ys: np.ndarray) -> BoundingBox | None:
     if xs.size == 0:
         return None
-    return float(np.min(xs)), float(np.min(ys)), float(np.max(xs)), float(np.max(ys))
+    return BoundingBox(float(np.min(xs)), float(np.min(ys)), float(np.max(xs)), float(np.max(ys)))
 
 
 def tile_mask(header: RasterHeader, grid: TargetGrid, margin_px: float) -> np.ndarray:
@@ -222,7 +222,7 @@ def _tiles_inside(header: RasterHeader, grid: TargetGrid, margin: float) -> np.n
     corner_cols = np.minimum(np.arange(grid.tile_cols + 1) * ts, grid.width).astype(float)
     corner_rows = np.minimum(np.arange(grid.tile_rows + 1) * ts, grid.height).astype(float)
     cc, rr = np.meshgrid(corner_cols, corner_rows)
-    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.affine, cc, rr,
+    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.transform, cc, rr,
                                        raster_centre_lon(header))
     inside = ok & (cols >= -margin) & (cols <= header.width + margin) & (rows >= -margin) & (
         rows <= header.height + margin)
@@ -235,13 +235,13 @@ def _tiles_on_outline(header: RasterHeader, grid: TargetGrid, margin: float) -> 
     mask = np.zeros((grid.tile_rows, grid.tile_cols), bool)
     src_cols, src_rows = _outline_pixels(header.width, header.height, margin, _EDGE_POINTS)
     if header.crs.is_geographic:
-        x, y = header.affine @ (src_cols, src_rows)
-        src_cols, src_rows = ~header.affine @ (x, np.clip(y, -90.0, 90.0))
+        x, y = header.transform @ (src_cols, src_rows)
+        src_cols, src_rows = ~header.transform @ (x, np.clip(y, -90.0, 90.0))
     tile_px = grid.transform @ Affine.scale(grid.tile_size)  # one "pixel" per tile
     lon_centre = _grid_centre_lon(grid)
 
     def onto_tiles(c, r):
-        return trusted_transform(header.crs, header.affine, grid.crs, tile_px, c, r, lon_centre)
+        return trusted_transform(header.crs, header.transform, grid.crs, tile_px, c, r, lon_centre)
 
     tc, tr, ok = onto_tiles(src_cols, src_rows)
     rows_n, cols_n = grid.tile_rows, grid.tile_cols
@@ -300,7 +300,8 @@ def footprint_window(header: RasterHeader, grid: TargetGrid, bounds: Bounds) -> 
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def whole_image_scale(header: RasterHeader, grid: TargetGrid, window: Window | None, method: str) -> tuple[float, float]:
+def whole_image_scale(header: RasterHeader, grid: TargetGrid, window: Window | None,
+                      method: Method) -> tuple[float, float]:
     """GDAL's warper XSCALE/YSCALE for a warp of the raster onto ``window`` of the grid in one piece.
 
     GDAL derives them for each piece it warps, from the source window that the piece needs
@@ -317,7 +318,7 @@ def whole_image_scale(header: RasterHeader, grid: TargetGrid, window: Window | N
     if found is None:
         return 1.0, 1.0
     min_x, min_y, max_x, max_y = (_round_if_close(v) for v in found)
-    radius = FILTER_RADIUS.get(method, 0)
+    radius = Method(method).kernel_radius
     x_scale = _kernel_scale(w, min_x, max_x, header.width, radius)
     y_scale = _kernel_scale(h, min_y, max_y, header.height, radius)
     return x_scale, y_scale
@@ -337,14 +338,14 @@ def _source_extent(header: RasterHeader, grid: TargetGrid, x0: int, y0: int, w: 
     xs = np.concatenate([r * w + x0, r * w + x0, np.full_like(r, x0), np.full_like(r, x0 + w)])
     ys = np.concatenate([np.full_like(r, y0), np.full_like(r, y0 + h), r * h + y0, r * h + y0])
     centre = raster_centre_lon(header)
-    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.affine, xs, ys, centre)
+    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.transform, xs, ys, centre)
     if ok.all():
         return cols.min(), rows.min(), cols.max(), rows.max()
     # GDAL's grid: ratios 0.5 / size, then the steps, then 1 - 0.5 / size (it uses the width for
     # both axes).
     g = np.concatenate([[0.5 / w], (np.arange(steps)) * step, [1 - 0.5 / w]])
     gx, gy = np.meshgrid(g * w + x0, g * h + y0)
-    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.affine, gx.ravel(), gy.ravel(),
+    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.transform, gx.ravel(), gy.ravel(),
                                        centre)
     bounds = [cols[ok].min(), rows[ok].min(), cols[ok].max(), rows[ok].max()] if ok.sum() >= 5 else None
     # From the source side: the raster's own grid points that land inside the window.
@@ -352,7 +353,7 @@ def _source_extent(header: RasterHeader, grid: TargetGrid, x0: int, y0: int, w: 
                          * header.width,
                          np.concatenate([[0.5 / header.height], np.arange(steps) * step, [1 - 0.5 / header.height]])
                          * header.height)
-    dc, dr, dok = trusted_transform(header.crs, header.affine, grid.crs, grid.transform, sx.ravel(), sy.ravel(),
+    dc, dr, dok = trusted_transform(header.crs, header.transform, grid.crs, grid.transform, sx.ravel(), sy.ravel(),
                                     _grid_centre_lon(grid))
     hit = dok & (dc >= x0) & (dc <= x0 + w) & (dr >= y0) & (dr <= y0 + h)
     if hit.any():

@@ -8,7 +8,6 @@ tiles of ``tile_size`` output pixels; the last row and column of tiles may be sm
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -17,25 +16,24 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from workflow_lib.domain import TileIndex
+
 # Tolerance, in pixels, for deciding that a bound already lies on a grid line: without it, float
 # noise in a bound such as 1000.0000000001 would add a whole column of empty pixels.
 _SNAP_EPS = 1e-6
-
-_TILE_ID = re.compile(r"^r(\d+)_c(\d+)$")
 
 
 @dataclass(frozen=True)
 class Tile:
     """One tile of the target grid: the unit of work and of checkpointing."""
 
-    row: int
-    col: int
+    index: TileIndex
     window: Window  # on the target grid
     transform: Affine  # of this tile's top-left pixel
 
     @property
     def id(self) -> str:
-        return tile_id(self.row, self.col)
+        return self.index.id
 
     @property
     def width(self) -> int:
@@ -44,17 +42,6 @@ class Tile:
     @property
     def height(self) -> int:
         return int(self.window.height)
-
-
-def tile_id(row: int, col: int) -> str:
-    return f"r{row:04d}_c{col:04d}"
-
-
-def parse_tile_id(text: str) -> tuple[int, int]:
-    match = _TILE_ID.match(text)
-    if not match:
-        raise ValueError(f"not a tile id: {text!r} (expected r<row>_c<col>, as in r0003_c0012)")
-    return int(match.group(1)), int(match.group(2))
 
 
 @dataclass(frozen=True)
@@ -114,20 +101,17 @@ class TargetGrid:
         """Maps (tile col, tile row) to target coordinates: one 'pixel' per tile."""
         return self.transform @ Affine.scale(self.tile_size)
 
-    def tile(self, row: int, col: int) -> Tile:
-        if not (0 <= row < self.tile_rows and 0 <= col < self.tile_cols):
-            raise ValueError(f"tile ({row}, {col}) is outside a grid of {self.tile_rows} x {self.tile_cols} tiles")
-        col_off, row_off = col * self.tile_size, row * self.tile_size
+    def tile(self, index: TileIndex) -> Tile:
+        if not (0 <= index.row < self.tile_rows and 0 <= index.col < self.tile_cols):
+            raise ValueError(f"tile {index.id} is outside a grid of {self.tile_rows} x {self.tile_cols} tiles")
+        col_off, row_off = index.col * self.tile_size, index.row * self.tile_size
         window = Window(
             col_off,
             row_off,
             min(self.tile_size, self.width - col_off),
             min(self.tile_size, self.height - row_off),
         )
-        return Tile(row, col, window, window_transform(window, self.transform))
-
-    def tile_by_id(self, text: str) -> Tile:
-        return self.tile(*parse_tile_id(text))
+        return Tile(index, window, window_transform(window, self.transform))
 
     def to_dict(self) -> dict:
         return {

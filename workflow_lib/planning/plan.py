@@ -18,22 +18,24 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from rasterio.windows import Window
 
 from workflow_lib.atomic import write_json_atomic
-from workflow_lib.engines.blocks import choose_engine
 from workflow_lib.config import nodata_override, target_crs, target_resolution
+from workflow_lib.coords import trusted_transform
+from workflow_lib.domain import Method, TileIndex, tile_file_name
 from workflow_lib.errors import GDAL_ERRORS, ConfigError, InputRasterError
 from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
-from workflow_lib.planning.coords import trusted_transform
+from workflow_lib.planning.engine import choose_engine
 from workflow_lib.planning.footprint import (Bounds, footprint_bounds, footprint_window, raster_centre_lon, tile_mask,
                                              whole_image_scale)
-from workflow_lib.planning.grid import TargetGrid, parse_tile_id, tile_id
+from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 from workflow_lib.sources.catalog import read_headers
 from workflow_lib.sources.header import RasterHeader, read_header
 from workflow_lib.sources.members import (MemberMosaic, arrange, check_members, member_tiles, split_runs,
                                          vrt_nodata, write_members_vrt)
 from workflow_lib.sources.paths import is_glob, local_file, member_paths, stamps
-from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
 PLAN_FORMAT = 8
@@ -45,24 +47,27 @@ _MEMBER_SAMPLES = 5
 @dataclass(frozen=True)
 class Part:
     """One of the rasters of a dataset made of files on several grids (another UTM zone): its
-    settings of its own, and the rectangle of tiles it reaches (rows r0:r1, columns c0:c1)."""
+    settings of its own, and the rectangle of tiles it reaches (a window of the grid's tiles:
+    columns and rows are tile columns and rows)."""
 
     header: RasterHeader
     settings: WarpSettings
-    tile_box: tuple[int, int, int, int]
+    tile_box: Window
 
-    def reaches(self, tile: str) -> bool:
-        r, c = parse_tile_id(tile)
-        r0, r1, c0, c1 = self.tile_box
-        return r0 <= r < r1 and c0 <= c < c1
+    def reaches(self, tile: TileIndex) -> bool:
+        box = self.tile_box
+        return box.row_off <= tile.row < box.row_off + box.height and box.col_off <= tile.col < box.col_off + box.width
 
     def to_dict(self) -> dict:
-        return {"header": self.header.to_dict(), "settings": self.settings.to_dict(), "tile_box": list(self.tile_box)}
+        box = self.tile_box
+        return {"header": self.header.to_dict(), "settings": self.settings.to_dict(),
+                "tile_box": [box.row_off, box.row_off + box.height, box.col_off, box.col_off + box.width]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Part":
+        r0, r1, c0, c1 = data["tile_box"]
         return cls(RasterHeader.from_dict(data["header"]), WarpSettings.from_dict(data["settings"]),
-                   tuple(data["tile_box"]))
+                   Window(c0, r0, c1 - c0, r1 - r0))
 
 
 @dataclass(frozen=True)
@@ -73,9 +78,9 @@ class DatasetPlan:
     batches: tuple[Batch, ...]  # every planned tile is in exactly one
     note: str = ""  # what planning had to decide for the user (an extent clipped to an area of use)
     tile_count: int = -1  # when the batches were left out (to_dict(with_batches=False)): how many tiles
-    # The part of the grid under the input's footprint, (col_off, row_off, width, height) in target
-    # pixels: how much of each tile has source pixels (its estimated work, tile_work_of).
-    footprint: tuple[int, int, int, int] | None = None
+    # The part of the grid under the input's footprint, in target pixels: how much of each tile has
+    # source pixels (its estimated work, tile_work_of).
+    footprint: Window | None = None
     # Several parts (files on several grids), resampled one by one and combined in this order, the
     # later one's valid pixels winning (engines.compose); none for one raster (the header above).
     parts: tuple[Part, ...] = ()
@@ -84,11 +89,16 @@ class DatasetPlan:
 
     def __post_init__(self) -> None:
         if self.tile_count < 0:
-            object.__setattr__(self, "tile_count", sum(len(b.tiles) for b in self.batches))
+            object.__setattr__(self, "tile_count", sum(len(b.tile_ids) for b in self.batches))
 
     @property
-    def tiles(self) -> tuple[str, ...]:
+    def tiles(self) -> tuple[TileIndex, ...]:
         return tuple(t for b in self.batches for t in b.tiles)
+
+    @property
+    def tile_ids(self) -> tuple[str, ...]:
+        """The tiles' ids, without making a TileIndex of each (as the plan file holds them)."""
+        return tuple(t for b in self.batches for t in b.tile_ids)
 
     @cached_property
     def batch_by_id(self) -> dict[str, Batch]:
@@ -104,7 +114,7 @@ class DatasetPlan:
             "batches": [b.to_list() for b in self.batches] if with_batches else [],
             "tile_count": self.tile_count,
             "note": self.note,
-            "footprint": list(self.footprint) if self.footprint else None,
+            "footprint": _window_list(self.footprint),
             "parts": [p.to_dict() for p in self.parts],
             "band_names": list(self.band_names),
         }
@@ -119,26 +129,27 @@ class DatasetPlan:
             batches,
             data.get("note", ""),
             -1 if batches else data.get("tile_count", 0),
-            tuple(data["footprint"]) if data.get("footprint") else None,
+            Window(*data["footprint"]) if data.get("footprint") else None,
             tuple(Part.from_dict(p) for p in data.get("parts", [])),
             tuple(data.get("band_names", [])),
         )
 
-    def tile_work_of(self, grid: TargetGrid) -> Callable[[str], float]:
+    def tile_work_of(self, grid: TargetGrid) -> Callable[[TileIndex], float]:
         """Estimated work of each tile: the source pixels under its part of the footprint, plus the
         pixels it writes (an edge tile that the input barely reaches costs little)."""
-        f = self.footprint or (0, 0, grid.width, grid.height)
+        f = self.footprint or Window(0, 0, grid.width, grid.height)
+        f_x0, f_y0 = int(f.col_off), int(f.row_off)
+        f_x1, f_y1 = f_x0 + int(f.width), f_y0 + int(f.height)
         density = 1.0 / max(self.settings.x_scale * self.settings.y_scale, 1e-300)
         # At most the input's own pixels over its footprint (the part of the grid under it).
-        density = min(density, float(self.header.width) * self.header.height / max(float(f[2]) * f[3], 1.0))
+        density = min(density, float(self.header.width) * self.header.height / max(float(f.width) * f.height, 1.0))
         size = grid.tile_size
 
-        def work(tile: str) -> float:
-            r, c = parse_tile_id(tile)
-            x0, y0 = c * size, r * size
+        def work(tile: TileIndex) -> float:
+            x0, y0 = tile.col * size, tile.row * size
             x1, y1 = min(x0 + size, grid.width), min(y0 + size, grid.height)
-            wx = max(0, min(x1, f[0] + f[2]) - max(x0, f[0]))
-            wy = max(0, min(y1, f[1] + f[3]) - max(y0, f[1]))
+            wx = max(0, min(x1, f_x1) - max(x0, f_x0))
+            wy = max(0, min(y1, f_y1) - max(y0, f_y0))
             written = float((x1 - x0) * (y1 - y0))
             return wx * wy * density + written
 
@@ -233,7 +244,7 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
         planned = [_plan_part(name, ds, header, mosaic, footprint, grid, crs, error_threshold, bands)
                    for (header, mosaic), footprint in zip(sources[name], footprints[name])]
         mask = np.logical_or.reduce([m for _, _, m, _ in planned])
-        tiles = [(int(r), int(c), tile_id(int(r), int(c))) for r, c in np.argwhere(mask)]
+        tiles = [TileIndex(int(r), int(c)) for r, c in np.argwhere(mask)]
         if not tiles:
             raise ConfigError(
                 f"datasets.{name}: {ds['path']} does not overlap the target extent {grid.bounds} "
@@ -270,20 +281,20 @@ def _plan_part(name: str, ds: dict, header: RasterHeader, mosaic: MemberMosaic |
                grid: TargetGrid, crs, error_threshold: float, bands: tuple[int, ...] = (1,)):
     """Settings and tiles of one part of a dataset: (header, settings, tile mask, footprint window)."""
     same_crs = header.crs == crs
+    method = Method(ds["method"])
     try:
-        engine = choose_engine(ds.get("engine", "auto"), ds["method"], same_crs, header.dtype, header.affine,
-                               grid.transform)
+        engine = choose_engine(ds.get("engine", "auto"), method, same_crs, header.transform, grid.transform)
     except ValueError as exc:
         raise ConfigError(f"datasets.{name}.engine: {exc} ({ds['path']})") from None
     window = footprint_window(header, grid, footprint)
     settings = resolve_settings(
         name,
         header,
-        method=ds["method"],
+        method=method,
         band=bands[0],
         nodata_override=nodata_override(ds),
         dtype=ds.get("dtype"),
-        scale=_planning_call(name, ds, lambda: whole_image_scale(header, grid, window, ds["method"])),
+        scale=_planning_call(name, ds, lambda: whole_image_scale(header, grid, window, method)),
         error_threshold=error_threshold,
         same_crs=same_crs,
         engine=engine,
@@ -296,9 +307,18 @@ def _plan_part(name: str, ds: dict, header: RasterHeader, mosaic: MemberMosaic |
     return header, settings, mask, window
 
 
-def _tile_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+def _tile_box(mask: np.ndarray) -> Window:
+    """The rectangle of tiles that holds the True ones of ``mask`` (tile rows x tile columns)."""
     rows, cols = np.nonzero(mask)
-    return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    return Window(int(cols.min()), int(rows.min()), int(cols.max()) + 1 - int(cols.min()),
+                  int(rows.max()) + 1 - int(rows.min()))
+
+
+def _window_list(window: Window | None) -> list[int] | None:
+    """A window as the plan file keeps it: [col_off, row_off, width, height]."""
+    if window is None:
+        return None
+    return [int(window.col_off), int(window.row_off), int(window.width), int(window.height)]
 
 
 def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: dict) -> dict[str, DatasetPlan]:
@@ -316,9 +336,7 @@ def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: di
         else:
             per_batch, limit = int(fixed), None
         batches = make_batches(tiles, grid.tile_rows, grid.tile_cols, per_batch, limit)
-        footprint = None if window is None else (int(window.col_off), int(window.row_off), int(window.width),
-                                                 int(window.height))
-        out[name] = DatasetPlan(name, header, settings, tuple(batches), notes.get(name, ""), footprint=footprint,
+        out[name] = DatasetPlan(name, header, settings, tuple(batches), notes.get(name, ""), footprint=window,
                                 parts=parts, band_names=names)
     return out
 
@@ -364,7 +382,7 @@ def _member_tiles(mosaic: MemberMosaic, header: RasterHeader, grid: TargetGrid, 
     rows = np.minimum((np.arange(grid.tile_rows)[:, None] + steps[None, :]) * ts, grid.height)
     cc = np.broadcast_to(cols[None, :, None, :], (grid.tile_rows, grid.tile_cols, n, n))
     rr = np.broadcast_to(rows[:, None, :, None], (grid.tile_rows, grid.tile_cols, n, n))
-    c, r, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.affine, cc.ravel(), rr.ravel(),
+    c, r, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.transform, cc.ravel(), rr.ravel(),
                                  raster_centre_lon(header))
     shape = (grid.tile_rows, grid.tile_cols, n * n)
     # Between sample points a curved mapping may bulge out by a fraction of a tile: a margin of a
@@ -458,8 +476,9 @@ class TilesToMake:
         self.tile_dir = tile_dir
 
     def __str__(self) -> str:
-        missing = sum(not os.path.exists(os.path.join(self.tile_dir, f"{t}.tif")) for t in self.batch.tiles)
-        return f"{self.batch.tile_range}, {missing} of {len(self.batch.tiles)} tiles to make"
+        ids = self.batch.tile_ids
+        missing = sum(not os.path.exists(os.path.join(self.tile_dir, tile_file_name(t))) for t in ids)
+        return f"{self.batch.tile_range}, {missing} of {len(ids)} tiles to make"
 
     __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731 - str.format uses __format__
 

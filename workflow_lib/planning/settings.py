@@ -7,15 +7,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from workflow_lib.sources.header import RasterHeader, _json_number, _number_from_json, check_nodata_fits
-
-# Methods whose outputs are classes or picks of input values: their overviews must pick too.
-CATEGORICAL_METHODS = {"nearest", "mode", "min", "max", "med"}
+from workflow_lib.domain import Engine, Method
+from workflow_lib.planning.engine import EngineChoice
+from workflow_lib.sources.header import RasterHeader, check_nodata_fits, json_number, number_from_json
 
 
 @dataclass(frozen=True)
 class WarpSettings:
-    method: str
+    method: Method
     band: int
     src_nodata: float | None  # value GDAL treats as missing in the input (NaN allowed)
     dst_nodata: float  # value written where there is no data
@@ -24,11 +23,16 @@ class WarpSettings:
     y_scale: float  # GDAL warp option YSCALE
     error_threshold: float  # GDAL's approximate transformer's error across CRSs, in pixels
     same_crs: bool  # input and target share one CRS: the transformation is affine
-    engine: str = "gdal"  # "numpy" (aligned blocks, workflow_lib.blocks) or "gdal" (GDAL's warper)
-    engine_reason: str = ""
+    engine: Engine = Engine.WARP  # planning.engine.choose_engine decides it
+    engine_reason: str = ""  # why, in words
     # Several bands (config "bands"): each resampled as ``band`` is, into one multi-band tile;
     # empty for one band.
     bands: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        # The values, also when a caller (dataclasses.replace, a test) passes their names.
+        object.__setattr__(self, "method", Method(self.method))
+        object.__setattr__(self, "engine", Engine(self.engine))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -37,15 +41,17 @@ class WarpSettings:
             data["bands"] = list(self.bands)
         else:
             del data["bands"]
-        data["src_nodata"] = _json_number(self.src_nodata)
-        data["dst_nodata"] = _json_number(self.dst_nodata)
+        data["src_nodata"] = json_number(self.src_nodata)
+        data["dst_nodata"] = json_number(self.dst_nodata)
+        data["method"] = self.method.value
+        data["engine"] = self.engine.value
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "WarpSettings":
         data = dict(data)
-        data["src_nodata"] = _number_from_json(data["src_nodata"])
-        data["dst_nodata"] = _number_from_json(data["dst_nodata"])
+        data["src_nodata"] = number_from_json(data["src_nodata"])
+        data["dst_nodata"] = number_from_json(data["dst_nodata"])
         data["bands"] = tuple(data.get("bands", ()))
         return cls(**data)
 
@@ -62,14 +68,14 @@ def default_nodata(dtype: str) -> float:
 def resolve_settings(
     name: str,
     header: RasterHeader,
-    method: str,
+    method: Method,
     band: int,
     nodata_override: float | None,
     dtype: str | None,
     scale: tuple[float, float],
     error_threshold: float,
     same_crs: bool,
-    engine: tuple[str, str] = ("gdal", ""),
+    engine: EngineChoice = EngineChoice(Engine.WARP, ""),
 ) -> WarpSettings:
     dst_dtype = dtype or header.dtype
     if nodata_override is not None:
@@ -98,7 +104,7 @@ def resolve_settings(
         f"nodata of the output (set datasets.{name}.nodata or datasets.{name}.dtype)",
     )
     return WarpSettings(
-        method=method,
+        method=Method(method),
         band=band,
         src_nodata=src_nodata,
         dst_nodata=dst_nodata,
@@ -107,8 +113,8 @@ def resolve_settings(
         y_scale=scale[1],
         error_threshold=error_threshold,
         same_crs=same_crs,
-        engine=engine[0],
-        engine_reason=engine[1],
+        engine=engine.engine,
+        engine_reason=engine.reason,
     )
 
 
@@ -122,26 +128,14 @@ def kernel_padding(settings: WarpSettings) -> int:
     return int(math.ceil(3.0 / shrink)) + 2
 
 
-# Source pixels that GDAL's resampling kernels reach at scale 1 (GWKGetFilterRadius); the area
-# methods (average, mode, ...) take the pixels under the target pixel only.
-FILTER_RADIUS = {"nearest": 0, "bilinear": 1, "cubic": 2}
-
-
 def kernel_reach(settings: WarpSettings) -> float:
     """How far beyond a raster's edge, in its pixels, data can still land: the kernel's radius
     (widened by 1/scale when downsampling, as GDAL does) plus one pixel for rounding."""
     shrink = min(settings.x_scale, settings.y_scale, 1.0)
-    return (FILTER_RADIUS.get(settings.method, 0) + 1) / shrink
+    return (settings.method.kernel_radius + 1) / shrink
 
 
-# Methods whose output pixel is a reduction of the source pixels under it (GDAL's
-# GWKAverageOrMode): their edges need the raster padded with nodata (engines.chunks.pad_width).
-AREA_METHODS = {"average", "sum", "min", "max", "mode", "med"}
-
-# Methods whose integer results are rounded from a computed real value (engines.warp.stable_round).
-COMPUTED_METHODS = ("bilinear", "cubic", "average", "sum")
-
-
-def rounded_from_float64(settings: "WarpSettings") -> bool:
-    """GDAL's engine warps this dataset into float64 and the workflow rounds (engines.warp)."""
-    return settings.method in COMPUTED_METHODS and np.dtype(settings.dst_dtype).kind in "iu"
+def rounded_from_float64(settings: WarpSettings) -> bool:
+    """GDAL's engine warps this dataset into float64 and the workflow rounds (engines.warp): a
+    computed value (Method.is_computed) into an integer type."""
+    return settings.method.is_computed and np.dtype(settings.dst_dtype).kind in "iu"

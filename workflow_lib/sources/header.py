@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 import rasterio
@@ -27,8 +28,8 @@ class RasterHeader:
     size_bytes: int
     mtime_ns: int
     driver: str
-    crs_wkt: str
-    transform: tuple[float, ...]  # six GDAL-order affine coefficients (a, b, c, d, e, f)
+    crs_wkt: str  # as the file declares it; ``crs`` is it parsed (once)
+    transform: Affine
     width: int
     height: int
     count: int
@@ -37,37 +38,34 @@ class RasterHeader:
     block_shape: tuple[int, int]  # (rows, cols) of the selected band
     descriptions: tuple[str, ...] = ()  # of every band ("" where none)
 
-    @property
+    @cached_property
     def crs(self) -> CRS:
         return CRS.from_wkt(self.crs_wkt)
 
     @property
-    def affine(self) -> Affine:
-        return Affine(*self.transform)
-
-    @property
     def is_north_up(self) -> bool:
-        a, b, _, d, e, _ = self.transform
-        return b == 0 and d == 0 and a > 0 and e < 0
+        t = self.transform
+        return t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
 
     @property
     def pixel_size(self) -> tuple[float, float]:
         """Lengths of a pixel's sides in CRS units (also for rotated transforms)."""
-        a, b, _, d, e, _ = self.transform
-        return math.hypot(a, d), math.hypot(b, e)
+        t = self.transform
+        return math.hypot(t.a, t.d), math.hypot(t.b, t.e)
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["nodata"] = _json_number(self.nodata)
+        data["transform"] = list(self.transform)[:6]  # GDAL's order: a, b, c, d, e, f
+        data["nodata"] = json_number(self.nodata)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "RasterHeader":
         data = dict(data)
-        data["transform"] = tuple(data["transform"])
+        data["transform"] = Affine(*data["transform"][:6])
         data["block_shape"] = tuple(data["block_shape"])
         data["descriptions"] = tuple(data.get("descriptions", ()))
-        data["nodata"] = _number_from_json(data["nodata"])
+        data["nodata"] = number_from_json(data["nodata"])
         return cls(**data)
 
 
@@ -106,7 +104,7 @@ def read_header(dataset: str, path: str, band: int = 1) -> RasterHeader:
                 mtime_ns=mtime,
                 driver=src.driver,
                 crs_wkt=src.crs.to_wkt(),
-                transform=tuple(src.transform)[:6],
+                transform=src.transform,
                 width=src.width,
                 height=src.height,
                 count=src.count,
@@ -142,12 +140,12 @@ def check_nodata_fits(dataset: str, path: str, nodata: float | None, dtype: str,
         raise InputRasterError(dataset, path, f"{what} {nodata:g} does not fit data type {dtype}")
 
 
-def _json_number(value: float | None):
+def json_number(value: float | None):
     # JSON has no NaN; keep it as a string so that headers round-trip exactly.
     if value is not None and math.isnan(value):
         return "nan"
     return value
 
 
-def _number_from_json(value):
+def number_from_json(value):
     return float("nan") if value == "nan" else value

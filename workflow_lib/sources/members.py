@@ -31,7 +31,7 @@ from rasterio.windows import Window
 
 from workflow_lib.atomic import atomic_path
 from workflow_lib.errors import ConfigError, GDAL_ERRORS
-from workflow_lib.mosaics.vrt import Band, Source, vrt_xml
+from workflow_lib.vrt import Band, Source, vrt_xml
 from workflow_lib.sources.header import RasterHeader
 
 # Offsets between members may be this far (in pixels) from whole numbers: the rounding of their
@@ -83,13 +83,12 @@ def split_runs(headers: list[RasterHeader]) -> list[list[RasterHeader]]:
 
 
 def _same_grid(h: RasterHeader, first: RasterHeader) -> bool:
-    a, b, c0, d, e, f0 = first.transform
-    ha, hb, hc, hd, he, hf = h.transform
-    if b or d or hb or hd or a <= 0 or e >= 0:
+    t, ht = first.transform, h.transform
+    if t.b or t.d or ht.b or ht.d or t.a <= 0 or t.e >= 0:
         return False
-    if abs(ha - a) > SIZE_TOLERANCE * a or abs(he - e) > SIZE_TOLERANCE * -e:
+    if abs(ht.a - t.a) > SIZE_TOLERANCE * t.a or abs(ht.e - t.e) > SIZE_TOLERANCE * -t.e:
         return False
-    col, row = (hc - c0) / a, (hf - f0) / e
+    col, row = (ht.c - t.c) / t.a, (ht.f - t.f) / t.e
     if abs(col - round(col)) > GRID_TOLERANCE_PX or abs(row - round(row)) > GRID_TOLERANCE_PX:
         return False
     return h.crs_wkt == first.crs_wkt or h.crs == first.crs
@@ -98,9 +97,10 @@ def _same_grid(h: RasterHeader, first: RasterHeader) -> bool:
 def arrange(headers: list[RasterHeader]) -> MemberMosaic:
     """Place the members of one run (split_runs) on its pixel grid, in painting order."""
     first = headers[0]
-    a, _, c0, _, e, f0 = first.transform
-    cols = np.array([round((h.transform[2] - c0) / a) for h in headers])
-    rows = np.array([round((h.transform[5] - f0) / e) for h in headers])
+    t = first.transform
+    a, c0, e, f0 = t.a, t.c, t.e, t.f
+    cols = np.array([round((h.transform.c - c0) / a) for h in headers])
+    rows = np.array([round((h.transform.f - f0) / e) for h in headers])
     widths = np.array([h.width for h in headers])
     heights = np.array([h.height for h in headers])
     col0, row0 = int(cols.min()), int(rows.min())

@@ -1,5 +1,6 @@
-"""What the status logger needs from the workflow: the run context written at parse time, the
-planned tiles with what is already on disk, and a failed job's message from its log."""
+"""What the status logger plugin and the jobs share about a run: the run context written at parse
+time, the rules the plugin watches, the planned tiles with what is already on disk, and a failed
+job's message from its log. Each of these facts is defined here once; the plugin imports them."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ import json
 import os
 
 from workflow_lib.atomic import write_json_atomic
+from workflow_lib.domain import tile_dir
+from workflow_lib.planning.plan import DatasetPlan, Plan
+from workflow_lib.status.events import DatasetRecorded
 
+# Written at parse time by the Snakefile in Snakemake's main process, read by the logger plugin:
+# which plan, which database, where to spool.
 RUN_CONTEXT = os.path.join(".cache", "status", "run.json")
 RUN_ID_ENV = "WORKFLOW_RUN_ID"  # set by the status logger in Snakemake's process, inherited by jobs
-# A batch job's last word when SIGTERM made it stop before all its tiles (workflow_lib.jobs).
+# The rules (rules/*.smk) whose failures the plugin records against a batch's tiles or a dataset.
+BATCH_RULE = "resample_batch"
+REGISTER_RULE = "register_dataset"
+# A batch job's last word, and its exit status, when SIGTERM made it stop before all its tiles:
+# the plugin then keeps the missing tiles pending, not failed.
 PAUSED_MARK = "paused by SIGTERM"
+PAUSED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
 
 
 def write_run_context(plan_path: str, database_url: str, spool_dir: str) -> None:
@@ -27,31 +38,37 @@ def write_run_context(plan_path: str, database_url: str, spool_dir: str) -> None
     os.chmod(RUN_CONTEXT, 0o600)  # it may hold a database URL
 
 
-def dataset_payload(dataset, status: str) -> dict:
-    """What the status database keeps of a planned dataset (a plan.DatasetPlan)."""
+def read_run_context(cwd: str) -> dict | None:
+    """The run context of the workflow in ``cwd``, or None when it has none (not this workflow)."""
+    try:
+        with open(os.path.join(cwd, RUN_CONTEXT)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def dataset_recorded(dataset: DatasetPlan, status: str, **envelope) -> DatasetRecorded:
+    """What the status database keeps of a planned (or registered) dataset."""
     h = dataset.header
-    return {
-        "path": h.path, "file_size": h.size_bytes, "crs": h.crs.to_string(), "width": h.width,
-        "height": h.height, "dtype": h.dtype, "nodata": h.nodata,
-        "block_size": f"{h.block_shape[1]}x{h.block_shape[0]}", "tile_count": dataset.tile_count, "status": status,
-    }
+    return DatasetRecorded(
+        dataset=dataset.name, status=status, path=h.path, file_size=h.size_bytes, crs=h.crs.to_string(),
+        width=h.width, height=h.height, dtype=h.dtype, nodata=h.nodata,
+        block_size=f"{h.block_shape[1]}x{h.block_shape[0]}", tile_count=dataset.tile_count, **envelope)
 
 
 def planned_tiles(context: dict, cwd: str):
-    """(name, dataset payload, [[tile, status, batch, work]]) per dataset; tiles whose file exists
-    are done (a tile made with other settings shows as done until its batch makes it again); work
-    is the tile's estimated source pixels, the weight of the ETA."""
-    from workflow_lib.planning.plan import Plan
-
+    """(dataset plan, [[tile, status, batch, work]]) per dataset; tiles whose file exists are done
+    (a tile made with other settings shows as done until its batch makes it again); work is the
+    tile's estimated source pixels, the weight of the ETA."""
     with open(os.path.join(cwd, context["plan"])) as f:
         plan = Plan.from_dict(json.load(f))
     for name, d in plan.datasets.items():
-        folder = os.path.join(cwd, "results", "tiles", name)
+        folder = os.path.join(cwd, tile_dir(name))
         on_disk = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         work = d.tile_work_of(plan.grid)
-        tiles = [[t, "done" if f"{t}.tif" in on_disk else "pending", b.id, round(work(t))]
+        tiles = [[t.id, "done" if t.file_name in on_disk else "pending", b.id, round(work(t))]
                  for b in d.batches for t in b.tiles]
-        yield name, dataset_payload(d, "planned"), tiles
+        yield d, tiles
 
 
 SILENT_END = "the job ended without an error message"
@@ -87,26 +104,22 @@ def error_from_logs(paths: list[str]) -> str:
     return f"{message}; its log ends with: {last[-500:]}" if last else message
 
 
-def cancellation(logs_say: str, cwd: str) -> str | None:
+def cancellation(logs_say: str, controller_state: str | None) -> str | None:
     """Why a failed job was in fact cancelled, or None when it really failed.
 
     A job that the controller's stop cancels, or a queued SLURM job that its pause cancels (it never
-    ran, so it has no log), is no tile failure: its tiles are still to make. Known from the run
-    file of the controller that runs this very Snakemake process (stopping, or pausing and the job
-    said nothing), or from SLURM's own words in the job's log.
+    ran, so it has no log), is no tile failure: its tiles are still to make. Known from the state
+    of the controller that runs this very Snakemake process (``controller_state``: stopping, or
+    pausing and the job said nothing; None when no controller runs it), or from SLURM's own words
+    in the job's log.
     """
     over_time = "TIME LIMIT" in logs_say or "TIMEOUT" in logs_say  # a job over its runtime failed: it needs more
     if "CANCELLED AT" in logs_say and "slurmstepd" in logs_say and not over_time:
         return "cancelled on SLURM"
     if PAUSED_MARK in logs_say and not over_time:
         return "paused: the batch's running tiles were finished, the others are still to make"
-    from workflow_lib.controller.runfile import read_run
-
-    info = read_run(cwd)
-    if info is None or info.pid != os.getpid():
-        return None
-    if info.state == "stopping":
+    if controller_state == "stopping":
         return "cancelled by stop"
-    if info.state == "pausing" and logs_say.startswith(SILENT_END):
+    if controller_state == "pausing" and logs_say.startswith(SILENT_END):
         return "cancelled by pause before it started"
     return None

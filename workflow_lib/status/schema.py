@@ -90,6 +90,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE datasets ADD COLUMN histogram TEXT
         """,
     ),
+    (
+        4,
+        """
+        ALTER TABLE datasets ADD COLUMN error TEXT
+        """,
+    ),
 ]
 
 CURRENT_VERSION = MIGRATIONS[-1][0]

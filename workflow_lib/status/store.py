@@ -19,10 +19,11 @@ import socket
 import sqlite3
 import threading
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from workflow_lib.status import events as ev
+from workflow_lib.status.events import Event
+from workflow_lib.status.queries import StatusQueries
 from workflow_lib.status.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -30,19 +31,6 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///results/status.sqlite"
 DEFAULT_SPOOL_DIR = "results/.status-spool"
 URL_ENV = "WORKFLOW_STATUS_DB"
-
-
-@dataclass
-class Event:
-    kind: str
-    run_id: str | None = None
-    dataset: str | None = None
-    tile: str | None = None
-    payload: dict[str, Any] = field(default_factory=dict)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    at: float = field(default_factory=time.time)
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
 
 
 @dataclass(frozen=True)
@@ -158,7 +146,7 @@ def _backend(url: str) -> _Backend:
     raise ValueError(f"status database URL must start with sqlite:/// or postgresql://, got {redact(url)!r}")
 
 
-class StatusStore:
+class StatusStore(StatusQueries):
     """``read_only``: a reader that never writes, not even the schema (the dashboard): it neither
     migrates nor replays spools, and ``record`` refuses."""
 
@@ -245,10 +233,10 @@ class StatusStore:
                 "INSERT INTO events (id, at, kind, run_id, dataset, tile, host, pid, payload) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (event.id, event.at, event.kind, event.run_id, event.dataset, event.tile, event.host, event.pid,
-                 json.dumps(event.payload)),
+                 json.dumps(event.payload())),
             )
             if cur.rowcount == 1:  # new: apply it; a replayed event that is already there is not
-                _APPLY[event.kind](self, conn, event)
+                _APPLY[type(event)](self, conn, event)
 
     def heartbeat(self, dataset: str, tiles: list[str] | str | list[TileBeat], rss_mb: float | None = None) -> None:
         """Mark running tiles as alive, with how far each is and the job's memory now. Not an event:
@@ -281,7 +269,7 @@ class StatusStore:
     def _spool(self, event: Event) -> None:
         os.makedirs(self.spool_dir, exist_ok=True)
         with open(self._spool_path(), "a") as f:
-            f.write(json.dumps(asdict(event)) + "\n")
+            f.write(json.dumps(event.to_record()) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -296,8 +284,8 @@ class StatusStore:
                 lines = f.readlines()
             for i, line in enumerate(lines):
                 try:
-                    event = Event(**json.loads(line))
-                except (ValueError, TypeError):
+                    event = Event.from_record(json.loads(line))
+                except (ValueError, TypeError, KeyError):
                     log.warning("skipping an unreadable line of %s (a process died while writing it)", claimed)
                     continue
                 try:
@@ -343,18 +331,15 @@ class StatusStore:
         return int(rows[0][0] or 0)
 
 
-def _apply_run_started(store, conn, e: Event) -> None:
-    p = e.payload
+def _apply_run_started(store, conn, e: ev.RunStarted) -> None:
     store._execute(conn, "INSERT INTO runs (id, started_at, status, host, run_user, config_digest, snakemake_version) "
                          "VALUES (?, ?, 'running', ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                   (e.run_id, e.at, e.host, p.get("user") or getpass.getuser(), p.get("config_digest"),
-                    p.get("snakemake_version")))
+                   (e.run_id, e.at, e.host, e.user or getpass.getuser(), e.config_digest, e.snakemake_version))
 
 
-def _apply_run_finished(store, conn, e: Event) -> None:
-    store._execute(conn, "UPDATE runs SET ended_at = ?, status = ? WHERE id = ?",
-                   (e.at, e.payload.get("status", "finished"), e.run_id))
-    if e.payload.get("status") in ("paused", "stopped"):
+def _apply_run_finished(store, conn, e: ev.RunFinished) -> None:
+    store._execute(conn, "UPDATE runs SET ended_at = ?, status = ? WHERE id = ?", (e.at, e.status, e.run_id))
+    if e.status in ("paused", "stopped"):
         # Paused or stopped by the controller: what had not finished is still to make.
         store._execute(conn, "UPDATE tiles SET status = 'pending', ended_at = ?, heartbeat_at = NULL "
                              "WHERE run_id = ? AND status = 'running'", (e.at, e.run_id))
@@ -365,8 +350,7 @@ def _apply_run_finished(store, conn, e: Event) -> None:
                          "WHERE run_id = ? AND status = 'running'", (e.at, e.run_id))
 
 
-def _apply_dataset(store, conn, e: Event) -> None:
-    p = e.payload
+def _apply_dataset(store, conn, e: ev.DatasetRecorded) -> None:
     store._execute(
         conn,
         "INSERT INTO datasets (name, path, file_size, crs, width, height, dtype, nodata, block_size, tile_count, "
@@ -374,17 +358,22 @@ def _apply_dataset(store, conn, e: Event) -> None:
         "path = excluded.path, file_size = excluded.file_size, crs = excluded.crs, width = excluded.width, "
         "height = excluded.height, dtype = excluded.dtype, nodata = excluded.nodata, "
         "block_size = excluded.block_size, tile_count = excluded.tile_count, status = excluded.status, "
-        "registered_at = COALESCE(excluded.registered_at, datasets.registered_at)",
-        (e.dataset, p.get("path"), p.get("file_size"), p.get("crs"), p.get("width"), p.get("height"),
-         p.get("dtype"), str(p.get("nodata")), p.get("block_size"), p.get("tile_count"), p.get("status", "planned"),
-         e.at if p.get("status") == "registered" else None),
+        "error = NULL, registered_at = COALESCE(excluded.registered_at, datasets.registered_at)",
+        (e.dataset, e.path, e.file_size, e.crs, e.width, e.height, e.dtype,
+         None if e.nodata is None else str(e.nodata), e.block_size, e.tile_count, e.status,
+         e.at if e.status == "registered" else None),
     )
 
 
-def _apply_tiles_planned(store, conn, e: Event) -> None:
-    # [tile, status, batch, work]: work is the plan's estimate of the tile's source pixels (the ETA's weight).
+def _apply_dataset_failed(store, conn, e: ev.DatasetFailed) -> None:
+    # The state and the error only: what the plan knows of the dataset stays.
+    store._execute(conn, "INSERT INTO datasets (name, status, error) VALUES (?, 'failed', ?) ON CONFLICT (name) "
+                         "DO UPDATE SET status = 'failed', error = excluded.error", (e.dataset, e.error))
+
+
+def _apply_tiles_planned(store, conn, e: ev.TilesPlanned) -> None:
     rows = [(e.dataset, t[0], t[1], e.run_id, t[2] if len(t) > 2 else None, t[3] if len(t) > 3 else None)
-            for t in e.payload["tiles"]]
+            for t in e.tiles]
     conn.cursor().executemany(
         store.backend.sql("INSERT INTO tiles (dataset, tile, status, run_id, batch, work) VALUES (?, ?, ?, ?, ?, ?) "
                           "ON CONFLICT (dataset, tile) DO UPDATE SET status = excluded.status, "
@@ -392,9 +381,10 @@ def _apply_tiles_planned(store, conn, e: Event) -> None:
                           "work = COALESCE(excluded.work, tiles.work)"), rows)
 
 
-def _apply_tile_started(store, conn, e: Event) -> None:
+def _apply_tile_started(store, conn, e: ev.TileStarted) -> None:
     store._execute(conn, "INSERT INTO tiles (dataset, tile, status, attempt, run_id, started_at, host, pid, "
-                         "external_job_id, batch, mem_mb, progress) VALUES (?, ?, 'running', 1, ?, ?, ?, ?, ?, ?, ?, 0) "
+                         "external_job_id, batch, mem_mb, progress) "
+                         "VALUES (?, ?, 'running', 1, ?, ?, ?, ?, ?, ?, ?, 0) "
                          "ON CONFLICT (dataset, tile) "
                          "DO UPDATE SET status = 'running', attempt = tiles.attempt + 1, "
                          "run_id = COALESCE(excluded.run_id, tiles.run_id), "
@@ -402,41 +392,31 @@ def _apply_tile_started(store, conn, e: Event) -> None:
                          "heartbeat_at = NULL, host = excluded.host, pid = excluded.pid, "
                          "external_job_id = excluded.external_job_id, batch = COALESCE(excluded.batch, tiles.batch), "
                          "mem_mb = excluded.mem_mb, progress = 0, pixels_read = NULL, rss_mb = NULL",
-                   (e.dataset, e.tile, e.run_id, e.at, e.host, e.pid, e.payload.get("external_job_id"),
-                    e.payload.get("batch"), e.payload.get("mem_mb")))
+                   (e.dataset, e.tile, e.run_id, e.at, e.host, e.pid, e.external_job_id, e.batch, e.mem_mb))
 
 
-def _apply_batch_ended(store, conn, e: Event) -> None:
-    """A batch job ended without finishing the tiles it was making (killed, out of memory, cancelled):
-    those tiles failed, or are pending again when the job was cancelled."""
-    if e.payload.get("cancelled"):
+def _apply_batch_ended(store, conn, e: ev.BatchEnded) -> None:
+    if e.cancelled:
         store._execute(conn, "UPDATE tiles SET status = 'pending', ended_at = ?, error = NULL, heartbeat_at = NULL "
-                             "WHERE dataset = ? AND batch = ? AND status = 'running'", (e.at, e.dataset, e.payload["batch"]))
+                             "WHERE dataset = ? AND batch = ? AND status = 'running'", (e.at, e.dataset, e.batch))
     else:
         store._execute(conn, "UPDATE tiles SET status = 'failed', ended_at = ?, error = ? "
                              "WHERE dataset = ? AND batch = ? AND status = 'running'",
-                       (e.at, e.payload.get("error"), e.dataset, e.payload["batch"]))
+                       (e.at, e.error, e.dataset, e.batch))
 
 
-def _apply_tile_finished(store, conn, e: Event) -> None:
+def _apply_tile_finished(store, conn, e: ev.TileFinished) -> None:
     store._execute(conn, "UPDATE tiles SET status = 'done', ended_at = ?, error = NULL, progress = 1, "
                          "seconds = COALESCE(seconds, ? - started_at) WHERE dataset = ? AND tile = ?",
                    (e.at, e.at, e.dataset, e.tile))
 
 
-def _apply_tile_failed(store, conn, e: Event) -> None:
+def _apply_tile_failed(store, conn, e: ev.TileFailed) -> None:
     store._execute(conn, "UPDATE tiles SET status = 'failed', ended_at = ?, error = ? WHERE dataset = ? AND tile = ?",
-                   (e.at, e.payload.get("error"), e.dataset, e.tile))
+                   (e.at, e.error, e.dataset, e.tile))
 
 
-def _apply_tile_cancelled(store, conn, e: Event) -> None:
-    # Cancelled by stop or pause (or on SLURM by hand): still to make, not failed.
-    store._execute(conn, "UPDATE tiles SET status = 'pending', ended_at = ?, error = NULL, heartbeat_at = NULL "
-                         "WHERE dataset = ? AND tile = ? AND status <> 'done'", (e.at, e.dataset, e.tile))
-
-
-def _apply_tile_measured(store, conn, e: Event) -> None:
-    p = e.payload
+def _apply_tile_measured(store, conn, e: ev.TileMeasured) -> None:
     store._execute(conn, "INSERT INTO tiles (dataset, tile, status, seconds, peak_rss_mb, engine, pixels_written, "
                          "host, pid, external_job_id, pixels_read) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?) "
                          "ON CONFLICT (dataset, tile) DO UPDATE SET seconds = excluded.seconds, "
@@ -444,34 +424,31 @@ def _apply_tile_measured(store, conn, e: Event) -> None:
                          "pixels_written = excluded.pixels_written, host = excluded.host, pid = excluded.pid, "
                          "external_job_id = COALESCE(excluded.external_job_id, tiles.external_job_id), "
                          "pixels_read = COALESCE(excluded.pixels_read, tiles.pixels_read)",
-                   (e.dataset, e.tile, p.get("seconds"), p.get("peak_rss_mb"), p.get("engine"),
-                    p.get("pixels_written"), e.host, e.pid, p.get("external_job_id"), p.get("pixels_read")))
+                   (e.dataset, e.tile, e.seconds, e.peak_rss_mb, e.engine, e.pixels_written, e.host, e.pid,
+                    e.external_job_id, e.pixels_read))
 
 
-def _apply_dataset_statistics(store, conn, e: Event) -> None:
-    """What the mosaic of a dataset holds (mosaics.statistics), recorded by its mosaic job."""
-    p = e.payload
+def _apply_dataset_statistics(store, conn, e: ev.DatasetStatistics) -> None:
     store._execute(conn, "UPDATE datasets SET total_pixels = ?, valid_pixels = ?, stat_min = ?, stat_max = ?, "
                          "stat_mean = ?, stat_std = ?, histogram = ? WHERE name = ?",
-                   (p.get("total_pixels"), p.get("valid_pixels"), p.get("min"), p.get("max"), p.get("mean"),
-                    p.get("std"), json.dumps(p.get("histogram")), e.dataset))
+                   (e.total_pixels, e.valid_pixels, e.min, e.max, e.mean, e.std, json.dumps(e.histogram), e.dataset))
 
 
-def _apply_note(store, conn, e: Event) -> None:
-    """Events that only go into the log of events (messages, tests' load)."""
+def _apply_note(store, conn, e: ev.Note) -> None:
+    """Notes only go into the log of events."""
 
 
 _APPLY = {
-    "run_started": _apply_run_started,
-    "run_finished": _apply_run_finished,
-    "dataset": _apply_dataset,
-    "tiles_planned": _apply_tiles_planned,
-    "tile_started": _apply_tile_started,
-    "tile_finished": _apply_tile_finished,
-    "tile_failed": _apply_tile_failed,
-    "tile_cancelled": _apply_tile_cancelled,
-    "tile_measured": _apply_tile_measured,
-    "batch_ended": _apply_batch_ended,
-    "dataset_statistics": _apply_dataset_statistics,
-    "note": _apply_note,
+    ev.RunStarted: _apply_run_started,
+    ev.RunFinished: _apply_run_finished,
+    ev.DatasetRecorded: _apply_dataset,
+    ev.DatasetFailed: _apply_dataset_failed,
+    ev.TilesPlanned: _apply_tiles_planned,
+    ev.TileStarted: _apply_tile_started,
+    ev.TileFinished: _apply_tile_finished,
+    ev.TileFailed: _apply_tile_failed,
+    ev.TileMeasured: _apply_tile_measured,
+    ev.BatchEnded: _apply_batch_ended,
+    ev.DatasetStatistics: _apply_dataset_statistics,
+    ev.Note: _apply_note,
 }

@@ -19,7 +19,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from workflow_lib.planning.grid import parse_tile_id
+from workflow_lib.domain import TileIndex
+from workflow_lib.status.queries import RunRecord
 from workflow_lib.status.store import StatusStore, redact
 from workflow_lib.views.status import build_report, report_dict
 
@@ -31,21 +32,18 @@ FILES = {"/": ("dashboard.html", "text/html; charset=utf-8"),
          "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
 # One letter per tile in the grids sent to the page: cheap to send for a million tiles.
 STATE_LETTERS = {"pending": "p", "running": "r", "done": "d", "failed": "f"}
-TILE_COLUMNS = ("dataset", "tile", "batch", "status", "attempt", "run_id", "started_at", "ended_at", "seconds",
-                "peak_rss_mb", "rss_mb", "mem_mb", "progress", "pixels_read", "work", "host", "pid",
-                "external_job_id", "engine", "pixels_written", "heartbeat_at", "error")
 
 
 def tile_grids(store: StatusStore) -> dict[str, dict]:
     """Per dataset, the rectangle of the tile grid that holds its tiles, with one state letter per
     tile in row-major order ('.' where the dataset has no tile), and the running tiles' progress."""
     tiles: dict[str, list] = {}
-    for d, t, status, progress in store.query("SELECT dataset, tile, status, progress FROM tiles"):
+    for s in store.tile_states():
         try:
-            r, c = parse_tile_id(t)
+            index = TileIndex.parse(s.tile)
         except ValueError:
             continue
-        tiles.setdefault(d, []).append((r, c, t, status, progress))
+        tiles.setdefault(s.dataset, []).append((index.row, index.col, s.tile, s.status, s.progress))
     grids = {}
     for d, rows in tiles.items():
         r0, r1 = min(r for r, *_ in rows), max(r for r, *_ in rows)
@@ -62,20 +60,18 @@ def tile_grids(store: StatusStore) -> dict[str, dict]:
     return grids
 
 
-def throughput(store: StatusStore, run: dict | None, now: float, buckets: int = 60) -> dict:
+def throughput(store: StatusStore, run: RunRecord | None, now: float, buckets: int = 60) -> dict:
     """Tiles and estimated work finished per interval of this run, in up to ``buckets`` intervals."""
-    if not run or not run.get("started_at"):
+    if not run or not run.started_at:
         return {"seconds": 0, "tiles": [], "work": []}
-    start = run["started_at"]
-    span = max((run.get("ended_at") or now) - start, 1.0)
+    start = run.started_at
+    span = max((run.ended_at or now) - start, 1.0)
     step = max(span / buckets, 1.0)
     counts, work = [0] * buckets, [0.0] * buckets
-    for bucket, n, w in store.query(
-            "SELECT CAST((ended_at - ?) / ? AS INTEGER), COUNT(*), SUM(COALESCE(work, 1)) FROM tiles "
-            "WHERE run_id = ? AND status = 'done' AND ended_at >= ? GROUP BY 1", (start, step, run["id"], start)):
-        i = min(max(int(bucket), 0), buckets - 1)
-        counts[i] += int(n)
-        work[i] += float(w or 0)
+    for bucket, n, w in store.finished_per_interval(run, start, step):
+        i = min(max(bucket, 0), buckets - 1)
+        counts[i] += n
+        work[i] += w
     return {"seconds": step, "tiles": counts, "work": work}
 
 
@@ -84,14 +80,9 @@ def state(store: StatusStore, controller: dict | None = None, now: float | None 
     if store.schema_version() == 0:
         return {"generated_at": now, "database": redact(store.url), "ready": False}
     report = build_report(store, now=now, controller=controller)
+    run = RunRecord(**report.run) if report.run else None
     return {"generated_at": now, "database": redact(store.url), "ready": True, "report": report_dict(report),
-            "grids": tile_grids(store), "throughput": throughput(store, report.run, now)}
-
-
-def tile_row(store: StatusStore, dataset: str, tile: str) -> dict | None:
-    rows = store.query(f"SELECT {', '.join(TILE_COLUMNS)} FROM tiles WHERE dataset = ? AND tile = ?",
-                       (dataset, tile))
-    return dict(zip(TILE_COLUMNS, rows[0])) if rows else None
+            "grids": tile_grids(store), "throughput": throughput(store, run, now)}
 
 
 def make_server(store: StatusStore, host: str = "127.0.0.1", port: int = 8765,
@@ -123,7 +114,7 @@ def make_server(store: StatusStore, host: str = "127.0.0.1", port: int = 8765,
                 if url.path == "/api/tile":
                     q = parse_qs(url.query)
                     with lock:
-                        row = tile_row(store, q.get("dataset", [""])[0], q.get("tile", [""])[0])
+                        row = store.tile_row(q.get("dataset", [""])[0], q.get("tile", [""])[0])
                     if row is None:
                         return self._json({"error": "no such tile"}, HTTPStatus.NOT_FOUND)
                     return self._json(row)

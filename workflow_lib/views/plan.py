@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import os
 
-from workflow_lib.engines.blocks import ENGINE_LABELS
+from workflow_lib.domain import RESULTS_DIR, tile_dir, tile_file_name
 from workflow_lib.planning.plan import Plan
 
 
-def plan_rows(plan: Plan, results_dir: str = "results") -> list[dict]:
+def plan_rows(plan: Plan, results_dir: str = RESULTS_DIR) -> list[dict]:
     rows = []
     for name, d in plan.datasets.items():
-        folder = os.path.join(results_dir, "tiles", name)
+        folder = tile_dir(name, results_dir)
         on_disk = set(os.listdir(folder)) if os.path.isdir(folder) else set()
         sizes = [len(b.tiles) for b in d.batches]
         rows.append({
-            "dataset": name, "method": d.settings.method, "engine": ENGINE_LABELS[d.settings.engine],
+            "dataset": name, "method": d.settings.method.value, "engine": d.settings.engine.label,
             "tiles": d.tile_count, "batches": len(d.batches),
             "tiles_per_batch": [min(sizes), max(sizes)],
-            "tiles_on_disk": sum(f"{t}.tif" in on_disk for t in d.tiles),
+            "tiles_on_disk": sum(tile_file_name(t) in on_disk for t in d.tile_ids),
             "source_pixels": plan.estimated_work(name),
         })
     return rows

@@ -2,7 +2,7 @@
 with their state and time, per-tile seconds and memory against what jobs were granted, each
 dataset's statistics, and the run's config.
 
-Every function reads files (the mosaic, its statistics from mosaics.statistics) or the status
+Every function reads files (the mosaic, its statistics from workflow_lib.statistics) or the status
 database, and writes one file; matplotlib draws without a display (Agg). Cheap: a quicklook reads
 the mosaic's overviews, never its full resolution.
 """
@@ -10,6 +10,7 @@ the mosaic's overviews, never its full resolution.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -29,8 +30,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rasterio.enums import Resampling  # noqa: E402
 
 from workflow_lib.atomic import atomic_path  # noqa: E402
-from workflow_lib.planning.grid import parse_tile_id  # noqa: E402
-from workflow_lib.planning.settings import CATEGORICAL_METHODS  # noqa: E402
+from workflow_lib.domain import Method, TileIndex  # noqa: E402
+from workflow_lib.status.queries import TileRecord  # noqa: E402
+from workflow_lib.status.store import redact  # noqa: E402
 
 QUICKLOOK_PIXELS = 800  # longest side of a quicklook
 STATE_COLOURS = {"pending": "#d6d6d6", "running": "#f0ad4e", "done": "#2e8b57", "failed": "#d9534f"}
@@ -43,7 +45,7 @@ def quicklook_array(path: str, method: str, longest: int = QUICKLOOK_PIXELS) -> 
     with rasterio.open(path) as src:
         factor = max(1.0, max(src.width, src.height) / longest)
         shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))
-        resampling = Resampling.nearest if method in CATEGORICAL_METHODS else Resampling.average
+        resampling = Resampling.nearest if Method(method).is_categorical else Resampling.average
         data = src.read(1, out_shape=shape, resampling=resampling, masked=True)
     if data.dtype.kind == "f":
         data = np.ma.masked_invalid(data)
@@ -59,7 +61,7 @@ def write_quicklook(mosaic: str, statistics: str, out_path: str) -> None:
     data, factor = quicklook_array(mosaic, method)
     fig, ax = plt.subplots(figsize=(8, 8 * data.shape[0] / data.shape[1] + 0.6), dpi=100)
     hist = stats.get("histogram") or {}
-    if method in CATEGORICAL_METHODS and "values" in hist:
+    if Method(method).is_categorical and "values" in hist:
         classes = hist["values"]
         colours = plt.get_cmap("tab20")(np.arange(len(classes)) % 20)
         cmap = ListedColormap(colours)
@@ -128,13 +130,12 @@ def _histogram_png(s: dict) -> str:
 
 def tile_frame(store) -> pd.DataFrame:
     """Every tile's row from the status database (``store`` None: none), with its place on the grid."""
-    columns = ["dataset", "tile", "batch", "status", "seconds", "peak_rss_mb", "mem_mb", "work", "pixels_read",
-               "ended_at"]
-    rows = store.query(f"SELECT {', '.join(columns)} FROM tiles") if store is not None else []
-    frame = pd.DataFrame(rows, columns=columns)
-    places = [parse_tile_id(t) for t in frame["tile"]]
-    frame["row"] = [r for r, _ in places]
-    frame["col"] = [c for _, c in places]
+    records = store.tile_records() if store is not None else []
+    frame = pd.DataFrame([dataclasses.astuple(r) for r in records],
+                         columns=[f.name for f in dataclasses.fields(TileRecord)])
+    places = [TileIndex.parse(t) for t in frame["tile"]]
+    frame["row"] = [p.row for p in places]
+    frame["col"] = [p.col for p in places]
     return frame
 
 
@@ -207,8 +208,6 @@ def write_config_page(config: dict, out_path: str) -> None:
 
 def _without_secrets(config: dict) -> dict:
     """The config with the database URL's password removed."""
-    from workflow_lib.status.store import redact
-
     out = json.loads(json.dumps(config, default=str))
     url = (out.get("database") or {}).get("url")
     if url:

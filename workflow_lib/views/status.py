@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
+from workflow_lib.status.queries import RunRecord
 from workflow_lib.status.store import StatusStore, redact
 
 # A running tile whose last sign of life is older than this is flagged as stalled.
@@ -24,6 +25,7 @@ class DatasetProgress:
     eta_seconds: float | None
     work_total: float = 0.0  # estimated source pixels of all tiles (the plan's), the ETA's weight
     work_done: float = 0.0  # of finished tiles, plus the finished share of running ones
+    error: str | None = None  # its register job failed: why
 
     @property
     def work_share(self) -> float:
@@ -44,7 +46,7 @@ class Report:
 
     @property
     def complete(self) -> bool:
-        return bool(self.datasets) and all(d.done == d.total for d in self.datasets)
+        return bool(self.datasets) and all(d.done == d.total and d.error is None for d in self.datasets)
 
 
 def build_report(store: StatusStore, now: float | None = None, controller: dict | None = None) -> Report:
@@ -52,28 +54,21 @@ def build_report(store: StatusStore, now: float | None = None, controller: dict 
     a frozen run's jobs are silent because they are stopped, and are never flagged as stalled."""
     now = now or time.time()
     frozen = bool(controller) and controller.get("state") == "frozen"
-    runs = store.query("SELECT id, started_at, ended_at, status, host, run_user FROM runs "
-                       "ORDER BY started_at DESC LIMIT 1")
-    run = dict(zip(("id", "started_at", "ended_at", "status", "host", "user"), runs[0])) if runs else None
+    run = store.latest_run()
     counts: dict[str, dict[str, int]] = {}
     work: dict[str, dict[str, float]] = {}
-    # A tile without an estimate (a database from before they were recorded) weighs 1.
-    for dataset, status, n, w in store.query(
-            "SELECT dataset, status, COUNT(*), SUM(COALESCE(work, 1) * (CASE WHEN status = 'running' "
-            "THEN COALESCE(progress, 0) ELSE 1 END)) FROM tiles GROUP BY dataset, status"):
-        counts.setdefault(dataset, {})[status] = n
-        work.setdefault(dataset, {})[status] = float(w or 0)
-    totals = dict(store.query("SELECT dataset, SUM(COALESCE(work, 1)) FROM tiles GROUP BY dataset"))
-    # In the order the run first recorded them: the config's order.
-    order = [row[0] for row in store.query("SELECT dataset FROM events WHERE kind = 'dataset' "
-                                           "GROUP BY dataset ORDER BY MIN(at)")]
-    names = order + sorted(set(counts) - set(order))
+    for t in store.tile_tallies():
+        counts.setdefault(t.dataset, {})[t.status] = t.count
+        work.setdefault(t.dataset, {})[t.status] = t.work
+    totals = store.work_totals()
+    known = {d.name: d for d in store.datasets()}
+    names = list(known) + sorted(set(counts) - set(known))
     datasets = []
     for name in names:
         c, w = counts.get(name, {}), work.get(name, {})
         done, running, failed = c.get("done", 0), c.get("running", 0), c.get("failed", 0)
         total = sum(c.values())
-        work_total = float(totals.get(name) or 0)
+        work_total = totals.get(name, 0.0)
         work_done = w.get("done", 0.0) + w.get("running", 0.0)
         rate, work_rate = _throughput(store, name, run, now)
         remaining = work_total - work_done
@@ -81,24 +76,23 @@ def build_report(store: StatusStore, now: float | None = None, controller: dict 
             eta = 0.0
         else:
             eta = remaining / work_rate if work_rate else None
+        record = known.get(name)
         datasets.append(DatasetProgress(name, total, done, running, failed, total - done - running - failed,
-                                        rate, eta, work_total, work_done))
+                                        rate, eta, work_total, work_done,
+                                        error=record.error if record and record.status == "failed" else None))
     running = [
-        {"dataset": d, "tile": t, "attempt": a, "host": h, "external_job_id": j,
-         "age_seconds": now - s if s else None,
-         "since_heartbeat_seconds": now - hb if hb else None,
-         "stalled": not frozen and (now - (hb or s or now)) > STALL_SECONDS,
-         "progress": float(p or 0), "pixels_read": pr, "rss_mb": rss, "mem_mb": mem, "batch": b}
-        for d, t, a, h, j, s, hb, p, pr, rss, mem, b in store.query(
-            "SELECT dataset, tile, attempt, host, external_job_id, started_at, heartbeat_at, progress, pixels_read, "
-            "rss_mb, mem_mb, batch FROM tiles WHERE status = 'running' ORDER BY started_at")
+        {"dataset": t.dataset, "tile": t.tile, "attempt": t.attempt, "host": t.host,
+         "external_job_id": t.external_job_id,
+         "age_seconds": now - t.started_at if t.started_at else None,
+         "since_heartbeat_seconds": now - t.heartbeat_at if t.heartbeat_at else None,
+         "stalled": not frozen and (now - (t.heartbeat_at or t.started_at or now)) > STALL_SECONDS,
+         "progress": t.progress, "pixels_read": t.pixels_read, "rss_mb": t.rss_mb, "mem_mb": t.mem_mb,
+         "batch": t.batch}
+        for t in store.running_tiles()
     ]
-    failed = [
-        {"dataset": d, "tile": t, "attempt": a, "error": err}
-        for d, t, a, err in store.query("SELECT dataset, tile, attempt, error FROM tiles WHERE status = 'failed' "
-                                        "ORDER BY ended_at DESC")
-    ]
-    report = Report(redact(store.url), run, datasets, running, failed, controller, _jobs(store, now))
+    failed = [asdict(t) for t in store.failed_tiles()]
+    report = Report(redact(store.url), asdict(run) if run else None, datasets, running, failed, controller,
+                    _jobs(store, now))
     all_work = sum(d.work_total for d in datasets)
     report.work_share = sum(d.work_done for d in datasets) / all_work if all_work else 0.0
     _, run_rate = _throughput(store, None, run, now)
@@ -111,53 +105,41 @@ def _jobs(store: StatusStore, now: float) -> list[dict]:
     """The running batch jobs (one per host and process): their batch's tiles done, the running
     tiles' progress, the job's memory against what it was granted."""
     jobs: dict[tuple, dict] = {}
-    for d, b, host, pid, job_id, started, progress, rss, mem in store.query(
-            "SELECT dataset, batch, host, pid, external_job_id, started_at, progress, rss_mb, mem_mb FROM tiles "
-            "WHERE status = 'running' ORDER BY started_at"):
-        j = jobs.setdefault((d, b, host, pid), {
-            "dataset": d, "batch": b, "host": host, "pid": pid, "external_job_id": job_id, "running": 0,
-            "running_progress": 0.0, "rss_mb": None, "mem_mb": mem, "started_at": started})
+    for t in store.running_tiles():
+        j = jobs.setdefault((t.dataset, t.batch, t.host, t.pid), {
+            "dataset": t.dataset, "batch": t.batch, "host": t.host, "pid": t.pid,
+            "external_job_id": t.external_job_id, "running": 0, "running_progress": 0.0, "rss_mb": None,
+            "mem_mb": t.mem_mb, "started_at": t.started_at})
         j["running"] += 1
-        j["running_progress"] += float(progress or 0)
-        if rss is not None:
-            j["rss_mb"] = max(j["rss_mb"] or 0.0, float(rss))
+        j["running_progress"] += t.progress
+        if t.rss_mb is not None:
+            j["rss_mb"] = max(j["rss_mb"] or 0.0, float(t.rss_mb))
     if not jobs:
         return []
-    sizes = {(d, b): (n, done) for d, b, n, done in store.query(
-        "SELECT dataset, batch, COUNT(*), SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END) FROM tiles "
-        "WHERE batch IN (SELECT batch FROM tiles WHERE status = 'running') GROUP BY dataset, batch")}
+    sizes = {(b.dataset, b.batch): (b.tiles, b.done) for b in store.running_batches()}
     out = []
     for j in jobs.values():
         n, done = sizes.get((j["dataset"], j["batch"]), (j["running"], 0))
-        j["tiles"], j["done"] = int(n), int(done or 0)
+        j["tiles"], j["done"] = n, done
         j["progress"] = (j["done"] + j["running_progress"]) / max(j["tiles"], 1)
         j["age_seconds"] = now - j["started_at"] if j["started_at"] else None
         out.append(j)
     return out
 
 
-def _throughput(store: StatusStore, dataset: str | None, run: dict | None, now: float) -> tuple[float | None, float | None]:
+def _throughput(store: StatusStore, dataset: str | None, run: RunRecord | None,
+                now: float) -> tuple[float | None, float | None]:
     """Tiles per minute, and estimated work per second, done in this run so far (by one dataset, or
     by all when ``dataset`` is None): finished tiles and the finished share of running ones, since
     the first tile of the run started."""
     if not run:
         return None, None
-    # Tiles started in this run: a resumed run's tiles from before carry its id too (planned as done).
-    where, params = "run_id = ? AND started_at >= ?", (run["id"], run["started_at"] or 0)
-    if dataset is not None:
-        where, params = "dataset = ? AND " + where, (dataset, *params)
-    rows = store.query(
-        "SELECT SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), "
-        "SUM(COALESCE(work, 1) * (CASE WHEN status = 'done' THEN 1 ELSE COALESCE(progress, 0) END)), "
-        f"MIN(started_at) FROM tiles WHERE {where} AND status IN ('done', 'running') AND started_at IS NOT NULL",
-        params)
-    n, w, first = rows[0]
-    n, w = int(n or 0), float(w or 0)  # PostgreSQL sums are exact decimals
-    end = run["ended_at"] or now
-    if not first or end <= first or not (n or w):
+    done = store.throughput(run, dataset)
+    end = run.ended_at or now
+    if not done.first or end <= done.first or not (done.tiles or done.work):
         return None, None
-    minutes = (end - first) / 60.0
-    return (n / minutes if n else None), (float(w) / (end - first) if w else None)
+    minutes = (end - done.first) / 60.0
+    return (done.tiles / minutes if done.tiles else None), (done.work / (end - done.first) if done.work else None)
 
 
 def render(report: Report) -> str:
@@ -205,6 +187,10 @@ def render(report: Report) -> str:
             done = f", {100 * j['progress']:.0f} %" if j.get("progress") else ""
             lines.append(f"  {j['dataset']}/{j['tile']} attempt {j['attempt']} on {j['host']}{job}, running "
                          f"{_duration(j['age_seconds'])}{done}, {beat}{flag}")
+    broken = [d for d in report.datasets if d.error]
+    if broken:
+        lines += ["", "datasets that could not be registered:"]
+        lines += [f"  {d.name}: {d.error}" for d in broken]
     if report.failed:
         lines += ["", "failed:"]
         for j in report.failed:

@@ -135,6 +135,10 @@ function drawDatasets(data) {
     }
     figures.appendChild(el("span", { "data-figure": "eta" }, "eta " + (d.done === d.total ? "done" : duration(d.eta_seconds))));
     section.appendChild(figures);
+    if (d.error) {
+      // Its register job failed: what the log says, as text.
+      section.appendChild(el("p", { class: "error", "data-figure": "dataset-error" }, "could not be registered: " + d.error));
+    }
     const grid = data.grids[d.name];
     if (grid) section.appendChild(tileMap(d.name, grid));
     box.appendChild(section);

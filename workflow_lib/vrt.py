@@ -1,5 +1,6 @@
-"""Minimal VRT documents: how tiles become one mosaic, and mosaics one stack, without ever holding
-a whole raster in memory (GDAL reads the VRT's sources block by block while copying)."""
+"""Minimal VRT documents: how the files of a dataset become one raster (sources.members), tiles
+one mosaic and mosaics one stack (mosaics), without ever holding a whole raster in memory (GDAL
+reads the VRT's sources block by block)."""
 
 from __future__ import annotations
 

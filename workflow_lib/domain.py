@@ -1,0 +1,137 @@
+"""The workflow's words as values: resampling methods, engines, and a tile's place on the grid.
+
+A leaf module (it imports nothing of the library), so that every layer may use it: what a method
+is, what an engine is called and how a tile is named and filed are each said here once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Method(StrEnum):
+    """A resampling method, as GDAL names it (and as the config's ``method`` says it)."""
+
+    NEAREST = "nearest"
+    BILINEAR = "bilinear"
+    CUBIC = "cubic"
+    AVERAGE = "average"
+    SUM = "sum"
+    MIN = "min"
+    MAX = "max"
+    MODE = "mode"
+    MED = "med"
+
+    @property
+    def is_area(self) -> bool:
+        """Each output pixel is a reduction of the input pixels under it (GDAL's
+        GWKAverageOrMode), rather than a pick or an interpolation at its centre."""
+        return self in _AREA
+
+    @property
+    def is_categorical(self) -> bool:
+        """Outputs are input values (classes, picks), never blends: overviews and quicklooks of
+        them pick a pixel, they do not average."""
+        return self in _CATEGORICAL
+
+    @property
+    def is_interpolating(self) -> bool:
+        """A kernel interpolates between input pixels around the output pixel's centre."""
+        return self in _INTERPOLATING
+
+    @property
+    def is_weighted(self) -> bool:
+        """Input pixels count by the share of them that the output pixel covers (the area-weighted
+        sum, and the mean of it)."""
+        return self in (Method.AVERAGE, Method.SUM)
+
+    @property
+    def is_computed(self) -> bool:
+        """The result is a real number computed from the inputs (an integer output rounds it)."""
+        return self.is_interpolating or self.is_weighted
+
+    @property
+    def kernel_radius(self) -> int:
+        """Input pixels that GDAL's kernel reaches beyond the centre's at scale 1
+        (GWKGetFilterRadius); the area methods take the pixels under the output pixel only."""
+        return _RADIUS.get(self, 0)
+
+    @property
+    def is_block_reduction(self) -> bool:
+        """The NumPy block engine computes it (aligned blocks of input pixels)."""
+        return self is Method.NEAREST or self.is_area
+
+    @property
+    def is_compiled(self) -> bool:
+        """The compiled kernels (engines.kernels) reduce blocks with it (nearest is a strided copy,
+        which NumPy does as fast)."""
+        return self.is_area
+
+
+_AREA = frozenset({Method.AVERAGE, Method.SUM, Method.MIN, Method.MAX, Method.MODE, Method.MED})
+_CATEGORICAL = frozenset({Method.NEAREST, Method.MODE, Method.MIN, Method.MAX, Method.MED})
+_INTERPOLATING = frozenset({Method.BILINEAR, Method.CUBIC})
+_RADIUS = {Method.BILINEAR: 1, Method.CUBIC: 2}
+
+
+class Engine(StrEnum):
+    """What resamples a dataset's tiles; the value is what plans and tile digests record."""
+
+    BLOCKS = "numpy"  # aligned blocks of whole input pixels, one CRS (engines.blocks)
+    WINDOWS = "windows"  # unaligned rectangles of input pixels, one CRS (engines.windows)
+    WARP = "gdal"  # GDAL's warper, any case (engines.warp)
+
+    @property
+    def label(self) -> str:
+        """As people see it: in a dry run's messages, the plan, the status database."""
+        return _LABELS[self]
+
+
+_LABELS = {Engine.BLOCKS: "numpy-blocks", Engine.WINDOWS: "numpy-windows", Engine.WARP: "gdal-warp"}
+
+RESULTS_DIR = "results"
+TILE_SUFFIX = ".tif"
+
+
+@dataclass(frozen=True, order=True)
+class TileIndex:
+    """A tile's row and column in the target grid's tiles: its id (r0003_c0012) and its file."""
+
+    row: int
+    col: int
+
+    @property
+    def id(self) -> str:
+        return f"r{self.row:04d}_c{self.col:04d}"
+
+    @classmethod
+    def parse(cls, text: str) -> TileIndex:
+        """The tile an id names. Raises ValueError for anything else."""
+        row, sep, col = text.partition("_c")
+        if not (sep and row[:1] == "r" and row[1:].isdigit() and col.isdigit()):
+            raise ValueError(f"not a tile id: {text!r} (expected r<row>_c<col>, as in r0003_c0012)")
+        return cls(int(row[1:]), int(col))
+
+    @property
+    def file_name(self) -> str:
+        return tile_file_name(self.id)
+
+    def path(self, folder: str) -> str:
+        """The tile's file in ``folder`` (a dataset's tile_dir)."""
+        return os.path.join(folder, self.file_name)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def tile_file_name(tile_id: str) -> str:
+    """The file of the tile with this id (for code that holds ids by the thousand, as the plan
+    and directory listings do, without making a TileIndex of each)."""
+    return tile_id + TILE_SUFFIX
+
+
+def tile_dir(dataset: str, results_dir: str = RESULTS_DIR) -> str:
+    """Where a dataset's tiles are: one file per tile, the run's checkpoints."""
+    return os.path.join(results_dir, "tiles", dataset)

@@ -1,0 +1,128 @@
+"""The process a job runs in: its memory limit, GDAL's threads, its resident memory, its log, and
+what SIGTERM does to it. Nothing here knows about Snakemake: the job adapters (workflow_lib.jobs)
+pass in what the ``snakemake`` object says."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+
+from workflow_lib.errors import JobMemoryError, out_of_memory
+
+log = logging.getLogger("workflow_lib.jobs")
+
+# Stack of the job's own threads (tile workers, watchdogs, heartbeat). Linux counts a thread's whole
+# stack mapping against RLIMIT_DATA (memory.enforce) though little of it is ever touched, and
+# the default is 8 MB: with 64-128 MB jobs, threads would use up the limit before any pixel does.
+THREAD_STACK_BYTES = 4 * 2**20
+
+# Set on SIGTERM: a batch job starts no new tile (engines.batch) and ends once its running ones are
+# written, so that a pause waits for tiles, not for whole batches.
+STOP_STARTING = threading.Event()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started its program, in MB.
+
+    Not getrusage's ru_maxrss: Linux carries the parent's peak over a fork and exec into it, so a
+    job started by a 200 MB Snakemake would report at least 200 MB. VmHWM belongs to the process's
+    own address space.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: the best there is
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@contextlib.contextmanager
+def job_logging(log_path: str | None) -> Iterator[None]:
+    """Send the library's log to the job's log file (Snakemake shows it when the job fails; the
+    console keeps to Snakemake's own progress); record any failure there before re-raising."""
+    handler = logging.FileHandler(log_path, mode="w") if log_path else logging.StreamHandler(sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, handlers=[handler], force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # SIGTERM (also sent to a whole process group, or by a cluster before its time limit) pauses
+    # the run: Snakemake starts no new job, and this one finishes its output rather than lose it.
+    # Ctrl-C (SIGINT) and SIGKILL still stop it at once.
+    signal.signal(signal.SIGTERM, _finish_first)
+    try:
+        yield
+    except Exception:
+        log.exception("job failed")
+        raise
+    finally:
+        log.info("peak RSS %.0f MB", peak_rss_mb())
+        # The work is done; ignore SIGTERM while exiting. At shutdown CPython resets handlers it
+        # installed to the default (die on SIGTERM), but leaves an ignored signal ignored.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _finish_first(signum, frame) -> None:
+    STOP_STARTING.set()
+    log.warning("SIGTERM received: finishing the running tiles, starting no new one (Ctrl-C or SIGKILL "
+                "stop at once)")
+
+
+def start_gdal_threads(threads: int) -> None:
+    """Start GDAL's worker threads (its global pool, which decodes, compresses and warps) now,
+    before the memory limit: a thread that cannot start under the limit leaves GDAL waiting for
+    its work forever (seen: a read stuck in CPLJobQueue::WaitCompletion at 100 MB). Decoding a
+    small tiled file with ``threads`` threads starts them; later reads and warps reuse them."""
+    if threads < 2:
+        return
+    path = "/vsimem/workflow_lib_threads.tif"
+    profile = {"driver": "GTiff", "width": 512, "height": 512, "count": 1, "dtype": "uint8", "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.zeros((1, 512, 512), np.uint8))
+        with rasterio.Env(GDAL_NUM_THREADS=threads), rasterio.open(path) as src:
+            src.read(1)
+    rasterio.shutil.delete(path)
+
+
+@contextlib.contextmanager
+def memory_limit(mem_mb: int, enforce: bool, threads: int, what: str) -> Iterator[None]:
+    """Hold the job to the ``mem_mb`` it was granted when ``enforce`` (the config's memory.enforce),
+    and turn an out-of-memory error inside into a JobMemoryError naming ``what`` and the limit.
+
+    RLIMIT_DATA bounds the heap and private mappings, where the pixel buffers, GDAL's block cache and
+    the interpreter live: a job that needs more than its mem_mb gets an out-of-memory error, which is
+    reported as such (Snakemake's --retries then runs it again with more), instead of growing until
+    the machine swaps or the kernel's OOM killer picks some other process.
+    """
+    if enforce:
+        start_gdal_threads(threads)
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        limit = mem_mb * 2**20  # mem_mb is MiB to Snakemake's executors and to SLURM's --mem
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+        log.info("memory limit: %d MB (mem_mb granted to this job)", mem_mb)
+    try:
+        yield
+    except Exception as exc:
+        if out_of_memory(exc):
+            raise JobMemoryError(what, mem_mb, exc) from exc
+        raise
