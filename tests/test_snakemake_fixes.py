@@ -1,0 +1,94 @@
+"""The patches of Snakemake and of its SLURM plugin: what each fixes, and that each applies only to
+the version it was written for (and says so otherwise)."""
+
+import asyncio
+import re
+import threading
+
+import pytest
+from snakemake.scheduling.job_scheduler import JobScheduler
+
+from workflow_lib import snakemake_fixes
+from workflow_lib.snakemake_fixes import graceful_sigterm_without_deadlock, slurm_cancelled_by_user_is_cancelled
+from workflow_lib.status.run import BATCH_RULE, REGISTER_RULE
+
+from .helpers import REPO
+
+
+class Scheduler:
+    """What JobScheduler.exit_gracefully touches of a scheduler."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._open_jobs = threading.Semaphore(0)
+        self._user_kill = None
+
+
+def handler_returns_while_the_lock_is_held(exit_gracefully, scheduler) -> bool:
+    """Call the SIGTERM handler as a signal does: in the thread that holds the scheduler's lock
+    (here another thread stands for it, holding the lock as the main thread does when a job ends)."""
+    done = threading.Event()
+    with scheduler._lock:
+        thread = threading.Thread(target=lambda: (exit_gracefully(scheduler), done.set()), daemon=True)
+        thread.start()
+        returned = done.wait(2.0)
+    thread.join(5)
+    return returned
+
+
+def test_sigterm_while_the_scheduler_holds_its_lock_pauses_instead_of_hanging(monkeypatch):
+    original = JobScheduler.exit_gracefully
+    # Snakemake's own handler waits for the lock: while the main thread holds it, forever.
+    assert not handler_returns_while_the_lock_is_held(original, Scheduler())
+    monkeypatch.setattr(JobScheduler, "exit_gracefully", original)  # restored after the test
+    assert graceful_sigterm_without_deadlock()
+    scheduler = Scheduler()
+    assert handler_returns_while_the_lock_is_held(JobScheduler.exit_gracefully, scheduler)
+    assert scheduler._user_kill == "graceful"  # no new job starts
+    assert scheduler._open_jobs.acquire(timeout=5)  # and the scheduler is woken to see it
+
+
+def test_a_patch_is_not_applied_to_another_version_and_says_so(monkeypatch, capsys):
+    original = JobScheduler.exit_gracefully
+    monkeypatch.setattr(JobScheduler, "exit_gracefully", original)
+    monkeypatch.setattr(snakemake_fixes, "installed_version", lambda package: "99.0.0")
+    assert not graceful_sigterm_without_deadlock()
+    assert JobScheduler.exit_gracefully is original
+    assert not slurm_cancelled_by_user_is_cancelled()
+    said = capsys.readouterr().err
+    assert "written for snakemake 9.27.1, but 99.0.0 is installed: it is not applied" in said
+    assert "written for snakemake-executor-plugin-slurm 2.8.0, but 99.0.0 is installed" in said
+
+
+def test_the_patches_are_written_for_the_pinned_versions():
+    with open(f"{REPO}/pyproject.toml") as f:
+        pins = f.read()
+    assert f'"snakemake=={snakemake_fixes.SNAKEMAKE_VERSION}"' in pins
+    assert f'"snakemake-executor-plugin-slurm=={snakemake_fixes.SLURM_PLUGIN_VERSION}"' in pins
+
+
+def test_the_rules_the_status_logger_watches_exist():
+    rules = set()
+    for name in ("register.smk", "batches.smk"):
+        with open(f"{REPO}/rules/{name}") as f:
+            rules |= set(re.findall(r"^rule (\w+):", f.read(), re.M))
+    assert {BATCH_RULE, REGISTER_RULE} <= rules
+
+
+def test_a_slurm_job_cancelled_by_someone_is_cancelled_to_snakemake():
+    """sacct says "CANCELLED by 0"; the SLURM plugin would wait for such a job forever."""
+    plugin = pytest.importorskip("snakemake_executor_plugin_slurm")
+    original = plugin.query_job_status
+
+    async def sacct_says(command, logger):
+        return {"7": "CANCELLED by 0", "8": "COMPLETED", "9": "RUNNING"}, 0.01
+
+    try:
+        plugin.query_job_status = sacct_says
+        assert slurm_cancelled_by_user_is_cancelled()
+        assert slurm_cancelled_by_user_is_cancelled()  # applied twice: still one wrapper
+        states, _ = asyncio.run(plugin.query_job_status("sacct ...", None))
+        assert states == {"7": "CANCELLED", "8": "COMPLETED", "9": "RUNNING"}
+        assert plugin.query_job_status.__wrapped_original__ is sacct_says
+    finally:
+        plugin.query_job_status = original
