@@ -23,12 +23,19 @@ class Method(StrEnum):
     MAX = "max"
     MODE = "mode"
     MED = "med"
+    FRACTIONS = "fractions"  # per class, the share of each target pixel's area it covers
 
     @property
     def is_area(self) -> bool:
-        """Each output pixel is a reduction of the input pixels under it (GDAL's
-        GWKAverageOrMode), rather than a pick or an interpolation at its centre."""
+        """GDAL's area methods: each output pixel is a reduction of the input pixels under it
+        (GWKAverageOrMode), rather than a pick or an interpolation at its centre."""
         return self in _AREA
+
+    @property
+    def is_conservative(self) -> bool:
+        """Weighted by the area of each input pixel's footprint in each output pixel, between any
+        two CRSs: the conservative engine's methods (engines.conservative)."""
+        return self in _CONSERVATIVE
 
     @property
     def is_categorical(self) -> bool:
@@ -60,7 +67,7 @@ class Method(StrEnum):
 
     @property
     def is_block_reduction(self) -> bool:
-        """The NumPy block engine computes it (aligned blocks of input pixels)."""
+        """The NumPy block and window engines compute it (rectangles of input pixels in one CRS)."""
         return self is Method.NEAREST or self.is_area
 
     @property
@@ -73,6 +80,7 @@ class Method(StrEnum):
 _AREA = frozenset({Method.AVERAGE, Method.SUM, Method.MIN, Method.MAX, Method.MODE, Method.MED})
 _CATEGORICAL = frozenset({Method.NEAREST, Method.MODE, Method.MIN, Method.MAX, Method.MED})
 _INTERPOLATING = frozenset({Method.BILINEAR, Method.CUBIC})
+_CONSERVATIVE = frozenset({Method.AVERAGE, Method.SUM, Method.MODE, Method.FRACTIONS})
 _RADIUS = {Method.BILINEAR: 1, Method.CUBIC: 2}
 
 
@@ -82,6 +90,7 @@ class Engine(StrEnum):
     BLOCKS = "numpy"  # aligned blocks of whole input pixels, one CRS (engines.blocks)
     WINDOWS = "windows"  # unaligned rectangles of input pixels, one CRS (engines.windows)
     WARP = "gdal"  # GDAL's warper, any case (engines.warp)
+    CONSERVATIVE = "conservative"  # footprints clipped on the target grid, any CRSs (engines.conservative)
 
     @property
     def label(self) -> str:
@@ -89,7 +98,8 @@ class Engine(StrEnum):
         return _LABELS[self]
 
 
-_LABELS = {Engine.BLOCKS: "numpy-blocks", Engine.WINDOWS: "numpy-windows", Engine.WARP: "gdal-warp"}
+_LABELS = {Engine.BLOCKS: "numpy-blocks", Engine.WINDOWS: "numpy-windows", Engine.WARP: "gdal-warp",
+           Engine.CONSERVATIVE: "conservative"}
 
 RESULTS_DIR = "results"
 TILE_SUFFIX = ".tif"

@@ -17,7 +17,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from workflow_lib.coords import transform_points, wrap_longitudes
+from workflow_lib.coords import transform_points, trusted_transform, wrap_longitudes
 from workflow_lib.domain import Engine, Method
 from workflow_lib.engines.blocks import LARGE_BLOCK
 from workflow_lib.engines.windows import axis_ranges, window_cost
@@ -300,3 +300,129 @@ def window_chunks(header: RasterHeader, settings: WarpSettings, grid: TargetGrid
             source = Window(int(wc.min()), int(wr.min()), int(ec.max() - wc.min()), int(er.max() - wr.min()))
             chunks.append(Chunk(window, source if source.width > 0 and source.height > 0 else None, source))
     return [c for c in chunks if c.source is not None]
+
+
+def conservative_cost(settings: WarpSettings, src_dtype: str, src_px: int, dst_px: int) -> int:
+    """Bytes a chunk of the conservative engine holds at its peak: per source pixel its value,
+    and the positions of its corners and edge points (two float64 each, edge_points per edge);
+    for mode its pieces (cell, pixel, area: about four per pixel) and their sorting; per target
+    pixel the sums (one per class for fractions), the coverage and the output bands."""
+    n = settings.edge_points
+    per_src = np.dtype(src_dtype).itemsize + 17 + (32 * (n - 1) if n > 1 else 0)
+    if settings.method is Method.MODE:
+        per_src += 4 * 32
+    sums = len(settings.classes) if settings.classes else 1
+    per_dst = 8 * (sums + 2) + settings.output_bands * (np.dtype(settings.dst_dtype).itemsize + 8)
+    return src_px * per_src + dst_px * per_dst
+
+
+# Lattice (per side) over the raster that finds, from the raster's side, the source pixels of a
+# chunk that reaches where the target CRS is not defined.
+_FORWARD_LATTICE = 65
+
+
+def footprint_source_window(header: RasterHeader, grid: TargetGrid, window: Window, pad: int = 2) -> Window | None:
+    """Every source pixel whose footprint may meet the target pixels ``window`` (on the whole
+    grid), within the raster; None if none does.
+
+    From the target's side: the window's edges and interior moved into the raster's pixels, with
+    ``pad`` pixels around. Where some of those points do not come back from a round trip (the
+    window reaches beyond where the target CRS is defined, as a world map's limb), the pixels next
+    to that edge have no sample near them: a lattice over the raster moved onto the grid adds every
+    lattice cell that lands near the window."""
+    edge = np.linspace(0.0, 1.0, _EDGE_SAMPLES)
+    inner = np.linspace(0.0, 1.0, _INTERIOR_SAMPLES)
+    gx, gy = np.meshgrid(inner, inner)
+    fx = np.concatenate([edge, np.ones_like(edge), edge, np.zeros_like(edge), gx.ravel()])
+    fy = np.concatenate([np.zeros_like(edge), edge, np.ones_like(edge), edge, gy.ravel()])
+    w0, h0, w, h = float(window.col_off), float(window.row_off), float(window.width), float(window.height)
+    centre = None
+    if header.crs.is_geographic:
+        centre, _ = header.transform @ (header.width / 2.0, header.height / 2.0)
+    cols, rows, ok = trusted_transform(grid.crs, grid.transform, header.crs, header.transform, w0 + fx * w,
+                                       h0 + fy * h, centre)
+    boxes = []
+    if ok.any():
+        boxes.append((cols[ok].min() - pad, rows[ok].min() - pad, cols[ok].max() + pad, rows[ok].max() + pad))
+    if not ok.all():
+        boxes += _forward_cells(header, grid, window)
+    if not boxes:
+        return None
+    c0 = max(int(math.floor(min(b[0] for b in boxes))), 0)
+    r0 = max(int(math.floor(min(b[1] for b in boxes))), 0)
+    c1 = min(int(math.ceil(max(b[2] for b in boxes))), header.width)
+    r1 = min(int(math.ceil(max(b[3] for b in boxes))), header.height)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _forward_cells(header: RasterHeader, grid: TargetGrid, window: Window) -> list[tuple[float, ...]]:
+    """Source pixel boxes of the lattice cells of the raster that land near ``window``."""
+    steps_c = np.linspace(0.0, header.width, _FORWARD_LATTICE)
+    steps_r = np.linspace(0.0, header.height, _FORWARD_LATTICE)
+    cc, rr = np.meshgrid(steps_c, steps_r)
+    lon_centre = None
+    if grid.crs.is_geographic:
+        left, _, right, _ = grid.bounds
+        lon_centre = (left + right) / 2.0
+    tc, tr, ok = trusted_transform(header.crs, header.transform, grid.crs, grid.transform, cc, rr, lon_centre)
+    found = []
+    n = _FORWARD_LATTICE - 1
+    w0, h0 = float(window.col_off), float(window.row_off)
+    w1, h1 = w0 + float(window.width), h0 + float(window.height)
+    for i in range(n):
+        for j in range(n):
+            corners_ok = ok[i:i + 2, j:j + 2]
+            if not corners_ok.any():
+                continue
+            xs, ys = tc[i:i + 2, j:j + 2][corners_ok], tr[i:i + 2, j:j + 2][corners_ok]
+            # A cell may bulge beyond its corners: a quarter of its size of margin, and a cell with
+            # a corner that could not be moved counts wherever its other corners are.
+            margin_x = 0.25 * (xs.max() - xs.min()) + 1.0
+            margin_y = 0.25 * (ys.max() - ys.min()) + 1.0
+            near = (xs.max() + margin_x >= w0 and xs.min() - margin_x <= w1 and ys.max() + margin_y >= h0
+                    and ys.min() - margin_y <= h1)
+            if near or (not corners_ok.all() and _edges_near(xs, ys, w0, h0, w1, h1)):
+                found.append((steps_c[j] - 1, steps_r[i] - 1, steps_c[j + 1] + 1, steps_r[i + 1] + 1))
+    return found
+
+
+def _edges_near(xs, ys, w0, h0, w1, h1) -> bool:
+    span = max(w1 - w0, h1 - h0)
+    return bool(((xs >= w0 - span) & (xs <= w1 + span) & (ys >= h0 - span) & (ys <= h1 + span)).any())
+
+
+def conservative_chunks(header: RasterHeader, settings: WarpSettings, grid: TargetGrid, tile: Tile,
+                        budget_bytes: int) -> list[Chunk]:
+    """Cut a tile into chunks for the conservative engine whose cost fits ``budget_bytes``: each
+    reads every source pixel whose footprint meets its target pixels (footprint_source_window),
+    within the raster only."""
+
+    def make(window: Window) -> Chunk:
+        on_grid = Window(tile.window.col_off + window.col_off, tile.window.row_off + window.row_off,
+                         window.width, window.height)
+        source = footprint_source_window(header, grid, on_grid)
+        return Chunk(window, source, source)
+
+    def split(window: Window) -> Iterator[Chunk]:
+        chunk = make(window)
+        src_px = 0 if chunk.source is None else int(chunk.source.width * chunk.source.height)
+        fits = conservative_cost(settings, header.dtype, src_px, int(window.width * window.height)) <= budget_bytes
+        if fits or (window.width == 1 and window.height == 1):
+            yield chunk
+            return
+        if window.height >= window.width:  # squarish chunks: their source windows are the smallest
+            half = int(window.height) // 2
+            if half > BLOCK_SIZE:
+                half -= half % BLOCK_SIZE
+            first = Window(window.col_off, window.row_off, window.width, half)
+            second = Window(window.col_off, window.row_off + half, window.width, window.height - half)
+        else:
+            half = int(window.width) // 2
+            first = Window(window.col_off, window.row_off, half, window.height)
+            second = Window(window.col_off + half, window.row_off, window.width - half, window.height)
+        yield from split(first)
+        yield from split(second)
+
+    return [c for c in split(Window(0, 0, tile.width, tile.height)) if c.source is not None]

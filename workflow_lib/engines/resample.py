@@ -23,8 +23,8 @@ from rasterio.windows import Window
 from workflow_lib.atomic import atomic_path
 from workflow_lib.domain import Engine
 from workflow_lib.engines.blocks import LARGE_BLOCK, reduce_blocks_masked, reduce_large_blocks, valid_mask
-from workflow_lib.engines.chunks import (KERNELS_MB, Chunk, MemoryBudget, block_chunks, pads_source,
-                                         plan_chunks, tile_axis_ranges, uses_kernels, window_chunks)
+from workflow_lib.engines.chunks import (KERNELS_MB, Chunk, MemoryBudget, block_chunks, conservative_chunks,
+                                         pads_source, plan_chunks, tile_axis_ranges, uses_kernels, window_chunks)
 from workflow_lib.engines.warp import warp_chunk
 from workflow_lib.engines.windows import reduce_windows
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
@@ -83,6 +83,8 @@ def resample_tile(
         chunks = block_chunks(header, settings, tile, blocks, chunk_bytes, compiled)
     elif settings.engine is Engine.WINDOWS:
         chunks = window_chunks(header, settings, grid, tile, chunk_bytes)
+    elif settings.engine is Engine.CONSERVATIVE:
+        chunks = conservative_chunks(header, settings, grid, tile, chunk_bytes)
     else:
         chunks = [c for c in plan_chunks(header, settings, tile, grid.crs, chunk_bytes) if c.source is not None]
     log.info(
@@ -93,6 +95,7 @@ def resample_tile(
     profile = tile_profile(
         tile.width, tile.height, tile.transform, grid.crs, settings.dst_dtype, settings.dst_nodata, compress
     )
+    profile["count"] = settings.output_bands
     started = time.monotonic()
     pixels_read = 0
     stats = PixelStats()
@@ -110,12 +113,17 @@ def resample_tile(
                     out = _block_chunk(dataset, src, settings, chunk, blocks, compiled)
                 elif settings.engine is Engine.WINDOWS:
                     out = _window_chunk(dataset, src, header, settings, grid, tile, chunk)
+                elif settings.engine is Engine.CONSERVATIVE:
+                    out = _conservative_chunk(dataset, src, header, settings, grid, tile, chunk)
                 else:
                     out = _warp_chunk(dataset, src, header, settings, grid, tile, chunk, threads, chunk_bytes)
                 progress()
                 pixels_read += 0 if chunk.source is None else int(chunk.source.width * chunk.source.height)
                 try:
-                    dst.write(out, 1, window=chunk.window)
+                    if out.ndim == 3:
+                        dst.write(out, window=chunk.window)
+                    else:
+                        dst.write(out, 1, window=chunk.window)
                 except GDAL_ERRORS as exc:
                     raise OutputWriteError(out_path, exc) from exc
                 stats.add(out, settings.dst_nodata)
@@ -125,7 +133,7 @@ def resample_tile(
                     on_chunk(i, len(chunks), pixels_read)
                 log.debug("chunk %d/%d %s <- source %s", i, len(chunks), chunk.window, chunk.source)
             # What no chunk wrote (beyond the raster's reach) is nodata.
-            stats.total = tile.width * tile.height
+            stats.total = tile.width * tile.height * settings.output_bands
             dst.update_tags(**{STATS_TAG: stats.to_json()})
     seconds = time.monotonic() - started
     log.debug("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
@@ -183,6 +191,16 @@ def _warp_chunk(dataset, src, header, settings, grid, tile, chunk, threads, chun
         grid.crs, (int(chunk.window.height), int(chunk.window.width)), settings, threads=max(threads, 1),
         mem_limit_mb=max(int(chunk_bytes / 1e6), 16), valid=valid,
     )
+
+
+def _conservative_chunk(dataset, src, header, settings, grid, tile, chunk) -> np.ndarray:
+    # Imported here: numba, which the Snakefile's parse must not load (see _block_chunk).
+    from workflow_lib.engines.conservative import resample_chunk
+
+    data = read_source(dataset, src, settings, chunk.source, keep_nan=True)
+    window = Window(tile.window.col_off + chunk.window.col_off, tile.window.row_off + chunk.window.row_off,
+                    chunk.window.width, chunk.window.height)
+    return resample_chunk(data, chunk.source, header, grid, window, settings)
 
 
 def padded_source(dataset: str, src, settings: WarpSettings, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:

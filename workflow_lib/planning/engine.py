@@ -84,21 +84,35 @@ def window_geometry_reason(src_transform: Affine, dst_transform: Affine) -> str 
 
 
 def choose_engine(requested: str, method: Method, same_crs: bool, src_transform: Affine,
-                  dst_transform: Affine) -> EngineChoice:
-    """The engine for a dataset and why. ``requested``: the config's auto, numpy or gdal.
+                  dst_transform: Affine, coverage: bool = False) -> EngineChoice:
+    """The engine for a dataset and why. ``requested``: the config's auto, numpy, conservative or
+    gdal; ``coverage``: the dataset asks for the share of each target pixel covered (a band, or a
+    least share), which only the conservative engine measures.
 
     Where target pixels are whole blocks of input pixels, "auto" takes the block engine: its result
     is the exact block reduction, the same for every tiling, and equal to GDAL's wherever GDAL's is
-    exact (README, "Engines", for where it is not); the area methods onto unaligned grids in one CRS
-    take the window engine. Outside those cases asking for numpy is an error (ValueError), so that
-    a config never silently gets something else than it asked for.
+    exact (README, "Engines", for where it is not); the area methods onto unaligned north-up grids
+    in one CRS take the window engine. Average, sum, mode and fractions otherwise take the
+    conservative engine: between CRSs, GDAL's average is no area-weighted mean (README,
+    "Accuracy"). Asking for an engine that cannot do what the dataset needs is an error
+    (ValueError), so that a config never silently gets something else than it asked for.
     """
     method = Method(method)
     if requested == "gdal":
+        if method is Method.FRACTIONS or coverage:
+            raise ValueError("GDAL's warper gives no class fractions or coverage; use engine auto or conservative")
         return EngineChoice(Engine.WARP, "asked for in the config")
+    if requested == "conservative":
+        if not method.is_conservative:
+            raise ValueError(f"the conservative engine does average, sum, mode and fractions, not {method}")
+        return EngineChoice(Engine.CONSERVATIVE, "asked for in the config")
     asked = ", asked for in the config" if requested == "numpy" else ""
     geometry = None
-    if not same_crs:
+    if method is Method.FRACTIONS:
+        reason = "class fractions"
+    elif coverage:
+        reason = "the coverage of target pixels"
+    elif not same_crs:
         reason = "the input and the target are in different CRSs"
     elif not method.is_block_reduction:
         reason = f"method {method} is an interpolation, not a block reduction"
@@ -106,10 +120,14 @@ def choose_engine(requested: str, method: Method, same_crs: bool, src_transform:
         geometry, reason = block_geometry(src_transform, dst_transform)
     if geometry is not None:
         return EngineChoice(Engine.BLOCKS, reason + asked)
-    if same_crs and method.is_area and window_geometry_reason(src_transform, dst_transform) is None:
+    window_ok = same_crs and method.is_area and not coverage
+    if window_ok and window_geometry_reason(src_transform, dst_transform) is None:
         # Unaligned area methods within one CRS: the rectangle of input pixels under each target
         # pixel, the same for every tiling (engines.windows).
         return EngineChoice(Engine.WINDOWS, f"{reason}: unaligned windows{asked}")
     if requested == "numpy":
         raise ValueError(f"the numpy engine cannot be used: {reason}")
+    if method.is_conservative:
+        # Footprints clipped on the target grid: area weights measured in the target CRS.
+        return EngineChoice(Engine.CONSERVATIVE, f"{reason}: areas of footprints")
     return EngineChoice(Engine.WARP, reason)

@@ -394,3 +394,67 @@ def _kernel_scale(dst_size: int, src_min: float, src_max: float, raster_size: in
         if abs(reciprocal - whole) < 0.05:
             scale = 1.0 / whole
     return scale
+
+
+# How far, as a share of the data's range, the straight segments between a source pixel's edge
+# points may move an area-weighted mean (the conservative engine; engines.corners moves the points
+# themselves to 1e-8 of a target pixel), and the most points per edge that reaching it may take:
+# MAX_EDGE_POINTS, and no more than EDGE_POINT_BUDGET over all the raster's pixels (a pixel costs
+# about its points in time and 32 bytes each in memory: a 0.1-degree global grid, 6.5 million
+# pixels, may take 66, a 40,000² raster, whose fine pixels barely bend, 2).
+EDGE_TOLERANCE = 5e-7
+MAX_EDGE_POINTS = 256
+EDGE_POINT_BUDGET = 4e9
+# A mean moves by about EDGE_ERROR_PER_SAGITTA x s / n² of the data's range, where s is the sagitta
+# of one source pixel's edge in target pixels and n the points per edge: measured against exact
+# footprints (tests/test_conservative.py) between 13 (10 m pixels onto 35 m) and 37 (0.1-degree
+# pixels onto 25 km), on counts that jump from pixel to pixel.
+EDGE_ERROR_PER_SAGITTA = 40.0
+_EDGE_SAMPLES = 17
+# Edges are measured over this many pixels (and scaled back): the bend of one fine pixel's edge is
+# below PROJ's own rounding (1e-7 of a target pixel), that of 16 pixels 256 times larger.
+_EDGE_SPAN = 16
+
+
+def edge_points(header: RasterHeader, grid: TargetGrid) -> int:
+    """Points per source pixel edge (1: its corners alone) for the conservative engine: a pixel's
+    edges are curves on the target grid, drawn as straight segments between these points, enough
+    that an average moves by at most EDGE_TOLERANCE of the data's range (at most MAX_EDGE_POINTS;
+    and EDGE_POINT_BUDGET; beyond them the error falls with the square of the points). 10 m
+    pixels onto a 0.0005-degree grid need 2, 0.1-degree ones onto 25 km about 66."""
+    worst = edge_sagitta(header, grid)
+    need = math.ceil(math.sqrt(EDGE_ERROR_PER_SAGITTA * worst / EDGE_TOLERANCE))
+    affordable = int(EDGE_POINT_BUDGET // max(float(header.width) * header.height, 1.0))
+    return int(max(1, min(need, MAX_EDGE_POINTS, affordable)))
+
+
+def edge_sagitta(header: RasterHeader, grid: TargetGrid) -> float:
+    """The largest sagitta, in target pixels, of one source pixel's edge on the grid (0 in one CRS)."""
+    if header.crs == grid.crs:
+        return 0.0  # an affine map: edges stay straight
+    span = max(1, min(_EDGE_SPAN, header.width // 2, header.height // 2))
+    t = np.linspace(0.0, 1.0, _EDGE_SAMPLES)
+    rows = np.floor(t * (header.height - span))
+    cols = np.floor(t * (header.width - span))
+    r, c = (a.ravel() for a in np.meshgrid(rows, cols, indexing="ij"))
+    # For each sampled place: an edge along a row (start, middle, end) and one along a column.
+    pr = np.concatenate([r, r, r, r, r + span / 2, r + span])
+    pc = np.concatenate([c, c + span / 2, c + span, c, c, c])
+    x, y = header.transform @ (pc, pr)
+    tx, ty, _ = transform_points(header.crs, grid.crs, x, y)
+    tc, tr = ~grid.transform @ (tx, ty)
+    tc, tr = np.asarray(tc).reshape(6, -1), np.asarray(tr).reshape(6, -1)
+    if grid.crs.is_geographic:
+        period = 360.0 / abs(grid.transform.a)
+        tc = tc - period * np.round((tc - tc[0]) / period)
+    worst = 0.0
+    with np.errstate(invalid="ignore"):
+        for a, m, b in ((0, 1, 2), (3, 4, 5)):
+            sag = np.hypot(tc[m] - (tc[a] + tc[b]) / 2, tr[m] - (tr[a] + tr[b]) / 2) / span ** 2
+            # Places far beyond the grid (a global raster onto a local one) do not count.
+            near = ((np.abs(tc[a] - grid.width / 2) < 2 * grid.width)
+                    & (np.abs(tr[a] - grid.height / 2) < 2 * grid.height))
+            sag = sag[np.isfinite(sag) & near]
+            if sag.size:
+                worst = max(worst, float(sag.max()))
+    return worst

@@ -23,12 +23,12 @@ from rasterio.windows import Window
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.config import nodata_override, target_crs, target_resolution
 from workflow_lib.coords import trusted_transform
-from workflow_lib.domain import Method, TileIndex, tile_file_name
+from workflow_lib.domain import Engine, Method, TileIndex, tile_file_name
 from workflow_lib.errors import GDAL_ERRORS, ConfigError, InputRasterError
 from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
 from workflow_lib.planning.engine import choose_engine
-from workflow_lib.planning.footprint import (Bounds, footprint_bounds, footprint_window, raster_centre_lon, tile_mask,
-                                             whole_image_scale)
+from workflow_lib.planning.footprint import (Bounds, edge_points, footprint_bounds, footprint_window,
+                                             raster_centre_lon, tile_mask, whole_image_scale)
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
 from workflow_lib.sources.catalog import read_headers
@@ -38,7 +38,7 @@ from workflow_lib.sources.members import (MemberMosaic, arrange, check_members, 
 from workflow_lib.sources.paths import is_glob, local_file, member_paths, stamps
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 8
+PLAN_FORMAT = 9
 DEFAULT_CACHE_DIR = ".cache/plan"
 # Sample points along each side of a tile when finding the members under it.
 _MEMBER_SAMPLES = 5
@@ -258,8 +258,56 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
         if settings.bands:
             names = tuple(header.descriptions[b - 1] if len(header.descriptions) >= b and header.descriptions[b - 1]
                           else f"{name}_b{b}" for b in settings.bands)
+        elif settings.method is Method.FRACTIONS or settings.coverage:
+            names = dataset_classes(name, ds)[1] if settings.method is Method.FRACTIONS else (name,)
+            names += (f"{name}_coverage",) if settings.coverage else ()
         plans[name] = (header, settings, window, parts, names)
     return Plan(grid, _batched(config, grid, plans, masks, notes))
+
+
+def dataset_classes(name: str, ds: dict) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    """The classes of a dataset of method fractions, in the config's order, and their band names:
+    ``classes: [10, 20]`` (named <dataset>_10, <dataset>_20) or ``{10: forest, 20: water}``."""
+    given = ds.get("classes")
+    if Method(ds["method"]) is not Method.FRACTIONS:
+        if given:
+            raise ConfigError(f"datasets.{name}.classes: only method fractions has classes (method is "
+                              f"{ds['method']})")
+        return (), ()
+    if not given:
+        raise ConfigError(f"datasets.{name}.classes: method fractions needs the classes to measure, as a list "
+                          "([10, 20, 30]) or with names ({10: forest, 20: water})")
+    pairs = list(given.items()) if isinstance(given, dict) else [(v, None) for v in given]
+    values = []
+    for key, _ in pairs:
+        try:
+            values.append(float(key))
+        except (TypeError, ValueError):
+            raise ConfigError(f"datasets.{name}.classes: {key!r} is not a number") from None
+    if len(set(values)) != len(values):
+        raise ConfigError(f"datasets.{name}.classes: a class is given twice ({given})")
+    names = tuple(str(label) if label else f"{name}_{_class_label(v)}" for v, (_, label) in zip(values, pairs))
+    return tuple(values), names
+
+
+def _class_label(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def output_dtype(name: str, ds: dict, method: Method, src_dtype: str, coverage: bool) -> str:
+    """The mosaic's data type: the config's dtype, else the input's; class fractions are float32
+    shares unless dtype says float64; with a coverage band, an integer type becomes real (float32
+    up to 16-bit integers, else float64) so that shares fit beside values."""
+    dtype = ds.get("dtype")
+    if method is Method.FRACTIONS or coverage:
+        if dtype and np.dtype(dtype).kind != "f":
+            what = "class fractions" if method is Method.FRACTIONS else "a coverage band"
+            raise ConfigError(f"datasets.{name}.dtype: {what} are shares from 0 to 1: give float32 or float64, "
+                              f"not {dtype}")
+        if method is Method.FRACTIONS:
+            return dtype or "float32"
+        return dtype or str(np.result_type(src_dtype, np.float32))
+    return dtype
 
 
 def dataset_bands(name: str, ds: dict, header: RasterHeader) -> tuple[int, ...]:
@@ -282,8 +330,14 @@ def _plan_part(name: str, ds: dict, header: RasterHeader, mosaic: MemberMosaic |
     """Settings and tiles of one part of a dataset: (header, settings, tile mask, footprint window)."""
     same_crs = header.crs == crs
     method = Method(ds["method"])
+    classes, _ = dataset_classes(name, ds)
+    coverage, min_coverage = bool(ds.get("coverage")), float(ds.get("min_coverage") or 0.0)
+    if len(bands) > 1 and (method is Method.FRACTIONS or coverage):
+        raise ConfigError(f"datasets.{name}: class fractions and coverage are made from one band; give band, "
+                          "not bands")
     try:
-        engine = choose_engine(ds.get("engine", "auto"), method, same_crs, header.transform, grid.transform)
+        engine = choose_engine(ds.get("engine", "auto"), method, same_crs, header.transform, grid.transform,
+                               coverage=coverage or min_coverage > 0)
     except ValueError as exc:
         raise ConfigError(f"datasets.{name}.engine: {exc} ({ds['path']})") from None
     window = footprint_window(header, grid, footprint)
@@ -293,7 +347,7 @@ def _plan_part(name: str, ds: dict, header: RasterHeader, mosaic: MemberMosaic |
         method=method,
         band=bands[0],
         nodata_override=nodata_override(ds),
-        dtype=ds.get("dtype"),
+        dtype=output_dtype(name, ds, method, header.dtype, coverage),
         scale=_planning_call(name, ds, lambda: whole_image_scale(header, grid, window, method)),
         error_threshold=error_threshold,
         same_crs=same_crs,
@@ -301,6 +355,9 @@ def _plan_part(name: str, ds: dict, header: RasterHeader, mosaic: MemberMosaic |
     )
     if len(bands) > 1:
         settings = dataclasses.replace(settings, bands=bands)
+    if engine.engine is Engine.CONSERVATIVE:
+        settings = dataclasses.replace(settings, classes=classes, coverage=coverage, min_coverage=min_coverage,
+                                       edge_points=_planning_call(name, ds, lambda: edge_points(header, grid)))
     mask = _planning_call(name, ds, lambda: tile_mask(header, grid, margin_px=kernel_reach(settings)))
     if mosaic is not None:  # many files: only the tiles that one of them reaches
         mask &= _planning_call(name, ds, lambda: _member_tiles(mosaic, header, grid, settings))

@@ -28,19 +28,38 @@ class WarpSettings:
     # Several bands (config "bands"): each resampled as ``band`` is, into one multi-band tile;
     # empty for one band.
     bands: tuple[int, ...] = ()
+    # Method fractions: the classes, one output band each, in the config's order.
+    classes: tuple[float, ...] = ()
+    # The conservative engine's: a band with the share of each target pixel covered by valid
+    # input pixels (after the value or class bands); values nodata where that share is below
+    # min_coverage; points per input pixel edge (straight segments between them, planning.footprint
+    # .edge_points).
+    coverage: bool = False
+    min_coverage: float = 0.0
+    edge_points: int = 1
 
     def __post_init__(self) -> None:
         # The values, also when a caller (dataclasses.replace, a test) passes their names.
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "engine", Engine(self.engine))
 
+    @property
+    def output_bands(self) -> int:
+        """Bands of a tile made from one input band: a value, or one share per class; then the
+        coverage."""
+        return (len(self.classes) if self.method is Method.FRACTIONS else 1) + int(self.coverage)
+
     def to_dict(self) -> dict:
         data = asdict(self)
-        # Left out for one band: tiles made before "bands" existed keep their digest (engines.batch).
+        # Left out when they have their defaults: tiles made before they existed keep their digest
+        # (engines.batch).
+        for key, default in _OPTIONAL.items():
+            if data[key] == default:
+                del data[key]
         if self.bands:
             data["bands"] = list(self.bands)
-        else:
-            del data["bands"]
+        if self.classes:
+            data["classes"] = list(self.classes)
         data["src_nodata"] = json_number(self.src_nodata)
         data["dst_nodata"] = json_number(self.dst_nodata)
         data["method"] = self.method.value
@@ -53,7 +72,11 @@ class WarpSettings:
         data["src_nodata"] = number_from_json(data["src_nodata"])
         data["dst_nodata"] = number_from_json(data["dst_nodata"])
         data["bands"] = tuple(data.get("bands", ()))
+        data["classes"] = tuple(data.get("classes", ()))
         return cls(**data)
+
+
+_OPTIONAL = {"bands": (), "classes": (), "coverage": False, "min_coverage": 0.0, "edge_points": 1}
 
 
 def default_nodata(dtype: str) -> float:

@@ -1,0 +1,481 @@
+"""The conservative engine: area-weighted resampling between any two CRSs.
+
+Each source pixel's footprint on the target grid is a polygon: its corners (and, where the map
+bends within a pixel, points along its edges) moved onto the target grid (engines.corners). The
+polygon is cut by the target grid's lines; the area of each piece, measured in the target CRS, is
+the weight of that source pixel in that target pixel:
+
+- ``average``: the overlap-weighted mean of the valid source pixels;
+- ``sum``: each source pixel's value shared out by the fraction of its footprint in each target
+  pixel (the total is conserved);
+- ``mode``: the class covering the largest area (among equal areas, the one whose last source
+  pixel comes first in row-major order, as GDAL's running mode breaks ties);
+- ``fractions``: per class, the share of the target pixel's area that it covers;
+- the coverage: the share of the target pixel's area covered by valid source pixels.
+
+Nodata and NaN never count. A source pixel that falls inside one target pixel (the common case
+when coarsening) takes a fast path: its whole area goes to that pixel. Every target pixel sums its
+source pixels in row-major order, whatever the chunk or tile that holds it: results do not depend
+on tiling, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from rasterio.windows import Window
+
+from workflow_lib.domain import Method
+from workflow_lib.engines.blocks import to_output
+from workflow_lib.engines.corners import Mapping, positions
+from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.planning.settings import WarpSettings
+from workflow_lib.sources.header import RasterHeader
+
+AVERAGE, SUM, FRACTIONS = 0, 1, 2
+_CODES = {Method.AVERAGE: AVERAGE, Method.SUM: SUM, Method.FRACTIONS: FRACTIONS}
+
+_jit = numba.njit(nogil=True, cache=True)
+
+
+@numba.njit(inline="always")
+def _shoelace(xs, ys, n):
+    s = 0.0
+    for k in range(n):
+        k1 = k + 1 if k + 1 < n else 0
+        s += xs[k] * ys[k1] - xs[k1] * ys[k]
+    return 0.5 * s
+
+
+@numba.njit(inline="always")
+def _clip(sx, sy, n, dx, dy, axis, bound, keep_low):
+    """Sutherland-Hodgman: the part of polygon (sx, sy)[:n] where coordinate ``axis`` (0: x, 1: y)
+    is <= bound (``keep_low``) or >= bound, into (dx, dy); returns its vertex count."""
+    m = 0
+    if n == 0:
+        return 0
+    px, py = sx[n - 1], sy[n - 1]
+    pv = px if axis == 0 else py
+    p_in = pv <= bound if keep_low else pv >= bound
+    for k in range(n):
+        cx, cy = sx[k], sy[k]
+        cv = cx if axis == 0 else cy
+        c_in = cv <= bound if keep_low else cv >= bound
+        if c_in != p_in:
+            t = (bound - pv) / (cv - pv)
+            if axis == 0:
+                dx[m] = bound
+                dy[m] = py + t * (cy - py)
+            else:
+                dx[m] = px + t * (cx - px)
+                dy[m] = bound
+            m += 1
+        if c_in:
+            dx[m] = cx
+            dy[m] = cy
+            m += 1
+        px, py, pv, p_in = cx, cy, cv, c_in
+    return m
+
+
+@numba.njit(inline="always")
+def _footprint(i, j, hx, hy, vx, vy, n, px, py, period, box):
+    """The footprint of source pixel (i, j) into (px, py): its top edge left to right, its right
+    edge down, its bottom edge right to left, its left edge up (4 n vertices), and its bounding box
+    into ``box`` (min x, max x, min y, max y); False if a point could not be moved. Longitudes are
+    made continuous from its first corner."""
+    m = 0
+    for k in range(n):
+        px[m] = hx[i, j * n + k]
+        py[m] = hy[i, j * n + k]
+        m += 1
+    for k in range(n):
+        px[m] = vx[i * n + k, j + 1]
+        py[m] = vy[i * n + k, j + 1]
+        m += 1
+    for k in range(n):
+        px[m] = hx[i + 1, (j + 1) * n - k]
+        py[m] = hy[i + 1, (j + 1) * n - k]
+        m += 1
+    for k in range(n):
+        px[m] = vx[(i + 1) * n - k, j]
+        py[m] = vy[(i + 1) * n - k, j]
+        m += 1
+    first = px[0]
+    minx, maxx, miny, maxy = np.inf, -np.inf, np.inf, -np.inf
+    for k in range(m):
+        x, y = px[k], py[k]
+        if not (np.isfinite(x) and np.isfinite(y)):
+            return False
+        if period > 0.0 and k > 0:
+            x -= period * np.floor((x - first) / period + 0.5)
+            px[k] = x
+        minx = min(minx, x)
+        maxx = max(maxx, x)
+        miny = min(miny, y)
+        maxy = max(maxy, y)
+    box[0], box[1], box[2], box[3] = minx, maxx, miny, maxy
+    return True
+
+
+@numba.njit(inline="always")
+def _pieces(px, py, nv, shift, box, wc0, wr0, ww, wh, bx, by, sx, sy, cx, cy, tx, ty, out_r, out_c, out_a,
+            whole):
+    """The pieces of polygon (px + shift, py)[:nv] (bounding box ``box``, unshifted) in the target
+    pixels of the window (columns wc0 .. wc0 + ww, rows wr0 .. wr0 + wh of the grid): their cells
+    (relative to the window) and areas into out_*, the polygon's whole area into whole[0]; returns
+    how many. out_* hold the bounding box's cells."""
+    c0, c1 = int(np.floor(box[0] + shift)), int(np.ceil(box[1] + shift))
+    r0, r1 = int(np.floor(box[2])), int(np.ceil(box[3]))
+    if c1 == c0:
+        c1 += 1
+    if r1 == r0:
+        r1 += 1
+    lo_c, hi_c = max(c0, wc0), min(c1, wc0 + ww)
+    lo_r, hi_r = max(r0, wr0), min(r1, wr0 + wh)
+    if lo_c >= hi_c or lo_r >= hi_r:
+        return 0
+    # Local coordinates (the bounding box's first cell at 0, 0): areas without cancellation.
+    off_x = shift - c0
+    for k in range(nv):
+        bx[k] = px[k] + off_x
+        by[k] = py[k] - r0
+    whole[0] = abs(_shoelace(bx, by, nv))
+    if c1 - c0 == 1 and r1 - r0 == 1:  # inside one target pixel
+        out_r[0] = r0 - wr0
+        out_c[0] = c0 - wc0
+        out_a[0] = whole[0]
+        return 1
+    count = 0
+    for c in range(lo_c, hi_c):
+        lc = c - c0
+        ns = nv
+        if c > c0 and c + 1 < c1:
+            ns = _clip(bx, by, ns, sx, sy, 0, float(lc), False)
+            ns = _clip(sx, sy, ns, tx, ty, 0, float(lc + 1), True)
+        elif c > c0:
+            ns = _clip(bx, by, ns, tx, ty, 0, float(lc), False)
+        elif c + 1 < c1:
+            ns = _clip(bx, by, ns, tx, ty, 0, float(lc + 1), True)
+        else:
+            for k in range(ns):
+                tx[k] = bx[k]
+                ty[k] = by[k]
+        if ns < 3:
+            continue
+        # The strip (tx, ty) is cut into its own rows.
+        s_lo, s_hi = np.inf, -np.inf
+        for k in range(ns):
+            s_lo = min(s_lo, ty[k])
+            s_hi = max(s_hi, ty[k])
+        sr0, sr1 = int(np.floor(s_lo)) + r0, int(np.ceil(s_hi)) + r0
+        if sr1 == sr0:
+            sr1 += 1
+        for r in range(max(sr0, wr0), min(sr1, wr0 + wh)):
+            lr = r - r0
+            if sr1 - sr0 == 1:
+                a = abs(_shoelace(tx, ty, ns))
+            elif r > sr0 and r + 1 < sr1:
+                nr = _clip(tx, ty, ns, sx, sy, 1, float(lr), False)
+                nr = _clip(sx, sy, nr, cx, cy, 1, float(lr + 1), True)
+                a = abs(_shoelace(cx, cy, nr)) if nr >= 3 else 0.0
+            elif r > sr0:
+                nr = _clip(tx, ty, ns, cx, cy, 1, float(lr), False)
+                a = abs(_shoelace(cx, cy, nr)) if nr >= 3 else 0.0
+            else:
+                nr = _clip(tx, ty, ns, cx, cy, 1, float(lr + 1), True)
+                a = abs(_shoelace(cx, cy, nr)) if nr >= 3 else 0.0
+            if a > 0.0:
+                out_r[count] = r - wr0
+                out_c[count] = c - wc0
+                out_a[count] = a
+                count += 1
+    return count
+
+
+@numba.njit(inline="always")
+def _missing(v, nodata, use_nodata):
+    return v != v or (use_nodata and v == nodata)
+
+
+@numba.njit(inline="always")
+def _class_index(v, classes):
+    """Index of ``v`` in the sorted ``classes``, or -1."""
+    lo, hi = 0, classes.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if classes[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if lo < classes.size and classes[lo] == v else -1
+
+
+@numba.njit(inline="always")
+def _cells_in(box):
+    return (int(np.ceil(box[1])) - int(np.floor(box[0])) + 1) * (int(np.ceil(box[3])) - int(np.floor(box[2])) + 1)
+
+
+@numba.njit(inline="always")
+def _shifts(box, period, wc0, ww):
+    """The whole turns (-1, 0, 1) by which a footprint may reach the window (0 alone without one)."""
+    lo = -1 if period > 0.0 and box[1] - period > wc0 else 0
+    hi = 1 if period > 0.0 and box[0] + period < wc0 + ww else 0
+    return lo, hi
+
+
+@numba.njit(inline="always")
+def _inside_one(i, j, hx, hy, period, wc0, wr0, ww, wh, piece):
+    """The fast path for a pixel of 4 corners (no edge points): when its footprint lies inside one
+    target pixel of the window (and no whole turn can move it elsewhere), that pixel (relative to
+    the window) and the footprint's area into ``piece``; 1 if so, 0 if the general path must
+    decide, -1 if the pixel lands nowhere (outside the window, or a corner could not be moved)."""
+    x0, x1, x2, x3 = hx[i, j], hx[i, j + 1], hx[i + 1, j + 1], hx[i + 1, j]
+    y0, y1, y2, y3 = hy[i, j], hy[i, j + 1], hy[i + 1, j + 1], hy[i + 1, j]
+    if not (np.isfinite(x0) and np.isfinite(x1) and np.isfinite(x2) and np.isfinite(x3) and np.isfinite(y0)
+            and np.isfinite(y1) and np.isfinite(y2) and np.isfinite(y3)):
+        return -1
+    if period > 0.0:  # longitudes continuous from the first corner
+        half = 0.5 * period
+        if abs(x1 - x0) > half:
+            x1 -= period * np.floor((x1 - x0) / period + 0.5)
+        if abs(x2 - x0) > half:
+            x2 -= period * np.floor((x2 - x0) / period + 0.5)
+        if abs(x3 - x0) > half:
+            x3 -= period * np.floor((x3 - x0) / period + 0.5)
+    lo_x, hi_x = min(min(x0, x1), min(x2, x3)), max(max(x0, x1), max(x2, x3))
+    if period > 0.0 and (hi_x - period > wc0 or lo_x + period < wc0 + ww):
+        return 0  # a whole turn may move it into the window too: the general path
+    lo_y, hi_y = min(min(y0, y1), min(y2, y3)), max(max(y0, y1), max(y2, y3))
+    c, r = int(np.floor(lo_x)), int(np.floor(lo_y))
+    if hi_x > c + 1 or hi_y > r + 1:
+        return 0
+    if c < wc0 or c >= wc0 + ww or r < wr0 or r >= wr0 + wh:
+        return -1
+    # Relative to the cell's corner: no cancellation between large coordinates.
+    x0, x1, x2, x3 = x0 - c, x1 - c, x2 - c, x3 - c
+    y0, y1, y2, y3 = y0 - r, y1 - r, y2 - r, y3 - r
+    piece[0] = r - wr0
+    piece[1] = c - wc0
+    piece[2] = 0.5 * abs((x0 * y1 - x1 * y0) + (x1 * y2 - x2 * y1) + (x2 * y3 - x3 * y2) + (x3 * y0 - x0 * y3))
+    return 1
+
+
+@_jit
+def accumulate(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, period, code, classes, acc, cover):
+    """Add every valid source pixel of ``data`` to the target pixels of the window its footprint
+    covers: ``cover`` += area; ``acc[0]`` += area x value (average) or value x area / footprint
+    area (sum); ``acc[k]`` += area for the pixels of class ``classes[k]`` (fractions)."""
+    h, w = data.shape
+    size = 8 * n + 16
+    px, py, bx, by = np.empty(4 * n), np.empty(4 * n), np.empty(size), np.empty(size)
+    sx, sy, cx, cy, tx, ty = np.empty(size), np.empty(size), np.empty(size), np.empty(size), np.empty(size), \
+        np.empty(size)
+    box, whole, piece = np.empty(4), np.empty(1), np.empty(3)
+    cells = 64
+    out_r, out_c, out_a = np.empty(cells, np.int64), np.empty(cells, np.int64), np.empty(cells)
+    for i in range(h):
+        for j in range(w):
+            v = data[i, j]
+            if _missing(v, nodata, use_nodata):
+                continue
+            k = 0
+            if code == FRACTIONS:
+                k = _class_index(v, classes)
+            if n == 1:
+                fast = _inside_one(i, j, hx, hy, period, wc0, wr0, ww, wh, piece)
+                if fast < 0:
+                    continue
+                if fast == 1:
+                    r, c, a = int(piece[0]), int(piece[1]), piece[2]
+                    cover[r, c] += a
+                    if code == AVERAGE:
+                        acc[0, r, c] += a * v
+                    elif code == SUM:
+                        acc[0, r, c] += v  # all of the pixel's footprint
+                    elif k >= 0:
+                        acc[k, r, c] += a
+                    continue
+            if not _footprint(i, j, hx, hy, vx, vy, n, px, py, period, box):
+                continue
+            need = _cells_in(box)
+            if need > cells:
+                cells = 2 * need
+                out_r, out_c, out_a = np.empty(cells, np.int64), np.empty(cells, np.int64), np.empty(cells)
+            lo, hi = _shifts(box, period, wc0, ww)
+            for s in range(lo, hi + 1):
+                found = _pieces(px, py, 4 * n, s * period, box, wc0, wr0, ww, wh, bx, by, sx, sy, cx, cy, tx, ty,
+                                out_r, out_c, out_a, whole)
+                if found == 0 or whole[0] <= 0.0:
+                    continue
+                for q in range(found):
+                    r, c, a = out_r[q], out_c[q], out_a[q]
+                    cover[r, c] += a
+                    if code == AVERAGE:
+                        acc[0, r, c] += a * v
+                    elif code == SUM:
+                        acc[0, r, c] += v * (a / whole[0])
+                    elif k >= 0:
+                        acc[k, r, c] += a
+
+
+@_jit
+def mode_of_areas(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, period, values, found, cover):
+    """The class covering the largest area of each target pixel of the window into ``values``
+    (``found`` where any valid pixel lies); among equal areas, the class whose last source pixel
+    comes first in row-major order."""
+    h, w = data.shape
+    size = 8 * n + 16
+    px, py, bx, by = np.empty(4 * n), np.empty(4 * n), np.empty(size), np.empty(size)
+    sx, sy, cx, cy, tx, ty = np.empty(size), np.empty(size), np.empty(size), np.empty(size), np.empty(size), \
+        np.empty(size)
+    box, whole = np.empty(4), np.empty(1)
+    cells = 64
+    out_r, out_c, out_a = np.empty(cells, np.int64), np.empty(cells, np.int64), np.empty(cells)
+    # First the pieces, as (target pixel, source pixel, area) in source order; then per target
+    # pixel (a stable counting sort keeps the source order) the areas per class.
+    cap = 4 * h * w + 16
+    cell = np.empty(cap, np.int64)
+    order = np.empty(cap, np.int64)
+    area = np.empty(cap)
+    m = 0
+    for i in range(h):
+        for j in range(w):
+            if _missing(data[i, j], nodata, use_nodata):
+                continue
+            if not _footprint(i, j, hx, hy, vx, vy, n, px, py, period, box):
+                continue
+            need = _cells_in(box)
+            if need > cells:
+                cells = 2 * need
+                out_r, out_c, out_a = np.empty(cells, np.int64), np.empty(cells, np.int64), np.empty(cells)
+            lo, hi = _shifts(box, period, wc0, ww)
+            for s in range(lo, hi + 1):
+                got = _pieces(px, py, 4 * n, s * period, box, wc0, wr0, ww, wh, bx, by, sx, sy, cx, cy, tx, ty,
+                              out_r, out_c, out_a, whole)
+                if m + got > cap:
+                    cap = 2 * (m + got)
+                    cell = _grow_int(cell, cap)
+                    order = _grow_int(order, cap)
+                    area = _grow_float(area, cap)
+                for q in range(got):
+                    cell[m] = out_r[q] * ww + out_c[q]
+                    order[m] = i * w + j
+                    area[m] = out_a[q]
+                    m += 1
+    counts = np.zeros(ww * wh + 1, np.int64)
+    for q in range(m):
+        counts[cell[q] + 1] += 1
+    for t in range(ww * wh):
+        counts[t + 1] += counts[t]
+    place = counts[:-1].copy()
+    by_cell = np.empty(m, np.int64)
+    for q in range(m):
+        by_cell[place[cell[q]]] = q
+        place[cell[q]] += 1
+    for t in range(ww * wh):
+        a, b = counts[t], counts[t + 1]
+        if a == b:
+            continue
+        r, c = t // ww, t % ww
+        picks = by_cell[a:b]
+        klass = np.empty(b - a, data.dtype)
+        for q in range(b - a):
+            o = order[picks[q]]
+            klass[q] = data[o // w, o % w]
+        sort = np.argsort(klass, kind="mergesort")  # stable: source order within a class
+        best_area, best_last, best = -1.0, 0, klass[sort[0]]
+        q = 0
+        while q < b - a:
+            value = klass[sort[q]]
+            total, last = 0.0, 0
+            while q < b - a and klass[sort[q]] == value:
+                p = picks[sort[q]]
+                total += area[p]
+                last = max(last, order[p])
+                q += 1
+            cover[r, c] += total
+            if total > best_area or (total == best_area and last < best_last):
+                best_area, best_last, best = total, last, value
+        values[r, c] = best
+        found[r, c] = True
+
+
+@_jit
+def _grow_int(a, size):
+    out = np.empty(size, np.int64)
+    out[:a.size] = a
+    return out
+
+
+@_jit
+def _grow_float(a, size):
+    out = np.empty(size)
+    out[:a.size] = a
+    return out
+
+
+def method_code(method: Method) -> int:
+    return _CODES[method]
+
+
+def nodata_for_kernel(data: np.ndarray, src_nodata: float | None) -> tuple[object, bool]:
+    """The nodata value in the data's own type, and whether to test it (NaN is always missing)."""
+    use = src_nodata is not None and not math.isnan(src_nodata)
+    return (data.dtype.type(src_nodata) if use else data.dtype.type(0)), use
+
+
+def resample_chunk(data: np.ndarray, source: Window, header: RasterHeader, grid: TargetGrid, window: Window,
+                   settings: WarpSettings) -> np.ndarray:
+    """The output of one chunk: ``data`` is the raster under ``source`` (its pixel window), and
+    ``window`` the chunk's target pixels on the whole grid. Returns (bands, rows, cols) in the
+    output type: the value, or one share per class, then the coverage when asked for."""
+    mapping = Mapping(header, grid)
+    h, w = data.shape
+    r0, c0 = int(source.row_off), int(source.col_off)
+    n = settings.edge_points
+    rows = r0 + np.arange(h + 1, dtype=np.float64)
+    cols = c0 + np.arange(w + 1, dtype=np.float64)
+    if n == 1:
+        hx, hy = positions(mapping, rows, cols)
+        vx, vy = hx, hy
+    else:
+        hx, hy = positions(mapping, rows, c0 + np.arange(w * n + 1) / n)
+        vx, vy = positions(mapping, r0 + np.arange(h * n + 1) / n, cols)
+    wc0, wr0, ww, wh = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+    nodata, use_nodata = nodata_for_kernel(data, settings.src_nodata)
+    cover = np.zeros((wh, ww))
+    method = settings.method
+    if method is Method.MODE:
+        values = np.zeros((wh, ww), data.dtype)
+        found = np.zeros((wh, ww), bool)
+        mode_of_areas(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, mapping.period, values, found,
+                      cover)
+        result = [values]
+    else:
+        order = np.argsort(settings.classes, kind="stable") if settings.classes else np.zeros(1, np.int64)
+        classes = np.asarray(settings.classes, np.float64)[order] if settings.classes else np.zeros(1)
+        acc = np.zeros((max(len(settings.classes), 1), wh, ww))
+        if data.dtype.kind == "f":  # a class matches the values the data's type holds (0.1 as float32)
+            classes = classes.astype(data.dtype).astype(np.float64)
+        accumulate(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, mapping.period,
+                   _CODES[method], classes, acc, cover)
+        found = cover > 0.0
+        if method is Method.AVERAGE:
+            result = [np.divide(acc[0], cover, out=np.zeros_like(cover), where=found)]
+        elif method is Method.SUM:
+            result = [acc[0]]
+        else:  # fractions, in the config's order: the share of the target pixel's area
+            back = np.empty_like(order)
+            back[order] = np.arange(order.size)
+            result = [np.minimum(acc[k], 1.0) for k in back]
+    if settings.min_coverage > 0.0:
+        found &= cover >= settings.min_coverage
+    bands = [to_output(r, found, settings.dst_dtype, settings.dst_nodata,
+                       avoid_nodata=method is not Method.FRACTIONS) for r in result]
+    if settings.coverage:
+        bands.append(to_output(np.minimum(cover, 1.0), cover > 0.0, settings.dst_dtype, settings.dst_nodata,
+                               avoid_nodata=False))
+    return np.stack(bands) if len(bands) > 1 else bands[0]
