@@ -540,3 +540,116 @@ def uninterrupted_run(workdir) -> UninterruptedRun:
     info = run_info(workdir)
     wait_for_end(workdir)
     return UninterruptedRun(workdir, results_digests(workdir), set(tiles(workdir)), started, second, info)
+
+
+# ---------------------------------------------------------------------------- the area-weighted truth
+
+@dataclass
+class FootprintReference:
+    """What the area-weighted methods give, per target pixel, from exact footprints (below)."""
+
+    average: np.ndarray  # NaN where no valid pixel
+    sum: np.ndarray
+    mode: np.ndarray  # the class covering the largest area
+    areas: dict  # class -> the area it covers in each target pixel (a share of the pixel: fractions)
+    coverage: np.ndarray  # share of each target pixel's area covered by valid pixels
+    mode_tied: np.ndarray  # where the largest areas of two classes are equal to 1e-9: no single answer
+
+
+def footprint_reference(data, valid, src_transform, src_crs, dst_transform, dst_crs, shape, classes=False,
+                        points_per_edge=16) -> FootprintReference:
+    """The truth for the area methods, independent of the workflow's code: each valid source pixel's
+    outline (``points_per_edge`` points per edge, each moved by PROJ through rasterio.warp.transform)
+    is a shapely polygon in target pixel coordinates, intersected with every target pixel's square;
+    the weight of a source pixel in a target pixel is the area of their intersection (in the target
+    CRS: target pixels are squares of one area). Average: the weighted mean; sum: each pixel's value
+    shared by the fraction of its outline's area in each target pixel; with ``classes``, the area of
+    each value in each target pixel, and the value with the largest (mode)."""
+    import shapely
+    from rasterio.warp import transform as move
+
+    height, width = shape
+    rows, cols = np.nonzero(valid)
+    m = points_per_edge
+    t = np.arange(m) / m
+    ring_c = np.concatenate([t, np.ones(m), 1 - t, np.zeros(m)])
+    ring_r = np.concatenate([np.zeros(m), t, np.ones(m), 1 - t])
+    pc = cols[:, None] + ring_c[None, :]
+    pr = rows[:, None] + ring_r[None, :]
+    x, y = src_transform @ (pc.ravel(), pr.ravel())
+    if not dst_crs == src_crs:
+        x, y = move(src_crs, dst_crs, x, y)
+    tx, ty = ~dst_transform @ (np.asarray(x, float), np.asarray(y, float))
+    tx, ty = np.asarray(tx).reshape(pc.shape), np.asarray(ty).reshape(pc.shape)
+    period = 360.0 / abs(dst_transform.a) if dst_crs.is_geographic else 0.0
+    if period:
+        tx = tx - period * np.round((tx - tx[:, :1]) / period)
+    weighted, summed, cover = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    areas = {}
+    values = data[rows, cols].astype(np.float64)
+    ok = np.isfinite(tx).all(axis=1) & np.isfinite(ty).all(axis=1)
+    polygons = shapely.polygons(np.stack([np.where(ok[:, None], tx, 0), np.where(ok[:, None], ty, 0)], axis=-1))
+    whole = shapely.area(polygons)
+
+    def add(r, c, a, k):
+        np.add.at(cover, (r, c), a)
+        np.add.at(weighted, (r, c), a * values[k])
+        np.add.at(summed, (r, c), values[k] * a / whole[k])
+        if classes:
+            for v in np.unique(values[k]):
+                pick = values[k] == v
+                np.add.at(areas.setdefault(v, np.zeros(shape)), (r[pick], c[pick]), a[pick])
+
+    # Outlines inside one target pixel (and no whole turn away from another) give it all their
+    # area: taken together, without clipping.
+    c_lo, c_hi = np.floor(tx.min(axis=1)), np.ceil(tx.max(axis=1))
+    r_lo, r_hi = np.floor(ty.min(axis=1)), np.ceil(ty.max(axis=1))
+    single = ok & (whole > 0) & (np.maximum(c_hi - c_lo, 1) == 1) & (np.maximum(r_hi - r_lo, 1) == 1) & (
+        c_lo >= 0) & (c_lo < width) & (r_lo >= 0) & (r_lo < height)
+    if period:
+        single &= (c_hi - period <= 0) & (c_lo + period >= width)
+    k = np.flatnonzero(single)
+    add(r_lo[k].astype(int), c_lo[k].astype(int), whole[k], k)
+    # Outlines over a few target pixels: every (outline, target pixel of its bounding box) pair
+    # intersected in one vectorised call.
+    span_c, span_r = np.maximum(c_hi - c_lo, 1), np.maximum(r_hi - r_lo, 1)
+    few = ok & ~single & (whole > 0) & (span_c * span_r <= 16) & (period == 0)
+    if few.any():
+        ks, rs, cs = [], [], []
+        for dr in range(4):
+            for dc in range(4):
+                pick = few & (dr < span_r) & (dc < span_c)
+                ks.append(np.flatnonzero(pick))
+                rs.append((r_lo[pick] + dr).astype(int))
+                cs.append((c_lo[pick] + dc).astype(int))
+        kk, rr, cc = np.concatenate(ks), np.concatenate(rs), np.concatenate(cs)
+        inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
+        kk, rr, cc = kk[inside], rr[inside], cc[inside]
+        area = shapely.area(shapely.intersection(polygons[kk], shapely.box(cc, rr, cc + 1, rr + 1)))
+        hit = area > 0
+        order = np.argsort(kk[hit], kind="stable")
+        add(rr[hit][order], cc[hit][order], area[hit][order], kk[hit][order])
+    for k in np.flatnonzero(ok & ~single & ~few & (whole > 0)):
+        poly = polygons[k]
+        for shift in ((-period, 0.0, period) if period else (0.0,)):
+            c0, c1 = max(int(np.floor(tx[k].min() + shift)), 0), min(int(np.ceil(tx[k].max() + shift)), width)
+            r0, r1 = max(int(np.floor(ty[k].min())), 0), min(int(np.ceil(ty[k].max())), height)
+            if c0 >= c1 or r0 >= r1:
+                continue
+            cc, rr = np.meshgrid(np.arange(c0, c1), np.arange(r0, r1))
+            boxes = shapely.box(cc.ravel() - shift, rr.ravel(), cc.ravel() + 1 - shift, rr.ravel() + 1)
+            area = shapely.area(shapely.intersection(poly, boxes))
+            hit = area > 0
+            add(rr.ravel()[hit], cc.ravel()[hit], area[hit], np.full(int(hit.sum()), k))
+    found = cover > 0
+    mode = np.full(shape, np.nan)
+    tied = np.zeros(shape, bool)
+    if classes and areas:
+        keys = sorted(areas)
+        stack = np.stack([areas[v] for v in keys])
+        mode = np.where(found, np.asarray(keys)[np.argmax(stack, axis=0)], np.nan)
+        if len(keys) > 1:
+            ordered = np.sort(stack, axis=0)
+            tied = found & (ordered[-1] - ordered[-2] <= 1e-9 * np.maximum(ordered[-1], 1e-300))
+    return FootprintReference(np.where(found, weighted / np.where(found, cover, 1), np.nan),
+                              np.where(found, summed, np.nan), mode, areas, cover, tied)

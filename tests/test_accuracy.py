@@ -39,13 +39,20 @@ def real_cases():
 
 
 def config_for(path, band, method, pair, spec, tile_size, error_threshold=0.0):
+    """GDAL's warper wherever the conservative engine would otherwise take the area methods (across
+    CRSs, a rotated raster): this module measures what GDAL's engines give against GDAL's whole-
+    image warp; tests/test_conservative.py measures the conservative engine against the truth."""
     _, _, same_res, (crs, res) = spec
-    if pair == "same CRS":
-        with rasterio.open(path) as src:
+    rotated = False
+    with rasterio.open(path) as src:
+        rotated = not src.transform.is_rectilinear
+        if pair == "same CRS":
             crs, res = src.crs.to_wkt(), same_res
+    dataset = {"path": path, "method": method, "band": band}
+    if method in ("average", "sum", "mode") and (pair == "other CRS" or rotated):
+        dataset["engine"] = "gdal"
     return {"target": {"crs": crs, "resolution": res}, "tile_size": tile_size,
-            "warp": {"error_threshold": error_threshold},
-            "datasets": {"d": {"path": path, "method": method, "band": band}}}
+            "warp": {"error_threshold": error_threshold}, "datasets": {"d": dataset}}
 
 
 def identical(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -176,12 +183,12 @@ def test_average_at_the_raster_edges_is_the_area_weighted_mean(tmp_path, record)
     """The issue's example: a 10 x 10 raster a[r, c] = 10 r + c + 1 and target pixels of 4 x 4
     whose grid starts 2 columns left of and 1 row above it. The corner pixel covers 6 pixels of the
     raster (1, 2, 11, 12, 21, 22): their mean is 11.5. GDAL alone weights the edge row by 2 and
-    the edge column by 3 (8.75). Both engines give the mean, through tiles and chunks."""
+    the edge column by 3 (8.75). Every engine gives the mean, through tiles and chunks."""
     data = (10 * np.arange(10)[:, None] + np.arange(10)[None, :] + 1).astype("float32")
     src = Affine(10, 0, 500000, 0, -10, 5200000)
     path = write_raster(tmp_path / "a.tif", data, "EPSG:32632", src, -9999.0)
     extent = {"left": 499980, "bottom": 5199890, "right": 500140, "top": 5200010}
-    for engine in ("numpy", "gdal"):
+    for engine in ("numpy", "gdal", "conservative"):
         config = {"target": {"crs": "EPSG:32632", "resolution": 40, "origin": [499980, 5200010], "extent": extent},
                   "tile_size": 16, "datasets": {"d": {"path": path, "method": "average", "engine": engine}}}
         plan, mosaics = run_tiles_and_mosaics(config, tmp_path / engine, max_chunk_bytes=2_000)

@@ -213,7 +213,8 @@ def test_engine_is_chosen_per_dataset_and_can_be_overridden(tmp_path):
     assert (plan().engine, plan().engine_reason) == ("numpy", "aligned 4x4 blocks")
     assert plan(method="bilinear").engine == "gdal"
     assert plan(engine="gdal").engine == "gdal"
-    assert plan(crs="EPSG:3035").engine == "gdal"
+    assert plan(crs="EPSG:3035").engine == "conservative"  # the area methods across CRSs
+    assert plan(crs="EPSG:3035", method="bilinear").engine == "gdal"
     with pytest.raises(ConfigError, match=r"datasets\.d\.engine: the numpy engine cannot be used: the input and the "
                                           r"target are in different CRSs \(.*a\.tif\)"):
         plan(crs="EPSG:3035", engine="numpy")

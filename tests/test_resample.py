@@ -22,8 +22,8 @@ import pytest
 import rasterio
 from affine import Affine
 
-from .helpers import (area_reference, compare, classes_field, read_band, reference_for, run_tiles_and_mosaics,
-                      smooth_field, valid_mask, window_reference, write_raster)
+from .helpers import (area_reference, compare, classes_field, footprint_reference, read_band, reference_for,
+                      run_tiles_and_mosaics, smooth_field, valid_mask, window_reference, write_raster)
 
 CONTINUOUS = ["bilinear", "cubic", "average", "sum"]
 PICKS = ["nearest", "mode", "min", "max", "med"]
@@ -81,6 +81,28 @@ def test_mosaic_of_chunked_tiles_equals_whole_image_warp(tmp_path, inputs, recor
     record(c.row(f"{method:<8} {kind:<7} {grid}"))
     assert c.compared > 1000
     valid = reference[valid_mask(reference, settings.dst_nodata)].astype("float64")
+    if settings.engine == "conservative":
+        # Area methods across CRSs: the exact footprints (shapely) are the reference; GDAL's
+        # whole-image warp is recorded beside it (tests/test_conservative.py has the matrix).
+        g = plan.grid
+        with rasterio.open(plan.datasets["d"].header.path) as src:
+            data = src.read(1)
+            ok = ~np.isnan(data.astype("float64")) & (data != src.nodata)
+            truth = footprint_reference(data, ok, src.transform, src.crs, g.transform, g.crs, (g.height, g.width),
+                                        classes=method == "mode",
+                                        points_per_edge=max(4, 2 * settings.edge_points))
+        expected = getattr(truth, method)
+        got = np.where(valid_mask(result, settings.dst_nodata), result, np.nan).astype("float64")
+        assert np.array_equal(np.isnan(got), np.isnan(expected)), method
+        if method == "mode":
+            compared = ~np.isnan(got) & ~truth.mode_tied
+            error = float((got[compared] != expected[compared]).sum())
+        else:
+            error = float(np.nanmax(np.abs(got - expected) / np.maximum(np.abs(expected), 1)))
+        record(f"{method:<8} {kind:<7} {grid} (conservative) vs exact footprints: "
+               f"{'pixels differing' if method == 'mode' else 'max relative error'} {error:.2g}")
+        assert error <= (0 if method == "mode" else 1e-6), error  # float32 output
+        return
     if settings.engine == "windows" and method in ("average", "sum"):
         # Unaligned area-weighted mean (sum) in one CRS: the independent NumPy reference to float
         # rounding, and GDAL's whole-image warp (raster surrounded by nodata) to its own rounding.

@@ -90,20 +90,23 @@ def mosaic_of(tmp_path, config, label):
     return plan, read_band(mosaics["dem"])
 
 
-@pytest.mark.parametrize("method, crs, resolution", [
-    ("average", "EPSG:32633", 120),  # the block engine
-    ("bilinear", "EPSG:32633", 75),  # GDAL's warper, same CRS
-    ("average", "EPSG:4326", 0.0012),  # GDAL's warper across CRSs
+@pytest.mark.parametrize("method, crs, resolution, engine", [
+    ("average", "EPSG:32633", 120, "auto"),  # the block engine
+    ("bilinear", "EPSG:32633", 75, "auto"),  # GDAL's warper, same CRS
+    ("average", "EPSG:4326", 0.0012, "gdal"),  # GDAL's warper across CRSs
+    ("average", "EPSG:4326", 0.0012, "auto"),  # the conservative engine
 ])
-def test_many_files_give_the_pixels_of_one_file(tmp_path, monkeypatch, record, method, crs, resolution):
+def test_many_files_give_the_pixels_of_one_file(tmp_path, monkeypatch, record, method, crs, resolution, engine):
     monkeypatch.chdir(tmp_path)
     paths, _ = write_members(tmp_path / "parts")
     single = single_file(tmp_path, paths)
-    plan, many = mosaic_of(tmp_path, config_for("parts/*.tif", method, crs, resolution), "many")
-    one_plan, one = mosaic_of(tmp_path, config_for(single, method, crs, resolution), "one")
+    plan, many = mosaic_of(tmp_path, config_for("parts/*.tif", method, crs, resolution, engine=engine), "many")
+    one_plan, one = mosaic_of(tmp_path, config_for(single, method, crs, resolution, engine=engine), "one")
     assert plan.grid == one_plan.grid
     assert plan.datasets["dem"].header.path.endswith(".vrt")
     assert one.shape == many.shape and np.array_equal(one, many, equal_nan=True)
+    if plan.datasets["dem"].settings.engine == "conservative":
+        return  # its reference is the exact footprints (tests/test_conservative.py)
     # And that one file is GDAL's whole-image warp of the same pixels, as every input is checked.
     ref = reference_for(one_plan, "dem")
     cmp = compare(many, ref.data, ref.nodata)
@@ -208,10 +211,17 @@ def test_members_that_do_not_fit_are_named(tmp_path, monkeypatch):
 
 
 def _part_reference(plan, path, part, pad_methods=("average",)):
-    """GDAL's whole-image warp of one file onto the plan's grid, with that part's settings."""
-    from .helpers import reference_warp
+    """GDAL's whole-image warp of one file onto the plan's grid, with that part's settings; for the
+    conservative engine, its exact footprints (tests/helpers.py: footprint_reference)."""
+    from .helpers import footprint_reference, reference_warp
 
     s, g = part.settings, plan.grid
+    if s.engine == "conservative":
+        with rasterio.open(path) as src:
+            data = src.read(1)
+            truth = footprint_reference(data, data != NODATA, src.transform, src.crs, g.transform, g.crs,
+                                        (g.height, g.width), points_per_edge=max(4, 2 * s.edge_points))
+        return np.where(np.isnan(truth.average), NODATA, truth.average).astype(s.dst_dtype)
     pad = int(math.ceil(4.0 / min(s.x_scale, s.y_scale, 1.0))) + 4 if s.method in pad_methods else 0
     return reference_warp(path, 1, g.transform, g.width, g.height, g.crs, s.method, s.dst_dtype, s.src_nodata,
                           s.dst_nodata, {"XSCALE": repr(s.x_scale), "YSCALE": repr(s.y_scale)},
@@ -248,14 +258,19 @@ def test_files_in_two_utm_zones_are_warped_each_and_combined_in_order(tmp_path, 
             later = warped != NODATA
             reference[later] = warped[later]
     cmp = compare(result, reference, NODATA)
-    record(cmp.row(f"3 files in UTM 32/33/32 -> 3035, {method}, vs GDAL per file"))
+    against = "exact footprints" if d.settings.engine == "conservative" else "GDAL"
+    record(cmp.row(f"3 files in UTM 32/33/32 -> 3035, {method}, vs {against} per file"))
     assert cmp.compared > 5000 and cmp.nodata_mismatch == 0
     assert cmp.max_abs_diff < 0.01
     # Each part on its own matters: where b covers a, b's values are there (b is 50 higher).
     only_b = _part_reference(plan, paths[1], d.parts[1]) != NODATA
     only_c = _part_reference(plan, paths[2], d.parts[2]) != NODATA
     shown = only_b & ~only_c & (result != NODATA)
-    assert shown.sum() > 1000 and np.array_equal(result[shown], reference[shown])
+    assert shown.sum() > 1000
+    if d.settings.engine == "conservative":  # against exact footprints: to float32's rounding
+        np.testing.assert_allclose(result[shown], reference[shown], rtol=1e-6)
+    else:
+        assert np.array_equal(result[shown], reference[shown])
 
 
 def test_files_of_two_pixel_sizes_in_one_crs(tmp_path, monkeypatch):
@@ -336,11 +351,13 @@ def test_a_netcdf_subdataset_band_is_one_time_step(tmp_path, monkeypatch, record
     monkeypatch.chdir(tmp_path)
     data = _months()
     nc = _netcdf_with_time(tmp_path, data, LONLAT, -999.0)
-    config = config_for(f'NETCDF:"{nc}":tas', "average", "EPSG:32632", 2000, tile_size=32, band=band)
+    # GDAL's warper: this test compares with GDAL's whole-image warp of the time step.
+    config = config_for(f'NETCDF:"{nc}":tas', "average", "EPSG:32632", 2000, tile_size=32, band=band, engine="gdal")
     plan, result = mosaic_of(tmp_path, config, "nc")
     assert plan.datasets["dem"].header.driver == "netCDF"
     single = write_raster(tmp_path / "step.tif", data[band - 1], "EPSG:4326", LONLAT, -999.0)
-    _, expected = mosaic_of(tmp_path, config_for(single, "average", "EPSG:32632", 2000, tile_size=32), "tif")
+    _, expected = mosaic_of(tmp_path, config_for(single, "average", "EPSG:32632", 2000, tile_size=32,
+                                                 engine="gdal"), "tif")
     assert np.array_equal(result, expected)
     ref = reference_for(plan, "dem")
     cmp = compare(result, ref.data, ref.nodata)
