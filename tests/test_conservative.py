@@ -245,3 +245,35 @@ def test_config_mistakes_about_areas_are_named(tmp_path, dataset, message):
     with pytest.raises(ConfigError, match=message):
         build_plan(validate_config({"target": {"crs": "EPSG:3035", "resolution": 25000},
                                     "datasets": {"d": {"path": path, **dataset}}}), str(tmp_path / ".cache"))
+
+
+def test_class_fractions_of_files_in_two_utm_zones_are_painted_in_order(tmp_path, monkeypatch):
+    """Two class rasters across the border of UTM zones 32 and 33: each file's shares (and
+    coverage) are made on their own, and the later file's valid pixels paint over the earlier's."""
+    from rasterio.warp import transform as move
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "parts").mkdir()
+    (x33,), (y33,) = move("EPSG:32632", "EPSG:32633", [709000.0], [5198000.0])
+    specs = [("a", "EPSG:32632", 700000.0, 5200000.0), ("b", "EPSG:32633", round(x33, -1), round(y33, -1))]
+    paths = [write_raster(f"parts/{name}.tif", classes(200, 240, seed=k), crs, Affine(30, 0, x, 0, -30, y), 0)
+             for k, (name, crs, x, y) in enumerate(specs)]
+    cfg = {"target": {"crs": "EPSG:3035", "resolution": 200}, "tile_size": 32,
+           "datasets": {"d": {"path": "parts/*.tif", "method": "fractions", "classes": [1, 2, 3],
+                              "coverage": True}}}
+    plan, out = run_tiles_and_mosaics(cfg, tmp_path / "run")
+    got, nodata, names, _ = read_all(out["d"])
+    assert len(plan.datasets["d"].parts) == 2 and names == ["d_1", "d_2", "d_3", "d_coverage"]
+    g = plan.grid
+    expected = np.full(got.shape, np.nan)
+    for path in paths:
+        with rasterio.open(path) as src:
+            data = src.read(1)
+            ref = footprint_reference(data, data != 0, src.transform, src.crs, g.transform, g.crs, (g.height, g.width),
+                                      classes=True, points_per_edge=8)
+        later = ref.coverage > 0
+        for k, c in enumerate((1, 2, 3)):
+            expected[k][later] = ref.areas.get(float(c), np.zeros(later.shape))[later]
+        expected[3][later] = np.minimum(ref.coverage, 1)[later]
+    assert np.array_equal(np.isnan(got), np.isnan(expected))
+    assert np.nanmax(np.abs(got - expected)) <= 1e-6

@@ -107,21 +107,22 @@ def resample_parts(dataset: DatasetPlan, band: int, grid: TargetGrid, tile: Tile
         out = None
         for piece in pieces:
             with rasterio.open(piece) as src:
-                data = src.read(1)
+                data = src.read()  # every band: a value, or class shares, and the coverage
             if out is None:
                 out = data
             else:
-                later = valid_mask(data, settings.dst_nodata)
-                out[later] = data[later]
+                later = valid_mask(data, settings.dst_nodata).any(axis=0)
+                out[:, later] = data[:, later]
             del data
         stats = PixelStats()
         stats.add(out, settings.dst_nodata)
-        stats.total = tile.width * tile.height
+        stats.total = out.size
         profile = tile_profile(tile.width, tile.height, tile.transform, grid.crs, settings.dst_dtype,
                                settings.dst_nodata, compress)
+        profile["count"] = out.shape[0]
         with atomic_path(out_path) as tmp, open_output(tmp, out_path, profile) as dst:
             try:
-                dst.write(out, 1)
+                dst.write(out)
             except GDAL_ERRORS as exc:
                 raise OutputWriteError(out_path, exc) from exc
             dst.update_tags(**(tags or {}), **{STATS_TAG: stats.to_json()})
