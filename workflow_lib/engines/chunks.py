@@ -425,4 +425,6 @@ def conservative_chunks(header: RasterHeader, settings: WarpSettings, grid: Targ
         yield from split(first)
         yield from split(second)
 
-    return [c for c in split(Window(0, 0, tile.width, tile.height)) if c.source is not None]
+    # Chunks that no source pixel reaches are kept (and written as nodata): in a tile of several
+    # bands, GDAL fills the unwritten part of a block with nodata in the first band only.
+    return list(split(Window(0, 0, tile.width, tile.height)))

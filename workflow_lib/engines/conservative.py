@@ -50,34 +50,15 @@ def _shoelace(xs, ys, n):
 
 
 @numba.njit(inline="always")
-def _clip(sx, sy, n, dx, dy, axis, bound, keep_low):
-    """Sutherland-Hodgman: the part of polygon (sx, sy)[:n] where coordinate ``axis`` (0: x, 1: y)
-    is <= bound (``keep_low``) or >= bound, into (dx, dy); returns its vertex count."""
-    m = 0
-    if n == 0:
-        return 0
-    px, py = sx[n - 1], sy[n - 1]
-    pv = px if axis == 0 else py
-    p_in = pv <= bound if keep_low else pv >= bound
+def _shoelace_at(xs, ys, n, c, r):
+    """Twice the signed area of polygon (xs - c, ys - r)[:n], summed in the order of _shoelace (and
+    its coordinates made as _pieces makes them): a footprint has the same area, bit for bit, on the
+    fast path and through the clipping, whichever a chunk takes."""
+    s = 0.0
     for k in range(n):
-        cx, cy = sx[k], sy[k]
-        cv = cx if axis == 0 else cy
-        c_in = cv <= bound if keep_low else cv >= bound
-        if c_in != p_in:
-            t = (bound - pv) / (cv - pv)
-            if axis == 0:
-                dx[m] = bound
-                dy[m] = py + t * (cy - py)
-            else:
-                dx[m] = px + t * (cx - px)
-                dy[m] = bound
-            m += 1
-        if c_in:
-            dx[m] = cx
-            dy[m] = cy
-            m += 1
-        px, py, pv, p_in = cx, cy, cv, c_in
-    return m
+        k1 = k + 1 if k + 1 < n else 0
+        s += (xs[k] + -c) * (ys[k1] - r) - (xs[k1] + -c) * (ys[k] - r)
+    return s
 
 
 @numba.njit(inline="always")
@@ -104,12 +85,13 @@ def _footprint(i, j, hx, hy, vx, vy, n, px, py, period, box):
         py[m] = vy[(i + 1) * n - k, j]
         m += 1
     first = px[0]
+    half = 0.5 * period
     minx, maxx, miny, maxy = np.inf, -np.inf, np.inf, -np.inf
     for k in range(m):
         x, y = px[k], py[k]
         if not (np.isfinite(x) and np.isfinite(y)):
             return False
-        if period > 0.0 and k > 0:
+        if period > 0.0 and abs(x - first) > half:
             x -= period * np.floor((x - first) / period + 0.5)
             px[k] = x
         minx = min(minx, x)
@@ -121,7 +103,61 @@ def _footprint(i, j, hx, hy, vx, vy, n, px, py, period, box):
 
 
 @numba.njit(inline="always")
-def _pieces(px, py, nv, shift, box, wc0, wr0, ww, wh, bx, by, sx, sy, cx, cy, tx, ty, out_r, out_c, out_a,
+def _clamped_integral(length, y_start, y_end, y0, y1):
+    """The integral of clamp(y, y0, y1) - y0 over an interval of ``length`` along which y goes
+    linearly from y_start to y_end."""
+    a, b = min(y_start, y_end), max(y_start, y_end)
+    if b <= y0:
+        return 0.0
+    if a >= y1:
+        return (y1 - y0) * length
+    if b - a <= 0.0:
+        return (min(max(a, y0), y1) - y0) * length
+    inv = 1.0 / (b - a)
+    t0 = max(0.0, (y0 - a) * inv)
+    t1 = min(1.0, (y1 - a) * inv)
+    return length * ((t1 - t0) * (0.5 * (max(a, y0) + min(b, y1)) - y0) + (1.0 - t1) * (y1 - y0))
+
+
+@numba.njit(inline="always")
+def _edges(bx, by, nv, lo_x, y_lo, hi_x, slope, sign):
+    """The polygon's non-vertical edges, left end first: x (lo_x, hi_x), y at the left end, slope,
+    and +1 or -1 for their direction along x. Returns how many."""
+    m = 0
+    ax, ay = bx[nv - 1], by[nv - 1]
+    for k in range(nv):
+        cx, cy = bx[k], by[k]
+        if ax < cx:
+            lo_x[m], y_lo[m], hi_x[m], slope[m], sign[m] = ax, ay, cx, (cy - ay) / (cx - ax), 1.0
+            m += 1
+        elif ax > cx:
+            lo_x[m], y_lo[m], hi_x[m], slope[m], sign[m] = cx, cy, ax, (ay - cy) / (ax - cx), -1.0
+            m += 1
+        ax, ay = cx, cy
+    return m
+
+
+@numba.njit(inline="always")
+def _area_in(lo_x, y_lo, hi_x, slope, sign, m, x0, x1, y0, y1):
+    """The area of the polygon of edges (_edges) inside the rectangle [x0, x1] x [y0, y1].
+
+    By Green's theorem the area of a region is the integral of its height along x over its
+    boundary; the part of the polygon's boundary over the rectangle's columns, with heights
+    clamped to the rectangle's rows, is all that counts (the rectangle's own sides add nothing:
+    its vertical ones have no length along x, and clamping accounts for its horizontal ones). So
+    each edge adds what lies over [x0, x1] of it, without building the clipped polygon."""
+    total = 0.0
+    for k in range(m):
+        lo, hi = max(lo_x[k], x0), min(hi_x[k], x1)
+        if hi > lo:
+            start = y_lo[k] + slope[k] * (lo - lo_x[k])
+            end = y_lo[k] + slope[k] * (hi - lo_x[k])
+            total += sign[k] * _clamped_integral(hi - lo, start, end, y0, y1)
+    return abs(total)
+
+
+@numba.njit(inline="always")
+def _pieces(px, py, nv, shift, box, wc0, wr0, ww, wh, bx, by, e_lo, e_y, e_hi, e_slope, e_sign, out_r, out_c, out_a,
             whole):
     """The pieces of polygon (px + shift, py)[:nv] (bounding box ``box``, unshifted) in the target
     pixels of the window (columns wc0 .. wc0 + ww, rows wr0 .. wr0 + wh of the grid): their cells
@@ -149,44 +185,11 @@ def _pieces(px, py, nv, shift, box, wc0, wr0, ww, wh, bx, by, sx, sy, cx, cy, tx
         out_a[0] = whole[0]
         return 1
     count = 0
+    m = _edges(bx, by, nv, e_lo, e_y, e_hi, e_slope, e_sign)
     for c in range(lo_c, hi_c):
-        lc = c - c0
-        ns = nv
-        if c > c0 and c + 1 < c1:
-            ns = _clip(bx, by, ns, sx, sy, 0, float(lc), False)
-            ns = _clip(sx, sy, ns, tx, ty, 0, float(lc + 1), True)
-        elif c > c0:
-            ns = _clip(bx, by, ns, tx, ty, 0, float(lc), False)
-        elif c + 1 < c1:
-            ns = _clip(bx, by, ns, tx, ty, 0, float(lc + 1), True)
-        else:
-            for k in range(ns):
-                tx[k] = bx[k]
-                ty[k] = by[k]
-        if ns < 3:
-            continue
-        # The strip (tx, ty) is cut into its own rows.
-        s_lo, s_hi = np.inf, -np.inf
-        for k in range(ns):
-            s_lo = min(s_lo, ty[k])
-            s_hi = max(s_hi, ty[k])
-        sr0, sr1 = int(np.floor(s_lo)) + r0, int(np.ceil(s_hi)) + r0
-        if sr1 == sr0:
-            sr1 += 1
-        for r in range(max(sr0, wr0), min(sr1, wr0 + wh)):
-            lr = r - r0
-            if sr1 - sr0 == 1:
-                a = abs(_shoelace(tx, ty, ns))
-            elif r > sr0 and r + 1 < sr1:
-                nr = _clip(tx, ty, ns, sx, sy, 1, float(lr), False)
-                nr = _clip(sx, sy, nr, cx, cy, 1, float(lr + 1), True)
-                a = abs(_shoelace(cx, cy, nr)) if nr >= 3 else 0.0
-            elif r > sr0:
-                nr = _clip(tx, ty, ns, cx, cy, 1, float(lr), False)
-                a = abs(_shoelace(cx, cy, nr)) if nr >= 3 else 0.0
-            else:
-                nr = _clip(tx, ty, ns, cx, cy, 1, float(lr + 1), True)
-                a = abs(_shoelace(cx, cy, nr)) if nr >= 3 else 0.0
+        for r in range(lo_r, hi_r):
+            a = _area_in(e_lo, e_y, e_hi, e_slope, e_sign, m, float(c - c0), float(c - c0 + 1), float(r - r0),
+                         float(r - r0 + 1))
             if a > 0.0:
                 out_r[count] = r - wr0
                 out_c[count] = c - wc0
@@ -227,11 +230,12 @@ def _shifts(box, period, wc0, ww):
 
 
 @numba.njit(inline="always")
-def _inside_one(i, j, hx, hy, period, wc0, wr0, ww, wh, piece):
-    """The fast path for a pixel of 4 corners (no edge points): when its footprint lies inside one
-    target pixel of the window (and no whole turn can move it elsewhere), that pixel (relative to
-    the window) and the footprint's area into ``piece``; 1 if so, 0 if the general path must
-    decide, -1 if the pixel lands nowhere (outside the window, or a corner could not be moved)."""
+def _quad(i, j, hx, hy, period, wc0, wr0, ww, wh, px, py, box, piece):
+    """A pixel of 4 corners (no edge points): its footprint into (px, py) and its bounding box
+    into ``box`` (as _footprint), and the fast path: when it lies inside one target pixel of the
+    window (and no whole turn can move it elsewhere), that pixel (relative to the window) and the
+    footprint's area into ``piece``. Returns 1 for the fast path, 0 if the clipping must decide,
+    -1 if the pixel lands nowhere (outside the window, or a corner could not be moved)."""
     x0, x1, x2, x3 = hx[i, j], hx[i, j + 1], hx[i + 1, j + 1], hx[i + 1, j]
     y0, y1, y2, y3 = hy[i, j], hy[i, j + 1], hy[i + 1, j + 1], hy[i + 1, j]
     if not (np.isfinite(x0) and np.isfinite(x1) and np.isfinite(x2) and np.isfinite(x3) and np.isfinite(y0)
@@ -246,11 +250,12 @@ def _inside_one(i, j, hx, hy, period, wc0, wr0, ww, wh, piece):
         if abs(x3 - x0) > half:
             x3 -= period * np.floor((x3 - x0) / period + 0.5)
     lo_x, hi_x = min(min(x0, x1), min(x2, x3)), max(max(x0, x1), max(x2, x3))
-    if period > 0.0 and (hi_x - period > wc0 or lo_x + period < wc0 + ww):
-        return 0  # a whole turn may move it into the window too: the general path
     lo_y, hi_y = min(min(y0, y1), min(y2, y3)), max(max(y0, y1), max(y2, y3))
     c, r = int(np.floor(lo_x)), int(np.floor(lo_y))
-    if hi_x > c + 1 or hi_y > r + 1:
+    if hi_x > c + 1 or hi_y > r + 1 or (period > 0.0 and (hi_x - period > wc0 or lo_x + period < wc0 + ww)):
+        px[0], px[1], px[2], px[3] = x0, x1, x2, x3
+        py[0], py[1], py[2], py[3] = y0, y1, y2, y3
+        box[0], box[1], box[2], box[3] = lo_x, hi_x, lo_y, hi_y
         return 0
     if c < wc0 or c >= wc0 + ww or r < wr0 or r >= wr0 + wh:
         return -1
@@ -263,16 +268,72 @@ def _inside_one(i, j, hx, hy, period, wc0, wr0, ww, wh, piece):
     return 1
 
 
+@numba.njit(inline="always")
+def _octagon(i, j, hx, hy, vx, vy, period, wc0, wr0, ww, wh, px, py, box, piece):
+    """_quad for pixels of 2 points per edge (corners and edge midpoints): the footprint's 8
+    vertices into (px, py), its bounding box into ``box``, and the fast path."""
+    px[0], py[0] = hx[i, 2 * j], hy[i, 2 * j]
+    px[1], py[1] = hx[i, 2 * j + 1], hy[i, 2 * j + 1]
+    px[2], py[2] = vx[2 * i, j + 1], vy[2 * i, j + 1]
+    px[3], py[3] = vx[2 * i + 1, j + 1], vy[2 * i + 1, j + 1]
+    px[4], py[4] = hx[i + 1, 2 * j + 2], hy[i + 1, 2 * j + 2]
+    px[5], py[5] = hx[i + 1, 2 * j + 1], hy[i + 1, 2 * j + 1]
+    px[6], py[6] = vx[2 * i + 2, j], vy[2 * i + 2, j]
+    px[7], py[7] = vx[2 * i + 1, j], vy[2 * i + 1, j]
+    first = px[0]
+    half = 0.5 * period
+    lo_x, hi_x, lo_y, hi_y = np.inf, -np.inf, np.inf, -np.inf
+    for k in range(8):
+        x, y = px[k], py[k]
+        if not (np.isfinite(x) and np.isfinite(y)):
+            return -1
+        if period > 0.0 and abs(x - first) > half:
+            x -= period * np.floor((x - first) / period + 0.5)
+            px[k] = x
+        lo_x, hi_x = min(lo_x, x), max(hi_x, x)
+        lo_y, hi_y = min(lo_y, y), max(hi_y, y)
+    box[0], box[1], box[2], box[3] = lo_x, hi_x, lo_y, hi_y
+    c, r = int(np.floor(lo_x)), int(np.floor(lo_y))
+    if hi_x > c + 1 or hi_y > r + 1 or (period > 0.0 and (hi_x - period > wc0 or lo_x + period < wc0 + ww)):
+        return 0
+    if c < wc0 or c >= wc0 + ww or r < wr0 or r >= wr0 + wh:
+        return -1
+    s = _shoelace_at(px, py, 8, c, r)
+    piece[0] = r - wr0
+    piece[1] = c - wc0
+    piece[2] = 0.5 * abs(s)
+    return 1
+
+
+@numba.njit(inline="always")
+def _single_cell(px, py, nv, box, period, wc0, wr0, ww, wh, piece):
+    """The fast path for any footprint (after _footprint): when it lies inside one target pixel of
+    the window, and no whole turn can move it elsewhere, that pixel (relative to the window) and
+    the footprint's area into ``piece``; 1 if so, 0 if the clipping must decide, -1 if it lands
+    in no target pixel of the window."""
+    c, r = int(np.floor(box[0])), int(np.floor(box[2]))
+    if box[1] > c + 1 or box[3] > r + 1:
+        return 0
+    if period > 0.0 and (box[1] - period > wc0 or box[0] + period < wc0 + ww):
+        return 0
+    if c < wc0 or c >= wc0 + ww or r < wr0 or r >= wr0 + wh:
+        return -1
+    s = _shoelace_at(px, py, nv, c, r)
+    piece[0] = r - wr0
+    piece[1] = c - wc0
+    piece[2] = 0.5 * abs(s)
+    return 1
+
+
 @_jit
 def accumulate(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, period, code, classes, acc, cover):
     """Add every valid source pixel of ``data`` to the target pixels of the window its footprint
     covers: ``cover`` += area; ``acc[0]`` += area x value (average) or value x area / footprint
     area (sum); ``acc[k]`` += area for the pixels of class ``classes[k]`` (fractions)."""
     h, w = data.shape
-    size = 8 * n + 16
-    px, py, bx, by = np.empty(4 * n), np.empty(4 * n), np.empty(size), np.empty(size)
-    sx, sy, cx, cy, tx, ty = np.empty(size), np.empty(size), np.empty(size), np.empty(size), np.empty(size), \
-        np.empty(size)
+    px, py, bx, by = np.empty(4 * n), np.empty(4 * n), np.empty(4 * n), np.empty(4 * n)
+    e_lo, e_y, e_hi, e_slope, e_sign = np.empty(4 * n), np.empty(4 * n), np.empty(4 * n), np.empty(4 * n), \
+        np.empty(4 * n)
     box, whole, piece = np.empty(4), np.empty(1), np.empty(3)
     cells = 64
     out_r, out_c, out_a = np.empty(cells, np.int64), np.empty(cells, np.int64), np.empty(cells)
@@ -285,20 +346,26 @@ def accumulate(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, pe
             if code == FRACTIONS:
                 k = _class_index(v, classes)
             if n == 1:
-                fast = _inside_one(i, j, hx, hy, period, wc0, wr0, ww, wh, piece)
-                if fast < 0:
+                fast = _quad(i, j, hx, hy, period, wc0, wr0, ww, wh, px, py, box, piece)
+            elif n == 2:
+                fast = _octagon(i, j, hx, hy, vx, vy, period, wc0, wr0, ww, wh, px, py, box, piece)
+            elif _footprint(i, j, hx, hy, vx, vy, n, px, py, period, box):
+                fast = _single_cell(px, py, 4 * n, box, period, wc0, wr0, ww, wh, piece)
+            else:
+                fast = -1
+            if fast < 0:
+                continue
+            if fast == 1:
+                r, c, a = int(piece[0]), int(piece[1]), piece[2]
+                if a <= 0.0:  # a footprint of no area counts nowhere, as in the clipping below
                     continue
-                if fast == 1:
-                    r, c, a = int(piece[0]), int(piece[1]), piece[2]
-                    cover[r, c] += a
-                    if code == AVERAGE:
-                        acc[0, r, c] += a * v
-                    elif code == SUM:
-                        acc[0, r, c] += v  # all of the pixel's footprint
-                    elif k >= 0:
-                        acc[k, r, c] += a
-                    continue
-            if not _footprint(i, j, hx, hy, vx, vy, n, px, py, period, box):
+                cover[r, c] += a
+                if code == AVERAGE:
+                    acc[0, r, c] += a * v
+                elif code == SUM:
+                    acc[0, r, c] += v
+                elif k >= 0:
+                    acc[k, r, c] += a
                 continue
             need = _cells_in(box)
             if need > cells:
@@ -306,8 +373,8 @@ def accumulate(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, pe
                 out_r, out_c, out_a = np.empty(cells, np.int64), np.empty(cells, np.int64), np.empty(cells)
             lo, hi = _shifts(box, period, wc0, ww)
             for s in range(lo, hi + 1):
-                found = _pieces(px, py, 4 * n, s * period, box, wc0, wr0, ww, wh, bx, by, sx, sy, cx, cy, tx, ty,
-                                out_r, out_c, out_a, whole)
+                found = _pieces(px, py, 4 * n, s * period, box, wc0, wr0, ww, wh, bx, by, e_lo, e_y, e_hi, e_slope,
+                                e_sign, out_r, out_c, out_a, whole)
                 if found == 0 or whole[0] <= 0.0:
                     continue
                 for q in range(found):
@@ -327,10 +394,9 @@ def mode_of_areas(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh,
     (``found`` where any valid pixel lies); among equal areas, the class whose last source pixel
     comes first in row-major order."""
     h, w = data.shape
-    size = 8 * n + 16
-    px, py, bx, by = np.empty(4 * n), np.empty(4 * n), np.empty(size), np.empty(size)
-    sx, sy, cx, cy, tx, ty = np.empty(size), np.empty(size), np.empty(size), np.empty(size), np.empty(size), \
-        np.empty(size)
+    px, py, bx, by = np.empty(4 * n), np.empty(4 * n), np.empty(4 * n), np.empty(4 * n)
+    e_lo, e_y, e_hi, e_slope, e_sign = np.empty(4 * n), np.empty(4 * n), np.empty(4 * n), np.empty(4 * n), \
+        np.empty(4 * n)
     box, whole = np.empty(4), np.empty(1)
     cells = 64
     out_r, out_c, out_a = np.empty(cells, np.int64), np.empty(cells, np.int64), np.empty(cells)
@@ -353,8 +419,8 @@ def mode_of_areas(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh,
                 out_r, out_c, out_a = np.empty(cells, np.int64), np.empty(cells, np.int64), np.empty(cells)
             lo, hi = _shifts(box, period, wc0, ww)
             for s in range(lo, hi + 1):
-                got = _pieces(px, py, 4 * n, s * period, box, wc0, wr0, ww, wh, bx, by, sx, sy, cx, cy, tx, ty,
-                              out_r, out_c, out_a, whole)
+                got = _pieces(px, py, 4 * n, s * period, box, wc0, wr0, ww, wh, bx, by, e_lo, e_y, e_hi, e_slope,
+                                e_sign, out_r, out_c, out_a, whole)
                 if m + got > cap:
                     cap = 2 * (m + got)
                     cell = _grow_int(cell, cap)
@@ -427,6 +493,14 @@ def nodata_for_kernel(data: np.ndarray, src_nodata: float | None) -> tuple[objec
     return (data.dtype.type(src_nodata) if use else data.dtype.type(0)), use
 
 
+def _edge_coordinates(first: int, count: int, n: int) -> np.ndarray:
+    """Pixel coordinates first .. first + count in steps of 1 / n, each made as its whole pixel plus
+    k / n: the same number for a point whatever chunk starts where (first + i / n would round
+    differently from one chunk to the next)."""
+    i = np.arange(count * n + 1)
+    return (first + i // n).astype(np.float64) + (i % n) / n
+
+
 def resample_chunk(data: np.ndarray, source: Window, header: RasterHeader, grid: TargetGrid, window: Window,
                    settings: WarpSettings) -> np.ndarray:
     """The output of one chunk: ``data`` is the raster under ``source`` (its pixel window), and
@@ -442,8 +516,8 @@ def resample_chunk(data: np.ndarray, source: Window, header: RasterHeader, grid:
         hx, hy = positions(mapping, rows, cols)
         vx, vy = hx, hy
     else:
-        hx, hy = positions(mapping, rows, c0 + np.arange(w * n + 1) / n)
-        vx, vy = positions(mapping, r0 + np.arange(h * n + 1) / n, cols)
+        hx, hy = positions(mapping, rows, _edge_coordinates(c0, w, n))
+        vx, vy = positions(mapping, _edge_coordinates(r0, h, n), cols)
     wc0, wr0, ww, wh = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
     nodata, use_nodata = nodata_for_kernel(data, settings.src_nodata)
     cover = np.zeros((wh, ww))

@@ -200,8 +200,9 @@ def positions(mapping: Mapping, rows: np.ndarray, cols: np.ndarray) -> tuple[np.
                                 ((rb + b0c * per) * SUB_BLOCK).astype(np.float64), SUB_BLOCK)
         sub_nodes[ra, rb] = nodes
         sub_ok[ra, rb] = ok
-    out_x = np.full((rows.size, cols.size), np.nan)
-    out_y = np.full((rows.size, cols.size), np.nan)
+    # Every point is set below: by its block's quartic, or by PROJ (NaN where PROJ fails).
+    out_x = np.empty((rows.size, cols.size))
+    out_y = np.empty((rows.size, cols.size))
     todo = np.zeros((rows.size, cols.size), bool)
     _evaluate(rows, cols, b0r, b0c, top_ok.reshape(shape), top_nodes.reshape(*shape, 2, 5, 5), sub_ok, sub_nodes,
               out_x, out_y, todo)

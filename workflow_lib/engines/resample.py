@@ -197,6 +197,9 @@ def _conservative_chunk(dataset, src, header, settings, grid, tile, chunk) -> np
     # Imported here: numba, which the Snakefile's parse must not load (see _block_chunk).
     from workflow_lib.engines.conservative import resample_chunk
 
+    if chunk.source is None:
+        shape = (settings.output_bands, int(chunk.window.height), int(chunk.window.width))
+        return np.full(shape if shape[0] > 1 else shape[1:], settings.dst_nodata, settings.dst_dtype)
     data = read_source(dataset, src, settings, chunk.source, keep_nan=True)
     window = Window(tile.window.col_off + chunk.window.col_off, tile.window.row_off + chunk.window.row_off,
                     chunk.window.width, chunk.window.height)
