@@ -4,6 +4,7 @@ matrix of CRS pairs, scales, holes, NaN and raster edges; GDAL's warper measured
 same cases; results identical for every tile size; totals conserved."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -51,6 +52,15 @@ CASES = {
     "upsampling 0.5x": ("EPSG:4326", Affine(0.2, 0, 10, 0, -0.2, 52), 30, 40, "EPSG:3035", 8000),
     "coarsening 50x": ("EPSG:4326", Affine(0.002, 0, 10, 0, -0.002, 50), 300, 500, "EPSG:3035", 10000),
 }
+# Windows of real rasters (../shared/data/real/): name: (file, window (col, row, width, height),
+# target CRS, resolution). Their values are the counts; binned into classes 1..5 (nodata kept) they
+# are the classes.
+REAL_CASES = {
+    "real world.byte 4326->8857 50km": ("rasterio__world.byte.tif", (1380, 260, 240, 160), "EPSG:8857", 50000),
+    "real RGB.byte UTM18N->4326": ("rasterio__RGB.byte.tif", (200, 200, 320, 300), "EPSG:4326", 0.01),
+}
+for _name, (_file, (_c, _r, _w, _h), _target, _res) in REAL_CASES.items():
+    CASES[_name] = (None, None, _h, _w, _target, _res)
 METHODS = ("average", "sum", "mode", "fractions")
 
 
@@ -58,7 +68,30 @@ def kind(method):
     return "classes" if method in ("mode", "fractions") else "counts"
 
 
+def write_real(folder, case, method):
+    """A window of a real raster: its values (float32, nodata -1) or its values binned into classes
+    1..5 (nodata 0)."""
+    from rasterio.windows import Window
+
+    from .helpers import REAL_DATA
+
+    name, (c, r, w, h), *_ = REAL_CASES[case]
+    path = os.path.join(REAL_DATA, name)
+    if not os.path.exists(path):
+        pytest.skip(f"real test rasters not found at {REAL_DATA} (set REAL_DATA_DIR)")
+    with rasterio.open(path) as src:
+        window = Window(c, r, w, h)
+        data, transform, crs = src.read(1, window=window), src.window_transform(window), src.crs
+        missing = data == src.nodata if src.nodata is not None else np.zeros(data.shape, bool)
+    if kind(method) == "classes":
+        binned = (np.minimum(data.astype("int64") * 5 // (int(data.max()) + 1), 4) + 1).astype("uint8")
+        return write_raster(folder / "classes.tif", np.where(missing, 0, binned).astype("uint8"), crs, transform, 0)
+    return write_raster(folder / "counts.tif", np.where(missing, -1, data).astype("float32"), crs, transform, -1.0)
+
+
 def write_source(folder, case, method):
+    if case in REAL_CASES:
+        return write_real(folder, case, method)
     crs, transform, height, width, *_ = CASES[case]
     if kind(method) == "classes":
         return write_raster(folder / "classes.tif", classes(height, width), crs, transform, 0)
