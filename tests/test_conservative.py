@@ -311,3 +311,33 @@ def test_class_fractions_of_files_in_two_utm_zones_are_painted_in_order(tmp_path
         expected[3][later] = np.minimum(ref.coverage, 1)[later]
     assert np.array_equal(np.isnan(got), np.isnan(expected))
     assert np.nanmax(np.abs(got - expected)) <= 1e-6
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_interpolated_corners_are_where_proj_puts_them(tmp_path, record, case):
+    """engines.corners interpolates PROJ over blocks of the raster: every corner and edge point the
+    engine uses (here all corners, and the edge points of every 7th row and column) lies within
+    1e-6 of a target pixel of PROJ's own position, and fails (NaN) exactly where PROJ fails."""
+    from workflow_lib.engines.conservative import _edge_coordinates
+    from workflow_lib.engines.corners import Mapping, positions
+
+    path = write_source(tmp_path, case, "average")
+    plan = build_plan(validate_config(config(path, case, "average")), str(tmp_path / ".cache"))
+    d = plan.datasets["d"]
+    h, w, n = d.header.height, d.header.width, d.settings.edge_points
+    mapping = Mapping(d.header, plan.grid)
+    worst, points = 0.0, 0
+    for rows, cols in ((np.arange(h + 1.0), np.arange(w + 1.0)),
+                       (np.arange(0.0, h + 1, 7), _edge_coordinates(0, w, n)),
+                       (_edge_coordinates(0, h, n), np.arange(0.0, w + 1, 7))):
+        got_x, got_y = positions(mapping, rows, cols)
+        rr, cc = np.meshgrid(rows, cols, indexing="ij")
+        want_x, want_y = mapping.exact(rr, cc)
+        if mapping.period:  # the same place a whole turn away
+            got_x = got_x - mapping.period * np.round((got_x - want_x) / mapping.period)
+        assert np.array_equal(np.isnan(got_x), np.isnan(want_x))
+        ok = ~np.isnan(want_x)
+        worst = max(worst, float(np.abs(got_x[ok] - want_x[ok]).max()), float(np.abs(got_y[ok] - want_y[ok]).max()))
+        points += int(ok.sum())
+    record(f"conservative: {case:<30} corners and edge points: {points} against PROJ, largest miss {worst:.2g} px")
+    assert worst <= 1e-6, worst
