@@ -585,7 +585,7 @@ def footprint_reference(data, valid, src_transform, src_crs, dst_transform, dst_
     if period:
         tx = tx - period * np.round((tx - tx[:, :1]) / period)
     weighted, summed, cover = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-    areas = {}
+    areas, pieces = {}, []  # pieces: (target pixel, class, area) of each piece
     values = data[rows, cols].astype(np.float64)
     ok = np.isfinite(tx).all(axis=1) & np.isfinite(ty).all(axis=1)
     polygons = shapely.polygons(np.stack([np.where(ok[:, None], tx, 0), np.where(ok[:, None], ty, 0)], axis=-1))
@@ -596,9 +596,7 @@ def footprint_reference(data, valid, src_transform, src_crs, dst_transform, dst_
         np.add.at(weighted, (r, c), a * values[k])
         np.add.at(summed, (r, c), values[k] * a / whole[k])
         if classes:
-            for v in np.unique(values[k]):
-                pick = values[k] == v
-                np.add.at(areas.setdefault(v, np.zeros(shape)), (r[pick], c[pick]), a[pick])
+            pieces.append((r * width + c, values[k], a))
 
     # Outlines inside one target pixel (and no whole turn away from another) give it all their
     # area: taken together, without clipping.
@@ -644,12 +642,30 @@ def footprint_reference(data, valid, src_transform, src_crs, dst_transform, dst_
     found = cover > 0
     mode = np.full(shape, np.nan)
     tied = np.zeros(shape, bool)
-    if classes and areas:
-        keys = sorted(areas)
-        stack = np.stack([areas[v] for v in keys])
-        mode = np.where(found, np.asarray(keys)[np.argmax(stack, axis=0)], np.nan)
-        if len(keys) > 1:
-            ordered = np.sort(stack, axis=0)
-            tied = found & (ordered[-1] - ordered[-2] <= 1e-9 * np.maximum(ordered[-1], 1e-300))
+    if classes and pieces:
+        # The area of each class in each target pixel, sparse (a float raster has as many classes
+        # as pixels): pieces grouped by (pixel, class) in their order, then per pixel the largest.
+        cell = np.concatenate([p[0] for p in pieces])
+        value = np.concatenate([p[1] for p in pieces])
+        piece = np.concatenate([p[2] for p in pieces])
+        order = np.lexsort((value, cell))
+        cell, value, piece = cell[order], value[order], piece[order]
+        starts = np.flatnonzero(np.r_[True, (cell[1:] != cell[:-1]) | (value[1:] != value[:-1])])
+        g_cell, g_value, g_area = cell[starts], value[starts], np.add.reduceat(piece, starts)
+        keys = np.unique(g_value)
+        if keys.size <= 256:
+            for v in keys:
+                pick = g_value == v
+                areas[float(v)] = np.zeros(shape)
+                areas[float(v)].ravel()[g_cell[pick]] = g_area[pick]
+        rank = np.lexsort((g_value, -g_area, g_cell))  # per pixel: largest area first, then smallest class
+        g_cell, g_value, g_area = g_cell[rank], g_value[rank], g_area[rank]
+        first = np.flatnonzero(np.r_[True, g_cell[1:] != g_cell[:-1]])
+        mode.ravel()[g_cell[first]] = g_value[first]
+        has_second = np.r_[first[1:], g_cell.size] - first > 1
+        best, second = g_area[first[has_second]], g_area[first[has_second] + 1]
+        tied.ravel()[g_cell[first[has_second]]] = best - second <= 1e-9 * np.maximum(best, 1e-300)
+        mode[~found] = np.nan
+        tied &= found
     return FootprintReference(np.where(found, weighted / np.where(found, cover, 1), np.nan),
                               np.where(found, summed, np.nan), mode, areas, cover, tied)
