@@ -56,6 +56,9 @@ class Case:
     method: str
     target_crs: str
     resolution: float
+    crs: str = "EPSG:3035"  # the input's
+    # Workflow runs to time besides the default one: label -> (dataset keys, warp keys).
+    variants: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
 
 
@@ -189,19 +192,24 @@ def grid_of(case: Case, tile_size: int) -> dict:
     return build_plan(validate_config(config)).grid
 
 
-def workflow_config(case: Case, tile_size: int | None) -> dict:
+def workflow_config(case: Case, tile_size: int | None, variant: str | None = None) -> dict:
     config = {"target": {"crs": case.target_crs, "resolution": case.resolution, "origin": [0, 0]},
               "datasets": {"d": {"path": case.input, "method": case.method}}}
     if tile_size:
         config["tile_size"] = tile_size
+    if variant:
+        dataset, warp = case.variants[variant]
+        config["datasets"]["d"].update(dataset)
+        if warp:
+            config["warp"] = warp
     return config
 
 
-def run_workflow(case: Case, workdir: str, tile_size: int | None, cores: int = 2) -> dict:
+def run_workflow(case: Case, workdir: str, tile_size: int | None, cores: int = 2, variant: str | None = None) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(os.path.join(workdir, "config"))
     with open(os.path.join(workdir, "config", "config.yaml"), "w") as f:
-        yaml.safe_dump(workflow_config(case, tile_size), f)
+        yaml.safe_dump(workflow_config(case, tile_size, variant), f)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory", workdir,
            "--cores", str(cores), "--resources", "mem_mb=4096", "--quiet", "all", "--", "results/mosaics/d.tif"]
     seconds, peak = measured(cmd)
@@ -231,7 +239,20 @@ def run_workflow(case: Case, workdir: str, tile_size: int | None, cores: int = 2
             "tile_mem_mb": validate_config(workflow_config(case, tile_size))["memory"]["tile_mb"],
             "fixed_s": statistics.mean(fixed), "tile_s": statistics.mean(s for _, s, _, _ in batches),
             "mosaic_s": mosaic[0][1] if mosaic else 0.0,
-            "engine": engine}
+            "engine": engine, "total": valid_total(os.path.join(workdir, "results", "mosaics", "d.tif"))}
+
+
+def valid_total(path: str) -> float:
+    """The sum of a raster's valid pixels in float64, block by block (the mass balance of ``sum``)."""
+    total = 0.0
+    with rasterio.open(path) as src:
+        for _, window in src.block_windows(1):
+            a = src.read(1, window=window).astype("float64")
+            ok = ~np.isnan(a)
+            if src.nodata is not None and not np.isnan(src.nodata):
+                ok &= a != src.nodata
+            total += float(a[ok].sum())
+    return total
 
 
 def _stamp(line: str) -> float:
@@ -242,14 +263,15 @@ def _stamp(line: str) -> float:
     return ((h * 60 + m) * 60 + sec) + int(ms) / 1000.0
 
 
-def gdalwarp(case: Case, out: str, grid, tuned: bool) -> tuple[float, float]:
+def gdalwarp(case: Case, out: str, grid, tuned: bool) -> dict:
     left, bottom, right, top = grid.bounds
     rx, ry = grid.resolution
     if os.path.exists(out):
         os.unlink(out)
     cmd = ["gdalwarp", "-q", "-t_srs", case.target_crs, "-te", repr(left), repr(bottom), repr(right), repr(top),
            "-tr", repr(rx), repr(ry), "-r", case.method, *(TUNED if tuned else []), case.input, out]
-    return measured(cmd)
+    seconds, peak = measured(cmd)
+    return {"seconds": seconds, "peak_mb": peak, "total": valid_total(out) if case.method == "sum" else None}
 
 
 def median_of(repeats: int, fn) -> dict:
@@ -267,7 +289,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=40_000, help="edge of the large inputs in pixels")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=os.path.join(REPO, "bench", "work"))
-    parser.add_argument("--cases", default="average,mode,reproject")
+    parser.add_argument("--cases", default="average,mode,reproject,sum")
     parser.add_argument("--tile-sizes", default="", help="also time the workflow at these tile sizes (first case)")
     parser.add_argument("--skip-default-gdalwarp", action="store_true")
     parser.add_argument("--cores", default="2", help="snakemake --cores for the workflow; a list (1,2) times each")
@@ -285,8 +307,19 @@ def main() -> None:
                      "uint8", n, "mode", "EPSG:3035", 40),
         "reproject": Case(f"float32 {half}x{half}, EPSG:3035 -> EPSG:4326, average",
                           os.path.join(args.workdir, f"float32_{half}.tif"), "float32", half, "average",
-                          "EPSG:4326", 0.0005),
+                          "EPSG:4326", 0.0005,
+                          variants={"workflow, engine gdal (GDAL's warper, et 0.125)": ({"engine": "gdal"}, {})}),
+        # Counts in EPSG:4326 (0.00025 degrees, over 5-15 E, 45-55 N) onto 100 m equal-area pixels.
+        "sum": Case(f"float32 counts {n}x{n}, EPSG:4326 -> EPSG:3035 100 m, sum",
+                    os.path.join(args.workdir, f"float32_4326_{n}.tif"), "float32", n, "sum", "EPSG:3035", 100,
+                    crs="EPSG:4326"),
+        # Interpolation across CRSs: what GDAL's exact transformation costs against its default.
+        "bilinear": Case(f"float32 {half}x{half}, EPSG:3035 -> EPSG:4326, bilinear",
+                         os.path.join(args.workdir, f"float32_{half}.tif"), "float32", half, "bilinear",
+                         "EPSG:4326", 0.0001,
+                         variants={"workflow, error_threshold 0 (exact)": ({}, {"error_threshold": 0})}),
     }
+    geographic = Affine(10 / n, 0, 5, 0, -10 / n, 55)
     selected = [cases[c] for c in args.cases.split(",")]
     mem = psutil.virtual_memory().total / 2**30
     print(f"machine: {platform.node()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
@@ -294,7 +327,7 @@ def main() -> None:
           f"(GDAL {rasterio.__gdal_version__}), gdalwarp "
           f"{subprocess.run(['gdalwarp', '--version'], capture_output=True, text=True).stdout.strip()}", flush=True)
     for case in selected:
-        generate(case.input, case.size, case.dtype, "EPSG:3035", laea)
+        generate(case.input, case.size, case.dtype, case.crs, geographic if case.crs == "EPSG:4326" else laea)
     rows = []
     for case in selected:
         print(f"\n## {case.name}", flush=True)
@@ -307,6 +340,8 @@ def main() -> None:
             out = os.path.join(args.workdir, "gdalwarp.tif")
             r["gdalwarp tuned"] = median_of(args.repeats, lambda: gdalwarp(case, out, grid, True))
             print(f"  gdalwarp tuned {r['gdalwarp tuned']['all_seconds']}", flush=True)
+            if case.method == "sum":
+                r["input"] = {"seconds": 0.0, "peak_mb": 0.0, "total": valid_total(case.input)}
             if not args.skip_default_gdalwarp:
                 r["gdalwarp default"] = median_of(args.repeats, lambda: gdalwarp(case, out, grid, False))
                 print(f"  gdalwarp default {r['gdalwarp default']['all_seconds']}", flush=True)
@@ -319,6 +354,9 @@ def main() -> None:
                 label = f"workflow (snakemake --cores {cores})"
                 r[label] = median_of(args.repeats, lambda: run_workflow(case, wf, None, cores))
                 print(f"  workflow --cores {cores} {r[label]['all_seconds']}", flush=True)
+            for variant in case.variants:
+                r[variant] = median_of(args.repeats, lambda: run_workflow(case, wf, None, 2, variant))
+                print(f"  {variant} {r[variant]['all_seconds']}", flush=True)
             if case is selected[0] and args.tile_sizes:
                 for size in map(int, args.tile_sizes.split(",")):
                     r[f"workflow, tile_size {size}"] = median_of(1, lambda: run_workflow(case, wf, size))
@@ -326,10 +364,14 @@ def main() -> None:
             if os.path.exists(out):
                 os.unlink(out)
         tuned = r["gdalwarp tuned"]["seconds"]
+        inputs = r.pop("input", {}).get("total")
         for tool, m in r.items():
             extra = ""
+            if inputs is not None and m.get("total") is not None:
+                extra = (f"output total {m['total']:.10g} against input {inputs:.10g} "
+                         f"(relative {(m['total'] - inputs) / inputs:+.2g}); ")
             if "tiles" in m:
-                extra = (f"{m['tiles']} tiles in {m['batches']} batch job(s) ({m['engine']}), batch job "
+                extra += (f"{m['tiles']} tiles in {m['batches']} batch job(s) ({m['engine']}), batch job "
                          f"{m['tile_s']:.2f} s of which fixed {m['fixed_s']:.2f} s "
                          f"({100 * m['fixed_s'] / m['tile_s']:.0f} %), mosaic "
                          f"{m['mosaic_s']:.1f} s; largest batch job {m['max_tile_rss_mb']:.0f} MB of "

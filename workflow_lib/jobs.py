@@ -74,7 +74,7 @@ def run_batch_job(snakemake) -> None:
         tiles = [TileIndex.parse(t) for t in snakemake.params.tiles]
         mem_mb = granted_mem_mb(snakemake)
         # Before the limit: numba's compiler cannot run under it (engines.kernels.warm_up).
-        compiled = prepare_kernels(dataset, mem_mb)
+        compiled = prepare_kernels(dataset, mem_mb, grid)
         with status_store(snakemake) as store:
             reporter = BatchReporter(store, dataset.name, batch, dataset.settings.engine, mem_mb)
             with job_memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \

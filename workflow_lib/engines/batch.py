@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
-from workflow_lib.domain import RESULTS_DIR, TileIndex, tile_dir, tile_file_name
-from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, uses_kernels
+from workflow_lib.domain import RESULTS_DIR, Engine, TileIndex, tile_dir, tile_file_name
+from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, loads_numba, uses_kernels
 from workflow_lib.engines.compose import make_tile
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
@@ -41,14 +41,30 @@ DIGEST_TAG = "WORKFLOW_TILE_DIGEST"
 PIXELS_VERSION = 1
 
 
+def part_settings(dataset: DatasetPlan) -> list:
+    """The warp settings the dataset's tiles are made with: its own, or each part's."""
+    return [p.settings for p in dataset.parts] or [dataset.settings]
+
+
 def compiled_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:
     """Whether this job reduces the dataset's blocks with the compiled kernels (chunks.uses_kernels)."""
     return uses_kernels(dataset.settings, mem_mb)
 
 
-def prepare_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:
+def prepare_kernels(dataset: DatasetPlan, mem_mb: int, grid: TargetGrid | None = None) -> bool:
     """compiled_kernels(), with the kernels compiled or loaded now: call it before a memory limit
-    is set (engines.kernels.warm_up says why)."""
+    is set (engines.kernels.warm_up says why). With ``grid``, the conservative engine's too."""
+    if grid is not None:
+        parts = [(p.header, p.settings) for p in dataset.parts] or [(dataset.header, dataset.settings)]
+        for header, settings in parts:
+            if settings.engine is Engine.CONSERVATIVE:
+                from workflow_lib.engines.conservative import warm_up as warm_up_conservative  # numba
+
+                started = time.monotonic()
+                warm_up_conservative(header, grid, settings)
+                log.info("conservative kernels for %s %s ready in %.2f s", header.dtype, settings.method,
+                         time.monotonic() - started)
+                break
     if not compiled_kernels(dataset, mem_mb):
         return False
     from workflow_lib.engines.kernels import warm_up  # numba, only in the jobs that use it
@@ -172,8 +188,10 @@ def run_batch(
         todo.put(index)
     n_todo = len(tiles) - len(result.kept)
     if compiled is None:
-        compiled = prepare_kernels(dataset, mem_mb) if n_todo else False
-    fixed_mb = BASELINE_MB + (KERNELS_MB if compiled else 0)
+        compiled = prepare_kernels(dataset, mem_mb, grid) if n_todo else False
+    # numba and its code: the block engine's kernels, or the conservative engine's (any part's).
+    numba_mb = KERNELS_MB if compiled or any(loads_numba(s, mem_mb) for s in part_settings(dataset)) else 0
+    fixed_mb = BASELINE_MB + numba_mb
     running = concurrency(threads, n_todo, mem_mb, fixed_mb)
     # Each tile's budget: the interpreter's baseline (as MemoryBudget counts it) plus its part of
     # what the job has beyond its fixed memory.

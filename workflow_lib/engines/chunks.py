@@ -47,6 +47,12 @@ def uses_kernels(settings: WarpSettings, mem_mb: int) -> bool:
             and mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB)
 
 
+def loads_numba(settings: WarpSettings, mem_mb: int) -> bool:
+    """Whether a job making this dataset's tiles holds numba and compiled code (KERNELS_MB): the
+    conservative engine always, the block engine when it uses the compiled kernels."""
+    return settings.engine is Engine.CONSERVATIVE or uses_kernels(settings, mem_mb)
+
+
 # Points sampled along each edge of a chunk (and across it) to find its source window: the
 # inverse projection of a straight target edge is curved.
 _EDGE_SAMPLES = 33
@@ -304,11 +310,13 @@ def window_chunks(header: RasterHeader, settings: WarpSettings, grid: TargetGrid
 
 def conservative_cost(settings: WarpSettings, src_dtype: str, src_px: int, dst_px: int) -> int:
     """Bytes a chunk of the conservative engine holds at its peak: per source pixel its value,
-    and the positions of its corners and edge points (two float64 each, edge_points per edge);
-    for mode its pieces (cell, pixel, area: about four per pixel) and their sorting; per target
-    pixel the sums (one per class for fractions), the coverage and the output bands."""
+    and the positions of its points (two float64 and a flag each): its corner alone, or with edge
+    points n along its top edge and n along its left (engines.conservative.resample_chunk); for
+    mode its pieces (cell, pixel, area: about four per pixel) and their sorting; per target pixel
+    the sums (one per class for fractions), the coverage and the output bands."""
     n = settings.edge_points
-    per_src = np.dtype(src_dtype).itemsize + 17 + (32 * (n - 1) if n > 1 else 0)
+    points = 1 if n == 1 else 2 * n
+    per_src = np.dtype(src_dtype).itemsize + 17 * points
     if settings.method is Method.MODE:
         per_src += 4 * 32
     sums = len(settings.classes) if settings.classes else 1

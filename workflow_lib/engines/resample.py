@@ -71,8 +71,8 @@ def resample_tile(
     progress = progress or (lambda: None)
     if compiled is None:
         compiled = uses_kernels(settings, mem_mb)
-        if compiled:
-            mem_mb -= KERNELS_MB  # what the tile's data may use beside them
+        if compiled or settings.engine is Engine.CONSERVATIVE:
+            mem_mb -= KERNELS_MB  # what the tile's data may use beside numba and its code
     budget = MemoryBudget.for_job(mem_mb)
     chunk_bytes = min(budget.chunk_bytes, max_chunk_bytes or budget.chunk_bytes)
     blocks = None
