@@ -157,6 +157,18 @@ def _area_in(lo_x, y_lo, hi_x, slope, sign, m, x0, x1, y0, y1):
 
 
 @numba.njit(inline="always")
+def _area_in_strip(lo_x, y_lo, hi_x, slope, sign, m, x0, x1):
+    """The area of the polygon of edges (_edges) between x0 and x1: _area_in with no rows to clamp
+    to (a polygon within one row of target pixels, or one column with x and y swapped)."""
+    total = 0.0
+    for k in range(m):
+        lo, hi = max(lo_x[k], x0), min(hi_x[k], x1)
+        if hi > lo:
+            total += sign[k] * (hi - lo) * (y_lo[k] + slope[k] * (0.5 * (lo + hi) - lo_x[k]))
+    return abs(total)
+
+
+@numba.njit(inline="always")
 def _pieces(px, py, nv, shift, box, wc0, wr0, ww, wh, bx, by, e_lo, e_y, e_hi, e_slope, e_sign, out_r, out_c, out_a,
             whole):
     """The pieces of polygon (px + shift, py)[:nv] (bounding box ``box``, unshifted) in the target
@@ -185,6 +197,26 @@ def _pieces(px, py, nv, shift, box, wc0, wr0, ww, wh, bx, by, e_lo, e_y, e_hi, e
         out_a[0] = whole[0]
         return 1
     count = 0
+    if r1 - r0 == 1:  # across column lines only
+        m = _edges(bx, by, nv, e_lo, e_y, e_hi, e_slope, e_sign)
+        for c in range(lo_c, hi_c):
+            a = _area_in_strip(e_lo, e_y, e_hi, e_slope, e_sign, m, float(c - c0), float(c - c0 + 1))
+            if a > 0.0:
+                out_r[count] = r0 - wr0
+                out_c[count] = c - wc0
+                out_a[count] = a
+                count += 1
+        return count
+    if c1 - c0 == 1:  # across row lines only: the same with x and y swapped
+        m = _edges(by, bx, nv, e_lo, e_y, e_hi, e_slope, e_sign)
+        for r in range(lo_r, hi_r):
+            a = _area_in_strip(e_lo, e_y, e_hi, e_slope, e_sign, m, float(r - r0), float(r - r0 + 1))
+            if a > 0.0:
+                out_r[count] = r - wr0
+                out_c[count] = c0 - wc0
+                out_a[count] = a
+                count += 1
+        return count
     m = _edges(bx, by, nv, e_lo, e_y, e_hi, e_slope, e_sign)
     for c in range(lo_c, hi_c):
         for r in range(lo_r, hi_r):
@@ -553,3 +585,11 @@ def resample_chunk(data: np.ndarray, source: Window, header: RasterHeader, grid:
         bands.append(to_output(np.minimum(cover, 1.0), cover > 0.0, settings.dst_dtype, settings.dst_nodata,
                                avoid_nodata=False))
     return np.stack(bands) if len(bands) > 1 else bands[0]
+
+
+def warm_up(header: RasterHeader, grid: TargetGrid, settings: WarpSettings) -> None:
+    """Load from numba's cache (or compile) what a chunk of this dataset calls, by resampling 2 x 2
+    of its pixels: a job does this before its memory limit is set (engines.kernels.warm_up says
+    why)."""
+    data = np.zeros((min(2, header.height), min(2, header.width)), header.dtype)
+    resample_chunk(data, Window(0, 0, data.shape[1], data.shape[0]), header, grid, Window(0, 0, 1, 1), settings)
