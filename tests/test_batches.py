@@ -241,3 +241,44 @@ def test_small_jobs_reduce_blocks_with_numpy_and_give_the_same_pixels(tmp_path):
     for tile in tiles:
         a, b = read_band(tmp_path / "compiled" / f"{tile}.tif"), read_band(tmp_path / "numpy" / f"{tile}.tif")
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), tile
+
+
+def test_an_input_replaced_after_planning_fails_its_tiles_and_leaves_none(tmp_path, monkeypatch):
+    """A file replaced between planning (the register job) and a batch would give the new pixels
+    on the planned header: every tile fails, naming the file and what to do, and none is left on
+    disk; replaced while a tile reads it, that tile is removed and fails too."""
+    import workflow_lib.engines.batch as batch_module
+
+    plan = plan_of(tmp_path)
+    d = plan.datasets["d"]
+    tiles = list(d.tiles)
+    path = d.header.path
+    write_raster(path, smooth_field(380, 300, seed=5), "EPSG:32632", Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+    out = str(tmp_path / "tiles")
+    result = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400, threads=2)
+    assert sorted(result.failed) == sorted(tiles) and result.made == []
+    message = result.failed[tiles[0]]
+    assert message.startswith(f"dataset 'd' ({path}): changed since the run was planned (size ")
+    assert "run again" in message and "\n" not in message
+    assert not os.path.exists(out) or os.listdir(out) == []
+    # Planned again, with the new file: every tile is made.
+    plan = build_plan(validate_config(
+        {"target": {"crs": "EPSG:32632", "resolution": 20}, "tile_size": 32,
+         "datasets": {"d": {"path": path, "method": "average"}}}))
+    d = plan.datasets["d"]
+    tiles = list(d.tiles)
+    assert sorted(run_batch(d, plan.grid, "b", tiles, out, mem_mb=400, threads=2).made) == sorted(tiles)
+    # Replaced while the third tile is made: that tile fails and is not on disk.
+    real = batch_module.resample_tile
+
+    def replacing(name, header, settings, grid, tile, out_path, **kw):
+        figures = real(name, header, settings, grid, tile, out_path, **kw)
+        if tile.index == tiles[2]:
+            os.utime(path, ns=(header.mtime_ns + 10**9, header.mtime_ns + 10**9))
+        return figures
+
+    monkeypatch.setattr(batch_module, "resample_tile", replacing)
+    fresh = str(tmp_path / "fresh")
+    result = run_batch(d, plan.grid, "b", tiles, fresh, mem_mb=400, threads=1)
+    assert tiles[2] in result.failed and not os.path.exists(os.path.join(fresh, f"{tiles[2]}.tif"))
+    assert all(os.path.exists(os.path.join(fresh, f"{t}.tif")) for t in result.made)

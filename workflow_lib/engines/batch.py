@@ -28,9 +28,10 @@ from workflow_lib.domain import RESULTS_DIR, Engine, TileIndex, tile_dir, tile_f
 from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, loads_numba, uses_kernels
 from workflow_lib.engines.compose import make_tile
 from workflow_lib.engines.resample import resample_tile
-from workflow_lib.errors import GDAL_ERRORS, JobMemoryError, WorkflowLibError, out_of_memory
+from workflow_lib.errors import GDAL_ERRORS, InputRasterError, JobMemoryError, WorkflowLibError, out_of_memory
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan, Plan
+from workflow_lib.sources.header import changed_since_planning
 from workflow_lib.statistics import STATS_TAG, PixelStats
 from workflow_lib.watchdog import Watchdog
 
@@ -44,6 +45,15 @@ PIXELS_VERSION = 1
 def part_settings(dataset: DatasetPlan) -> list:
     """The warp settings the dataset's tiles are made with: its own, or each part's."""
     return [p.settings for p in dataset.parts] or [dataset.settings]
+
+
+def inputs_unchanged(dataset: DatasetPlan) -> None:
+    """Raise InputRasterError if a file the dataset reads is not the one the run planned with: its
+    tiles would put the new pixels on the old header (another size, another place)."""
+    for header in [p.header for p in dataset.parts] or [dataset.header]:
+        why = changed_since_planning(header)
+        if why:
+            raise InputRasterError(dataset.name, header.path, why)
 
 
 def compiled_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:
@@ -209,6 +219,7 @@ def run_batch(
         hooks.started(index)
         started = time.monotonic()
         try:
+            inputs_unchanged(dataset)
             with Watchdog(stall_timeout, what) as dog:
                 options = dict(threads=tile_threads, compress=compress, max_chunk_bytes=max_chunk_bytes,
                                progress=dog.tick, tags={DIGEST_TAG: digest}, compiled=compiled,
@@ -218,6 +229,12 @@ def run_batch(
                 else:
                     figures = resample_tile(dataset.name, dataset.header, dataset.settings, grid, tile,
                                             index.path(folder), mem_mb=share_mb, **options)
+            try:
+                inputs_unchanged(dataset)  # replaced while the tile read it: the tile may mix both
+            except InputRasterError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(index.path(folder))
+                raise
         except Exception as exc:  # noqa: BLE001 - one tile's failure must not lose the others
             if out_of_memory(exc):
                 exc = JobMemoryError(what, share_mb, exc)
