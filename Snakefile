@@ -1,5 +1,5 @@
 # Resample large rasters onto one target grid, tile by tile, and merge the tiles into mosaics and
-# one aligned stack. See README.md; the logic lives in workflow_lib/, tested without Snakemake.
+# one aligned stack. See README.md and docs/; the logic lives in workflow_lib/, tested without Snakemake.
 
 configfile: "config/config.yaml"
 

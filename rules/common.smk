@@ -55,7 +55,7 @@ def dataset_path(wildcards):
     # The file GDAL reads: the input itself, the file inside a connection string (a NetCDF
     # subdataset), or, for a dataset of many files, the VRT of them that the plan wrote (its name
     # changes when a member does; thousands of inputs per job would slow Snakemake down).
-    # A remote input is none: its identity (size, ETag) keys the plan instead (README, "Inputs").
+    # A remote input is none: its identity (size, ETag) keys the plan instead (docs/configuration.md, "Inputs").
     planned = PLAN.datasets[wildcards.dataset]
     paths = [p.header.path for p in planned.parts] or [planned.header.path]
     return [local for local in map(local_file, paths) if local]

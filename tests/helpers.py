@@ -85,7 +85,7 @@ def reference_warp(
     ``rasterio.warp.reproject`` where it can (one CRS, or rasterio 1.4's fixed 0.125 px transformer
     error), else a WarpedVRT of the whole raster with the transformer error asked for. ``pad``:
     the raster is first surrounded by that many pixels of nodata (a validity mask), which is where
-    GDAL's area methods give the area-weighted result at the raster's edges (README, "Accuracy").
+    GDAL's area methods give the area-weighted result at the raster's edges (docs/accuracy.md).
     """
     with rasterio.open(path, OVERVIEW_LEVEL="NONE") as src:
         data = src.read(band)
@@ -200,7 +200,7 @@ def reference_for(plan, name: str, fixed_scale: bool = False, padded: bool | Non
     """The whole-image GDAL warp of one planned dataset onto the plan's full grid.
 
     ``fixed_scale``: GDAL is given the dataset's XSCALE/YSCALE instead of deriving them itself
-    (they agree when the grid is the dataset's own union extent; elsewhere, see README "Accuracy").
+    (they agree when the grid is the dataset's own union extent; elsewhere, see docs/accuracy.md).
     ``padded`` (default: for the area methods): the raster is surrounded by nodata, so that GDAL's
     average and sum are area-weighted at its edges and no target pixel outside it gets a value.
     """

@@ -4,7 +4,7 @@ is from its reference, measured on the real rasters in ../shared/data/real/.
 References: GDAL's whole-image warp (rasterio.warp.reproject or a WarpedVRT of the whole raster
 onto the whole grid, in one piece), with the raster surrounded by nodata for the area methods
 (average, sum, min, max, mode, med), where GDAL alone overweights edge pixels and fills target
-pixels outside the raster (README, "Accuracy"); and independent NumPy references where GDAL is
+pixels outside the raster (docs/accuracy.md); and independent NumPy references where GDAL is
 wrong (tests/helpers.py: block_reference, area_reference).
 """
 
@@ -64,8 +64,8 @@ def test_tile_size_never_changes_a_result_and_results_match_their_reference(tmp_
                                                                             pair):
     """Tile sizes 16, 64 and 4096 (chunked as well) give the same mosaic: bit for bit, except real
     outputs of GDAL's warper, to 4e-12 relative (its kernel weights are computed from each chunk's
-    own origin), and GDAL's sum across CRSs, which depends on its source windows (README,
-    "Accuracy"). Across CRSs with error_threshold 0 (an exact transformation)."""
+    own origin), and GDAL's sum across CRSs, which depends on its source windows
+    (docs/accuracy.md). Across CRSs with error_threshold 0 (an exact transformation)."""
     spec = REAL[name]
     path = real_raster(spec[0])
     for method in METHODS:
@@ -84,14 +84,14 @@ def test_tile_size_never_changes_a_result_and_results_match_their_reference(tmp_
             diff = np.abs(first[both].astype("float64") - other[both].astype("float64"))
             changed = mask_changes + int((diff > 0).sum())
             if method == "sum" and pair == "other CRS":
-                flips = max(flips, changed)  # GDAL's sum across CRSs: README, "Accuracy"
+                flips = max(flips, changed)  # GDAL's sum across CRSs: docs/accuracy.md
             elif np.dtype(s.dst_dtype).kind == "f" and s.engine == "gdal":
                 # GDAL computes kernel weights from each chunk's own origin: the last bits move.
                 scale = max(float(np.abs(first[both]).max()), 1e-300)
                 assert mask_changes == 0 and (diff <= 4e-12 * scale).all(), (method, size, diff.max())
                 noise = max(noise, float(diff.max(initial=0)) / scale)
             elif "rotated" in name and method in ("bilinear", "cubic"):
-                # GDAL's kernels on a rotated raster move with the chunk (README, "Accuracy").
+                # GDAL's kernels on a rotated raster move with the chunk (docs/accuracy.md).
                 flips = max(flips, changed)
                 assert diff.max(initial=0) <= 1 and changed <= 0.01 * valid.sum(), (method, size, changed)
             else:
@@ -125,7 +125,7 @@ def test_tile_size_never_changes_a_result_and_results_match_their_reference(tmp_
             # 1.4 refuses 0): a sample that close to a pixel's edge may fall on either side of it.
             assert c.differing <= 2e-4 * c.compared, (method, c)
         if s.engine == "windows" and method in ("average", "sum"):
-            # GDAL lets neighbours in with weights of ~1e-15 (README, "Engines"): 0 where no pixel
+            # GDAL lets neighbours in with weights of ~1e-15 (docs/engines.md): 0 where no pixel
             # lies under a target pixel. The independent area-weighted reference decides there.
             with rasterio.open(path) as src, rasterio.open(out["d"]) as mosaic:
                 data = src.read(spec[1]).astype("float64")
@@ -150,7 +150,7 @@ def test_tile_size_never_changes_a_result_and_results_match_their_reference(tmp_
 def test_default_transformer_error_stays_within_the_stated_bounds(tmp_path, real_raster, record, name):
     """Across CRSs the default error_threshold (0.125 pixel, as gdalwarp) makes results depend on
     how the warp is cut (GDAL's own whole-image result too). Measured against the exact
-    transformation on every real raster, the stated bounds (README, "Accuracy"): picks differ on
+    transformation on every real raster, the stated bounds (docs/accuracy.md): picks differ on
     at most 10 % of pixels (6.4 % measured on mosaic_cog1, whose values jump between neighbours); interpolations and averages by more than 2 % of the data range on at
     most 0.5 % of pixels (sharp edges, such as nodata borders, move further; small moves are
     everywhere: integer outputs round differently); nodata on at most 0.1 %."""

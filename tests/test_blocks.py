@@ -151,7 +151,7 @@ def test_integer_average_rounds_as_gdal_does():
 
 def test_where_gdal_is_not_exact_auto_takes_the_exact_block_result():
     """Aligned blocks always go to NumPy under "auto": where GDAL is exact they agree bit for bit
-    (above); here GDAL is not, and the engine keeps the exact result (README, "Engines")."""
+    (above); here GDAL is not, and the engine keeps the exact result (docs/engines.md)."""
     dst3 = SRC @ Affine.scale(3, 3)
     for method, dtype, dst in [("sum", "float32", dst3), ("mode", "float64", dst3), ("mode", "int32", dst3),
                                ("average", "int8", SRC @ Affine.scale(2)), ("mode", "int16", dst3)]:

@@ -145,7 +145,7 @@ def test_raster_georeferenced_by_gcps_only_is_refused(tmp_path):
 
 
 def test_an_integer_input_made_real_gets_nan_as_nodata(tmp_path):
-    """dtype: float32 on an int16 input: NaN, as the README says for real outputs, not -32768."""
+    """dtype: float32 on an int16 input: NaN, as docs/configuration.md says for real outputs, not -32768."""
     path = write_raster(tmp_path / "t.tif", np.ones((50, 60), "int16"), "EPSG:32632",
                         Affine(10, 0, 500000, 0, -10, 5200000), -32768)
     settings = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 20}, "datasets": {

@@ -61,7 +61,7 @@ def test_real_raster_tiles_equal_whole_image_warp(tmp_path, real_raster, record,
         assert c.max_abs_diff <= 1e-6 * np.abs(valid).max(), c
     elif settings.same_crs and method in ("average", "sum", "bilinear", "cubic"):
         # Integer results rounded from real values: GDAL's weights are exact only to ~1e-12, so its
-        # own x.5 means round either way (README, "Accuracy"); the workflow's round up.
+        # own x.5 means round either way (docs/accuracy.md); the workflow's round up.
         assert c.max_abs_diff <= 1 and c.differing <= 1e-3 * c.compared, c
     elif settings.same_crs:
         assert c.max_abs_diff == 0, c

@@ -1,6 +1,6 @@
 """Tiles streamed in many chunks and merged by the mosaic code equal GDAL's whole-image warp.
 
-Stated tolerances (README, "Accuracy"):
+Stated tolerances (docs/accuracy.md):
 - same CRS: exact for nearest, mode, min, max, med, average and sum; bilinear, cubic and average
   within float rounding (1e-6 of the data's largest magnitude) where a chunk's source origin
   changes the last bits of the kernel weights;

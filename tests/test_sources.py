@@ -398,7 +398,7 @@ def test_hdf5_without_georeferencing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     nc = _netcdf_with_time(tmp_path, _months(), LONLAT, -999.0)
     # GDAL's HDF5 driver reads the same NetCDF-4 file as plain HDF5, without its CF georeferencing:
-    # the README says to open such files with NETCDF: instead.
+    # docs/configuration.md says to open such files with NETCDF: instead.
     with pytest.raises(InputRasterError, match=r"dataset 'dem' \(HDF5:.*climate\.nc.*\): the raster is "
                                                r"georeferenced by no geotransform"):
         build_plan(validate_config(config_for(f'HDF5:"{nc}"://tas', "average", "EPSG:32632", 2000)))

@@ -2,7 +2,7 @@
 
 Snakemake runs in its own session and process group (so that a closed terminal or a Ctrl-C meant
 for something else never reaches it), its console goes to ``logs/run/console.log``, and the run
-file (runfile.py) says which process it is. The verbs are signals, as the README's "Stopping and
+file (runfile.py) says which process it is. The verbs are signals, as docs/running.md's "Stopping and
 resuming" describes them:
 
 - pause: SIGTERM to Snakemake: no new job starts, running jobs finish, Snakemake exits;

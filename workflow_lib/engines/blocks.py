@@ -23,9 +23,9 @@ Pixels beyond the raster's edges are missing like nodata: a block that reaches p
 reduction of the pixels it holds, and a block wholly outside is nodata. (GDAL 3.10 gives the target
 row above, and the column left of, a raster whose edge falls on a block edge the reduction of the
 raster's first row or column, and overweights edge pixels in averages: the workflow does not copy
-that; README, "Accuracy".) Where GDAL's own result is not the exact block result (non-dyadic
+that; docs/accuracy.md.) Where GDAL's own result is not the exact block result (non-dyadic
 geotransforms, sums over blocks whose sides are not powers of two, modes of data that float32
-cannot hold, signed modes of -1) this engine keeps the exact one: README, "Engines".
+cannot hold, signed modes of -1) this engine keeps the exact one: docs/engines.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A tile stays the unit of checkpointing (its own file); a batch is one Snakemake (or SLURM) job that
 makes the tiles of its rectangle that are missing. Every job has a fixed cost (an interpreter,
-imports, Snakemake's script preamble, scheduling: 1-2 s measured, README "Tiles and batches"), and
+imports, Snakemake's script preamble, scheduling: 1-2 s measured, docs/how-it-works.md), and
 Snakemake's planning costs grow with the number of jobs (about 4 ms and 20 KB each), so batches are
 sized to make both negligible: at most about ``MAX_JOBS`` resample jobs per run, and each with at
 least ``MIN_BATCH_WORK`` of work.

@@ -91,10 +91,10 @@ def choose_engine(requested: str, method: Method, same_crs: bool, src_transform:
 
     Where target pixels are whole blocks of input pixels, "auto" takes the block engine: its result
     is the exact block reduction, the same for every tiling, and equal to GDAL's wherever GDAL's is
-    exact (README, "Engines", for where it is not); the area methods onto unaligned north-up grids
+    exact (docs/engines.md, for where it is not); the area methods onto unaligned north-up grids
     in one CRS take the window engine. Average, sum, mode and fractions otherwise take the
-    conservative engine: between CRSs, GDAL's average is no area-weighted mean (README,
-    "Accuracy"). Asking for an engine that cannot do what the dataset needs is an error
+    conservative engine: between CRSs, GDAL's average is no area-weighted mean (docs/accuracy.md).
+    Asking for an engine that cannot do what the dataset needs is an error
     (ValueError), so that a config never silently gets something else than it asked for.
     """
     method = Method(method)

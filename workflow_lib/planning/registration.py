@@ -33,7 +33,7 @@ def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> Dat
     log.info("dataset %s: engine %s (%s)", name, planned.settings.engine.label, planned.settings.engine_reason)
     if planned.settings.method is Method.SUM and not planned.settings.same_crs:
         log.warning(
-            "dataset %s: sum across CRSs depends on how GDAL 3.10 chunks the warp (README, Accuracy); "
+            "dataset %s: sum across CRSs depends on how GDAL 3.10 chunks the warp (docs/accuracy.md); "
             "prefer summing in the input's CRS", name,
         )
     write_json_atomic(out_path, {"grid": grid, "dataset": planned.to_dict()})

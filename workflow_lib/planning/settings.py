@@ -145,7 +145,7 @@ def kernel_padding(settings: WarpSettings) -> int:
     """Source pixels to add around a chunk's footprint so that every kernel sees all its inputs.
 
     GDAL widens kernels by 1/scale when downsampling (radius 2 for cubic); padding beyond what GDAL
-    itself pads also keeps its window-dependent weighting (see README: sum) out of interior chunks.
+    itself pads also keeps its window-dependent weighting (see docs/accuracy.md: sum) out of interior chunks.
     """
     shrink = min(settings.x_scale, settings.y_scale, 1.0)
     return int(math.ceil(3.0 / shrink)) + 2

@@ -126,7 +126,7 @@ def _mismatch(h: RasterHeader, first: RasterHeader) -> str | None:
 def vrt_nodata(first: RasterHeader, override: float | None) -> float | None:
     """The VRT's nodata, which also fills the gaps between members: the one given in the config,
     else the members' own, else NaN for real numbers (a gap is no data, never zero). Integer
-    members without nodata leave gaps as 0, as gdalbuildvrt does (README: set ``nodata``)."""
+    members without nodata leave gaps as 0, as gdalbuildvrt does (docs/configuration.md: set ``nodata``)."""
     if override is not None:
         return override
     if first.nodata is not None:
