@@ -31,7 +31,8 @@ from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import GDAL_ERRORS, InputRasterError, JobMemoryError, WorkflowLibError, out_of_memory
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan, Plan
-from workflow_lib.sources.header import changed_since_planning
+from workflow_lib.planning.settings import WarpSettings
+from workflow_lib.sources.header import RasterHeader, changed_since_planning
 from workflow_lib.statistics import STATS_TAG, PixelStats
 from workflow_lib.watchdog import Watchdog
 
@@ -42,15 +43,16 @@ DIGEST_TAG = "WORKFLOW_TILE_DIGEST"
 PIXELS_VERSION = 1
 
 
-def part_settings(dataset: DatasetPlan) -> list:
-    """The warp settings the dataset's tiles are made with: its own, or each part's."""
-    return [p.settings for p in dataset.parts] or [dataset.settings]
+def part_sources(dataset: DatasetPlan) -> list[tuple[RasterHeader, WarpSettings]]:
+    """The rasters the dataset's tiles are made from, with their warp settings: its own, or each
+    part's."""
+    return [(p.header, p.settings) for p in dataset.parts] or [(dataset.header, dataset.settings)]
 
 
 def inputs_unchanged(dataset: DatasetPlan) -> None:
     """Raise InputRasterError if a file the dataset reads is not the one the run planned with: its
     tiles would put the new pixels on the old header (another size, another place)."""
-    for header in [p.header for p in dataset.parts] or [dataset.header]:
+    for header, _ in part_sources(dataset):
         why = changed_since_planning(header)
         if why:
             raise InputRasterError(dataset.name, header.path, why)
@@ -65,8 +67,7 @@ def prepare_kernels(dataset: DatasetPlan, mem_mb: int, grid: TargetGrid | None =
     """compiled_kernels(), with the kernels compiled or loaded now: call it before a memory limit
     is set (engines.kernels.warm_up says why). With ``grid``, the conservative engine's too."""
     if grid is not None:
-        parts = [(p.header, p.settings) for p in dataset.parts] or [(dataset.header, dataset.settings)]
-        for header, settings in parts:
+        for header, settings in part_sources(dataset):
             if settings.engine is Engine.CONSERVATIVE:
                 from workflow_lib.engines.conservative import warm_up as warm_up_conservative  # numba
 
@@ -200,7 +201,7 @@ def run_batch(
     if compiled is None:
         compiled = prepare_kernels(dataset, mem_mb, grid) if n_todo else False
     # numba and its code: the block engine's kernels, or the conservative engine's (any part's).
-    numba_mb = KERNELS_MB if compiled or any(loads_numba(s, mem_mb) for s in part_settings(dataset)) else 0
+    numba_mb = KERNELS_MB if compiled or any(loads_numba(s, mem_mb) for _, s in part_sources(dataset)) else 0
     fixed_mb = BASELINE_MB + numba_mb
     running = concurrency(threads, n_todo, mem_mb, fixed_mb)
     # Each tile's budget: the interpreter's baseline (as MemoryBudget counts it) plus its part of

@@ -197,23 +197,19 @@ def _pieces(px, py, nv, shift, box, wc0, wr0, ww, wh, bx, by, e_lo, e_y, e_hi, e
         out_a[0] = whole[0]
         return 1
     count = 0
-    if r1 - r0 == 1:  # across column lines only
-        m = _edges(bx, by, nv, e_lo, e_y, e_hi, e_slope, e_sign)
-        for c in range(lo_c, hi_c):
-            a = _area_in_strip(e_lo, e_y, e_hi, e_slope, e_sign, m, float(c - c0), float(c - c0 + 1))
+    if r1 - r0 == 1 or c1 - c0 == 1:  # across the lines of one direction only: strips, no clamping
+        along_x = r1 - r0 == 1  # one row, across column lines; else one column (x and y swapped)
+        if along_x:
+            m = _edges(bx, by, nv, e_lo, e_y, e_hi, e_slope, e_sign)
+            lo, hi, first = lo_c, hi_c, c0
+        else:
+            m = _edges(by, bx, nv, e_lo, e_y, e_hi, e_slope, e_sign)
+            lo, hi, first = lo_r, hi_r, r0
+        for k in range(lo, hi):
+            a = _area_in_strip(e_lo, e_y, e_hi, e_slope, e_sign, m, float(k - first), float(k - first + 1))
             if a > 0.0:
-                out_r[count] = r0 - wr0
-                out_c[count] = c - wc0
-                out_a[count] = a
-                count += 1
-        return count
-    if c1 - c0 == 1:  # across row lines only: the same with x and y swapped
-        m = _edges(by, bx, nv, e_lo, e_y, e_hi, e_slope, e_sign)
-        for r in range(lo_r, hi_r):
-            a = _area_in_strip(e_lo, e_y, e_hi, e_slope, e_sign, m, float(r - r0), float(r - r0 + 1))
-            if a > 0.0:
-                out_r[count] = r - wr0
-                out_c[count] = c0 - wc0
+                out_r[count] = (r0 if along_x else k) - wr0
+                out_c[count] = (k if along_x else c0) - wc0
                 out_a[count] = a
                 count += 1
         return count
