@@ -321,16 +321,7 @@ def _octagon(i, j, hx, hy, vx, vy, period, wc0, wr0, ww, wh, px, py, box, piece)
         lo_x, hi_x = min(lo_x, x), max(hi_x, x)
         lo_y, hi_y = min(lo_y, y), max(hi_y, y)
     box[0], box[1], box[2], box[3] = lo_x, hi_x, lo_y, hi_y
-    c, r = int(np.floor(lo_x)), int(np.floor(lo_y))
-    if hi_x > c + 1 or hi_y > r + 1 or (period > 0.0 and (hi_x - period > wc0 or lo_x + period < wc0 + ww)):
-        return 0
-    if c < wc0 or c >= wc0 + ww or r < wr0 or r >= wr0 + wh:
-        return -1
-    s = _shoelace_at(px, py, 8, c, r)
-    piece[0] = r - wr0
-    piece[1] = c - wc0
-    piece[2] = 0.5 * abs(s)
-    return 1
+    return _single_cell(px, py, 8, box, period, wc0, wr0, ww, wh, piece)
 
 
 @numba.njit(inline="always")
