@@ -30,12 +30,11 @@ include: "rules/stack.smk"
 include: "rules/report.smk"
 
 
+# Every product is named here, not only the last ones: Snakemake remakes a missing file only when a
+# target needs it, and a deleted tile (its batch's manifest is removed at parse time, rules/common.smk),
+# mosaic or statistics file would otherwise stay missing behind an up-to-date stack.
 rule all:
     default_target: True
     input:
-        "results/stack.tif",
-        expand("results/report/quicklooks/{dataset}.png", dataset=DATASETS),
-        "results/report/statistics.html",
-        "results/report/tiles.png",
-        "results/report/tile_figures.png",
-        "results/report/config.html",
+        [batch_manifests(name) for name in DATASETS],
+        products(DATASETS),

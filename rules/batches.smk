@@ -5,9 +5,9 @@
 rule resample_batch:
     input:
         source=dataset_path,
-        meta="results/datasets/{dataset}.json",
+        meta=dataset_record_path("{dataset}"),
     output:
-        "results/batches/{dataset}/{batch}.json",
+        manifest_path("{dataset}", "{batch}"),
     log:
         "logs/resample_batch/{dataset}/{batch}.log",
     benchmark:

@@ -3,7 +3,8 @@
 import sys
 
 from workflow_lib.config import validate_config
-from workflow_lib.domain import tile_dir
+from workflow_lib.domain import (dataset_record_path, manifest_path, mosaic_path, products, quicklook_path,
+                                 report_page, stack_path, statistics_path, tile_dir)
 from workflow_lib.engines.batch import forget_incomplete_batches
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.plan import TilesToMake, load_plan, plan_cache_path
@@ -66,12 +67,12 @@ def dataset_plan(wildcards):
     return PLAN.datasets[wildcards.dataset].to_dict(with_batches=False)
 
 
+def batch_manifests(name):
+    return [manifest_path(name, b.id) for b in PLAN.datasets[name].batches]
+
+
 def dataset_batches(wildcards):
-    return expand(
-        "results/batches/{dataset}/{batch}.json",
-        dataset=wildcards.dataset,
-        batch=[b.id for b in PLAN.datasets[wildcards.dataset].batches],
-    )
+    return batch_manifests(wildcards.dataset)
 
 
 def batch_tiles(wildcards):

@@ -1,11 +1,11 @@
 rule mosaic:
     input:
-        meta="results/datasets/{dataset}.json",
+        meta=dataset_record_path("{dataset}"),
         batches=dataset_batches,
     output:
-        mosaic="results/mosaics/{dataset}.tif",
+        mosaic=mosaic_path("{dataset}"),
         # Gathered from the tiles' own figures, without a second pass over the pixels.
-        statistics="results/statistics/{dataset}.json",
+        statistics=statistics_path("{dataset}"),
     log:
         "logs/mosaic/{dataset}.log",
     benchmark:

@@ -2,7 +2,7 @@ rule register_dataset:
     input:
         source=dataset_path,
     output:
-        "results/datasets/{dataset}.json",
+        dataset_record_path("{dataset}"),
     log:
         "logs/register_dataset/{dataset}.log",
     benchmark:

@@ -10,11 +10,11 @@ localrules:
 
 rule quicklook:
     input:
-        mosaic="results/mosaics/{dataset}.tif",
-        statistics="results/statistics/{dataset}.json",
+        mosaic=mosaic_path("{dataset}"),
+        statistics=statistics_path("{dataset}"),
     output:
         report(
-            "results/report/quicklooks/{dataset}.png",
+            quicklook_path("{dataset}"),
             caption="../report/quicklook.rst",
             category="Mosaics",
             labels={"dataset": "{dataset}"},
@@ -33,9 +33,9 @@ rule quicklook:
 
 rule statistics_page:
     input:
-        statistics=expand("results/statistics/{dataset}.json", dataset=DATASETS),
+        statistics=expand(statistics_path("{dataset}"), dataset=DATASETS),
     output:
-        report("results/report/statistics.html", caption="../report/statistics.rst", category="Dataset statistics"),
+        report(report_page("statistics.html"), caption="../report/statistics.rst", category="Dataset statistics"),
     log:
         "logs/report/statistics.log",
     benchmark:
@@ -51,10 +51,10 @@ rule statistics_page:
 rule tile_figures:
     input:
         # After every mosaic: all tiles of the run are in the status database by then.
-        mosaics=expand("results/mosaics/{dataset}.tif", dataset=DATASETS),
+        mosaics=expand(mosaic_path("{dataset}"), dataset=DATASETS),
     output:
-        tile_map=report("results/report/tiles.png", caption="../report/tiles.rst", category="Run"),
-        figures=report("results/report/tile_figures.png", caption="../report/tile_figures.rst", category="Run"),
+        tile_map=report(report_page("tiles.png"), caption="../report/tiles.rst", category="Run"),
+        figures=report(report_page("tile_figures.png"), caption="../report/tile_figures.rst", category="Run"),
     log:
         "logs/report/tile_figures.log",
     benchmark:
@@ -71,7 +71,7 @@ rule tile_figures:
 
 rule config_page:
     output:
-        report("results/report/config.html", caption="../report/config.rst", category="Run"),
+        report(report_page("config.html"), caption="../report/config.rst", category="Run"),
     log:
         "logs/report/config.log",
     benchmark:

@@ -1,8 +1,8 @@
 rule stack:
     input:
-        mosaics=expand("results/mosaics/{dataset}.tif", dataset=DATASETS),
+        mosaics=expand(mosaic_path("{dataset}"), dataset=DATASETS),
     output:
-        "results/stack.tif",
+        stack_path(),
     log:
         "logs/stack/stack.log",
     benchmark:

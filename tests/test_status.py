@@ -318,3 +318,20 @@ def test_a_failure_spooled_by_an_older_version_is_replayed_as_a_failure(tmp_path
     store.replay()
     assert store.query("SELECT status, path, crs, error FROM datasets") == [("failed", "dem.tif", "EPSG:32632",
                                                                             "it broke")]
+
+
+def test_all_tiles_done_is_not_complete_while_the_run_goes_on_or_an_output_is_missing(tmp_path):
+    """The mosaics, the stack and the report come after the tiles: `status` says complete only once
+    the run is over and every output of the run's plan is on disk."""
+    store = StatusStore(f"sqlite:///{tmp_path}/status.sqlite")
+    store.record(RunStarted(run_id="r"))
+    store.record(TilesPlanned(run_id="r", dataset="dem", tiles=[["r0000_c0000", "pending", "b", 1]]))
+    store.record(TileStarted(run_id="r", dataset="dem", tile="r0000_c0000"))
+    store.record(TileFinished(run_id="r", dataset="dem", tile="r0000_c0000"))
+    going_on = build_report(store, workdir=str(tmp_path))
+    assert going_on.tiles_done and not going_on.complete
+    assert "the run goes on with the mosaics" in render(going_on) and "complete" not in render(going_on)
+    store.record(RunFinished(run_id="r"))
+    # No run of the workflow in this folder: nothing to look for on disk.
+    assert build_report(store, workdir=str(tmp_path)).complete
+    assert build_report(store).complete

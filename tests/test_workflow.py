@@ -199,6 +199,64 @@ def test_a_changed_method_remakes_that_dataset_alone(run, record):
     assert c.compared > 1000 and c.max_abs_diff == 0 and c.nodata_mismatch == 0, c
 
 
+def status_of(workdir) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "workflow_lib", "status", "--json"], cwd=workdir, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def output_times(workdir) -> dict[str, int]:
+    """Every file under results/ but the status database and its spool, with its modification time."""
+    root = workdir / "results"
+    times = {}
+    for d, folders, files in os.walk(root):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        for f in files:
+            if not f.startswith((".", "status.sqlite")):
+                times[os.path.relpath(os.path.join(d, f), root)] = os.stat(os.path.join(d, f)).st_mtime_ns
+    return times
+
+
+@pytest.mark.parametrize("deleted,remade", [
+    # A tile: its batch makes it alone, then its dataset's mosaic and what is made from the mosaics.
+    (["tiles/dem/r0001_c0001.tif"],
+     ["batches/dem/<the tile's batch>", "mosaics/dem.tif", "statistics/dem.json", "report/quicklooks/dem.png", "stack.tif",
+      "report/statistics.html", "report/tiles.png", "report/tile_figures.png"]),
+    # A mosaic, a statistics file, the stack, report pages: each remade with what depends on it.
+    (["mosaics/landcover.tif", "statistics/temperature.json", "stack.tif", "report/config.html",
+      "report/quicklooks/dem.png"],
+     ["mosaics/landcover.tif", "statistics/landcover.json", "report/quicklooks/landcover.png",
+      "mosaics/temperature.tif", "statistics/temperature.json", "report/quicklooks/temperature.png",
+      "stack.tif", "report/config.html", "report/quicklooks/dem.png", "report/statistics.html",
+      "report/tiles.png", "report/tile_figures.png"]),
+    # A dataset's record: its register job runs again, its batches find their tiles on disk.
+    (["datasets/dem.json"],
+     ["datasets/dem.json", "batches/dem/*", "mosaics/dem.tif", "statistics/dem.json", "report/quicklooks/dem.png",
+      "stack.tif", "report/statistics.html", "report/tiles.png", "report/tile_figures.png"]),
+], ids=["tile", "mosaic-statistics-stack-report", "dataset-record"])
+def test_a_deleted_output_is_remade_with_what_depends_on_it_and_nothing_else(run, deleted, remade):
+    workdir, plan = run["workdir"], run["plan"]
+    [batch] = [b.id for b in plan.datasets["dem"].batches if "r0001_c0001" in b.tile_ids]
+    remade = [r.replace("<the tile's batch>", f"{batch}.json") for r in remade]
+    assert status_of(workdir)["complete"]
+    before = output_times(workdir)
+    for path in deleted:
+        os.unlink(workdir / "results" / path)
+    status = status_of(workdir)
+    assert not status["complete"] and status["missing"], status
+    assert {f"results/{d}" for d in deleted if not d.startswith("tiles/")} <= set(status["missing"])
+    assert any("1 of" in m and "tiles of dem" in m for m in status["missing"]) == ("tiles/dem/r0001_c0001.tif" in deleted)
+    snakemake(workdir, "--cores", "2")
+    after = output_times(workdir)
+    assert set(after) == set(before), set(before) ^ set(after)
+    changed = {f for f in before if after[f] != before[f]}
+    expected = {f for f in before if any(f == r or (r.endswith("/*") and f.startswith(r[:-1])) for r in remade)}
+    assert changed == expected | set(deleted), (sorted(changed - expected - set(deleted)),
+                                                  sorted(expected | set(deleted) - changed))
+    assert status_of(workdir)["complete"]
+
+
 def test_lint_reports_nothing(run):
     proc = snakemake(run["workdir"], "--lint")
     text = proc.stdout + proc.stderr

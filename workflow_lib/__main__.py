@@ -70,7 +70,7 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
     try:
         while True:
             store.replay()
-            report = build_report(store, controller=_controller_state())
+            report = build_report(store, controller=_controller_state(), workdir=None if url else os.getcwd())
             text = to_json(report) if as_json else render(report)
             if watch:
                 print("\033[2J\033[H" + text, flush=True)  # clear the screen, then redraw
@@ -105,7 +105,8 @@ def dashboard(url: str | None, host: str, port: int, refresh: float) -> int:
     from workflow_lib.views.dashboard import serve
 
     try:
-        return serve(url or resolve_url(_config_database_url()), host, port, refresh, controller=_controller_state)
+        return serve(url or resolve_url(_config_database_url()), host, port, refresh, controller=_controller_state,
+                     workdir=None if url else os.getcwd())
     except OSError as exc:
         print(f"Error: cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -145,3 +145,52 @@ def tile_file_name(tile_id: str) -> str:
 def tile_dir(dataset: str, results_dir: str = RESULTS_DIR) -> str:
     """Where a dataset's tiles are: one file per tile, the run's checkpoints."""
     return os.path.join(results_dir, "tiles", dataset)
+
+
+def dataset_record_path(dataset: str, results_dir: str = RESULTS_DIR) -> str:
+    """What the register job found of a dataset (its header and plan, JSON)."""
+    return os.path.join(results_dir, "datasets", f"{dataset}.json")
+
+
+def manifest_dir(dataset: str, results_dir: str = RESULTS_DIR) -> str:
+    """Where a dataset's batches leave their manifests, one per batch, written once all its tiles are on disk."""
+    return os.path.join(results_dir, "batches", dataset)
+
+
+def manifest_path(dataset: str, batch: str, results_dir: str = RESULTS_DIR) -> str:
+    return os.path.join(manifest_dir(dataset, results_dir), f"{batch}.json")
+
+
+def mosaic_path(dataset: str, results_dir: str = RESULTS_DIR) -> str:
+    """A dataset's mosaic: its tiles as one (cloud-optimised) GeoTIFF."""
+    return os.path.join(results_dir, "mosaics", f"{dataset}.tif")
+
+
+def statistics_path(dataset: str, results_dir: str = RESULTS_DIR) -> str:
+    """A dataset's statistics, gathered from its tiles' own figures by its mosaic job."""
+    return os.path.join(results_dir, "statistics", f"{dataset}.json")
+
+
+def stack_path(results_dir: str = RESULTS_DIR) -> str:
+    """Every dataset's mosaic as one band of one file."""
+    return os.path.join(results_dir, "stack.tif")
+
+
+def quicklook_path(dataset: str, results_dir: str = RESULTS_DIR) -> str:
+    return os.path.join(results_dir, "report", "quicklooks", f"{dataset}.png")
+
+
+# The report's pages of the whole run (rules/report.smk), besides one quicklook per dataset.
+REPORT_PAGES = ("statistics.html", "tiles.png", "tile_figures.png", "config.html")
+
+
+def report_page(name: str, results_dir: str = RESULTS_DIR) -> str:
+    return os.path.join(results_dir, "report", name)
+
+
+def products(datasets: list[str], results_dir: str = RESULTS_DIR) -> list[str]:
+    """Every file a complete run ends with, besides the tiles and the batches' manifests: what
+    `rule all` asks for, and what `status` checks before it says a run is complete."""
+    per_dataset = [f(name, results_dir) for f in (dataset_record_path, mosaic_path, statistics_path, quicklook_path)
+                   for name in datasets]
+    return per_dataset + [stack_path(results_dir)] + [report_page(p, results_dir) for p in REPORT_PAGES]

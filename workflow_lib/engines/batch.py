@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
-from workflow_lib.domain import RESULTS_DIR, Engine, TileIndex, tile_dir, tile_file_name
+from workflow_lib.domain import RESULTS_DIR, Engine, TileIndex, manifest_dir, tile_dir, tile_file_name
 from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, loads_numba, uses_kernels
 from workflow_lib.engines.compose import make_tile
 from workflow_lib.engines.resample import resample_tile
@@ -329,7 +329,7 @@ def forget_incomplete_batches(plan: Plan, results_dir: str = RESULTS_DIR) -> lis
     """
     removed = []
     for name, d in plan.datasets.items():
-        folder = os.path.join(results_dir, "batches", name)
+        folder = manifest_dir(name, results_dir)
         if not os.path.isdir(folder):
             continue
         manifests = set(os.listdir(folder))

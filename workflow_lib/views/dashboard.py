@@ -75,20 +75,21 @@ def throughput(store: StatusStore, run: RunRecord | None, now: float, buckets: i
     return {"seconds": step, "tiles": counts, "work": work}
 
 
-def state(store: StatusStore, controller: dict | None = None, now: float | None = None) -> dict:
+def state(store: StatusStore, controller: dict | None = None, now: float | None = None,
+          workdir: str | None = None) -> dict:
     now = now or time.time()
     if store.schema_version() == 0:
         return {"generated_at": now, "database": redact(store.url), "ready": False}
-    report = build_report(store, now=now, controller=controller)
+    report = build_report(store, now=now, controller=controller, workdir=workdir)
     run = RunRecord(**report.run) if report.run else None
     return {"generated_at": now, "database": redact(store.url), "ready": True, "report": report_dict(report),
             "grids": tile_grids(store), "throughput": throughput(store, run, now)}
 
 
 def make_server(store: StatusStore, host: str = "127.0.0.1", port: int = 8765,
-                refresh_seconds: float = 3.0, controller=None) -> ThreadingHTTPServer:
+                refresh_seconds: float = 3.0, controller=None, workdir: str | None = None) -> ThreadingHTTPServer:
     """The dashboard's server (not started). ``controller``: a callable giving the controller's run
-    state, or None."""
+    state, or None; ``workdir``: the run's folder, where a finished run's outputs are looked for."""
     lock = threading.Lock()  # one query at a time on the store's one connection
 
     class Handler(BaseHTTPRequestHandler):
@@ -109,7 +110,7 @@ def make_server(store: StatusStore, host: str = "127.0.0.1", port: int = 8765,
                     return self._send(HTTPStatus.OK, kind, body)
                 if url.path == "/api/state":
                     with lock:
-                        data = state(store, controller() if controller else None)
+                        data = state(store, controller() if controller else None, workdir=workdir)
                     return self._json(data)
                 if url.path == "/api/tile":
                     q = parse_qs(url.query)
@@ -142,9 +143,10 @@ def make_server(store: StatusStore, host: str = "127.0.0.1", port: int = 8765,
     return ThreadingHTTPServer((host, port), Handler)
 
 
-def serve(url: str, host: str, port: int, refresh_seconds: float, controller=None) -> int:
+def serve(url: str, host: str, port: int, refresh_seconds: float, controller=None,
+          workdir: str | None = None) -> int:
     store = StatusStore(url, read_only=True)
-    server = make_server(store, host, port, refresh_seconds, controller)
+    server = make_server(store, host, port, refresh_seconds, controller, workdir)
     bound_host, bound_port = server.server_address[:2]
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: the dashboard listens on {host}, not only on this machine: anyone who can reach "

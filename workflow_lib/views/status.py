@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from workflow_lib.domain import products, tile_dir
+from workflow_lib.planning.plan import Plan
 from workflow_lib.status.queries import RunRecord
+from workflow_lib.status.run import read_run_context
 from workflow_lib.status.store import StatusStore, redact
 
 # A running tile whose last sign of life is older than this is flagged as stalled.
@@ -43,15 +47,50 @@ class Report:
     jobs: list[dict] = field(default_factory=list)  # running batch jobs: progress, memory against mem_mb
     eta_seconds: float | None = None  # of the whole run, weighted by each tile's estimated work
     work_share: float = 0.0  # of the whole run
+    # What a complete run would have on disk and the folder lacks (tiles counted per dataset), once
+    # every tile is done; None when not looked at (a database read away from the run's folder).
+    missing: list[str] | None = None
+
+    @property
+    def tiles_done(self) -> bool:
+        return bool(self.datasets) and all(d.done == d.total and d.error is None for d in self.datasets)
+
+    @property
+    def run_going_on(self) -> bool:
+        return bool(self.run) and self.run["status"] == "running"
 
     @property
     def complete(self) -> bool:
-        return bool(self.datasets) and all(d.done == d.total and d.error is None for d in self.datasets)
+        """Every tile done, the run over (the mosaics, the stack and the report come after the
+        tiles), and nothing it made missing from disk."""
+        return self.tiles_done and not self.run_going_on and not self.missing
 
 
-def build_report(store: StatusStore, now: float | None = None, controller: dict | None = None) -> Report:
+def missing_outputs(workdir: str) -> list[str] | None:
+    """What a complete run of the workflow in ``workdir`` would have on disk and does not: its
+    plan's tiles (counted per dataset), mosaics, statistics, stack and report. None when the folder
+    holds no run of this workflow. One directory listing per dataset."""
+    context = read_run_context(workdir)
+    try:
+        with open(os.path.join(workdir, context["plan"])) as f:
+            plan = Plan.from_dict(json.load(f))
+    except (TypeError, KeyError, OSError, ValueError):
+        return None
+    missing = []
+    for name, d in plan.datasets.items():
+        folder = os.path.join(workdir, tile_dir(name))
+        on_disk = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        absent = sum(1 for t in d.tiles if t.file_name not in on_disk)
+        if absent:
+            missing.append(f"{absent} of {d.tile_count} tiles of {name} ({tile_dir(name)})")
+    return missing + [p for p in products(list(plan.datasets)) if not os.path.exists(os.path.join(workdir, p))]
+
+
+def build_report(store: StatusStore, now: float | None = None, controller: dict | None = None,
+                 workdir: str | None = None) -> Report:
     """``controller``: {"state", "since", "describe"} of the controller's live run in this folder;
-    a frozen run's jobs are silent because they are stopped, and are never flagged as stalled."""
+    a frozen run's jobs are silent because they are stopped, and are never flagged as stalled.
+    ``workdir``: the run's folder, where a finished run's outputs are looked for."""
     now = now or time.time()
     frozen = bool(controller) and controller.get("state") == "frozen"
     run = store.latest_run()
@@ -97,6 +136,8 @@ def build_report(store: StatusStore, now: float | None = None, controller: dict 
     report.work_share = sum(d.work_done for d in datasets) / all_work if all_work else 0.0
     _, run_rate = _throughput(store, None, run, now)
     remaining = all_work - sum(d.work_done for d in datasets)
+    if workdir is not None and report.tiles_done and not report.run_going_on:
+        report.missing = missing_outputs(workdir)
     report.eta_seconds = (0.0 if report.complete else remaining / run_rate if run_rate else None)
     return report
 
@@ -164,7 +205,7 @@ def render(report: Report) -> str:
         eta = _duration(d.eta_seconds) if d.eta_seconds is not None else "-"
         lines.append(f"{d.name:<{width}}  [{bar:<20}] {d.done:>6} {d.running:>4} {d.failed:>4} {d.pending:>5} "
                      f"{d.total:>6}  {rate}  {eta}")
-    if report.datasets and not report.complete:
+    if report.datasets and not report.tiles_done:
         eta = _duration(report.eta_seconds) if report.eta_seconds is not None else "-"
         lines.append(f"{'all':<{width}}  {100 * report.work_share:5.1f} % of the estimated work done, eta {eta}")
     if report.jobs:
@@ -197,6 +238,11 @@ def render(report: Report) -> str:
             lines.append(f"  {j['dataset']}/{j['tile']} (attempt {j['attempt']}): {j['error']}")
     if report.complete:
         lines += ["", "all datasets complete"]
+    elif report.tiles_done and report.run_going_on:
+        lines += ["", "all tiles done; the run goes on with the mosaics, the stack and the report"]
+    elif report.tiles_done and report.missing:
+        lines += ["", "the run ended, but these outputs are missing (run the workflow again to remake them):"]
+        lines += [f"  {m}" for m in report.missing]
     return "\n".join(lines)
 
 

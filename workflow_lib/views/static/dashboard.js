@@ -206,7 +206,9 @@ function draw(data) {
     duration((r.ended_at || data.generated_at) - r.started_at) : "no run yet";
   run.dataset.status = r ? r.status : "";
   const overall = document.getElementById("overall");
+  const missing = data.report.missing || [];
   overall.textContent = data.report.complete ? "all datasets complete" :
+    missing.length ? "the run ended, but outputs are missing (run the workflow again): " + missing.join(", ") :
     `${(100 * data.report.work_share).toFixed(1)} % of the estimated work done, eta ${duration(data.report.eta_seconds)}`;
   drawDatasets(data);
   drawThroughput(data.throughput);
