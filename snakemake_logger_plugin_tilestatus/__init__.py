@@ -20,7 +20,7 @@ from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 
 from workflow_lib.controller.runfile import own_state
-from workflow_lib.status import StatusStore
+from workflow_lib.status import StatusStore, resolve_url
 from workflow_lib.status.events import BatchEnded, DatasetFailed, Note, RunFinished, RunStarted, TilesPlanned
 from workflow_lib.status.run import (BATCH_RULE, REGISTER_RULE, RUN_ID_ENV, cancellation, dataset_recorded,
                                      error_from_logs, planned_tiles, read_run_context)
@@ -99,7 +99,10 @@ class LogHandler(LogHandlerBase):
         context = read_run_context(cwd)
         if context is None:
             return  # not this project's workflow
-        self.store = StatusStore(context["database_url"], spool_dir=os.path.join(cwd, context["spool_dir"]))
+        # The URL in the run context is masked; resolve_url takes WORKFLOW_STATUS_DB when set, and
+        # the store puts back a config's password, kept in this process's environment at parse time.
+        self.store = StatusStore(resolve_url(context["database_url"]),
+                                 spool_dir=os.path.join(cwd, context["spool_dir"]))
         self.run_id = str(getattr(record, "workflow_id", "")) or None
         if self.run_id:
             # Batch jobs (local, or on SLURM, which passes the environment on) tag their tiles with it.

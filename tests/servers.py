@@ -4,6 +4,7 @@ proxy that puts faults (503 answers, delays) in front of any HTTP server (that o
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import http.client
 import os
@@ -33,10 +34,12 @@ def _serve(handler) -> tuple[_Server, str]:
 
 class FileServer:
     """A folder over HTTP/1.1 with HEAD, single byte ranges, ETag and Last-Modified. Paths listed in
-    ``forbidden`` answer 403."""
+    ``forbidden`` answer 403. With ``credentials`` (user, password), a request without them in
+    HTTP Basic authentication answers 401."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, credentials: tuple[str, str] | None = None):
         self.root = root
+        expected = "Basic " + base64.b64encode(":".join(credentials).encode()).decode() if credentials else None
         self.forbidden: set[str] = set()
         self.requests: list[tuple[str, str, str]] = []  # (method, path, range)
         owner = self
@@ -54,6 +57,8 @@ class FileServer:
                 path = os.path.join(owner.root, name)
                 if name in owner.forbidden:
                     return self.empty(403)
+                if expected and self.headers.get("Authorization") != expected:
+                    return self.empty(401)
                 if not os.path.isfile(path):
                     return self.empty(404)
                 st = os.stat(path)

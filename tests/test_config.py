@@ -174,3 +174,26 @@ def test_a_raster_smaller_than_one_target_pixel_is_planned(tmp_path):
     plan = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 3000}, "tile_size": 64,
                                        "datasets": {"s": {"path": path, "method": "average"}}}))
     assert (plan.grid.width, plan.grid.height) == (1, 1) and plan.datasets["s"].tile_ids == ("r0000_c0000",)
+
+
+def test_passwords_in_urls_are_masked_in_the_config_and_kept_for_the_connection_alone(monkeypatch):
+    from workflow_lib import secrets
+    from workflow_lib.config import hide_passwords
+
+    monkeypatch.delenv(secrets.CREDENTIALS_ENV, raising=False)
+    config = {"datasets": {"a": {"path": "https://bob:p%40ss@host.example/x.tif"},
+                           "b": {"path": ["https://host.example/y.tif", "https://eve:pw2@other.example/z.tif"]}},
+              "database": {"url": "postgresql://app:db%2Fpw@127.0.0.1:5432/runs"}}
+    hide_passwords(config)
+    assert config == {"datasets": {"a": {"path": "https://bob:***@host.example/x.tif"},
+                                   "b": {"path": ["https://host.example/y.tif", "https://eve:***@other.example/z.tif"]}},
+                      "database": {"url": "postgresql://app:***@127.0.0.1:5432/runs"}}
+    assert "p%40ss" not in str(config) and "pw2" not in str(config)
+    # The connection gets the URL as written; GDAL gets user and password decoded, per URL.
+    assert secrets.reveal("postgresql://app:***@127.0.0.1:5432/runs") == "postgresql://app:db%2Fpw@127.0.0.1:5432/runs"
+    assert secrets.reveal("postgresql://app:***@127.0.0.1:5432/other") == "postgresql://app:***@127.0.0.1:5432/other"
+    assert secrets.credentials()["https://host.example/x.tif"] == "bob:p@ss"
+    assert secrets.credentials()["https://other.example/z.tif"] == "eve:pw2"
+    hide_passwords(config)  # parsed again in a job: nothing changes
+    assert config["datasets"]["a"]["path"] == "https://bob:***@host.example/x.tif"
+    assert secrets.redact("sqlite:///results/status.sqlite") == "sqlite:///results/status.sqlite"

@@ -17,7 +17,7 @@ PACKAGE = "workflow_lib"
 
 # Bottom to top; a name is a module or a package of workflow_lib (all of its modules).
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base: errors, values, files appearing whole", ["__init__", "errors", "domain", "atomic", "watchdog"]),
+    ("base: errors, values, files appearing whole", ["__init__", "errors", "domain", "atomic", "watchdog", "secrets"]),
     ("formats, geometry, the job's process", ["gtiff", "vrt", "coords", "statistics", "runtime"]),
     ("sources: what an input is, from its header", ["sources"]),
     ("config", ["config"]),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from workflow_lib.config import validate_config
 from workflow_lib.errors import InputRasterError
 from workflow_lib.planning.plan import build_plan, plan_cache_key
 
-from .helpers import read_band, run_tiles_and_mosaics, smooth_field, snakemake, write_config, write_raster
+from .helpers import REPO, read_band, run_tiles_and_mosaics, smooth_field, snakemake, write_config, write_raster
 from .servers import FaultyProxy, FileServer
 
 SECRET = "wJalrXUtnFEMI-never-in-a-log-K7MDENG"
@@ -103,6 +105,57 @@ def test_http_errors_name_the_dataset_and_the_url(dem, http):
     server.forbidden.add("dem.tif")
     with pytest.raises(InputRasterError, match=r"dataset 'dem' \(.*/dem\.tif\): access denied \(HTTP 403\)"):
         build_plan(validate_config(config_for(f"{server.url}/dem.tif")))
+
+
+PASSWORD = "Pa55word99-never-written"
+PG_PASSWORD = "Pg-secret-never-written"
+
+
+def test_passwords_in_urls_are_never_printed_or_written(tmp_path, dem, pg_cluster):
+    """An input behind HTTP Basic authentication, its password in the URL, and a status database
+    URL with a password: the run reads the input, and neither password is in the console or in any
+    file under the working folder but the user's own config."""
+    server = FileServer(os.path.dirname(dem), credentials=("bob", PASSWORD))
+    try:
+        host = server.url.split("//")[1]
+        work = tmp_path / "run"
+        config = config_for(f"http://bob:{PASSWORD}@{host}/dem.tif")
+        database = pg_cluster.new_database()
+        config["database"] = {"url": database.replace("postgresql://postgres@", f"postgresql://postgres:{PG_PASSWORD}@")}
+        write_config(work, config)
+        console = [snakemake(work, "-n", "--cores", "2"), snakemake(work, "--cores", "2", "--resources", "mem_mb=2000")]
+        for command in (["status"], ["status", "--json"], ["results"], ["plan"]):
+            console.append(subprocess.run([sys.executable, "-m", "workflow_lib", *command], cwd=work,
+                                          capture_output=True, text=True, timeout=120,
+                                          env={**os.environ, "PYTHONPATH": REPO}))
+        _, local = run_tiles_and_mosaics(config_for(dem), tmp_path / "local")
+        assert np.array_equal(read_band(work / "results" / "mosaics" / "dem.tif"), read_band(local["dem"]))
+        text = "".join(p.stdout + p.stderr for p in console)
+        assert "status database: postgresql://postgres:***@127.0.0.1" in text
+        assert PASSWORD not in text and PG_PASSWORD not in text
+        users_config = str(work / "config" / "config.yaml")
+        for folder, _, files in os.walk(work):
+            for name in files:
+                path = os.path.join(folder, name)
+                with open(path, "rb") as f:
+                    content = f.read()
+                assert PASSWORD.encode() not in content or path == users_config, path
+                assert PG_PASSWORD.encode() not in content or path == users_config, path
+        # The run's rows went to the database given, through its URL with the password.
+        import psycopg
+
+        with psycopg.connect(database) as conn:
+            assert conn.execute("SELECT status FROM runs").fetchall() == [("finished",)]
+            assert conn.execute("SELECT path FROM datasets").fetchall() == [(f"/vsicurl/http://{host}/dem.tif",)]
+        # A wrong password, and a server that is not there, said as such (and without the password).
+        with pytest.raises(InputRasterError) as err:
+            build_plan(validate_config(config_for(f"http://bob:wrong-{PASSWORD}@{host}/dem.tif")))
+        assert "access denied (HTTP 401)" in str(err.value) and PASSWORD not in str(err.value), err.value
+    finally:
+        server.close()
+    with pytest.raises(InputRasterError) as err:
+        build_plan(validate_config(config_for(f"http://bob:{PASSWORD}@{host}/dem.tif")))
+    assert f"connection refused by {host}" in str(err.value) and PASSWORD not in str(err.value), err.value
 
 
 def test_a_changed_object_changes_the_plan(dem, http):

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from rasterio.errors import CRSError
 
+from workflow_lib import secrets
 from workflow_lib.errors import ConfigError
 from workflow_lib.coords import parse_crs
 from workflow_lib.sources.paths import check_path
@@ -23,15 +24,31 @@ SCHEMA_PATH = str(resources.files("workflow_lib") / "schemas" / "config.schema.y
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate against the schema (filling defaults in place) and check what the schema cannot.
 
-    Returns the same dict. Raises ConfigError naming the key and what is wrong.
+    Returns the same dict. Raises ConfigError naming the key and what is wrong. Passwords in URLs
+    are masked in it first (secrets.py), so that no message, record or rule ever holds one.
     """
     # Imported here: library users who only resample should not pay for importing Snakemake.
     from snakemake.utils import validate
 
+    hide_passwords(config)
     _check_schema(config)
     validate(config, SCHEMA_PATH, set_default=True)  # fills defaults, as in any Snakemake workflow
     check_config(config)
     return config
+
+
+def hide_passwords(config: dict[str, Any]) -> None:
+    """Mask the password of every URL in the config (datasets' paths, the database's URL), in place;
+    the passwords stay in this process's environment for the jobs it starts."""
+    datasets = config.get("datasets")
+    for ds in datasets.values() if isinstance(datasets, dict) else []:
+        if isinstance(ds, dict) and isinstance(ds.get("path"), str):
+            ds["path"] = secrets.hide(ds["path"])
+        elif isinstance(ds, dict) and isinstance(ds.get("path"), list):
+            ds["path"] = [secrets.hide(p) if isinstance(p, str) else p for p in ds["path"]]
+    database = config.get("database")
+    if isinstance(database, dict) and isinstance(database.get("url"), str):
+        database["url"] = secrets.hide(database["url"])
 
 
 def load_config(path: str) -> dict[str, Any]:

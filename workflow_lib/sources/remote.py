@@ -4,7 +4,8 @@
 ``/vsis3/`` (``gs://`` and ``az://`` likewise): a header at planning, and in tile jobs only the
 bytes of the blocks a window needs, never the whole object. Credentials come from where GDAL looks
 for them (AWS_ACCESS_KEY_ID and friends, AWS_PROFILE, ~/.aws/credentials and config, instance
-roles): the workflow never reads, prints or logs them, and paths carry none.
+roles): the workflow never reads, prints or logs them, and paths carry none. A password written in
+an http(s) URL is masked in the config (secrets.py) and handed to GDAL for that URL alone.
 
 A remote object is no Snakemake input (a storage plugin would download it whole). Its identity is
 the server's answer to a HEAD request: size, ETag and Last-Modified. The plan's cache is keyed by
@@ -17,7 +18,11 @@ import ctypes
 import hashlib
 import os
 import re
+import socket
+from urllib.parse import urlsplit
 from functools import lru_cache
+
+from workflow_lib import secrets
 
 _SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/"}
 _URL = re.compile(r"^(?P<scheme>https?|s3|gs|az)://(?P<rest>.+)$", re.IGNORECASE)
@@ -43,20 +48,38 @@ def is_remote(path: str) -> bool:
 
 
 def to_gdal(path: str) -> str:
-    """The GDAL file name of a URL (``s3://b/k`` -> ``/vsis3/b/k``); other paths unchanged."""
+    """The GDAL file name of a URL (``s3://b/k`` -> ``/vsis3/b/k``), without user info (its
+    password reaches GDAL as an option of that file, ``network_options``); other paths unchanged."""
     m = _URL.match(path)
     if not m:
         return path
     scheme = m.group("scheme").lower()
     prefix = _SCHEMES[scheme]
-    return prefix + (path if prefix == "/vsicurl/" else m.group("rest"))
+    return prefix + (secrets.without_userinfo(path) if prefix == "/vsicurl/" else m.group("rest"))
 
 
 def network_options(remote: bool = True) -> dict[str, str]:
     """The defaults above (REMOTE_DEFAULTS too when ``remote``), less what the environment sets
     itself: the user's choice wins."""
+    _install_credentials()
     defaults = {**NETWORK_DEFAULTS, **(REMOTE_DEFAULTS if remote else {})}
     return {k: v for k, v in defaults.items() if k not in os.environ}
+
+
+_installed: dict[str, str] = {}
+
+
+def _install_credentials() -> None:
+    """The passwords of input URLs (secrets.py), given to GDAL as options of each URL's own file
+    (VSISetPathSpecificOption, GDAL >= 3.6), once per process: never a process-wide option, never
+    through rasterio.Env, whose options are logged."""
+    for url, userpwd in secrets.credentials().items():
+        name = to_gdal(url)
+        if _installed.get(name) == userpwd:
+            continue
+        lib = _gdal()
+        lib.VSISetPathSpecificOption(name.encode(), b"GDAL_HTTP_USERPWD", userpwd.encode())
+        _installed[name] = userpwd
 
 
 def gdal_options(path: str) -> dict[str, str]:
@@ -77,6 +100,7 @@ def _gdal():
     lib.VSIGetFileMetadata.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p]
     lib.CSLDestroy.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
     lib.VSICurlClearCache.argtypes = []
+    lib.VSISetPathSpecificOption.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]
     return lib
 
 
@@ -116,11 +140,35 @@ def explain(url: str, message: str) -> str:
     """GDAL's error for a remote read, said for people: what the HTTP status means and what to do."""
     m = re.search(r"HTTP response code: (\d+)", message)
     code = int(m.group(1)) if m else None
+    unreachable = _unreachable(url) if code is None else None
+    if unreachable:
+        return f"{unreachable}: check the URL and that its server is up"
     if code == 404 or "does not exist in the file system" in message or "No such file" in message:
         return f"the server has no such object (HTTP 404): check the URL {url}"
+    if code in (401, 403) and urlsplit(url).scheme.lower() in ("http", "https"):
+        return (f"access denied (HTTP {code}) to {url}: check the user and password (in the URL, as "
+                "https://user:password@host/..., or in ~/.netrc)")
     if code in (401, 403):
         return (f"access denied (HTTP {code}) to {url}: check the credentials in the environment "
                 "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws) and the object's permissions")
     if code is not None:
         return f"the server answered HTTP {code} for {url} after GDAL's retries ({message})"
     return f"cannot be read from {url}: {message}"
+
+
+def _unreachable(url: str) -> str | None:
+    """Why an http(s) server cannot be reached at all (GDAL then says only that the file does not
+    exist), or None when it can be (or the URL is not http)."""
+    parts = urlsplit(secrets.without_userinfo(url))
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=10).close()
+    except socket.gaierror:
+        return f"host not found: {parts.hostname}"
+    except ConnectionRefusedError:
+        return f"connection refused by {parts.hostname}:{port}"
+    except OSError as exc:
+        return f"cannot connect to {parts.hostname}:{port} ({exc.strerror or exc})"
+    return None

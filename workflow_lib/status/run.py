@@ -8,6 +8,7 @@ import json
 import os
 
 from workflow_lib.atomic import write_json_atomic
+from workflow_lib.secrets import redact
 from workflow_lib.domain import tile_dir
 from workflow_lib.planning.plan import DatasetPlan, Plan
 from workflow_lib.status.events import DatasetRecorded
@@ -27,7 +28,9 @@ PAUSED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
 
 def write_run_context(plan_path: str, database_url: str, spool_dir: str) -> None:
     """Written by the Snakefile in the main process only (cluster jobs do not touch it)."""
-    context = {"plan": plan_path, "database_url": database_url, "spool_dir": spool_dir}
+    # The database's password is masked (secrets.py): the logger plugin, in the process that wrote
+    # this, finds it again in that process's environment.
+    context = {"plan": plan_path, "database_url": redact(database_url), "spool_dir": spool_dir}
     try:
         with open(RUN_CONTEXT) as f:
             if json.load(f) == context:

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from workflow_lib.secrets import redact, reveal
 from workflow_lib.status import events as ev
 from workflow_lib.status.events import Event
 from workflow_lib.status.queries import StatusQueries
@@ -45,16 +46,6 @@ class TileBeat:
 def resolve_url(config_url: str | None = None) -> str:
     """The environment variable wins over the config, which wins over the SQLite default."""
     return os.environ.get(URL_ENV) or config_url or DEFAULT_URL
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
 
 
 class _Backend:
@@ -151,9 +142,10 @@ class StatusStore(StatusQueries):
     migrates nor replays spools, and ``record`` refuses."""
 
     def __init__(self, url: str | None = None, spool_dir: str = DEFAULT_SPOOL_DIR, read_only: bool = False):
-        self.url = url or DEFAULT_URL
+        # The URL it shows is masked (secrets.py); only the connection gets the password.
+        self.url = redact(url or DEFAULT_URL)
         self.read_only = read_only
-        self.backend = _backend(self.url)
+        self.backend = _backend(reveal(url or DEFAULT_URL))
         self.spool_dir = spool_dir
         self._conn = None
         self._migrated = False
