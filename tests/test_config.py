@@ -197,3 +197,10 @@ def test_passwords_in_urls_are_masked_in_the_config_and_kept_for_the_connection_
     hide_passwords(config)  # parsed again in a job: nothing changes
     assert config["datasets"]["a"]["path"] == "https://bob:***@host.example/x.tif"
     assert secrets.redact("sqlite:///results/status.sqlite") == "sqlite:///results/status.sqlite"
+
+
+def test_band_with_bands_is_an_error_naming_both(tmp_path):
+    config = {"target": {"crs": "EPSG:32632", "resolution": 20},
+              "datasets": {"dem": {"path": str(tmp_path), "method": "average", "band": 2, "bands": [1, 2]}}}
+    with pytest.raises(ConfigError, match=r"^datasets\.dem: both band \(2\) and bands \(\[1, 2\]\) are given"):
+        validate_config(config)

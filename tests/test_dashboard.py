@@ -95,6 +95,20 @@ def test_server_answers_state_and_tiles_from_the_database_and_listens_on_loopbac
     assert missing.value.code == 404
 
 
+def test_a_request_for_another_host_name_is_refused(served):
+    """DNS rebinding: another site's name pointed at 127.0.0.1 must not read the run's state."""
+    base, _ = served
+    port = base.rsplit(":", 1)[1]
+    for name in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        request = urllib.request.Request(base + "/api/state", headers={"Host": name})
+        assert get(request)[0] == 200
+    for name in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.attacker.example:{port}"):
+        request = urllib.request.Request(base + "/api/state", headers={"Host": name})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get(request)
+        assert refused.value.code == 421 and b"unknown host" in refused.value.read()
+
+
 def test_dashboard_only_reads_the_database(served, tmp_path):
     base, url = served
     path = tmp_path / "status.sqlite"

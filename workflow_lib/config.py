@@ -32,6 +32,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     hide_passwords(config)
     _check_schema(config)
+    for name, ds in config["datasets"].items():  # before the defaults fill in band: 1
+        if "band" in ds and ds.get("bands") is not None:
+            raise ConfigError(f"datasets.{name}: both band ({ds['band']}) and bands ({ds['bands']}) are given: "
+                              f"keep band for one band of the input, bands for several (dataset '{name}')")
     validate(config, SCHEMA_PATH, set_default=True)  # fills defaults, as in any Snakemake workflow
     check_config(config)
     return config

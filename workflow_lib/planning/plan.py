@@ -315,8 +315,6 @@ def dataset_bands(name: str, ds: dict, header: RasterHeader) -> tuple[int, ...]:
     bands = ds.get("bands")
     if bands is None:
         return (ds.get("band", 1),)
-    if ds.get("band", 1) != 1:
-        raise ConfigError(f"datasets.{name}: give band or bands, not both")
     if bands == "all":
         return tuple(range(1, header.count + 1))
     for b in bands:

@@ -86,6 +86,20 @@ def state(store: StatusStore, controller: dict | None = None, now: float | None 
             "grids": tile_grids(store), "throughput": throughput(store, run, now)}
 
 
+_LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]"}
+_WILDCARDS = {"", "0.0.0.0", "::"}
+
+
+def host_allowed(header: str, bound: str) -> bool:
+    """Whether a request's Host header names this server: a loopback name, or the host it was
+    bound to; any when the user bound it to every interface (and was warned)."""
+    if bound in _WILDCARDS:
+        return True
+    name = header[:header.index("]") + 1] if header.startswith("[") and "]" in header else header.rsplit(":", 1)[0]
+    name = name.lower()
+    return name in _LOOPBACK_NAMES or name in (bound.lower(), f"[{bound.lower()}]")
+
+
 def make_server(store: StatusStore, host: str = "127.0.0.1", port: int = 8765,
                 refresh_seconds: float = 3.0, controller=None, workdir: str | None = None) -> ThreadingHTTPServer:
     """The dashboard's server (not started). ``controller``: a callable giving the controller's run
@@ -100,6 +114,10 @@ def make_server(store: StatusStore, host: str = "127.0.0.1", port: int = 8765,
 
         def do_GET(self):  # noqa: N802 - the name http.server calls
             url = urlparse(self.path)
+            if not host_allowed(self.headers.get("Host", ""), host):
+                # DNS rebinding: a page of another site whose name now points at 127.0.0.1 would
+                # read the run's paths and errors; its requests carry that site's name.
+                return self._json({"error": "unknown host"}, HTTPStatus.MISDIRECTED_REQUEST)
             try:
                 if url.path in FILES:
                     name, kind = FILES[url.path]
