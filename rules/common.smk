@@ -7,7 +7,8 @@ from workflow_lib.domain import (dataset_record_path, manifest_path, mosaic_path
                                  report_page, stack_path, statistics_path, tile_dir)
 from workflow_lib.engines.batch import forget_incomplete_batches
 from workflow_lib.errors import WorkflowLibError
-from workflow_lib.planning.plan import TilesToMake, load_plan, plan_cache_path
+from workflow_lib.planning.digest import TilesToMake, tile_digest
+from workflow_lib.planning.plan import load_plan, plan_cache_path
 from workflow_lib.snakemake_fixes import (graceful_sigterm_without_deadlock, slurm_cancelled_by_user_is_cancelled,
                                           status_snapshot_on_sigusr1)
 from workflow_lib.sources.paths import local_file
@@ -85,8 +86,11 @@ def dataset_tile_dir(wildcards):
 
 
 def batch_todo(wildcards):
-    # Counted only when the message is shown (a dry run), and no rerun trigger (not a plain value).
-    return TilesToMake(PLAN.datasets[wildcards.dataset].batch_by_id[wildcards.batch], tile_dir(wildcards.dataset))
+    # Counted only when the message is shown (a dry run, a job's start), and no rerun trigger (not a plain
+    # value): the tiles missing or made with other settings.
+    dataset = PLAN.datasets[wildcards.dataset]
+    batch = dataset.batch_by_id[wildcards.batch]
+    return TilesToMake(batch, tile_dir(wildcards.dataset), tile_digest(PLAN.grid, dataset))
 
 
 def cluster_overhead_mb():

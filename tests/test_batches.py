@@ -282,3 +282,32 @@ def test_an_input_replaced_after_planning_fails_its_tiles_and_leaves_none(tmp_pa
     result = run_batch(d, plan.grid, "b", tiles, fresh, mem_mb=400, threads=1)
     assert tiles[2] in result.failed and not os.path.exists(os.path.join(fresh, f"{tiles[2]}.tif"))
     assert all(os.path.exists(os.path.join(fresh, f"{t}.tif")) for t in result.made)
+
+
+def test_tiles_to_make_counts_missing_tiles_and_tiles_made_with_other_settings(tmp_path):
+    """What the dry run says of a batch: tiles missing, plus tiles whose digest is not the plan's."""
+    from workflow_lib.planning.batches import Batch
+    from workflow_lib.planning.digest import TilesToMake
+
+    ids = tuple(f"r0000_c{c:04d}" for c in range(6))
+    batch = Batch((0, 1), (0, 6), ids)
+
+    def tile(tile_id, digest):
+        write_raster(tmp_path / f"{tile_id}.tif", np.zeros((4, 4), "uint8"), "EPSG:32632",
+                     Affine(10, 0, 0, 0, -10, 0), 0)
+        with rasterio.open(tmp_path / f"{tile_id}.tif", "r+") as dst:
+            dst.update_tags(**{DIGEST_TAG: digest})
+
+    def count():
+        return TilesToMake(batch, str(tmp_path), "now").count()
+
+    assert count() == 6
+    for t in ids[:4]:
+        tile(t, "now")
+    assert count() == 2  # two missing
+    for t in ids[:4]:
+        tile(t, "before")
+    assert count() == 6  # four made with other settings, two missing
+    tile(ids[3], "now")  # a batch stopped half-way through remaking: every tile read
+    assert count() == 5
+    assert str(TilesToMake(batch, str(tmp_path), "now")) == "tile rows 0000-0000, columns 0000-0005, 5 of 6 tiles to make"

@@ -181,6 +181,11 @@ def test_a_changed_method_remakes_that_dataset_alone(run, record):
     config = yaml.safe_load(open(workdir / "config" / "config.yaml"))
     config["datasets"]["landcover"]["method"] = "nearest"
     write_config(workdir, config)
+    # The dry run counts the tiles made with the old method as tiles to make, not only missing ones.
+    dry = snakemake(workdir, "-n", "--cores", "2")
+    listed = re.findall(r"resample batch (b[\d_x]+) of landcover: .*, (\d+) of (\d+) tiles to make", dry.stdout + dry.stderr)
+    assert sorted(b for b, *_ in listed) == sorted(b.id for b in plan.datasets["landcover"].batches), dry.stdout
+    assert all(todo == total for _, todo, total in listed), listed
     proc = snakemake(workdir, "--cores", "2")
     text = proc.stdout + proc.stderr
     assert re.search(rf"resample_batch\s+{len(plan.datasets['landcover'].batches)}\b", text), text

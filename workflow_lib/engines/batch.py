@@ -11,7 +11,6 @@ are renamed into place as each ends.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,8 @@ from workflow_lib.domain import RESULTS_DIR, Engine, TileIndex, manifest_dir, ti
 from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, loads_numba, uses_kernels
 from workflow_lib.engines.compose import make_tile
 from workflow_lib.engines.resample import resample_tile
-from workflow_lib.errors import GDAL_ERRORS, InputRasterError, JobMemoryError, WorkflowLibError, out_of_memory
+from workflow_lib.errors import InputRasterError, JobMemoryError, WorkflowLibError, out_of_memory
+from workflow_lib.planning.digest import DIGEST_TAG, tile_digest, tile_tags
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan, Plan
 from workflow_lib.planning.settings import WarpSettings
@@ -37,11 +37,6 @@ from workflow_lib.statistics import STATS_TAG, PixelStats
 from workflow_lib.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
-
-DIGEST_TAG = "WORKFLOW_TILE_DIGEST"
-# Bump when a change to the engines changes the pixels of tiles already made (they are remade).
-PIXELS_VERSION = 1
-
 
 def part_sources(dataset: DatasetPlan) -> list[tuple[RasterHeader, WarpSettings]]:
     """The rasters the dataset's tiles are made from, with their warp settings: its own, or each
@@ -85,35 +80,6 @@ def prepare_kernels(dataset: DatasetPlan, mem_mb: int, grid: TargetGrid | None =
     log.info("compiled kernels for %s %s ready in %.2f s", dataset.header.dtype, dataset.settings.method,
              time.monotonic() - started)
     return True
-
-
-def tile_digest(grid: TargetGrid, dataset: DatasetPlan) -> str:
-    """What shapes a tile's pixels: the grid, the dataset's settings and its input file as planned
-    (a changed file has another size or modification time). Not the compression: it changes bytes,
-    not pixels."""
-    h = dataset.header
-    parts = [[p.header.path, p.header.size_bytes, p.header.mtime_ns, p.settings.to_dict()] for p in dataset.parts]
-    text = json.dumps({"pixels": PIXELS_VERSION, "grid": grid.to_dict(), "settings": dataset.settings.to_dict(),
-                       "input": [h.path, h.size_bytes, h.mtime_ns], **({"parts": parts} if parts else {})},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def made_with(path: str) -> str | None:
-    """The digest a tile file was made with; None if there is no readable tile there."""
-    tags = tile_tags(path)
-    return None if tags is None else tags.get(DIGEST_TAG)
-
-
-def tile_tags(path: str) -> dict | None:
-    """A tile file's tags (its digest, its statistics); None if there is no readable tile there."""
-    if not os.path.exists(path):
-        return None
-    try:
-        with rasterio.open(path) as src:
-            return src.tags()
-    except GDAL_ERRORS:
-        return None  # a damaged file: made again
 
 
 def kept_tile_stats(path: str, tags: dict, nodata) -> PixelStats:

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.config import nodata_override, target_crs, target_resolution
 from workflow_lib.coords import trusted_transform
-from workflow_lib.domain import Engine, Method, TileIndex, tile_file_name
+from workflow_lib.domain import Engine, Method, TileIndex
 from workflow_lib.errors import GDAL_ERRORS, ConfigError, InputRasterError
 from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
 from workflow_lib.planning.engine import choose_engine
@@ -517,30 +517,3 @@ def load_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR, path: 
     plan = build_plan(config, cache_dir)
     write_json_atomic(path, plan.to_dict())
     return plan
-
-
-class TilesToMake:
-    """A batch's tiles still missing on disk, counted when shown (in a job's message, in a dry run).
-
-    Its text changes as tiles are made, so it must not be a rerun trigger: Snakemake keeps only
-    parameters of plain types in its metadata, and this is none.
-    """
-
-    def __init__(self, batch: Batch, tile_dir: str):
-        self.batch = batch
-        self.tile_dir = tile_dir
-
-    def __str__(self) -> str:
-        ids = self.batch.tile_ids
-        missing = sum(not os.path.exists(os.path.join(self.tile_dir, tile_file_name(t))) for t in ids)
-        return f"{self.batch.tile_range}, {missing} of {len(ids)} tiles to make"
-
-    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731 - str.format uses __format__
-
-    def __repr__(self) -> str:
-        return f"TilesToMake({self.batch.id!r}, {self.tile_dir!r})"
-
-    def __reduce__(self):
-        # Pickled into the job's script as plain text: unpickling this class would import the
-        # library (and numpy) before the job's script has set up its environment.
-        return (str, (str(self),))
