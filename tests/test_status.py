@@ -335,3 +335,21 @@ def test_all_tiles_done_is_not_complete_while_the_run_goes_on_or_an_output_is_mi
     # No run of the workflow in this folder: nothing to look for on disk.
     assert build_report(store, workdir=str(tmp_path)).complete
     assert build_report(store).complete
+
+
+def test_status_counts_the_tiles_of_the_current_plan_only(tmp_path):
+    """After tile_size changes, the next run plans other tiles: the earlier plan's are not counted."""
+    store = StatusStore(f"sqlite:///{tmp_path}/status.sqlite")
+    store.record(RunStarted(run_id="r1"))
+    store.record(TilesPlanned(run_id="r1", dataset="dem", tiles=[[f"r0000_c{c:04d}", "pending", "b", 1]
+                                                                 for c in range(12)]))
+    store.record(TileStarted(run_id="r1", dataset="dem", tile="r0000_c0000"))
+    store.record(TileFinished(run_id="r1", dataset="dem", tile="r0000_c0000"))
+    store.record(TilesPlanned(run_id="r1", dataset="other", tiles=[["r0000_c0000", "pending", "b", 1]]))
+    store.record(RunFinished(run_id="r1"))
+    store.record(RunStarted(run_id="r2"))
+    store.record(TilesPlanned(run_id="r2", dataset="dem", tiles=[["r0000_c0000", "done", "b", 4],
+                                                                 ["r0000_c0001", "pending", "b", 4]]))
+    [dem, other] = sorted(build_report(store).datasets, key=lambda d: d.name)
+    assert (dem.total, dem.done, dem.pending) == (2, 1, 1)
+    assert other.total == 1  # not planned again by this run: kept as it was

@@ -109,8 +109,9 @@ class DatasetStatistics(Event):
 @dataclass(kw_only=True)
 class TilesPlanned(Event):
     kind: ClassVar[str] = "tiles_planned"
-    # [tile, status, batch, work]: work is the plan's estimate of the tile's source pixels (the
-    # ETA's weight); a tile whose file exists is planned as done.
+    # Every tile of the dataset in the run's plan, as [tile, status, batch, work]: work is the
+    # plan's estimate of the tile's source pixels (the ETA's weight); a tile whose file exists is
+    # planned as done. Tiles of the dataset outside the list (an earlier plan's) are forgotten.
     tiles: list = field(default_factory=list)
 
 

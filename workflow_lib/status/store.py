@@ -371,6 +371,11 @@ def _apply_tiles_planned(store, conn, e: ev.TilesPlanned) -> None:
                           "ON CONFLICT (dataset, tile) DO UPDATE SET status = excluded.status, "
                           "run_id = excluded.run_id, batch = excluded.batch, "
                           "work = COALESCE(excluded.work, tiles.work)"), rows)
+    if e.run_id is not None:
+        # The run's plan is every tile of the dataset now: a tile of an earlier plan (another
+        # tile_size, another extent) is no longer one of its tiles, and must not be counted.
+        store._execute(conn, "DELETE FROM tiles WHERE dataset = ? AND (run_id IS NULL OR run_id <> ?)",
+                       (e.dataset, e.run_id))
 
 
 def _apply_tile_started(store, conn, e: ev.TileStarted) -> None:
