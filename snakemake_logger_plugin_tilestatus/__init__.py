@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+
+import psutil
 from dataclasses import dataclass
 from typing import Optional
 
+from snakemake.common import NOTHING_TO_BE_DONE_MSG
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
@@ -23,9 +26,12 @@ from workflow_lib.controller.runfile import own_state
 from workflow_lib.status import StatusStore, resolve_url
 from workflow_lib.status.events import BatchEnded, DatasetFailed, Note, RunFinished, RunStarted, TilesPlanned
 from workflow_lib.status.run import (BATCH_RULE, REGISTER_RULE, RUN_ID_ENV, cancellation, dataset_recorded,
-                                     error_from_logs, planned_tiles, read_run_context)
+                                     error_from_logs, planned_tiles, read_run_context, record_interrupted)
 
 log = logging.getLogger("workflow_lib.status")
+
+# What Snakemake says when another Snakemake holds the folder's lock (snakemake.exceptions).
+LOCK_REFUSED = "Directory cannot be locked"
 
 
 @dataclass
@@ -41,6 +47,12 @@ class LogHandler(LogHandlerBase):
         self.group_logs: dict[int, list[str]] = {}  # jobid -> logs of the cluster job it ran in
         self.errors = 0
         self.finished = False
+        # WORKFLOW_STARTED comes before Snakemake takes the folder's lock: a second Snakemake that
+        # is refused the lock must record nothing (not a run, not its plan's tiles). The start is
+        # recorded once the run is known to hold the lock (its job stats, its first job, "nothing
+        # to be done"), or at its end if it failed for another reason.
+        self.pending_start: Optional[logging.LogRecord] = None
+        self.lock_refused = False
 
     @property
     def writes_to_stream(self) -> bool:
@@ -66,12 +78,19 @@ class LogHandler(LogHandlerBase):
         if record.levelno >= logging.ERROR:
             # Whatever the error (a job, the scheduler, a stop by signal): the run did not succeed.
             self.errors += 1
+            if self.pending_start is not None and LOCK_REFUSED in str(record.msg):
+                self.lock_refused = True
         event = getattr(record, "event", None)
-        if event is None or self.common_settings.dryrun:
+        if self.common_settings.dryrun:
             return
         try:
+            if self.pending_start is not None and (event in (LogEvent.RUN_INFO, LogEvent.JOB_INFO)
+                                                   or str(record.msg) == NOTHING_TO_BE_DONE_MSG):
+                self._record_start()
+            if event is None:
+                return
             if event == LogEvent.WORKFLOW_STARTED:
-                self._started(record)
+                self.pending_start = record
             elif self.store is None:
                 return
             elif event == LogEvent.JOB_INFO:
@@ -103,11 +122,13 @@ class LogHandler(LogHandlerBase):
         # the store puts back a config's password, kept in this process's environment at parse time.
         self.store = StatusStore(resolve_url(context["database_url"]),
                                  spool_dir=os.path.join(cwd, context["spool_dir"]))
+        record_interrupted(self.store)  # an earlier run whose process is gone: say so before this one
         self.run_id = str(getattr(record, "workflow_id", "")) or None
         if self.run_id:
             # Batch jobs (local, or on SLURM, which passes the environment on) tag their tiles with it.
             os.environ[RUN_ID_ENV] = self.run_id
-        self.store.record(RunStarted(run_id=self.run_id, config_digest=getattr(record, "config_md5", None),
+        self.store.record(RunStarted(run_id=self.run_id, process_started_at=psutil.Process().create_time(),
+                                     config_digest=getattr(record, "config_md5", None),
                                      snakemake_version=getattr(record, "snakemake_version", None),
                                      user=getattr(record, "user", None)))
         for dataset, tiles in planned_tiles(context, cwd):
@@ -144,7 +165,16 @@ class LogHandler(LogHandlerBase):
             return {"pausing": "paused", "stopping": "stopped"}[state]
         return "failed" if self.errors else "finished"
 
+    def _record_start(self) -> None:
+        record, self.pending_start = self.pending_start, None
+        self._started(record)
+
     def close(self) -> None:
+        if self.pending_start is not None and not self.lock_refused:
+            try:
+                self._record_start()  # a run that failed before it had any job
+            except Exception:  # noqa: BLE001
+                log.exception("status logger: could not record the start of the run")
         if self.store is not None and not self.finished:
             self.finished = True
             try:

@@ -310,4 +310,5 @@ def test_tiles_to_make_counts_missing_tiles_and_tiles_made_with_other_settings(t
     assert count() == 6  # four made with other settings, two missing
     tile(ids[3], "now")  # a batch stopped half-way through remaking: every tile read
     assert count() == 5
-    assert str(TilesToMake(batch, str(tmp_path), "now")) == "tile rows 0000-0000, columns 0000-0005, 5 of 6 tiles to make"
+    assert str(TilesToMake(batch, str(tmp_path), "now")) == ("tile rows 0000-0000, columns 0000-0005, "
+                                                            "5 of 6 tiles to make")

@@ -7,15 +7,20 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import psutil
 import pytest
+from affine import Affine
 
+from workflow_lib.config import validate_config
+from workflow_lib.planning.plan import build_plan
 from workflow_lib.status import StatusStore, TileBeat
 from workflow_lib.status.events import (DatasetRecorded, Note, RunFinished, RunStarted, TileFailed, TileFinished,
                                         TilesPlanned, TileStarted)
 from workflow_lib.status.schema import CURRENT_VERSION
 from workflow_lib.views.status import STALL_SECONDS, build_report, render, to_json
 
-from .helpers import REPO
+from .helpers import REPO, write_raster
 
 WRITER = """
 import sys, time
@@ -353,3 +358,78 @@ def test_status_counts_the_tiles_of_the_current_plan_only(tmp_path):
     [dem, other] = sorted(build_report(store).datasets, key=lambda d: d.name)
     assert (dem.total, dem.done, dem.pending) == (2, 1, 1)
     assert other.total == 1  # not planned again by this run: kept as it was
+
+
+def _plugin(tmp_path, monkeypatch):
+    """The status logger plugin in a folder with a run context, as Snakemake's main process has it."""
+    from types import SimpleNamespace
+
+    from snakemake_logger_plugin_tilestatus import LogHandler
+    from workflow_lib.status.run import write_run_context
+
+    monkeypatch.chdir(tmp_path)
+    path = write_raster(tmp_path / "dem.tif", np.zeros((40, 40), "float32"), "EPSG:32632",
+                        Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+    plan = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 20}, "tile_size": 16,
+                                       "datasets": {"dem": {"path": path, "method": "average"}}}))
+    (tmp_path / "plan.json").write_text(json.dumps(plan.to_dict()))
+    url = f"sqlite:///{tmp_path}/status.sqlite"
+    write_run_context("plan.json", url, "spool")
+    return LogHandler(SimpleNamespace(dryrun=False), None), url
+
+
+def test_a_snakemake_refused_the_lock_records_nothing(tmp_path, monkeypatch):
+    """A second Snakemake in the folder of a running one is refused its lock after WORKFLOW_STARTED:
+    it must not record a run, nor its plan's tiles, nor end the real run's row."""
+    from snakemake_interface_logger_plugins.common import LogEvent
+
+    handler, url = _plugin(tmp_path, monkeypatch)
+    handler.emit(_plugin_record(LogEvent.WORKFLOW_STARTED, workflow_id="refused"))
+    refusal = _plugin_record("error")
+    refusal.levelno, refusal.msg, refusal.event = logging.ERROR, (
+        "Error: Directory cannot be locked. Please make sure that no other Snakemake process is trying to create "
+        "the same files in the following directory:"), None
+    handler.emit(refusal)
+    handler.close()
+    assert StatusStore(url).query("SELECT COUNT(*) FROM runs") == [(0,)]
+    assert StatusStore(url).query("SELECT COUNT(*) FROM tiles") == [(0,)]
+    # A run that holds the lock is recorded from its first sign of work.
+    handler, _ = _plugin(tmp_path, monkeypatch)
+    handler.emit(_plugin_record(LogEvent.WORKFLOW_STARTED, workflow_id="real"))
+    handler.emit(_plugin_record(LogEvent.RUN_INFO, stats={}))
+    assert StatusStore(url).query("SELECT id, status FROM runs") == [("real", "running")]
+    handler.close()
+    assert StatusStore(url).query("SELECT id, status FROM runs") == [("real", "finished")]
+
+
+def test_a_run_whose_process_is_gone_is_interrupted_without_an_eta(tmp_path):
+    """Killed with SIGKILL, a run cannot say it ended: `status` finds its process gone, shows it as
+    interrupted with no ETA, and stores it so (its running tiles pending again)."""
+    url = f"sqlite:///{tmp_path}/status.sqlite"
+    script = (
+        "import sys, psutil, time\n"
+        "from workflow_lib.status import StatusStore\n"
+        "from workflow_lib.status.events import RunStarted, TilesPlanned, TileStarted, TileFinished\n"
+        "s = StatusStore(sys.argv[1])\n"
+        "s.record(RunStarted(run_id='r', process_started_at=psutil.Process().create_time(), at=time.time() - 60))\n"
+        "s.record(TilesPlanned(run_id='r', dataset='dem', tiles=[['r0000_c0000', 'pending', 'b', 1],"
+        " ['r0000_c0001', 'pending', 'b', 1], ['r0000_c0002', 'pending', 'b', 1]]))\n"
+        "s.record(TileStarted(run_id='r', dataset='dem', tile='r0000_c0000', at=time.time() - 50))\n"
+        "s.record(TileFinished(run_id='r', dataset='dem', tile='r0000_c0000', at=time.time() - 40))\n"
+        "s.record(TileStarted(run_id='r', dataset='dem', tile='r0000_c0001', at=time.time() - 30))\n"
+        "s.close()\n")
+    subprocess.run([sys.executable, "-c", script, url], check=True, env={**os.environ, "PYTHONPATH": REPO})
+    store = StatusStore(url)
+    report = build_report(store)
+    assert report.run["status"] == "interrupted" and report.eta_seconds is None
+    assert all(d.eta_seconds is None for d in report.datasets) and "eta -" in render(report)
+    assert store.query("SELECT status FROM runs") == [("running",)]  # a report alone writes nothing
+    proc = subprocess.run([sys.executable, "-m", "workflow_lib", "status", "--db", url], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0 and "run r interrupted" in proc.stdout, proc.stdout + proc.stderr
+    assert store.query("SELECT status FROM runs") == [("interrupted",)]
+    assert dict(store.query("SELECT tile, status FROM tiles")) == {
+        "r0000_c0000": "done", "r0000_c0001": "pending", "r0000_c0002": "pending"}
+    # The live process of a run is not taken for gone.
+    store.record(RunStarted(run_id="live", process_started_at=psutil.Process().create_time()))
+    assert build_report(store).run["status"] == "running"

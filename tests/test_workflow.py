@@ -183,7 +183,8 @@ def test_a_changed_method_remakes_that_dataset_alone(run, record):
     write_config(workdir, config)
     # The dry run counts the tiles made with the old method as tiles to make, not only missing ones.
     dry = snakemake(workdir, "-n", "--cores", "2")
-    listed = re.findall(r"resample batch (b[\d_x]+) of landcover: .*, (\d+) of (\d+) tiles to make", dry.stdout + dry.stderr)
+    listed = re.findall(r"resample batch (b[\d_x]+) of landcover: .*, (\d+) of (\d+) tiles to make",
+                        dry.stdout + dry.stderr)
     assert sorted(b for b, *_ in listed) == sorted(b.id for b in plan.datasets["landcover"].batches), dry.stdout
     assert all(todo == total for _, todo, total in listed), listed
     proc = snakemake(workdir, "--cores", "2")
@@ -226,7 +227,8 @@ def output_times(workdir) -> dict[str, int]:
 @pytest.mark.parametrize("deleted,remade", [
     # A tile: its batch makes it alone, then its dataset's mosaic and what is made from the mosaics.
     (["tiles/dem/r0001_c0001.tif"],
-     ["batches/dem/<the tile's batch>", "mosaics/dem.tif", "statistics/dem.json", "report/quicklooks/dem.png", "stack.tif",
+     ["batches/dem/<the tile's batch>", "mosaics/dem.tif", "statistics/dem.json", "report/quicklooks/dem.png",
+      "stack.tif",
       "report/statistics.html", "report/tiles.png", "report/tile_figures.png"]),
     # A mosaic, a statistics file, the stack, report pages: each remade with what depends on it.
     (["mosaics/landcover.tif", "statistics/temperature.json", "stack.tif", "report/config.html",
@@ -251,7 +253,8 @@ def test_a_deleted_output_is_remade_with_what_depends_on_it_and_nothing_else(run
     status = status_of(workdir)
     assert not status["complete"] and status["missing"], status
     assert {f"results/{d}" for d in deleted if not d.startswith("tiles/")} <= set(status["missing"])
-    assert any("1 of" in m and "tiles of dem" in m for m in status["missing"]) == ("tiles/dem/r0001_c0001.tif" in deleted)
+    tile_deleted = "tiles/dem/r0001_c0001.tif" in deleted
+    assert any("1 of" in m and "tiles of dem" in m for m in status["missing"]) == tile_deleted
     snakemake(workdir, "--cores", "2")
     after = output_times(workdir)
     assert set(after) == set(before), set(before) ^ set(after)

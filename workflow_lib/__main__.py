@@ -64,12 +64,14 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
     import time
 
     from workflow_lib.status import StatusStore, resolve_url
+    from workflow_lib.status.run import record_interrupted
     from workflow_lib.views.status import build_report, render, to_json
 
     store = StatusStore(url or resolve_url(_config_database_url()))
     try:
         while True:
             store.replay()
+            record_interrupted(store)
             report = build_report(store, controller=_controller_state(), workdir=None if url else os.getcwd())
             text = to_json(report) if as_json else render(report)
             if watch:

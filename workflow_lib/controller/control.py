@@ -187,8 +187,9 @@ def _require_live(verb: str) -> RunInfo:
     if info is None:
         raise ControlError(f"nothing to {verb}: no run was started here with `python -m workflow_lib run`")
     if not info.alive():
-        raise ControlError(f"nothing to {verb}: {info.describe()} is no longer running "
-                           "(`python -m workflow_lib resume` starts it again)")
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started_at))
+        raise ControlError(f"nothing to {verb}: run {info.run_id} (started {started}) has {info.outcome()} "
+                           f"(its console: {info.log}; `python -m workflow_lib resume` starts it again)")
     if info.host != socket.gethostname():
         raise ControlError(f"the run belongs to host {info.host}: run `{verb}` there")
     return info

@@ -50,6 +50,21 @@ class RunInfo:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return False
 
+    def outcome(self) -> str:
+        """How a run that is no longer alive ended, from the last lines of its console log:
+        finished, failed, or ended (killed, or its log gone)."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(max(os.fstat(f.fileno()).st_size - 8192, 0))
+                tail = f.read().decode("utf-8", "replace")
+        except OSError:
+            return "ended"
+        if "steps (100%) done" in tail or "Nothing to be done" in tail:
+            return "finished"
+        if "Error" in tail or "Exiting because" in tail:
+            return "failed"
+        return "ended"
+
     def describe(self) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
         return (f"run {self.run_id} (pid {self.pid} on {self.host}, started {started}, {self.state}): "

@@ -56,6 +56,9 @@ class Event:
 @dataclass(kw_only=True)
 class RunStarted(Event):
     kind: ClassVar[str] = "run_started"
+    # When its process started (psutil's create_time): a live process with its pid but another
+    # start time is another process, the pid used again.
+    process_started_at: float | None = None
     config_digest: str | None = None
     snakemake_version: str | None = None
     user: str | None = None
@@ -64,7 +67,8 @@ class RunStarted(Event):
 @dataclass(kw_only=True)
 class RunFinished(Event):
     kind: ClassVar[str] = "run_finished"
-    status: str = "finished"  # finished, failed, paused (by the controller), stopped
+    # finished, failed, paused (by the controller), stopped, interrupted (its process found gone)
+    status: str = "finished"
 
 
 @dataclass(kw_only=True)

@@ -145,6 +145,20 @@ class StatusQueries:
                           "ORDER BY started_at DESC LIMIT 1")
         return RunRecord(*rows[0]) if rows else None
 
+    def run_process(self, run_id: str) -> tuple[str | None, int | None, float | None]:
+        """(host, pid, the process's start time) of the Snakemake process that started a run, from
+        its run_started event."""
+        rows = self.query("SELECT host, pid, payload FROM events WHERE kind = 'run_started' AND run_id = ? LIMIT 1",
+                          (run_id,))
+        if not rows:
+            return None, None, None
+        host, pid, payload = rows[0]
+        try:
+            started = json.loads(payload or "{}").get("process_started_at")
+        except (ValueError, AttributeError):
+            started = None
+        return host, pid, started
+
     def dataset_order(self) -> list[str]:
         """Dataset names in the order the runs first recorded them: the config's order."""
         return [name for (name,) in self.query("SELECT dataset FROM events WHERE kind = 'dataset' "

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+
+import psutil
 
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.secrets import redact
 from workflow_lib.domain import tile_dir
 from workflow_lib.planning.plan import DatasetPlan, Plan
-from workflow_lib.status.events import DatasetRecorded
+from workflow_lib.status.events import DatasetRecorded, RunFinished
+from workflow_lib.status.queries import RunRecord, StatusQueries
 
 # Written at parse time by the Snakefile in Snakemake's main process, read by the logger plugin:
 # which plan, which database, where to spool.
@@ -24,6 +28,44 @@ REGISTER_RULE = "register_dataset"
 # the plugin then keeps the missing tiles pending, not failed.
 PAUSED_MARK = "paused by SIGTERM"
 PAUSED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
+
+
+# A run whose Snakemake process is gone without saying so (SIGKILL, a crash, a reboot).
+INTERRUPTED = "interrupted"
+
+
+def process_gone(host: str | None, pid: int | None, process_started_at: float | None) -> bool:
+    """Whether the process that started a run is known to be gone: no live process with its pid on
+    this host, or one with another start time (its pid used again). A run of another host cannot be
+    told from here: not gone."""
+    if host != socket.gethostname() or pid is None:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return process_started_at is not None and abs(process.create_time() - process_started_at) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def interrupted_run(store: StatusQueries) -> RunRecord | None:
+    """The latest run, if the database says it is running while its process is gone."""
+    run = store.latest_run()
+    if run is None or run.status != "running":
+        return None
+    return run if process_gone(*store.run_process(run.id)) else None
+
+
+def record_interrupted(store) -> RunRecord | None:
+    """Store the latest run as interrupted if its process is gone (its unfinished tiles become
+    pending again); the run, or None."""
+    run = interrupted_run(store)
+    if run is not None:
+        store.record(RunFinished(run_id=run.id, status=INTERRUPTED))
+    return run
 
 
 def write_run_context(plan_path: str, database_url: str, spool_dir: str) -> None:

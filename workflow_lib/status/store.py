@@ -331,8 +331,9 @@ def _apply_run_started(store, conn, e: ev.RunStarted) -> None:
 
 def _apply_run_finished(store, conn, e: ev.RunFinished) -> None:
     store._execute(conn, "UPDATE runs SET ended_at = ?, status = ? WHERE id = ?", (e.at, e.status, e.run_id))
-    if e.status in ("paused", "stopped"):
-        # Paused or stopped by the controller: what had not finished is still to make.
+    if e.status in ("paused", "stopped", "interrupted"):
+        # Paused or stopped by the controller, or its process gone: what had not finished is still
+        # to make.
         store._execute(conn, "UPDATE tiles SET status = 'pending', ended_at = ?, heartbeat_at = NULL "
                              "WHERE run_id = ? AND status = 'running'", (e.at, e.run_id))
         return

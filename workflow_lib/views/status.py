@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from workflow_lib.domain import products, tile_dir
 from workflow_lib.planning.plan import Plan
 from workflow_lib.status.queries import RunRecord
-from workflow_lib.status.run import read_run_context
+from workflow_lib.status.run import INTERRUPTED, interrupted_run, read_run_context
 from workflow_lib.status.store import StatusStore, redact
 
 # A running tile whose last sign of life is older than this is flagged as stalled.
@@ -94,6 +94,8 @@ def build_report(store: StatusStore, now: float | None = None, controller: dict 
     now = now or time.time()
     frozen = bool(controller) and controller.get("state") == "frozen"
     run = store.latest_run()
+    if run is not None and run.status == "running" and interrupted_run(store):
+        run = replace(run, status=INTERRUPTED)  # shown so, stored so by the next `status` or run
     counts: dict[str, dict[str, int]] = {}
     work: dict[str, dict[str, float]] = {}
     for t in store.tile_tallies():
@@ -114,7 +116,7 @@ def build_report(store: StatusStore, now: float | None = None, controller: dict 
         if done == total:
             eta = 0.0
         else:
-            eta = remaining / work_rate if work_rate else None
+            eta = remaining / work_rate if work_rate and run.status == "running" else None
         record = known.get(name)
         datasets.append(DatasetProgress(name, total, done, running, failed, total - done - running - failed,
                                         rate, eta, work_total, work_done,
@@ -138,7 +140,8 @@ def build_report(store: StatusStore, now: float | None = None, controller: dict 
     remaining = all_work - sum(d.work_done for d in datasets)
     if workdir is not None and report.tiles_done and not report.run_going_on:
         report.missing = missing_outputs(workdir)
-    report.eta_seconds = (0.0 if report.complete else remaining / run_rate if run_rate else None)
+    going_on = run is not None and run.status == "running"
+    report.eta_seconds = (0.0 if report.complete else remaining / run_rate if run_rate and going_on else None)
     return report
 
 
