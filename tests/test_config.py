@@ -204,3 +204,24 @@ def test_band_with_bands_is_an_error_naming_both(tmp_path):
               "datasets": {"dem": {"path": str(tmp_path), "method": "average", "band": 2, "bands": [1, 2]}}}
     with pytest.raises(ConfigError, match=r"^datasets\.dem: both band \(2\) and bands \(\[1, 2\]\) are given"):
         validate_config(config)
+
+
+def test_a_grid_too_large_to_plan_is_refused_with_its_size(tmp_path):
+    """A resolution in the wrong units made a MemoryError (2.75 TiB) at parse time: now one line."""
+    path = write_raster(tmp_path / "in.tif", np.zeros((100, 100), "float32"), "EPSG:3035",
+                        Affine(100, 0, 4000000, 0, -100, 3000000), -9999.0)
+    config = {"target": {"crs": "EPSG:3035", "resolution": 0.001}, "tile_size": 256,
+              "datasets": {"dem": {"path": path, "method": "average"}}}
+    with pytest.raises(ConfigError, match=r"^target\.resolution: 0\.001 in EPSG:3035 makes a grid of 10,000,000 x "
+                                          r"10,000,000 pixels \(width x height\), 39,063 x 39,063 tiles of 256 px"):
+        build_plan(validate_config(config))
+
+
+def test_a_yaml_mistake_names_the_file_line_and_column(tmp_path):
+    from workflow_lib.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text('target:\n  crs: "EPSG:3035\n  resolution: 200\n')
+    with pytest.raises(ConfigError, match=rf"^{path}, line 2, column 8: not valid YAML: while scanning a quoted "
+                                          r"scalar, found unexpected end of stream at line 4, column 1$"):
+        load_config(str(path))

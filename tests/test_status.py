@@ -433,3 +433,22 @@ def test_a_run_whose_process_is_gone_is_interrupted_without_an_eta(tmp_path):
     # The live process of a run is not taken for gone.
     store.record(RunStarted(run_id="live", process_started_at=psutil.Process().create_time()))
     assert build_report(store).run["status"] == "running"
+
+
+def test_status_into_a_closed_pipe_and_with_a_broken_config_say_one_line_or_nothing(tmp_path):
+    """`status | head` ends quietly; a config that is not YAML is named with its line, no traceback."""
+    url = f"sqlite:///{tmp_path}/status.sqlite"
+    StatusStore(url).record(RunStarted(run_id="r"))
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.Popen([sys.executable, "-m", "workflow_lib", "status", "--db", url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == "", err
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("datasets: [a\n  b: c\n")
+    proc = subprocess.run([sys.executable, "-m", "workflow_lib", "status"], cwd=tmp_path, capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: config/config.yaml, line 1, column 11: not valid YAML"), proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

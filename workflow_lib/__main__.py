@@ -78,7 +78,7 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
                 print("\033[2J\033[H" + text, flush=True)  # clear the screen, then redraw
                 time.sleep(watch)
                 continue
-            print(text)
+            print(text, flush=True)  # a closed pipe (`status | head`) fails here, where main() says nothing of it
             return 0
     finally:
         store.close()
@@ -115,12 +115,11 @@ def dashboard(url: str | None, host: str, port: int, refresh: float) -> int:
 
 
 def _config_database_url() -> str | None:
-    import yaml
+    from workflow_lib.config import read_yaml
 
     if not os.path.exists("config/config.yaml"):
         return None
-    with open("config/config.yaml") as f:
-        return ((yaml.safe_load(f) or {}).get("database") or {}).get("url")
+    return (read_yaml("config/config.yaml").get("database") or {}).get("url")
 
 
 def _controller_state() -> dict | None:
@@ -187,17 +186,27 @@ def main(argv: list[str] | None = None) -> int:
         except controller.ControlError as exc:
             print(f"Error: {exc}", file=sys.stderr)
             return 1
-    if args.command == "dashboard":
-        return dashboard(args.db, args.host, args.port, args.refresh)
-    if args.command == "plan":
-        return show_plan(args.config, args.json)
-    if args.command == "results":
-        return results(args.results_dir)
-    if args.command == "status":
-        try:
+    from workflow_lib.errors import WorkflowLibError
+
+    try:
+        if args.command == "dashboard":
+            return dashboard(args.db, args.host, args.port, args.refresh)
+        if args.command == "plan":
+            return show_plan(args.config, args.json)
+        if args.command == "results":
+            return results(args.results_dir)
+        if args.command == "status":
             return status(args.db, args.json, args.watch)
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # `status | head`: the reader has what it wanted. Python would complain again when it
+        # flushes stdout at exit: point stdout at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except WorkflowLibError as exc:  # a config mistake (a YAML error, a bad database URL): one line
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     return 2
 
 

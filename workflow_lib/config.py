@@ -56,9 +56,31 @@ def hide_passwords(config: dict[str, Any]) -> None:
 
 
 def load_config(path: str) -> dict[str, Any]:
+    return validate_config(read_yaml(path))
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """A config file's contents; a YAML mistake is a ConfigError naming the file, line and column."""
     with open(path) as f:
-        config = yaml.safe_load(f) or {}
-    return validate_config(config)
+        try:
+            config = yaml.safe_load(f) or {}
+        except yaml.MarkedYAMLError as exc:
+            # Where the construct began (an unclosed quote) says more than where parsing gave up.
+            def at(mark):
+                return f"line {mark.line + 1}, column {mark.column + 1}"
+
+            start, end = exc.context_mark, exc.problem_mark
+            where = f", {at(start or end)}" if start or end else ""
+            what = ", ".join(p for p in (exc.context, exc.problem) if p)
+            if start and end:
+                what += f" at {at(end)}"
+            raise ConfigError(f"{path}{where}: not valid YAML: {what}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys (target, datasets, ...), "
+                          f"not a {type(config).__name__}")
+    return config
 
 
 def check_config(config: dict[str, Any]) -> None:

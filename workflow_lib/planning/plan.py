@@ -237,6 +237,7 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
     _check_resolution(config, crs, bounds, resolution)
     grid = TargetGrid.from_bounds(crs, bounds, resolution, tuple(target.get("origin", (0.0, 0.0))),
                                   config.get("tile_size", 4096))
+    _check_grid_size(config, grid)
     error_threshold = config.get("warp", {}).get("error_threshold", 0.125)
     plans, masks = {}, {}
     for name, ds in datasets.items():
@@ -469,6 +470,24 @@ def _check_resolution(config: dict, crs, bounds, resolution) -> None:
             f"target.resolution: {res_x:g} x {res_y:g} {units}s makes one pixel larger than the whole extent "
             f"({right - left:.6g} x {top - bottom:.6g} {units}s; {config['target']['crs']} is in {units}s): "
             f"give the resolution in {units}s, or choose a target CRS in the units you meant")
+
+
+# Planning holds a few numbers per tile of the grid (footprints, masks): 20 million tiles is a
+# global 30 m grid in tiles of 256 px (650,000 x 1,300,000 px makes 12.9 million), and a few GB.
+MAX_GRID_TILES = 20_000_000
+
+
+def _check_grid_size(config: dict, grid: TargetGrid) -> None:
+    """A grid of more tiles than planning can hold: said with its size before any array is made."""
+    tiles = grid.tile_rows * grid.tile_cols
+    if tiles <= MAX_GRID_TILES:
+        return
+    res = config["target"]["resolution"]
+    raise ConfigError(
+        f"target.resolution: {res} in {config['target']['crs']} makes a grid of {grid.width:,} x {grid.height:,} "
+        f"pixels (width x height), {grid.tile_cols:,} x {grid.tile_rows:,} tiles of {grid.tile_size} px: more "
+        f"than the {MAX_GRID_TILES:,} tiles the workflow plans; check the resolution's units, set target.extent "
+        "to a smaller area, or raise tile_size")
 
 
 def _check_extent_units(crs, bounds) -> None:
