@@ -13,10 +13,12 @@ from workflow_lib.snakemake_fixes import (graceful_sigterm_without_deadlock, slu
                                           status_snapshot_on_sigusr1)
 from workflow_lib.sources.paths import local_file
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
+from workflow_lib.status.store import check_url as check_database_url
 from workflow_lib.status.run import write_run_context
 
 try:
     validate_config(config)
+    check_database_url(resolve_url(config["database"]["url"]))
     PLAN_PATH = plan_cache_path(config)
     PLAN = load_plan(config, path=PLAN_PATH)
 except WorkflowLibError as exc:

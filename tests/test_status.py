@@ -452,3 +452,22 @@ def test_status_into_a_closed_pipe_and_with_a_broken_config_say_one_line_or_noth
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: config/config.yaml, line 1, column 11: not valid YAML"), proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_status_without_a_database_creates_none_and_an_unreachable_one_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO}
+
+    def status(*args):
+        return subprocess.run([sys.executable, "-m", "workflow_lib", "status", *args], cwd=tmp_path,
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    proc = status("--db", "sqlite:///nope/x.sqlite")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == "no run recorded yet: there is no status database at nope/x.sqlite"
+    proc = status()
+    assert proc.returncode == 0 and "no run recorded yet" in proc.stdout
+    assert os.listdir(tmp_path) == []  # neither nope/ nor results/
+    proc = status("--db", "postgresql://someone:pw-never-shown@127.0.0.1:1/db")
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+    assert proc.stderr.startswith("Error: cannot read the status database postgresql://someone:***@127.0.0.1:1/db: ")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "pw-never-shown" not in proc.stderr, proc.stderr

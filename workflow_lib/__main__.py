@@ -63,17 +63,38 @@ def _figure(value) -> str:
 def status(url: str | None, as_json: bool, watch: float | None) -> int:
     import time
 
-    from workflow_lib.status import StatusStore, resolve_url
+    import json
+
+    from workflow_lib.status import StatusStore, redact, resolve_url
     from workflow_lib.status.run import record_interrupted
+    from workflow_lib.status.store import sqlite_path
     from workflow_lib.views.status import build_report, render, to_json
 
-    store = StatusStore(url or resolve_url(_config_database_url()))
+    target = url or resolve_url(_config_database_url())
+    path = sqlite_path(target)
+    store = None
     try:
         while True:
-            store.replay()
-            record_interrupted(store)
-            report = build_report(store, controller=_controller_state(), workdir=None if url else os.getcwd())
-            text = to_json(report) if as_json else render(report)
+            if path is not None and not os.path.exists(path):
+                # A reader creates nothing: no database (nor folder) until a run makes one.
+                text = (json.dumps({"database": redact(target), "run": None, "datasets": [], "complete": False})
+                        if as_json else f"no run recorded yet: there is no status database at {path}")
+            else:
+                store = store or StatusStore(target)
+                try:
+                    store.query("SELECT 1")  # reachable? Asked first: a reader has no events to spool
+                except store.backend.unreachable as exc:
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    if not watch:
+                        print(f"Error: cannot read the status database {redact(target)}: {reason}", file=sys.stderr)
+                        return 1
+                    text = f"cannot read the status database {redact(target)} ({reason}); trying again"
+                else:
+                    store.replay()
+                    record_interrupted(store)
+                    report = build_report(store, controller=_controller_state(),
+                                          workdir=None if url else os.getcwd())
+                    text = to_json(report) if as_json else render(report)
             if watch:
                 print("\033[2J\033[H" + text, flush=True)  # clear the screen, then redraw
                 time.sleep(watch)
@@ -81,7 +102,8 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
             print(text, flush=True)  # a closed pipe (`status | head`) fails here, where main() says nothing of it
             return 0
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
 def show_plan(config_path: str, as_json: bool) -> int:

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from workflow_lib.errors import ConfigError
 from workflow_lib.secrets import redact, reveal
 from workflow_lib.status import events as ev
 from workflow_lib.status.events import Event
@@ -134,7 +135,19 @@ def _backend(url: str) -> _Backend:
         return _Sqlite(url[len("sqlite:///"):])
     if url.endswith((".sqlite", ".db")):
         return _Sqlite(url)
-    raise ValueError(f"status database URL must start with sqlite:/// or postgresql://, got {redact(url)!r}")
+    raise ConfigError(f"database.url (or {URL_ENV}): a status database URL starts with sqlite:/// or "
+                      f"postgresql://, got {redact(url)!r}")
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite status database URL; None for PostgreSQL."""
+    backend = _backend(url)
+    return backend.path if isinstance(backend, _Sqlite) else None
+
+
+def check_url(url: str) -> None:
+    """A ConfigError for a status database URL of no known kind: said before any job, not in each."""
+    _backend(url)
 
 
 class StatusStore(StatusQueries):
