@@ -471,3 +471,39 @@ def test_status_without_a_database_creates_none_and_an_unreachable_one_is_one_li
     assert proc.returncode == 1 and proc.stdout == "", proc.stdout
     assert proc.stderr.startswith("Error: cannot read the status database postgresql://someone:***@127.0.0.1:1/db: ")
     assert len(proc.stderr.strip().splitlines()) == 1 and "pw-never-shown" not in proc.stderr, proc.stderr
+
+
+def test_a_locked_sqlite_database_holds_writers_one_short_wait_then_they_spool(tmp_path):
+    """Another process holding the database (BEGIN EXCLUSIVE) used to make every write wait 60 s:
+    a 16-tile batch took minutes. Now the first write waits a few seconds, then every event of the
+    next seconds goes to the spool at once, and a replay after the lock brings them all in."""
+    import sqlite3
+
+    from workflow_lib.status.store import RETRY_AFTER_S, WRITE_WAIT_S
+
+    url = f"sqlite:///{tmp_path}/status.sqlite"
+    store = StatusStore(url, spool_dir=str(tmp_path / "spool"))
+    store.record(RunStarted(run_id="r"))
+    holder = sqlite3.connect(tmp_path / "status.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    events = [TileStarted(run_id="r", dataset="dem", tile=f"r0000_c{i:04d}") for i in range(20)]
+    assert not any([store.record(e) for e in events])
+    waited = time.monotonic() - started
+    assert waited < WRITE_WAIT_S + 3 < RETRY_AFTER_S, waited  # one wait, not one per event
+    holder.execute("ROLLBACK")
+    holder.close()
+    store.replay()
+    assert store.query("SELECT COUNT(*) FROM tiles WHERE status = 'running'") == [(20,)]
+
+
+def test_a_spool_that_cannot_be_written_loses_events_but_never_raises(tmp_path, monkeypatch, caplog):
+    """A full disk while the database is unreachable: the event is lost and said once, by name and
+    cause; the caller (a batch's worker thread) goes on."""
+    store = StatusStore("postgresql://nobody@127.0.0.1:1/none", spool_dir=str(tmp_path / "spool"))
+    monkeypatch.setattr(store, "_spool_path", lambda: "/dev/full")  # every write: ENOSPC
+    with caplog.at_level(logging.ERROR, logger="workflow_lib.status.store"):
+        results = [store.record(TileStarted(run_id="r", dataset="dem", tile=f"r0000_c{i:04d}")) for i in range(3)]
+    assert results == [False, False, False]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "cannot write the spool /dev/full: No space left on device" in errors[0], errors

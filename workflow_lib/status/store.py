@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///results/status.sqlite"
 DEFAULT_SPOOL_DIR = "results/.status-spool"
 URL_ENV = "WORKFLOW_STATUS_DB"
+# A writer waits this long for a busy SQLite database (another writer's transaction takes
+# milliseconds), then spools: a database locked by someone else must not hold up the tiles.
+WRITE_WAIT_S = 5.0
+# After the database was found unreachable or locked, events go straight to the spool for this
+# long before the next attempt: one wait per period, not one per event.
+RETRY_AFTER_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -83,11 +89,11 @@ class _Sqlite(_Backend):
     def connect(self):
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         # Shared by the threads of one process (Snakemake logs from several); StatusStore serialises.
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=WRITE_WAIT_S, isolation_level=None, check_same_thread=False)
         # WAL lets readers (the status command) run beside writers; the busy timeout makes
         # concurrent writers on one machine queue instead of failing.
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA busy_timeout=60000")
+        conn.execute(f"PRAGMA busy_timeout={int(WRITE_WAIT_S * 1000)}")
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
@@ -163,6 +169,8 @@ class StatusStore(StatusQueries):
         self._conn = None
         self._migrated = False
         self._warned = False
+        self._spool_failed = False
+        self._down_until = 0.0  # monotonic time before which writes go straight to the spool
         self._lock = threading.RLock()  # one connection, used by one thread at a time
 
     # ---------------------------------------------------------------- connection and schema
@@ -206,6 +214,7 @@ class StatusStore(StatusQueries):
 
     def _lost(self, exc: BaseException) -> None:
         self.close()
+        self._down_until = time.monotonic() + RETRY_AFTER_S
         if not self._warned:
             log.warning("status database %s unreachable (%s): events are spooled to %s and replayed later",
                         redact(self.url), str(exc).strip().splitlines()[0] if str(exc).strip() else exc,
@@ -221,6 +230,9 @@ class StatusStore(StatusQueries):
             return self._record(event)
 
     def _record(self, event: Event) -> bool:
+        if time.monotonic() < self._down_until:
+            self._spool(event)
+            return False
         try:
             conn = self._connection()
             self._replay_spools(conn)
@@ -253,7 +265,7 @@ class StatusStore(StatusQueries):
             self._heartbeat(dataset, beats, rss_mb)
 
     def _heartbeat(self, dataset: str, beats: list[TileBeat], rss_mb: float | None) -> None:
-        if not beats or self.read_only:
+        if not beats or self.read_only or time.monotonic() < self._down_until:
             return
         try:
             conn = self._connection()
@@ -272,11 +284,20 @@ class StatusStore(StatusQueries):
         return os.path.join(self.spool_dir, f"spool-{socket.gethostname()}-{os.getpid()}.jsonl")
 
     def _spool(self, event: Event) -> None:
-        os.makedirs(self.spool_dir, exist_ok=True)
-        with open(self._spool_path(), "a") as f:
-            f.write(json.dumps(event.to_record()) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Keep an event for later. A spool that cannot be written (a full disk) loses the event,
+        says so once, and never raises: the status must not stop the work."""
+        try:
+            os.makedirs(self.spool_dir, exist_ok=True)
+            with open(self._spool_path(), "a") as f:
+                f.write(json.dumps(event.to_record()) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            if not self._spool_failed:
+                log.error("status events are lost: cannot write the spool %s: %s (the database %s is not "
+                          "reachable either); the work goes on", self._spool_path(), exc.strerror or exc,
+                          redact(self.url))
+                self._spool_failed = True
 
     def _replay_spools(self, conn) -> None:
         for path in sorted(glob.glob(os.path.join(self.spool_dir, "spool-*.jsonl"))):
