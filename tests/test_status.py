@@ -79,7 +79,9 @@ def test_eight_concurrent_writers_lose_no_event(store_url, tmp_path, record):
     assert store.query("SELECT COUNT(*), MAX(seconds) FROM tiles") == [(workers, 990.0)]
 
 
-def test_unreachable_database_spools_events_and_replays_them(pg_cluster, tmp_path, caplog, record):
+def test_unreachable_database_spools_events_and_replays_them(pg_cluster, tmp_path, caplog, record, monkeypatch):
+    # Straight back to the database once it is up (the pause after a failure is tested below).
+    monkeypatch.setattr("workflow_lib.status.store.RETRY_AFTER_S", 0.0)
     url = pg_cluster.new_database().replace("postgres@", "postgres:secret-password@")
     spool = str(tmp_path / "spool")
     store = StatusStore(url, spool_dir=spool)
