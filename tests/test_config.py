@@ -225,3 +225,10 @@ def test_a_yaml_mistake_names_the_file_line_and_column(tmp_path):
     with pytest.raises(ConfigError, match=rf"^{path}, line 2, column 8: not valid YAML: while scanning a quoted "
                                           r"scalar, found unexpected end of stream at line 4, column 1$"):
         load_config(str(path))
+
+
+def test_a_dataset_name_too_long_for_a_file_name_is_refused(tmp_path):
+    config = {"target": {"crs": "EPSG:32632", "resolution": 20},
+              "datasets": {"d" * 250: {"path": str(tmp_path), "method": "average"}}}
+    with pytest.raises(ConfigError, match=r"^datasets: dataset name d{40}\.\.\. is 250 characters long, more than 100"):
+        validate_config(config)

@@ -18,6 +18,9 @@ from workflow_lib.errors import ConfigError
 from workflow_lib.coords import parse_crs
 from workflow_lib.sources.paths import check_path
 
+# A dataset's name is part of file names (its tiles' folder, its mosaic, .tmp- files beside them):
+# file systems allow 255 bytes per name.
+MAX_NAME_LENGTH = 100
 SCHEMA_PATH = str(resources.files("workflow_lib") / "schemas" / "config.schema.yaml")
 
 
@@ -33,6 +36,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     hide_passwords(config)
     _check_schema(config)
     for name, ds in config["datasets"].items():  # before the defaults fill in band: 1
+        if len(name) > MAX_NAME_LENGTH:
+            raise ConfigError(f"datasets: dataset name {name[:40]}... is {len(name)} characters long, more than "
+                              f"{MAX_NAME_LENGTH}: it names files and folders (results/tiles/<name>/), whose names "
+                              "the file system limits")
         if "band" in ds and ds.get("bands") is not None:
             raise ConfigError(f"datasets.{name}: both band ({ds['band']}) and bands ({ds['bands']}) are given: "
                               f"keep band for one band of the input, bands for several (dataset '{name}')")
