@@ -158,6 +158,32 @@ def test_passwords_in_urls_are_never_printed_or_written(tmp_path, dem, pg_cluste
     assert f"connection refused by {host}" in str(err.value) and PASSWORD not in str(err.value), err.value
 
 
+def test_a_remote_object_replaced_after_planning_fails_its_tiles_and_leaves_none(tmp_path, dem):
+    """As for a local file (tests/test_batches.py): the object's size, ETag and Last-Modified are
+    asked again by each tile; a replaced object fails the tiles, naming the URL, and none is left."""
+    from workflow_lib.engines.batch import run_batch
+
+    server = FileServer(os.path.dirname(dem))
+    try:
+        url = f"{server.url}/dem.tif"
+        plan = build_plan(validate_config(config_for(url)))
+        d = plan.datasets["dem"]
+        tiles = list(d.tiles)[:3]
+        assert sorted(run_batch(d, plan.grid, "b", tiles, str(tmp_path / "same"), mem_mb=400).made) == sorted(tiles)
+        write_raster(dem, smooth_field(900, 1000, seed=8), "EPSG:32633", UTM, -9999.0)  # new pixels, new ETag
+        out = str(tmp_path / "replaced")
+        result = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400)
+        assert sorted(result.failed) == sorted(tiles) and result.made == []
+        assert result.failed[tiles[0]] == (
+            f"dataset 'dem' (/vsicurl/{url}): changed since the run was planned (another size, ETag or "
+            "Last-Modified on the server): run again, and the next run plans with it")
+        assert not os.path.exists(out) or os.listdir(out) == []
+    finally:
+        server.close()
+    result = run_batch(d, plan.grid, "b", tiles, str(tmp_path / "gone"), mem_mb=400)
+    assert "cannot be asked whether it is still the object the run planned with" in result.failed[tiles[0]]
+
+
 def test_a_changed_object_changes_the_plan(dem, http):
     server, _ = http
     config = validate_config(config_for(f"{server.url}/dem.tif"))

@@ -154,15 +154,19 @@ def number_from_json(value):
 def changed_since_planning(header: RasterHeader) -> str | None:
     """Why the file under ``header`` is no longer the one the run planned with (another size or
     modification time, or gone), or None. A job checks before and after it reads, so that a file
-    replaced during a run never gives tiles made from the new pixels on the old header. Remote
-    objects are not checked here."""
-    if is_remote(header.path):
-        return None
+    replaced during a run never gives tiles made from the new pixels on the old header. A remote
+    object is asked for its size, ETag and Last-Modified (one HEAD request)."""
     try:
         size, mtime = stamp(header.path)
     except OSError as exc:
         return f"is gone since the run was planned ({exc.strerror}); run again"
     if (size, mtime) == (header.size_bytes, header.mtime_ns):
         return None
+    if is_remote(header.path) and (size, mtime) == (-1, -1):
+        return ("cannot be asked whether it is still the object the run planned with (the server answered no "
+                "HEAD request, after GDAL's retries): run again")
+    if is_remote(header.path):
+        return ("changed since the run was planned (another size, ETag or Last-Modified on the server): run again, "
+                "and the next run plans with it")
     return (f"changed since the run was planned (size {header.size_bytes} -> {size} bytes, modification time "
             f"{'moved' if mtime != header.mtime_ns else 'the same'}): run again, and the next run plans with it")
