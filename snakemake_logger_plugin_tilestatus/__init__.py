@@ -127,13 +127,21 @@ class LogHandler(LogHandlerBase):
         if self.run_id:
             # Batch jobs (local, or on SLURM, which passes the environment on) tag their tiles with it.
             os.environ[RUN_ID_ENV] = self.run_id
-        self.store.record(RunStarted(run_id=self.run_id, process_started_at=psutil.Process().create_time(),
-                                     config_digest=getattr(record, "config_md5", None),
-                                     snakemake_version=getattr(record, "snakemake_version", None),
-                                     user=getattr(record, "user", None)))
-        for dataset, tiles in planned_tiles(context, cwd):
-            self.store.record(dataset_recorded(dataset, "planned", run_id=self.run_id))
-            self.store.record(TilesPlanned(run_id=self.run_id, dataset=dataset.name, tiles=tiles))
+        started = RunStarted(run_id=self.run_id, process_started_at=psutil.Process().create_time(),
+                             config_digest=getattr(record, "config_md5", None),
+                             snakemake_version=getattr(record, "snakemake_version", None),
+                             user=getattr(record, "user", None))
+
+        def record_run() -> None:
+            # Also when the database was deleted or replaced during the run: in the new one, the run
+            # (its first event's time and id again) and its tiles as the files on disk say.
+            self.store.record(started)
+            for dataset, tiles in planned_tiles(context, cwd):
+                self.store.record(dataset_recorded(dataset, "planned", run_id=self.run_id))
+                self.store.record(TilesPlanned(run_id=self.run_id, dataset=dataset.name, tiles=tiles))
+
+        self.store.on_new_database = record_run
+        record_run()
 
     def _job_error(self, record) -> None:
         job = self.jobs.get(record.jobid, {"rule": record.rule_name, "wildcards": {}, "log": []})

@@ -509,3 +509,29 @@ def test_a_spool_that_cannot_be_written_loses_events_but_never_raises(tmp_path, 
     assert results == [False, False, False]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "cannot write the spool /dev/full: No space left on device" in errors[0], errors
+
+
+def test_a_database_deleted_during_a_run_is_noticed_and_the_run_recorded_again(tmp_path, caplog):
+    """Deleting results/status.sqlite* under a running writer used to lose every later event into
+    the deleted file, silently. The writer notices, says so, starts a new database, and the run's
+    process records the run and its tiles in it again."""
+    url = f"sqlite:///{tmp_path}/status.sqlite"
+    store = StatusStore(url, spool_dir=str(tmp_path / "spool"))
+    started = RunStarted(run_id="r")
+
+    def record_run():
+        store.record(started)
+        store.record(TilesPlanned(run_id="r", dataset="dem", tiles=[["r0000_c0000", "done", "b", 1],
+                                                                   ["r0000_c0001", "pending", "b", 1]]))
+
+    store.on_new_database = record_run
+    record_run()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(tmp_path / f"status.sqlite{suffix}"):
+            os.unlink(tmp_path / f"status.sqlite{suffix}")
+    with caplog.at_level(logging.WARNING, logger="workflow_lib.status.store"):
+        store.record(TileStarted(run_id="r", dataset="dem", tile="r0000_c0001"))
+    assert any("was deleted or replaced during the run" in r.getMessage() for r in caplog.records)
+    reader = StatusStore(url)
+    assert reader.query("SELECT id, status FROM runs") == [("r", "running")]
+    assert dict(reader.query("SELECT tile, status FROM tiles")) == {"r0000_c0000": "done", "r0000_c0001": "running"}

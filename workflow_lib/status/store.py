@@ -19,6 +19,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from workflow_lib.errors import ConfigError
@@ -64,6 +65,10 @@ class _Backend:
 
     def connect_read_only(self): ...
 
+    def replaced(self) -> bool:
+        """Whether the database the open connection writes to is no longer the one at its URL."""
+        return False
+
     def sql(self, text: str) -> str:
         return text
 
@@ -77,6 +82,18 @@ class _Sqlite(_Backend):
 
     def __init__(self, path: str):
         self.path = path
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file connected to
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def replaced(self) -> bool:
+        # A deleted file stays writable through an open connection: its events would vanish with it.
+        return self._identity is not None and self._file_identity() != self._identity
 
     def connect_read_only(self):
         # mode=ro: nothing this connection does can write (the dashboard only reads). A database
@@ -95,6 +112,7 @@ class _Sqlite(_Backend):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA busy_timeout={int(WRITE_WAIT_S * 1000)}")
         conn.execute("PRAGMA synchronous=NORMAL")
+        self._identity = self._file_identity()
         return conn
 
     @contextlib.contextmanager
@@ -171,6 +189,9 @@ class StatusStore(StatusQueries):
         self._warned = False
         self._spool_failed = False
         self._down_until = 0.0  # monotonic time before which writes go straight to the spool
+        # Called when the database was found deleted or replaced and a new one made: the run's
+        # process records what it holds (the run, its planned tiles) again.
+        self.on_new_database: Callable[[], None] | None = None
         self._lock = threading.RLock()  # one connection, used by one thread at a time
 
     # ---------------------------------------------------------------- connection and schema
@@ -179,11 +200,19 @@ class StatusStore(StatusQueries):
             if self._conn is None:
                 self._conn = self.backend.connect_read_only()
             return self._conn
+        replaced = self._conn is not None and self.backend.replaced()
+        if replaced:
+            log.warning("status database %s was deleted or replaced during the run: a new one is started, "
+                        "and the run's start and tiles are recorded in it again", redact(self.url))
+            self.close()
+            self._migrated = False
         if self._conn is None:
             self._conn = self.backend.connect()
         if not self._migrated:
             self._migrate(self._conn)
             self._migrated = True
+        if replaced and self.on_new_database is not None:
+            self.on_new_database()  # records through this connection, now in place
         return self._conn
 
     def _execute(self, conn, text: str, params: tuple = ()):
