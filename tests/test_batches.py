@@ -312,3 +312,28 @@ def test_tiles_to_make_counts_missing_tiles_and_tiles_made_with_other_settings(t
     assert count() == 5
     assert str(TilesToMake(batch, str(tmp_path), "now")) == ("tile rows 0000-0000, columns 0000-0005, "
                                                             "5 of 6 tiles to make")
+
+
+def test_a_member_of_a_many_file_dataset_replaced_after_planning_fails_the_tiles(tmp_path):
+    """A dataset of two files (one VRT of members): a member changed after planning fails every
+    tile, naming the dataset and its members, and leaves none."""
+    left = write_raster(tmp_path / "left.tif", smooth_field(200, 150, seed=1), "EPSG:32632",
+                        Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
+    right = write_raster(tmp_path / "right.tif", smooth_field(200, 150, seed=2), "EPSG:32632",
+                         Affine(10, 0, 501500, 0, -10, 5200000), -9999.0)
+    plan = build_plan(validate_config(
+        {"target": {"crs": "EPSG:32632", "resolution": 20}, "tile_size": 32,
+         "datasets": {"d": {"path": [left, right], "method": "average"}}}), cache_dir=str(tmp_path / "cache"))
+    d = plan.datasets["d"]
+    assert d.header.path.endswith(".vrt")
+    tiles = list(d.tiles)[:4]
+    assert sorted(run_batch(d, plan.grid, "b", tiles, str(tmp_path / "before"), mem_mb=400).made) == sorted(tiles)
+    st = os.stat(right)
+    os.utime(right, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    out = str(tmp_path / "after")
+    result = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400)
+    assert sorted(result.failed) == sorted(tiles) and result.made == []
+    assert result.failed[tiles[0]] == (
+        f"dataset 'd' ({d.header.path}): one of its 2 member files changed since the run was planned (size or "
+        "modification time): run again, and the next run plans with it")
+    assert not os.path.exists(out) or os.listdir(out) == []

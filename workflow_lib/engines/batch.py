@@ -33,6 +33,7 @@ from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan, Plan
 from workflow_lib.planning.settings import WarpSettings
 from workflow_lib.sources.header import RasterHeader, changed_since_planning
+from workflow_lib.sources.members import members_changed
 from workflow_lib.statistics import STATS_TAG, PixelStats
 from workflow_lib.watchdog import Watchdog
 
@@ -48,7 +49,7 @@ def inputs_unchanged(dataset: DatasetPlan) -> None:
     """Raise InputRasterError if a file the dataset reads is not the one the run planned with: its
     tiles would put the new pixels on the old header (another size, another place)."""
     for header, _ in part_sources(dataset):
-        why = changed_since_planning(header)
+        why = changed_since_planning(header) or members_changed(header.path)
         if why:
             raise InputRasterError(dataset.name, header.path, why)
 

@@ -23,6 +23,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import rasterio
@@ -33,6 +34,7 @@ from workflow_lib.atomic import atomic_path
 from workflow_lib.errors import ConfigError, GDAL_ERRORS
 from workflow_lib.vrt import Band, Source, vrt_xml
 from workflow_lib.sources.header import RasterHeader
+from workflow_lib.sources.paths import is_remote, stamp
 
 # Offsets between members may be this far (in pixels) from whole numbers: the rounding of their
 # geotransforms' decimal text, not a different grid.
@@ -218,3 +220,41 @@ def failing_member(vrt_path: str, window: Window, band: int) -> tuple[str, str] 
         except GDAL_ERRORS as exc:
             return path, str(exc)
     return None
+
+
+@lru_cache(maxsize=8)
+def _planned_members(vrt_path: str) -> tuple[tuple[str, ...], str] | None:
+    """(member paths in painting order, the digest of their planned stamps) of a members' VRT
+    written by write_members_vrt; None for any other file."""
+    if not vrt_path.endswith(".vrt") or not os.path.isfile(vrt_path):
+        return None
+    try:
+        band = ET.parse(vrt_path).getroot().find("VRTRasterBand")
+    except ET.ParseError:
+        return None
+    if band is None:
+        return None
+    digest = next((m.text for m in band.iter("MDI") if m.get("key") == "WORKFLOW_MEMBERS_STAMP"), None)
+    if digest is None:
+        return None
+    return tuple(s.text or "" for s in band.iter("SourceFilename")), digest
+
+
+def members_changed(vrt_path: str) -> str | None:
+    """Why the members of a dataset of many files are no longer those the run planned with (one
+    changed, is gone), or None. Local members only: a remote member would cost a request per member
+    and tile."""
+    planned = _planned_members(vrt_path)
+    if planned is None:
+        return None
+    paths, digest = planned
+    if any(is_remote(p) for p in paths):
+        return None
+    try:
+        now = [[p, *stamp(p)] for p in paths]
+    except OSError as exc:
+        return f"one of its {len(paths)} member files is gone since the run was planned ({exc.filename}): run again"
+    if hashlib.sha256(json.dumps(now).encode()).hexdigest() == digest:
+        return None
+    return (f"one of its {len(paths)} member files changed since the run was planned (size or modification time): "
+            "run again, and the next run plans with it")
