@@ -93,3 +93,24 @@ def test_a_tile_cancelled_by_the_controller_is_no_failure(tmp_path):
                         own_state(str(tmp_path))) == "cancelled on SLURM"
     assert cancellation("slurmstepd: error: *** JOB 87 ON n1 CANCELLED AT 2026-12-02T04:30:43 DUE TO TIME LIMIT ***",
                         own_state(str(tmp_path))) is None  # out of runtime: a failure, retried with the resources asked
+
+
+def test_stop_after_a_run_ended_says_how_it_ended(tmp_path, monkeypatch):
+    """`stop` or `pause` after the run: not its stale "running" state, but finished or failed."""
+    import pytest
+
+    from workflow_lib.controller import control
+
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "console.log"
+    gone = info(pid=2 ** 22 + 12345, log=str(log))
+    write_run(gone)
+    for tail, outcome in (("12 of 12 steps (100%) done\nComplete log(s): x\n", "finished"),
+                          ("Nothing to be done (all requested files are present and up to date).\n", "finished"),
+                          ("Exiting because a job execution failed. Look above for error message\n", "failed"),
+                          ("rule resample_batch:\n", "ended")):
+        log.write_text("Building DAG of jobs...\n" + tail)
+        with pytest.raises(control.ControlError) as err:
+            control._require_live("stop")
+        assert "nothing to stop: run abc (started " in str(err.value) and f") has {outcome} (" in str(err.value)
+        assert "(running)" not in str(err.value)
