@@ -2,9 +2,10 @@
 # that rules use. Everything here runs at parse time, again in every cluster job: keep it cheap.
 import sys
 
+from workflow_lib.atomic import check_writable
 from workflow_lib.config import validate_config
-from workflow_lib.domain import (dataset_record_path, manifest_path, mosaic_path, products, quicklook_path,
-                                 report_page, stack_path, statistics_path, tile_dir)
+from workflow_lib.domain import (RESULTS_DIR, dataset_record_path, manifest_path, mosaic_path, products,
+                                 quicklook_path, report_page, stack_path, statistics_path, tile_dir)
 from workflow_lib.engines.batch import forget_incomplete_batches
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.digest import TilesToMake, tile_digest
@@ -25,6 +26,16 @@ except WorkflowLibError as exc:
     # A bad config stops the run before any job, with the key and the problem, not a traceback.
     print(f"Error: {exc}", file=sys.stderr)
     sys.exit(1)
+
+if workflow.is_main_process:
+    # A read-only or full output folder is said once, here, rather than by every job (a dry run
+    # too: at parse time Snakemake does not say yet whether it is one, and the run would fail).
+    try:
+        check_writable(RESULTS_DIR)
+    except OSError as exc:
+        print(f"Error: {RESULTS_DIR}/ cannot be written ({exc.strerror or exc}): the run writes its tiles, "
+              "mosaics and status there", file=sys.stderr)
+        sys.exit(1)
 
 if workflow.is_main_process:
     # For the status logger plugin (profiles/default): which plan, which database.

@@ -317,6 +317,20 @@ def test_missing_input_fails_before_any_job_naming_dataset_and_path(tmp_path):
     assert f"datasets.landcover.path: file not found: {config['datasets']['landcover']['path']}" in proc.stdout + proc.stderr
 
 
+def test_an_output_folder_that_cannot_be_written_stops_the_run_in_one_line(tmp_path):
+    """Said once before any job, not by each job in a traceback. A file named results/ stands for
+    a read-only or full disk here: as root, permissions do not stop a test from writing."""
+    write_config(tmp_path, synthetic_config(tmp_path))
+    (tmp_path / "results").write_text("not a folder")
+    proc = snakemake(tmp_path, "--cores", "1", check=False)
+    assert proc.returncode == 1
+    assert "Error: results/ cannot be written (a file, not a folder, has its name): the run writes its tiles, " \
+           "mosaics and status there" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    dry = snakemake(tmp_path, "-n", check=False)  # the run it shows could not be made either
+    assert dry.returncode == 1 and "Error: results/ cannot be written" in dry.stderr, dry.stderr
+
+
 def test_real_overlapping_cogs_through_the_workflow(tmp_path, real_raster, record):
     """Two overlapping real COGs (slightly different pixel sizes, misaligned grids) and a third band,
     through snakemake onto one grid, each mosaic equal to GDAL's whole-image warp."""

@@ -7,6 +7,7 @@ atomic: same file system) and renamed at the end; on any failure the temporary f
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -75,3 +76,16 @@ def write_json_atomic(path: str, data: dict) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)  # keep insertion order: it is the config order
+
+
+def check_writable(folder: str) -> None:
+    """Raise OSError (with its cause) if files cannot be made in ``folder``, or in the folder it
+    would be made in when it does not exist yet (nothing is created): a temporary file is written
+    and removed. A run checks its output folder before any job."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder, has its name", folder)
+    existing = os.path.abspath(folder)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    with tempfile.NamedTemporaryFile(dir=existing, prefix=TMP_PREFIX + "writable."):
+        pass
