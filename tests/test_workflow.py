@@ -132,6 +132,29 @@ def test_plan_command_shows_tiles_batches_and_tiles_on_disk(run):
     assert bad.returncode == 1 and "missing.yaml" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_results_and_version_commands(run):
+    """`results --json` lists what `results` prints; sizes below 0.1 MB are not "0.0 MB"."""
+    workdir, plan = run["workdir"], run["plan"]
+    env = {**os.environ, "PYTHONPATH": REPO}
+
+    def command(*args):
+        proc = subprocess.run([sys.executable, "-m", "workflow_lib", *args], cwd=workdir, capture_output=True,
+                              text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    data = json.loads(command("results", "--json"))
+    assert [m["path"] for m in data["mosaics"]] == [f"results/mosaics/{n}.tif" for n in sorted(plan.datasets)]
+    assert data["stack"]["bands"] == list(plan.datasets) and data["stack"]["crs"] == "EPSG:32632"
+    assert sorted(s["name"] for s in data["statistics"]) == sorted(plan.datasets)
+    text = command("results")
+    assert "0.0 MB" not in text and all(m["path"] in text for m in data["mosaics"])
+    assert re.match(r"python -m workflow_lib \d+\.\d+\.\d+ \(rasterio [\d.]+, GDAL [\d.]+\)$", command("--version"))
+    g = plan.grid
+    assert command("plan").startswith(f"target grid: {g.width} x {g.height} px (width x height) in EPSG:32632, "
+                                      f"pixel 40 x 40; tiles of 48 px: {g.tile_cols} x {g.tile_rows} (columns x rows)")
+
+
 def tile_times(workdir, name):
     folder = workdir / "results" / "tiles" / name
     return {f: os.stat(folder / f).st_mtime_ns for f in os.listdir(folder)}

@@ -10,21 +10,45 @@ import sys
 import rasterio
 
 
-def describe(path: str) -> str:
+def facts(path: str) -> dict:
+    """What a user wants to know of an output raster, for ``results`` (and its --json)."""
     with rasterio.open(path) as src:
-        names = ", ".join(d or "?" for d in src.descriptions)
-        res = src.res
-        return (f"{path}  {src.width}x{src.height} px, {src.count} band(s) [{names}], {src.dtypes[0]}, "
-                f"{res[0]:g} x {res[1]:g} {src.crs.to_string()}, {os.path.getsize(path) / 1e6:.1f} MB")
+        return {"path": path, "width": src.width, "height": src.height, "bands": list(src.descriptions),
+                "dtype": src.dtypes[0], "resolution": list(src.res), "crs": src.crs.to_string(),
+                "bytes": os.path.getsize(path)}
 
 
-def results(results_dir: str) -> int:
+def describe(path: str) -> str:
+    f = facts(path)
+    names = ", ".join(d or "?" for d in f["bands"])
+    return (f"{path}  {f['width']}x{f['height']} px, {len(f['bands'])} band(s) [{names}], {f['dtype']}, "
+            f"{f['resolution'][0]:g} x {f['resolution'][1]:g} {f['crs']}, {_size(f['bytes'])}")
+
+
+def _size(n: int) -> str:
+    """1.2 MB, 38 kB: small files are not "0.0 MB"."""
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    if n >= 1e5:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.0f} kB" if n >= 1e3 else f"{n} B"
+
+
+def results(results_dir: str, as_json: bool = False) -> int:
+    import json
+    from dataclasses import asdict
+
     mosaics_dir = os.path.join(results_dir, "mosaics")
     mosaics = sorted(f for f in os.listdir(mosaics_dir) if f.endswith(".tif")) if os.path.isdir(mosaics_dir) else []
     stack = os.path.join(results_dir, "stack.tif")
     if not mosaics and not os.path.exists(stack):
         print(f"no results under {results_dir}/ yet: run snakemake first", file=sys.stderr)
         return 1
+    if as_json:
+        print(json.dumps({"mosaics": [facts(os.path.join(mosaics_dir, name)) for name in mosaics],
+                          "stack": facts(stack) if os.path.exists(stack) else None,
+                          "statistics": [asdict(s) for s in dataset_statistics()]}, indent=1))
+        return 0
     print("Mosaics:")
     for name in mosaics:
         print("  " + describe(os.path.join(mosaics_dir, name)))
@@ -155,10 +179,22 @@ def _controller_state() -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workflow_lib")
+    from importlib.metadata import PackageNotFoundError, version
+
+    parser = argparse.ArgumentParser(prog="python -m workflow_lib",
+                                     description="Steer and watch the tiled resampling workflow of this folder.")
+    try:
+        release = version("workflow-lib")
+    except PackageNotFoundError:
+        release = "unknown (not installed)"
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {release} (rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__})")
     sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("results", help="list the mosaics and the stack of a run")
-    show.add_argument("results_dir", nargs="?", default="results")
+    show = sub.add_parser("results", help="list the mosaics and the stack of a run",
+                          description="The mosaics and the stack of a run, with each dataset's statistics.")
+    show.add_argument("results_dir", nargs="?", default="results", metavar="FOLDER",
+                      help="the run's output folder (default: %(default)s)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
     pl = sub.add_parser("plan", help="tiles, batches and tiles on disk per dataset, without running anything")
     pl.add_argument("--config", default="config/config.yaml", help="the workflow's config (default: %(default)s)")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
@@ -216,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             return show_plan(args.config, args.json)
         if args.command == "results":
-            return results(args.results_dir)
+            return results(args.results_dir, args.json)
         if args.command == "status":
             return status(args.db, args.json, args.watch)
     except KeyboardInterrupt:

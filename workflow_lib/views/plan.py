@@ -30,8 +30,10 @@ def plan_rows(plan: Plan, results_dir: str = RESULTS_DIR) -> list[dict]:
 
 def render_plan(plan: Plan, rows: list[dict]) -> str:
     g = plan.grid
-    lines = [f"target grid: {g.width} x {g.height} px in {g.crs.to_string()}, pixel {g.resolution[0]:g} x "
-             f"{g.resolution[1]:g}; tiles of {g.tile_size} px: {g.tile_rows} x {g.tile_cols}",
+    # Width before height, columns before rows, as everywhere else the workflow prints sizes.
+    lines = [f"target grid: {g.width} x {g.height} px (width x height) in {g.crs.to_string()}, pixel "
+             f"{g.resolution[0]:g} x {g.resolution[1]:g}; tiles of {g.tile_size} px: {g.tile_cols} x {g.tile_rows} "
+             "(columns x rows)",
              "",
              f"{'dataset':<14} {'method':<8} {'engine':<13} {'tiles':>8} {'batches':>8} {'per batch':>10} "
              f"{'on disk':>8} {'source px':>10}"]
