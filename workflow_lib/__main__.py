@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         release = version("workflow-lib")
     except PackageNotFoundError:
         release = "unknown (not installed)"
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {release} (rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {release} "
+                        f"(rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__})")
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("results", help="list the mosaics and the stack of a run",
                           description="The mosaics and the stack of a run, with each dataset's statistics.")
