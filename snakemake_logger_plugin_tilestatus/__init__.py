@@ -25,8 +25,9 @@ from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 from workflow_lib.controller.runfile import own_state
 from workflow_lib.status import StatusStore, resolve_url
 from workflow_lib.status.events import BatchEnded, DatasetFailed, Note, RunFinished, RunStarted, TilesPlanned
-from workflow_lib.status.run import (BATCH_RULE, REGISTER_RULE, RUN_ID_ENV, cancellation, dataset_recorded,
-                                     error_from_logs, planned_tiles, read_run_context, record_interrupted)
+from workflow_lib.status.run import (BATCH_RULE, CONTROLLER_RUN_ENV, REGISTER_RULE, RUN_ID_ENV, cancellation,
+                                     dataset_recorded, error_from_logs, planned_tiles, read_run_context,
+                                     record_interrupted)
 
 log = logging.getLogger("workflow_lib.status")
 
@@ -123,7 +124,7 @@ class LogHandler(LogHandlerBase):
         self.store = StatusStore(resolve_url(context["database_url"]),
                                  spool_dir=os.path.join(cwd, context["spool_dir"]))
         record_interrupted(self.store)  # an earlier run whose process is gone: say so before this one
-        self.run_id = str(getattr(record, "workflow_id", "")) or None
+        self.run_id = os.environ.get(CONTROLLER_RUN_ENV) or str(getattr(record, "workflow_id", "")) or None
         if self.run_id:
             # Batch jobs (local, or on SLURM, which passes the environment on) tag their tiles with it.
             os.environ[RUN_ID_ENV] = self.run_id

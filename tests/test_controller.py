@@ -57,6 +57,9 @@ def test_detached_run_completes_and_logs_show_it(uninterrupted_run):
     assert (workdir / "results" / "stack.tif").exists()
     logs = control(workdir, "logs")
     assert "100%) done" in logs.stdout
+    # The run's id in the status database is the one the controller printed (issue 36).
+    runs = StatusStore(f"sqlite:///{workdir}/results/status.sqlite").query("SELECT id FROM runs")
+    assert (uninterrupted_run.info["run_id"],) in runs, runs
 
 
 def test_a_second_run_beside_a_live_one_is_refused(uninterrupted_run):

@@ -29,6 +29,7 @@ import psutil
 
 from workflow_lib.controller import slurm
 from workflow_lib.controller.runfile import CONSOLE_LOG, RunInfo, read_run, set_state, write_run
+from workflow_lib.status.run import CONTROLLER_RUN_ENV
 
 
 class ControlError(Exception):
@@ -131,7 +132,7 @@ def start(args: list[str], detach: bool) -> int:
     log.write(f"\n=== run {run_id} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
               f"{' '.join(command)}\n")
     log.flush()
-    env = dict(os.environ, WORKFLOW_RUN_ID=run_id)
+    env = dict(os.environ, **{CONTROLLER_RUN_ENV: run_id})
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env=env)
     log.close()
