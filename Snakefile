@@ -1,7 +1,11 @@
 # Resample large rasters onto one target grid, tile by tile, and merge the tiles into mosaics and
 # one aligned stack. See README.md and docs/; the logic lives in workflow_lib/, tested without Snakemake.
 
-configfile: "config/config.yaml"
+# The example's config, unless `--configfile` names yours: Snakemake would merge the two, and the
+# example's datasets would be planned beside yours.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"

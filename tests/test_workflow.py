@@ -331,6 +331,19 @@ def test_a_config_error_is_one_clear_message_without_python_frames(tmp_path, crs
     assert "File \"" not in text and "Traceback" not in text and "ERROR 1" not in text and ".smk" not in text, text
 
 
+def test_your_own_configfile_replaces_the_example_config(tmp_path):
+    """`snakemake --configfile config/mine.yaml` plans the datasets of that file alone, not those of
+    config/config.yaml as well (Snakemake merges a --configfile into the Snakefile's configfile)."""
+    config = synthetic_config(tmp_path)
+    write_config(tmp_path, config)
+    mine = {**config, "datasets": {"elevation": config["datasets"]["dem"]}}
+    with open(tmp_path / "config" / "mine.yaml", "w") as f:
+        yaml.safe_dump(mine, f)
+    dry = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config" / "mine.yaml"))
+    text = dry.stdout + dry.stderr
+    assert set(re.findall(r"resample batch \S+ of ([\w-]+):", text)) == {"elevation"}, text
+
+
 def test_missing_input_fails_before_any_job_naming_dataset_and_path(tmp_path):
     config = synthetic_config(tmp_path)
     os.unlink(config["datasets"]["landcover"]["path"])
