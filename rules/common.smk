@@ -49,6 +49,11 @@ if workflow.is_main_process:
     # A tile deleted (or removed as corrupt) since its batch ran: that batch runs again.
     for manifest in forget_incomplete_batches(PLAN):
         print(f"{manifest}: some of its tiles are missing, the batch will run again", file=sys.stderr)
+    # What planning decided for the user (an extent clipped to the CRS's area of use): said on
+    # every run and dry run, and in the register job's log.
+    for name, planned in PLAN.datasets.items():
+        if planned.note:
+            print(f"note: dataset {name}: {planned.note}", file=sys.stderr)
 
 DATASETS = list(PLAN.datasets)
 # Smallest datasets first (config "order"), through job priorities.

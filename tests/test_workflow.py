@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+from affine import Affine
 import pytest
 import rasterio
 import yaml
@@ -17,7 +18,8 @@ import yaml
 from workflow_lib.config import validate_config
 from workflow_lib.planning.plan import build_plan
 
-from .helpers import REAL_DATA, REPO, compare, reference_for, snakemake, synthetic_config, valid_mask, write_config
+from .helpers import (REAL_DATA, REPO, compare, reference_for, snakemake, synthetic_config, valid_mask, write_config,
+                      write_raster)
 
 pytestmark = pytest.mark.integration
 
@@ -342,6 +344,21 @@ def test_your_own_configfile_replaces_the_example_config(tmp_path):
     dry = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config" / "mine.yaml"))
     text = dry.stdout + dry.stderr
     assert set(re.findall(r"resample batch \S+ of ([\w-]+):", text)) == {"elevation"}, text
+
+
+def test_a_union_extent_clipped_to_the_crs_area_of_use_is_said_in_the_dry_run_and_the_register_log(tmp_path):
+    """A global layer onto a UTM zone: planning clips the union extent, and says so where users look."""
+    path = write_raster(tmp_path / "g.tif", np.ones((180, 360), "float32"), "EPSG:4326",
+                        Affine(1, 0, -180, 0, -1, 90), -9999.0)
+    write_config(tmp_path, {"target": {"crs": "EPSG:32632", "resolution": 100000}, "tile_size": 16,
+                            "datasets": {"g": {"path": path, "method": "average"}}})
+    note = (f"note: dataset g: {path} reaches beyond where EPSG:32632 is defined: its part of the union extent is "
+            "clipped to the CRS's area of use (lon 6..12, lat 0..84); set target.extent to choose another area")
+    assert note in snakemake(tmp_path, "-n").stderr
+    snakemake(tmp_path, "--cores", "1", "results/datasets/g.json")
+    log = (tmp_path / "logs" / "register_dataset" / "g.log").read_text()
+    assert note.removeprefix("note: ") in log and "WarpSettings(" not in log, log
+    assert "settings method average, band 1, nodata -9999 -> -9999, float32" in log, log
 
 
 def test_missing_input_fails_before_any_job_naming_dataset_and_path(tmp_path):

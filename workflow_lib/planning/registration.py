@@ -7,7 +7,7 @@ import json
 import logging
 
 from workflow_lib.atomic import write_json_atomic
-from workflow_lib.domain import Method
+from workflow_lib.domain import Engine, Method
 from workflow_lib.errors import InputRasterError
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan
@@ -28,10 +28,13 @@ def register_dataset(name: str, dataset: dict, grid: dict, out_path: str) -> Dat
     log.info(
         "dataset %s: %s, %dx%d px, %s, nodata %s, CRS %s, %d tiles, settings %s",
         name, header.path, header.width, header.height, header.dtype, header.nodata,
-        header.crs.to_string(), planned.tile_count, planned.settings,
+        header.crs.to_string(), planned.tile_count, planned.settings.describe(),
     )
     log.info("dataset %s: engine %s (%s)", name, planned.settings.engine.label, planned.settings.engine_reason)
-    if planned.settings.method is Method.SUM and not planned.settings.same_crs:
+    if planned.note:
+        log.warning("dataset %s: %s", name, planned.note)
+    settings = planned.settings
+    if settings.method is Method.SUM and not settings.same_crs and settings.engine is Engine.WARP:
         log.warning(
             "dataset %s: sum across CRSs depends on how GDAL 3.10 chunks the warp (docs/accuracy.md); "
             "prefer summing in the input's CRS", name,

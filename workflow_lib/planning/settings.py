@@ -43,6 +43,20 @@ class WarpSettings:
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "engine", Engine(self.engine))
 
+    def describe(self) -> str:
+        """The settings as a person reads them (the register job's log): only what is set."""
+        parts = [f"method {self.method.value}", f"band {self.band}" if not self.bands else
+                 f"bands {', '.join(map(str, self.bands))}",
+                 f"nodata {_value(self.src_nodata)} -> {_value(self.dst_nodata)}", self.dst_dtype,
+                 f"{1 / self.x_scale:.6g} x {1 / self.y_scale:.6g} input pixels per target pixel"
+                 if self.x_scale and self.y_scale else "",
+                 "same CRS" if self.same_crs else f"across CRSs (error threshold {self.error_threshold:g} px)"]
+        if self.classes:
+            parts.append(f"classes {', '.join(f'{c:g}' for c in self.classes)}")
+        if self.coverage:
+            parts.append(f"coverage band, min_coverage {self.min_coverage:g}")
+        return ", ".join(p for p in parts if p)
+
     @property
     def output_bands(self) -> int:
         """Bands of a tile made from one input band: a value, or one share per class; then the
@@ -162,3 +176,7 @@ def rounded_from_float64(settings: WarpSettings) -> bool:
     """GDAL's engine warps this dataset into float64 and the workflow rounds (engines.warp): a
     computed value (Method.is_computed) into an integer type."""
     return settings.method.is_computed and np.dtype(settings.dst_dtype).kind in "iu"
+
+
+def _value(v: float | None) -> str:
+    return "none" if v is None else f"{v:g}"
