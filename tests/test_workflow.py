@@ -152,6 +152,8 @@ def test_results_and_version_commands(run):
     text = command("results")
     assert "0.0 MB" not in text and all(m["path"] in text for m in data["mosaics"])
     assert re.match(r"python -m workflow_lib \d+\.\d+\.\d+ \(rasterio [\d.]+, GDAL [\d.]+\)$", command("--version"))
+    for verb in ("results", "plan", "status", "dashboard", "run", "pause", "resume", "stop", "logs"):
+        assert command(verb, "--help").split("\n\n")[1].strip()[:1].isupper(), verb  # its summary, then options
     g = plan.grid
     assert command("plan").startswith(f"target grid: {g.width} x {g.height} px (width x height) in EPSG:32632, "
                                       f"pixel 40 x 40; tiles of 48 px: {g.tile_cols} x {g.tile_rows} (columns x rows)")

@@ -226,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stop", help="stop now: running jobs are cancelled, their temporary files removed")
     lg = sub.add_parser("logs", help="the run's console log")
     lg.add_argument("-f", "--follow", action="store_true", help="follow it until the run ends")
+    for action in sub._choices_actions:  # each verb's --help starts with what the list says of it
+        verb = sub.choices[action.dest]
+        verb.description = verb.description or action.help[:1].upper() + action.help[1:] + "."
     args = parser.parse_args(argv)
     if args.command in ("run", "pause", "resume", "stop", "logs"):
         from workflow_lib import controller
