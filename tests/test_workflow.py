@@ -152,6 +152,11 @@ def test_results_and_version_commands(run):
     text = command("results")
     assert "0.0 MB" not in text and all(m["path"] in text for m in data["mosaics"])
     assert re.match(r"python -m workflow_lib \d+\.\d+\.\d+ \(rasterio [\d.]+, GDAL [\d.]+\)$", command("--version"))
+    # --config on every verb that reads the config (status, results and dashboard: its database.url).
+    assert "status database: sqlite:///results/status.sqlite" in command("status", "--config", "config/config.yaml")
+    missing = subprocess.run([sys.executable, "-m", "workflow_lib", "results", "--config", "nope.yaml"], cwd=workdir,
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert (missing.returncode, missing.stderr) == (1, "Error: --config nope.yaml: no such file\n")
     for verb in ("results", "plan", "status", "dashboard", "run", "pause", "resume", "stop", "logs"):
         assert command(verb, "--help").split("\n\n")[1].strip()[:1].isupper(), verb  # its summary, then options
     g = plan.grid

@@ -34,7 +34,10 @@ def _size(n: int) -> str:
     return f"{n / 1e3:.0f} kB" if n >= 1e3 else f"{n} B"
 
 
-def results(results_dir: str, as_json: bool = False) -> int:
+DEFAULT_CONFIG = "config/config.yaml"
+
+
+def results(results_dir: str, as_json: bool = False, config_path: str = DEFAULT_CONFIG) -> int:
     import json
     from dataclasses import asdict
 
@@ -47,7 +50,7 @@ def results(results_dir: str, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps({"mosaics": [facts(os.path.join(mosaics_dir, name)) for name in mosaics],
                           "stack": facts(stack) if os.path.exists(stack) else None,
-                          "statistics": [asdict(s) for s in dataset_statistics()]}, indent=1))
+                          "statistics": [asdict(s) for s in dataset_statistics(config_path)]}, indent=1))
         return 0
     print("Mosaics:")
     for name in mosaics:
@@ -55,7 +58,7 @@ def results(results_dir: str, as_json: bool = False) -> int:
     if os.path.exists(stack):
         print("Stack:")
         print("  " + describe(stack))
-    statistics = dataset_statistics()
+    statistics = dataset_statistics(config_path)
     if statistics:
         print("Statistics (status database):")
         width = max(len(s.name) for s in statistics)
@@ -67,11 +70,11 @@ def results(results_dir: str, as_json: bool = False) -> int:
     return 0
 
 
-def dataset_statistics() -> list:
+def dataset_statistics(config_path: str = DEFAULT_CONFIG) -> list:
     """Each dataset's statistics as its mosaic job recorded them; none if there is no database."""
     from workflow_lib.status import StatusStore, resolve_url
 
-    store = StatusStore(resolve_url(_config_database_url()), read_only=True)
+    store = StatusStore(resolve_url(_config_database_url(config_path)), read_only=True)
     try:
         return store.dataset_statistics()
     except store.backend.unreachable:
@@ -84,7 +87,7 @@ def _figure(value) -> str:
     return f"{'-':>10}" if value is None else f"{value:10.6g}"
 
 
-def status(url: str | None, as_json: bool, watch: float | None) -> int:
+def status(url: str | None, as_json: bool, watch: float | None, config_path: str = DEFAULT_CONFIG) -> int:
     import time
 
     import json
@@ -94,7 +97,7 @@ def status(url: str | None, as_json: bool, watch: float | None) -> int:
     from workflow_lib.status.store import sqlite_path
     from workflow_lib.views.status import build_report, render, to_json
 
-    target = url or resolve_url(_config_database_url())
+    target = url or resolve_url(_config_database_url(config_path))
     path = sqlite_path(target)
     store = None
     try:
@@ -148,24 +151,29 @@ def show_plan(config_path: str, as_json: bool) -> int:
     return 0
 
 
-def dashboard(url: str | None, host: str, port: int, refresh: float) -> int:
+def dashboard(url: str | None, host: str, port: int, refresh: float, config_path: str = DEFAULT_CONFIG) -> int:
     from workflow_lib.status import resolve_url
     from workflow_lib.views.dashboard import serve
 
     try:
-        return serve(url or resolve_url(_config_database_url()), host, port, refresh, controller=_controller_state,
+        return serve(url or resolve_url(_config_database_url(config_path)), host, port, refresh,
+                     controller=_controller_state,
                      workdir=None if url else os.getcwd())
     except OSError as exc:
         print(f"Error: cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
 
-def _config_database_url() -> str | None:
+def _config_database_url(config_path: str = DEFAULT_CONFIG) -> str | None:
     from workflow_lib.config import read_yaml
 
-    if not os.path.exists("config/config.yaml"):
+    if not os.path.exists(config_path):
+        if config_path != DEFAULT_CONFIG:
+            from workflow_lib.errors import ConfigError
+
+            raise ConfigError(f"--config {config_path}: no such file")
         return None
-    return (read_yaml("config/config.yaml").get("database") or {}).get("url")
+    return (read_yaml(config_path).get("database") or {}).get("url")
 
 
 def _controller_state() -> dict | None:
@@ -226,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stop", help="stop now: running jobs are cancelled, their temporary files removed")
     lg = sub.add_parser("logs", help="the run's console log")
     lg.add_argument("-f", "--follow", action="store_true", help="follow it until the run ends")
+    for verb in (show, st, db):  # the config they read the database's URL from; plan's reads all of it
+        verb.add_argument("--config", default=DEFAULT_CONFIG,
+                          help="the workflow's config, for its database.url (default: %(default)s)")
     for action in sub._choices_actions:  # each verb's --help starts with what the list says of it
         verb = sub.choices[action.dest]
         verb.description = verb.description or action.help[:1].upper() + action.help[1:] + "."
@@ -251,13 +262,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "dashboard":
-            return dashboard(args.db, args.host, args.port, args.refresh)
+            return dashboard(args.db, args.host, args.port, args.refresh, args.config)
         if args.command == "plan":
             return show_plan(args.config, args.json)
         if args.command == "results":
-            return results(args.results_dir, args.json)
+            return results(args.results_dir, args.json, args.config)
         if args.command == "status":
-            return status(args.db, args.json, args.watch)
+            return status(args.db, args.json, args.watch, args.config)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
