@@ -22,15 +22,15 @@ example: install
 
 run: example
 	$(BIN)/snakemake --cores $(CORES) --resources mem_mb=$(MEM_MB)
-	$(BIN)/python -m workflow_lib results
-	$(BIN)/python -m workflow_lib status
+	$(BIN)/onegrid results
+	$(BIN)/onegrid status
 
 status: install
-	$(BIN)/python -m workflow_lib status
+	$(BIN)/onegrid status
 
 # A live page of the run on http://127.0.0.1:8765/ (Ctrl-C stops it).
 dashboard: install
-	$(BIN)/python -m workflow_lib dashboard
+	$(BIN)/onegrid dashboard
 
 # The report of the last run: quicklooks, tile map, per-tile figures, statistics, config.
 report: install

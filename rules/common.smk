@@ -42,7 +42,7 @@ if workflow.is_main_process:
     write_run_context(PLAN_PATH, resolve_url(config["database"]["url"]), DEFAULT_SPOOL_DIR)
     # SIGTERM must pause the run, never hang it (see the function).
     graceful_sigterm_without_deadlock()
-    # SIGUSR1: the status report into the console (python -m workflow_lib logs).
+    # SIGUSR1: the status report into the console (onegrid logs).
     status_snapshot_on_sigusr1(resolve_url(config["database"]["url"]))
     # A SLURM job cancelled by pause (or by hand) must end as failed, not run forever.
     slurm_cancelled_by_user_is_cancelled()

@@ -477,7 +477,7 @@ def interruptible_config(folder, **overrides):
     return cfg
 
 
-# The controller (python -m workflow_lib run ...) starts Snakemake with these.
+# The controller (onegrid run ...) starts Snakemake with these.
 SNAKEMAKE_ARGS = ["--snakefile", os.path.join(REPO, "Snakefile"), "--cores", "2", "--resources", "mem_mb=2000"]
 
 

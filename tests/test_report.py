@@ -1,5 +1,5 @@
 """The report: statistics gathered while tiles are written (against NumPy on the whole mosaic),
-quicklooks, the tile figures, `snakemake --report`, and `python -m workflow_lib results`."""
+quicklooks, the tile figures, `snakemake --report`, and `onegrid results`."""
 
 import json
 import os

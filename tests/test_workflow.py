@@ -151,7 +151,7 @@ def test_results_and_version_commands(run):
     assert sorted(s["name"] for s in data["statistics"]) == sorted(plan.datasets)
     text = command("results")
     assert "0.0 MB" not in text and all(m["path"] in text for m in data["mosaics"])
-    assert re.match(r"python -m workflow_lib \d+\.\d+\.\d+ \(rasterio [\d.]+, GDAL [\d.]+\)$", command("--version"))
+    assert re.match(r"onegrid \d+\.\d+\.\d+ \(Snakemake [\d.]+, rasterio [\d.]+, GDAL [\d.]+\)$", command("--version"))
     # --config on every verb that reads the config (status, results and dashboard: its database.url).
     assert "status database: sqlite:///results/status.sqlite" in command("status", "--config", "config/config.yaml")
     missing = subprocess.run([sys.executable, "-m", "workflow_lib", "results", "--config", "nope.yaml"], cwd=workdir,

@@ -1,5 +1,6 @@
-"""Command line: ``python -m workflow_lib run|pause|resume|stop|logs`` steer the run of this folder,
-``plan`` shows what it will do, ``status`` and ``dashboard`` its progress, ``results`` what it produced."""
+"""The command line, ``onegrid`` (or ``python -m workflow_lib``): ``run|pause|resume|stop|logs`` steer
+the run of this folder, ``plan`` shows what it will do, ``status`` and ``dashboard`` its progress,
+``results`` what it produced."""
 
 from __future__ import annotations
 
@@ -189,14 +190,19 @@ def _controller_state() -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     from importlib.metadata import PackageNotFoundError, version
 
-    parser = argparse.ArgumentParser(prog="python -m workflow_lib",
-                                     description="Steer and watch the tiled resampling workflow of this folder.")
+    parser = argparse.ArgumentParser(prog="onegrid",
+                                     description="Steer and watch the tiled resampling workflow of this folder: "
+                                     "many rasters onto one grid, tile by tile (Snakemake underneath).")
     try:
-        release = version("workflow-lib")
+        release = version("onegrid")
     except PackageNotFoundError:
         release = "unknown (not installed)"
-    parser.add_argument("--version", action="version", version=f"%(prog)s {release} "
-                        f"(rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__})")
+    try:
+        snakemake_release = version("snakemake")
+    except PackageNotFoundError:
+        snakemake_release = "not installed"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {release} (Snakemake "
+                        f"{snakemake_release}, rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__})")
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("results", help="list the mosaics and the stack of a run",
                           description="The mosaics and the stack of a run, with each dataset's statistics.")

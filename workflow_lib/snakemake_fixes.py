@@ -60,7 +60,7 @@ def graceful_sigterm_without_deadlock() -> bool:
 
 
 def status_snapshot_on_sigusr1(url: str) -> None:
-    """SIGUSR1 to Snakemake's process writes the status report (as `python -m workflow_lib status`
+    """SIGUSR1 to Snakemake's process writes the status report (as `onegrid status`
     prints it) to its console, which the controller keeps in logs/run/console.log.
 
     The report is built in a thread: a signal handler runs in the main thread, which may be inside

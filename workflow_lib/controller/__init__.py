@@ -1,5 +1,5 @@
 """What people drive: start, pause, freeze, resume and stop the run of this folder
-(``python -m workflow_lib run|pause|resume|stop|logs``)."""
+(``onegrid run|pause|resume|stop|logs``)."""
 
 from workflow_lib.controller.control import ControlError, logs, pause, resume, start, stop
 from workflow_lib.controller.runfile import CONSOLE_LOG, RUN_FILE, RunInfo, read_run

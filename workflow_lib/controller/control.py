@@ -123,7 +123,7 @@ def start(args: list[str], detach: bool) -> int:
     running = live_run()
     if running is not None:
         raise ControlError(f"a run is already going in this folder: {running.describe()}; "
-                           "`python -m workflow_lib pause`, `stop` or `logs -f`")
+                           "`onegrid pause`, `stop` or `logs -f`")
     clear_stale_lock(args)
     os.makedirs(os.path.dirname(CONSOLE_LOG), exist_ok=True)
     command = snakemake_command(args)
@@ -141,7 +141,7 @@ def start(args: list[str], detach: bool) -> int:
                    controller_pid=None if detach else os.getpid())
     write_run(info)
     _say(f"started {info.describe()}")
-    _say(f"console log: {CONSOLE_LOG} (`python -m workflow_lib logs -f`)")
+    _say(f"console log: {CONSOLE_LOG} (`onegrid logs -f`)")
     if detach:
         return 0
     return _follow_foreground(proc, info)
@@ -186,11 +186,11 @@ def _signal_group(info: RunInfo, sig: int) -> None:
 def _require_live(verb: str) -> RunInfo:
     info = read_run()
     if info is None:
-        raise ControlError(f"nothing to {verb}: no run was started here with `python -m workflow_lib run`")
+        raise ControlError(f"nothing to {verb}: no run was started here with `onegrid run`")
     if not info.alive():
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started_at))
         raise ControlError(f"nothing to {verb}: run {info.run_id} (started {started}) has {info.outcome()} "
-                           f"(its console: {info.log}; `python -m workflow_lib resume` starts it again)")
+                           f"(its console: {info.log}; `onegrid resume` starts it again)")
     if info.host != socket.gethostname():
         raise ControlError(f"the run belongs to host {info.host}: run `{verb}` there")
     return info
@@ -212,7 +212,7 @@ def pause(freeze: bool, wait: bool) -> int:
             _say(f"already frozen: {info.describe()}")
             return 0
         set_state(info, "frozen")
-        _log_line("frozen (SIGSTOP to the process group): `python -m workflow_lib resume` lets it go on")
+        _log_line("frozen (SIGSTOP to the process group): `onegrid resume` lets it go on")
         _signal_group(info, signal.SIGSTOP)
         # Snakemake is stopped now and submits nothing more: hold what it queued on SLURM.
         held = _slurm("hold", slurm.hold_queued, info)
@@ -222,7 +222,7 @@ def pause(freeze: bool, wait: bool) -> int:
             _log_line(f"held {len(held)} queued SLURM job(s): {' '.join(held)}")
             _say(f"held {len(held)} queued SLURM job(s) so that none starts while frozen; "
                  "SLURM jobs already running go on")
-        _say(f"frozen: {info.describe()}; `python -m workflow_lib resume` lets it go on where it was")
+        _say(f"frozen: {info.describe()}; `onegrid resume` lets it go on where it was")
         return 0
     if info.state == "frozen":
         _thaw(info)
@@ -230,7 +230,7 @@ def pause(freeze: bool, wait: bool) -> int:
     set_state(info, "pausing")
     _log_line("pause asked (SIGTERM): running jobs finish, no new job starts")
     os.kill(info.pid, signal.SIGTERM)
-    _say("pausing: running jobs finish their tiles, no new job starts; `python -m workflow_lib resume` "
+    _say("pausing: running jobs finish their tiles, no new job starts; `onegrid resume` "
          "goes on later")
     if uses_slurm:
         # Snakemake would wait for every SLURM job it submitted, queued ones too (each would still
@@ -284,14 +284,14 @@ def stop(timeout: float = 120.0) -> int:
     if left:
         _log_line(f"stop: cancelled {len(left)} SLURM job(s) that Snakemake left: {' '.join(left)}")
         _say(f"cancelled {len(left)} SLURM job(s) that Snakemake had left queued or running")
-    _say("stopped; `python -m workflow_lib resume` goes on from the tiles on disk")
+    _say("stopped; `onegrid resume` goes on from the tiles on disk")
     return 0
 
 
 def resume(detach: bool | None) -> int:
     info = read_run()
     if info is None:
-        raise ControlError("nothing to resume: no run was started here with `python -m workflow_lib run`")
+        raise ControlError("nothing to resume: no run was started here with `onegrid run`")
     if info.alive():
         if info.state == "frozen":
             _thaw(info)
@@ -306,7 +306,7 @@ def resume(detach: bool | None) -> int:
 def logs(follow: bool, out=None) -> int:
     out = out or sys.stdout
     if not os.path.exists(CONSOLE_LOG):
-        raise ControlError(f"no console log yet ({CONSOLE_LOG}): start a run with `python -m workflow_lib run`")
+        raise ControlError(f"no console log yet ({CONSOLE_LOG}): start a run with `onegrid run`")
     with open(CONSOLE_LOG) as log:
         out.write(log.read())
         out.flush()

@@ -21,7 +21,7 @@ from workflow_lib.status.queries import RunRecord, StatusQueries
 # which plan, which database, where to spool.
 RUN_CONTEXT = os.path.join(".cache", "status", "run.json")
 RUN_ID_ENV = "WORKFLOW_RUN_ID"  # set by the status logger in Snakemake's process, inherited by jobs
-# Set by the controller (python -m workflow_lib run) for the Snakemake it starts: the run's id in the
+# Set by the controller (onegrid run) for the Snakemake it starts: the run's id in the
 # status database is then the one the controller prints, not Snakemake's own workflow id.
 CONTROLLER_RUN_ENV = "WORKFLOW_CONTROLLER_RUN_ID"
 # The rules (rules/*.smk) whose failures the plugin records against a batch's tiles or a dataset.

@@ -1,1 +1,1 @@
-"""What people look at: the status report (``python -m workflow_lib status``)."""
+"""What people look at: the status report (``onegrid status``)."""

@@ -1,4 +1,4 @@
-"""``python -m workflow_lib dashboard``: a live page of the run, served on 127.0.0.1.
+"""``onegrid dashboard``: a live page of the run, served on 127.0.0.1.
 
 It only reads the status database (a read-only connection: it never migrates, replays or writes),
 and serves three things: the page and its script (static files beside this module), and

@@ -1,4 +1,4 @@
-"""``python -m workflow_lib plan``: what a run will do, per dataset, without running anything.
+"""``onegrid plan``: what a run will do, per dataset, without running anything.
 
 From the config and the input headers only (the same cached plan the Snakefile uses), and what is
 on disk: tiles, batches (jobs), tiles already made, and the source pixels the tiles will read.

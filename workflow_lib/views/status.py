@@ -1,4 +1,4 @@
-"""What `python -m workflow_lib status` shows: progress per dataset, running, stalled and failed jobs."""
+"""What `onegrid status` shows: progress per dataset, running, stalled and failed jobs."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def render(report: Report) -> str:
     if report.controller:
         c = report.controller
         lines.append(f"controller: {c['state']} for {_duration(time.time() - c['since'])}"
-                     + (" (pause --freeze; `python -m workflow_lib resume` lets it go on)"
+                     + (" (pause --freeze; `onegrid resume` lets it go on)"
                         if c["state"] == "frozen" else ""))
     lines.append("")
     width = max([len(d.name) for d in report.datasets] + [7])
