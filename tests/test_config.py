@@ -94,7 +94,13 @@ def test_input_outside_the_extent_is_refused_before_any_job(raster):
 def test_unknown_keys_are_refused(raster):
     cfg = config(raster)
     cfg["datasets"]["dem"]["resampling"] = "average"
-    with pytest.raises(ConfigError, match=r"datasets\.dem: Additional properties are not allowed \('resampling'"):
+    with pytest.raises(ConfigError, match=r"^invalid config at datasets\.dem: 'resampling' is not a key here \(keys "
+                                          r"here: path, overlap, method, "):
+        validate_config(cfg)
+    # A misspelled key gets the key it was probably meant to be.
+    cfg = config(raster)
+    cfg["target"]["resolutoin"] = cfg["target"].pop("resolution")
+    with pytest.raises(ConfigError, match=r"^invalid config at target: 'resolutoin': did you mean 'resolution'\?"):
         validate_config(cfg)
 
 

@@ -464,10 +464,10 @@ def test_status_without_a_database_creates_none_and_an_unreachable_one_is_one_li
                               capture_output=True, text=True, env=env, timeout=60)
 
     proc = status("--db", "sqlite:///nope/x.sqlite")
-    assert proc.returncode == 0
-    assert proc.stdout.strip() == "no run recorded yet: there is no status database at nope/x.sqlite"
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == "Error: no run recorded yet: there is no status database at nope/x.sqlite\n"
     proc = status()
-    assert proc.returncode == 0 and "no run recorded yet" in proc.stdout
+    assert proc.returncode == 1 and "no run recorded yet" in proc.stderr
     assert os.listdir(tmp_path) == []  # neither nope/ nor results/
     proc = status("--db", "postgresql://someone:pw-never-shown@127.0.0.1:1/db")
     assert proc.returncode == 1 and proc.stdout == "", proc.stdout

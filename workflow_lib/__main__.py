@@ -91,8 +91,6 @@ def _figure(value) -> str:
 def status(url: str | None, as_json: bool, watch: float | None, config_path: str = DEFAULT_CONFIG) -> int:
     import time
 
-    import json
-
     from workflow_lib.status import StatusStore, redact, resolve_url
     from workflow_lib.status.run import record_interrupted
     from workflow_lib.status.store import sqlite_path
@@ -105,8 +103,10 @@ def status(url: str | None, as_json: bool, watch: float | None, config_path: str
         while True:
             if path is not None and not os.path.exists(path):
                 # A reader creates nothing: no database (nor folder) until a run makes one.
-                text = (json.dumps({"database": redact(target), "run": None, "datasets": [], "complete": False})
-                        if as_json else f"no run recorded yet: there is no status database at {path}")
+                if not watch:
+                    print(f"Error: no run recorded yet: there is no status database at {path}", file=sys.stderr)
+                    return 1
+                text = f"no run recorded yet: there is no status database at {path}"
             else:
                 store = store or StatusStore(target)
                 try:

@@ -6,6 +6,7 @@ need GDAL or the file system (a CRS that parses, files that exist) and run befor
 
 from __future__ import annotations
 
+import difflib
 import math
 from importlib import resources
 from typing import Any
@@ -145,6 +146,14 @@ def _check_schema(config: dict[str, Any]) -> None:
     while error.context:  # oneOf/anyOf: the alternative that came closest says the most
         error = jsonschema.exceptions.best_match(error.context)
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = list((error.schema.get("properties") or {}))
+        hints = []
+        for unknown in sorted(set(error.instance) - set(known)):
+            close = difflib.get_close_matches(str(unknown), known, n=1, cutoff=0.6)
+            hints.append(f"{unknown!r}: did you mean {close[0]!r}?" if close else f"{unknown!r} is not a key here")
+        if hints:
+            raise ConfigError(f"invalid config at {key}: {'; '.join(hints)} (keys here: {', '.join(known)})")
     if error.validator == "pattern" and list(error.absolute_path) == ["datasets"]:
         raise ConfigError(f"invalid config at datasets: dataset name {error.instance!r} must match [A-Za-z0-9_-]+")
     raise ConfigError(f"invalid config at {key}: {error.message}")
