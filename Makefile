@@ -5,7 +5,7 @@ CORES  ?= all
 MEM_MB ?= 4096
 BIN    := $(VENV)/bin
 
-.PHONY: install run example status dashboard report test dryrun dag lint bench clean
+.PHONY: install run example status dashboard report test test-quick dryrun dag lint bench clean
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,10 @@ lint: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests that do not start Snakemake (those are marked integration): a first check in minutes.
+test-quick: install
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 # Not part of the tests: about 30 minutes on 2 cores, plus 8 to generate its inputs once; needs Debian's gdal-bin and vmtouch (bench/README.md).
 bench: install
