@@ -111,6 +111,7 @@ PASSWORD = "Pa55word99-never-written"
 PG_PASSWORD = "Pg-secret-never-written"
 
 
+@pytest.mark.integration
 def test_passwords_in_urls_are_never_printed_or_written(tmp_path, dem, pg_cluster):
     """An input behind HTTP Basic authentication, its password in the URL, and a status database
     URL with a password: the run reads the input, and neither password is in the console or in any
