@@ -351,6 +351,13 @@ def test_your_own_configfile_replaces_the_example_config(tmp_path):
     dry = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config" / "mine.yaml"))
     text = dry.stdout + dry.stderr
     assert set(re.findall(r"resample batch \S+ of ([\w-]+):", text)) == {"elevation"}, text
+    # The same through the controller: onegrid run --config FILE (a dry run here).
+    proc = subprocess.run([sys.executable, "-m", "workflow_lib", "run", "--config", "config/mine.yaml", "--",
+                           "--snakefile", os.path.join(REPO, "Snakefile"), "-n"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    console = (tmp_path / "logs" / "run" / "console.log").read_text()
+    assert set(re.findall(r"resample batch \S+ of ([\w-]+):", console)) == {"elevation"}, console
 
 
 def test_a_union_extent_clipped_to_the_crs_area_of_use_is_said_in_the_dry_run_and_the_register_log(tmp_path):

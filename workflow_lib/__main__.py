@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="start Snakemake (its own process group, console to logs/run/console.log); "
                                      "arguments after -- go to Snakemake")
     run.add_argument("--detach", action="store_true", help="start in the background and return")
+    run.add_argument("--config", metavar="FILE",
+                     help="your config instead of config/config.yaml (Snakemake's --configfile)")
     run.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="-- then Snakemake's arguments")
     pa = sub.add_parser("pause", help="running jobs finish, no new job starts, Snakemake exits (SIGTERM)")
     pa.add_argument("--freeze", action="store_true", help="freeze the whole run in place (SIGSTOP) until resume")
@@ -253,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "run":
                 extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+                if args.config:
+                    extra = ["--configfile", args.config, *extra]
                 return controller.start(extra, args.detach)
             if args.command == "pause":
                 return controller.pause(args.freeze, args.wait)
