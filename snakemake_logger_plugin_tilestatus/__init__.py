@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-
-import psutil
+import time
 from dataclasses import dataclass
 from typing import Optional
 
+import psutil
 from snakemake.common import NOTHING_TO_BE_DONE_MSG
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
@@ -128,7 +128,9 @@ class LogHandler(LogHandlerBase):
         if self.run_id:
             # Batch jobs (local, or on SLURM, which passes the environment on) tag their tiles with it.
             os.environ[RUN_ID_ENV] = self.run_id
-        started = RunStarted(run_id=self.run_id, process_started_at=psutil.Process().create_time(),
+        # At the time Snakemake said it started (recorded later, once it holds the folder's lock).
+        started = RunStarted(run_id=self.run_id, at=getattr(record, "created", None) or time.time(),
+                             process_started_at=psutil.Process().create_time(),
                              config_digest=getattr(record, "config_md5", None),
                              snakemake_version=getattr(record, "snakemake_version", None),
                              user=getattr(record, "user", None))
