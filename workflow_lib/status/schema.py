@@ -96,6 +96,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE datasets ADD COLUMN error TEXT
         """,
     ),
+    (
+        5,
+        # A run's own events (its run_started: which process runs it), found without a scan of every
+        # event of every run: status and the dashboard ask on each refresh while a run is going.
+        """
+        CREATE INDEX events_by_kind_run ON events (kind, run_id)
+        """,
+    ),
 ]
 
 CURRENT_VERSION = MIGRATIONS[-1][0]
