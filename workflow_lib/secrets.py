@@ -1,9 +1,9 @@
 """Passwords in URLs: kept out of every string the workflow or Snakemake prints or stores.
 
-A dataset's ``path: https://bob:secret@host/x.tif`` and a ``database.url`` with a password are
-rewritten, when the config is validated (at parse time, before Snakemake sees a rule), to
-``https://bob:***@host/x.tif``: plans, dataset records, the status database, logs, messages and
-Snakemake's own records carry that form. The password itself goes into this process's environment,
+A dataset's ``path`` with a user and password before its host (http or https) and a
+``database.url`` with a password are rewritten, when the config is validated (at parse time, before
+Snakemake sees a rule), with ``***`` in place of the password: plans, dataset records, the status
+database, logs, messages and Snakemake's own records carry that form. The password itself goes into this process's environment,
 which the jobs inherit (as GDAL's own ``GDAL_HTTP_USERPWD`` would): the input's into
 ``WORKFLOW_URL_CREDENTIALS``, handed to GDAL as an option of that URL alone (never a global one,
 never through rasterio's logged options); the database's is put back (``reveal``) only where the
@@ -30,11 +30,12 @@ def redact(url: str) -> str:
     m = _USERINFO.match(url)
     if not m or m.group("password") is None:
         return url
-    return f"{m.group('scheme')}://{m.group('user')}:{MASK}@{m.group('rest')}"
+    userinfo = f"{m.group('user')}:{MASK}"
+    return f"{m.group('scheme')}://{userinfo}@{m.group('rest')}"
 
 
 def without_userinfo(url: str) -> str:
-    """``https://bob:***@host/x.tif`` -> ``https://host/x.tif``: the URL GDAL is given."""
+    """The URL without its user and password (``https://host/x.tif``): the URL GDAL is given."""
     m = _USERINFO.match(url)
     return f"{m.group('scheme')}://{m.group('rest')}" if m else url
 

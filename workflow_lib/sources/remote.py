@@ -146,8 +146,8 @@ def explain(url: str, message: str) -> str:
     if code == 404 or "does not exist in the file system" in message or "No such file" in message:
         return f"the server has no such object (HTTP 404): check the URL {url}"
     if code in (401, 403) and urlsplit(url).scheme.lower() in ("http", "https"):
-        return (f"access denied (HTTP {code}) to {url}: check the user and password (in the URL, as "
-                "https://user:password@host/..., or in ~/.netrc)")
+        return (f"access denied (HTTP {code}) to {url}: check the user and password (in the URL, "
+                "before the host, or in ~/.netrc)")
     if code in (401, 403):
         return (f"access denied (HTTP {code}) to {url}: check the credentials in the environment "
                 "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws) and the object's permissions")
