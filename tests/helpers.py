@@ -669,3 +669,15 @@ def footprint_reference(data, valid, src_transform, src_crs, dst_transform, dst_
         tied &= found
     return FootprintReference(np.where(found, weighted / np.where(found, cover, 1), np.nan),
                               np.where(found, summed, np.nan), mode, areas, cover, tied)
+
+
+def refused_batch(dataset, grid, tiles, out: str) -> str:
+    """Run a batch whose input changed after planning: every tile must fail, none be made, and no
+    file be left in ``out``. Returns the (one) message of the failures."""
+    from workflow_lib.engines.batch import run_batch
+
+    result = run_batch(dataset, grid, "b", tiles, out, mem_mb=400)
+    assert sorted(result.failed) == sorted(tiles) and result.made == []
+    assert not os.path.exists(out) or os.listdir(out) == []
+    [message] = set(result.failed.values())
+    return message

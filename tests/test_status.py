@@ -265,23 +265,13 @@ def _plugin_record(event, **attributes):
     return record
 
 
-def test_a_failed_registration_keeps_the_datasets_facts_and_shows_its_error(tmp_path, monkeypatch):
-    """The status logger plugin, driven as Snakemake drives it: a register job fails. The dataset's
-    row keeps what the plan knows of it (path, CRS, size, nodata), its error is stored, and the
-    status report and the dashboard show it."""
+def _plugin(tmp_path, monkeypatch):
+    """The status logger plugin in a folder with a run context, as Snakemake's main process has it:
+    (the plugin, the database URL, the planned raster)."""
     from types import SimpleNamespace
 
-    import numpy as np
-    from affine import Affine
-
-    from snakemake_interface_logger_plugins.common import LogEvent
     from snakemake_logger_plugin_tilestatus import LogHandler
-    from workflow_lib.config import validate_config
-    from workflow_lib.planning.plan import build_plan
-    from workflow_lib.status.run import REGISTER_RULE, RUN_CONTEXT, write_run_context
-    from workflow_lib.views.dashboard import state
-
-    from .helpers import write_raster
+    from workflow_lib.status.run import RUN_CONTEXT, write_run_context
 
     monkeypatch.chdir(tmp_path)
     path = write_raster(tmp_path / "dem.tif", np.ones((40, 40), "float32"), "EPSG:32632",
@@ -292,10 +282,21 @@ def test_a_failed_registration_keeps_the_datasets_facts_and_shows_its_error(tmp_
     url = f"sqlite:///{tmp_path}/status.sqlite"
     write_run_context("plan.json", url, "spool")
     assert os.path.exists(RUN_CONTEXT)
+    return LogHandler(SimpleNamespace(dryrun=False), None), url, path
+
+
+def test_a_failed_registration_keeps_the_datasets_facts_and_shows_its_error(tmp_path, monkeypatch):
+    """The status logger plugin, driven as Snakemake drives it: a register job fails. The dataset's
+    row keeps what the plan knows of it (path, CRS, size, nodata), its error is stored, and the
+    status report and the dashboard show it."""
+    from snakemake_interface_logger_plugins.common import LogEvent
+    from workflow_lib.status.run import REGISTER_RULE
+    from workflow_lib.views.dashboard import state
+
+    handler, url, path = _plugin(tmp_path, monkeypatch)
     error = f"InputRasterError: dataset 'dem' ({path}): the file changed after the workflow was planned"
     (tmp_path / "register.log").write_text(f"2026-12-06 INFO planning\n{error}\n")
 
-    handler = LogHandler(SimpleNamespace(dryrun=False), None)
     handler.emit(_plugin_record(LogEvent.WORKFLOW_STARTED, workflow_id="run-1"))
     handler.emit(_plugin_record(LogEvent.JOB_INFO, jobid=1, rule_name=REGISTER_RULE, wildcards={"dataset": "dem"},
                                 log=[str(tmp_path / "register.log")]))
@@ -363,30 +364,12 @@ def test_status_counts_the_tiles_of_the_current_plan_only(tmp_path):
     assert other.total == 1  # not planned again by this run: kept as it was
 
 
-def _plugin(tmp_path, monkeypatch):
-    """The status logger plugin in a folder with a run context, as Snakemake's main process has it."""
-    from types import SimpleNamespace
-
-    from snakemake_logger_plugin_tilestatus import LogHandler
-    from workflow_lib.status.run import write_run_context
-
-    monkeypatch.chdir(tmp_path)
-    path = write_raster(tmp_path / "dem.tif", np.zeros((40, 40), "float32"), "EPSG:32632",
-                        Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
-    plan = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 20}, "tile_size": 16,
-                                       "datasets": {"dem": {"path": path, "method": "average"}}}))
-    (tmp_path / "plan.json").write_text(json.dumps(plan.to_dict()))
-    url = f"sqlite:///{tmp_path}/status.sqlite"
-    write_run_context("plan.json", url, "spool")
-    return LogHandler(SimpleNamespace(dryrun=False), None), url
-
-
 def test_a_snakemake_refused_the_lock_records_nothing(tmp_path, monkeypatch):
     """A second Snakemake in the folder of a running one is refused its lock after WORKFLOW_STARTED:
     it must not record a run, nor its plan's tiles, nor end the real run's row."""
     from snakemake_interface_logger_plugins.common import LogEvent
 
-    handler, url = _plugin(tmp_path, monkeypatch)
+    handler, url, _ = _plugin(tmp_path, monkeypatch)
     handler.emit(_plugin_record(LogEvent.WORKFLOW_STARTED, workflow_id="refused"))
     refusal = _plugin_record("error")
     refusal.levelno, refusal.msg, refusal.event = logging.ERROR, (
@@ -397,7 +380,7 @@ def test_a_snakemake_refused_the_lock_records_nothing(tmp_path, monkeypatch):
     assert StatusStore(url).query("SELECT COUNT(*) FROM runs") == [(0,)]
     assert StatusStore(url).query("SELECT COUNT(*) FROM tiles") == [(0,)]
     # A run that holds the lock is recorded from its first sign of work.
-    handler, _ = _plugin(tmp_path, monkeypatch)
+    handler, _, _ = _plugin(tmp_path, monkeypatch)
     handler.emit(_plugin_record(LogEvent.WORKFLOW_STARTED, workflow_id="real"))
     handler.emit(_plugin_record(LogEvent.RUN_INFO, stats={}))
     assert StatusStore(url).query("SELECT id, status FROM runs") == [("real", "running")]
