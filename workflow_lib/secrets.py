@@ -3,11 +3,11 @@
 A dataset's ``path`` with a user and password before its host (http or https) and a
 ``database.url`` with a password are rewritten, when the config is validated (at parse time, before
 Snakemake sees a rule), with ``***`` in place of the password: plans, dataset records, the status
-database, logs, messages and Snakemake's own records carry that form. The password itself goes into this process's environment,
-which the jobs inherit (as GDAL's own ``GDAL_HTTP_USERPWD`` would): the input's into
-``WORKFLOW_URL_CREDENTIALS``, handed to GDAL as an option of that URL alone (never a global one,
-never through rasterio's logged options); the database's is put back (``reveal``) only where the
-status database is opened.
+database, logs, messages and Snakemake's own records carry that form. The password itself goes
+into this process's environment, which the jobs inherit (as GDAL's own ``GDAL_HTTP_USERPWD``
+would): the input's into ``WORKFLOW_URL_CREDENTIALS``, handed to GDAL as an option of that URL alone
+(never a global one, never through rasterio's logged options); the database's is put back
+(``reveal``) only where the status database is opened.
 """
 
 from __future__ import annotations

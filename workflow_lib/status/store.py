@@ -153,25 +153,32 @@ class _Postgres(_Backend):
 
 
 def _backend(url: str) -> _Backend:
+    kind, target = _backend_kind(url)
+    return kind(target)
+
+
+def _backend_kind(url: str) -> tuple[type[_Backend], str]:
+    """Which backend a URL names, and what it is given; nothing imported or opened."""
     if url.startswith(("postgresql://", "postgres://")):
-        return _Postgres(url)
+        return _Postgres, url
     if url.startswith("sqlite:///"):
-        return _Sqlite(url[len("sqlite:///"):])
+        return _Sqlite, url[len("sqlite:///"):]
     if url.endswith((".sqlite", ".db")):
-        return _Sqlite(url)
+        return _Sqlite, url
     raise ConfigError(f"database.url (or {URL_ENV}): a status database URL starts with sqlite:/// or "
                       f"postgresql://, got {redact(url)!r}")
 
 
 def sqlite_path(url: str) -> str | None:
     """The file of a SQLite status database URL; None for PostgreSQL."""
-    backend = _backend(url)
-    return backend.path if isinstance(backend, _Sqlite) else None
+    kind, target = _backend_kind(url)
+    return target if kind is _Sqlite else None
 
 
 def check_url(url: str) -> None:
-    """A ConfigError for a status database URL of no known kind: said before any job, not in each."""
-    _backend(url)
+    """A ConfigError for a status database URL of no known kind: said before any job, not in each.
+    Cheap enough for every parse of the Snakefile (psycopg is not imported)."""
+    _backend_kind(url)
 
 
 class StatusStore(StatusQueries):

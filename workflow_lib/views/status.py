@@ -6,6 +6,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 
 from workflow_lib.domain import products, tile_dir
 from workflow_lib.planning.plan import Plan
@@ -72,8 +73,8 @@ def missing_outputs(workdir: str) -> list[str] | None:
     holds no run of this workflow. One directory listing per dataset."""
     context = read_run_context(workdir)
     try:
-        with open(os.path.join(workdir, context["plan"])) as f:
-            plan = Plan.from_dict(json.load(f))
+        path = os.path.join(workdir, context["plan"])
+        plan = _plan_at(path, os.stat(path).st_mtime_ns)
     except (TypeError, KeyError, OSError, ValueError):
         return None
     missing = []
@@ -84,6 +85,14 @@ def missing_outputs(workdir: str) -> list[str] | None:
         if absent:
             missing.append(f"{absent} of {d.tile_count} tiles of {name} ({tile_dir(name)})")
     return missing + [p for p in products(list(plan.datasets)) if not os.path.exists(os.path.join(workdir, p))]
+
+
+@lru_cache(maxsize=2)
+def _plan_at(path: str, mtime_ns: int) -> Plan:
+    """The plan file, read once per version: the dashboard asks on every refresh, and a plan of a
+    million tiles takes seconds to read."""
+    with open(path) as f:
+        return Plan.from_dict(json.load(f))
 
 
 def build_report(store: StatusStore, now: float | None = None, controller: dict | None = None,
