@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import lru_cache
@@ -240,6 +241,14 @@ def _planned_members(vrt_path: str) -> tuple[tuple[str, ...], str] | None:
     return tuple(s.text or "" for s in band.iter("SourceFilename")), digest
 
 
+# Checking a member costs a stat: each tile checks every member of a dataset up to this many
+# members; beyond, an answer is reused for MEMBER_CHECK_REUSE_S (a change is then found within that
+# time, not before the next tile), so that 100,000 members do not cost 100,000 stats per tile.
+MEMBER_CHECK_EVERY_TILE = 1000
+MEMBER_CHECK_REUSE_S = 10.0
+_member_checks: dict[str, tuple[float, str | None]] = {}
+
+
 def members_changed(vrt_path: str) -> str | None:
     """Why the members of a dataset of many files are no longer those the run planned with (one
     changed, is gone), or None. Local members only: a remote member would cost a request per member
@@ -250,6 +259,17 @@ def members_changed(vrt_path: str) -> str | None:
     paths, digest = planned
     if any(is_remote(p) for p in paths):
         return None
+    if len(paths) <= MEMBER_CHECK_EVERY_TILE:
+        return _members_changed(paths, digest)
+    checked_at, why = _member_checks.get(vrt_path, (-math.inf, None))
+    if why is None and time.monotonic() - checked_at < MEMBER_CHECK_REUSE_S:
+        return None
+    why = _members_changed(paths, digest)
+    _member_checks[vrt_path] = (time.monotonic(), why)
+    return why
+
+
+def _members_changed(paths: tuple[str, ...], digest: str) -> str | None:
     try:
         now = [[p, *stamp(p)] for p in paths]
     except OSError as exc:
