@@ -333,3 +333,39 @@ def test_a_member_of_a_many_file_dataset_replaced_after_planning_fails_the_tiles
     assert refused_batch(d, plan.grid, tiles, str(tmp_path / "after")) == (
         f"dataset 'd' ({d.header.path}): one of its 2 member files changed since the run was planned (size or "
         "modification time): run again, and the next run plans with it")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a file system of 96 kB (a tmpfs, mounted as root), which a few tiles fill."""
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(folder)], capture_output=True,
+                             text=True) if os.geteuid() == 0 else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip(f"a small file system needs root and mount: {mounted.stderr.strip() if mounted else 'not root'}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_fails_the_tiles_it_cannot_hold_naming_the_cause_and_keeps_the_others(tmp_path, full_disk):
+    """Every tile is attempted; those that do not fit fail with "No space left on device" and the
+    folder, and leave no file (GDAL's GeoTIFF writer raised nothing and left tiles of 0 bytes, made
+    as far as the batch knew); the tiles written before it filled up are whole."""
+    plan = plan_of(tmp_path)
+    d = plan.datasets["d"]
+    tiles = list(d.tiles)
+    reference = str(tmp_path / "reference")
+    run_batch(d, plan.grid, "b", tiles, reference, mem_mb=400)
+    out = str(full_disk / "tiles")
+    result = run_batch(d, plan.grid, "b", tiles, out, mem_mb=400, threads=2)
+    assert result.failed and sorted([*result.made, *result.failed]) == sorted(tiles)
+    assert all("No space left on device" in e and str(full_disk) in e and "See previous" not in e
+               for e in result.failed.values()), set(result.failed.values())
+    assert sorted(os.listdir(out)) == sorted(f"{t}.tif" for t in result.made)
+    for t in result.made:
+        assert np.array_equal(read_band(os.path.join(out, f"{t}.tif")), read_band(os.path.join(reference, f"{t}.tif")))

@@ -238,3 +238,15 @@ def test_a_dataset_name_too_long_for_a_file_name_is_refused(tmp_path):
               "datasets": {"d" * 250: {"path": str(tmp_path), "method": "average"}}}
     with pytest.raises(ConfigError, match=r"^datasets: dataset name d{40}\.\.\. is 250 characters long, more than 100"):
         validate_config(config)
+
+
+@pytest.mark.parametrize("key", ["tile_mb", "mosaic_mb"])
+def test_job_memory_below_what_a_job_needs_is_refused_with_the_reason(raster, key):
+    from workflow_lib.runtime import MIN_JOB_MB
+
+    with pytest.raises(ConfigError, match=rf"^memory\.{key}: 128 MB is too little for a job: Python, NumPy and GDAL "
+                                          rf"take about \d+ MB .*use {MIN_JOB_MB} or more"):
+        validate_config(config(raster, memory={key: 128}))
+    with pytest.raises(ConfigError, match=f"use {MIN_JOB_MB} or more"):  # the schema's minimum is MIN_JOB_MB
+        validate_config(config(raster, memory={key: MIN_JOB_MB - 1}))
+    assert validate_config(config(raster, memory={key: MIN_JOB_MB}))["memory"][key] == MIN_JOB_MB

@@ -47,7 +47,7 @@ def big_source(tmp_path_factory):
 @pytest.mark.parametrize("method,crs,res,engine,mem_mb", [
     ("average", "EPSG:32632", 40, "numpy", 300), ("med", "EPSG:32632", 40, "numpy", 300),
     ("mode", "EPSG:32632", 20, "numpy", 300),
-    # With room for numba (engines.chunks.KERNELS_MB): the compiled kernels, numba's libraries included.
+    # With room for numba (runtime.KERNELS_MB): the compiled kernels, numba's libraries included.
     ("average", "EPSG:32632", 40, "numpy", 420), ("mode", "EPSG:32632", 20, "numpy", 420),
     ("average", "EPSG:32632", 40, "gdal", 300), ("bilinear", "EPSG:3035", 40, "gdal", 300),
 ])

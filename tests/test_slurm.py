@@ -92,17 +92,17 @@ def test_workflow_runs_on_slurm_in_batches_with_status_in_postgresql(tmp_path, s
 
 
 def test_tile_job_killed_by_slurm_for_memory_is_recorded_and_retried_with_more(tmp_path, slurm, pg_cluster, record):
-    """With SLURM's cgroup enforcement, a tile job given too little memory (64 MB for the tile and
-    100 MB for the Snakemake processes in the SLURM job; the job's own limit off) is killed by
-    SLURM: OUT_OF_MEMORY, recorded as the tile's failure with SLURM's words; the retries ask for
-    64 MB more each time (mem_mb x attempt) and one succeeds."""
+    """With SLURM's cgroup enforcement, a tile job given too little memory (256 MB, the least
+    tile_mb allowed, with nothing added for the Snakemake processes in the SLURM job; the job's own
+    limit off) is killed by SLURM: OUT_OF_MEMORY, recorded as the tile's failure with SLURM's words;
+    the retries ask for 256 MB more each time (mem_mb x attempt) and one succeeds."""
     url = pg_cluster.new_database()
     path = write_raster(tmp_path / "dem.tif", smooth_field(3000, 3000), "EPSG:32632",
                         Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
     config = {"target": {"crs": "EPSG:32632", "resolution": 40}, "tile_size": 750,
-              # The SLURM job's own Snakemake processes alone need more than 100 MB: the first
-              # attempts are killed whatever the tile.
-              "memory": {"tile_mb": 64, "cluster_overhead_mb": 100, "enforce": False}, "tiles_per_job": 1,
+              # The SLURM job's own Snakemake processes (200-300 MB) and the job's interpreter
+              # need more than 256 MB: the first attempts are killed whatever the tile.
+              "memory": {"tile_mb": 256, "cluster_overhead_mb": 0, "enforce": False}, "tiles_per_job": 1,
               "datasets": {"dem": {"path": path, "method": "average", "engine": "gdal"}}}
     write_config(tmp_path, config)
     proc = run_on_slurm(tmp_path, url, "--retries", "6")
@@ -119,7 +119,7 @@ def test_tile_job_killed_by_slurm_for_memory_is_recorded_and_retried_with_more(t
                             capture_output=True, text=True).stdout
     assert "OUT_OF_MEMORY" in states, states
     record(f"slurm cgroup: {len(failures)} batch job attempt(s) killed OUT_OF_MEMORY, then done at attempt "
-           f"{max(r[2] for r in rows)} (SLURM --mem {64 * max(r[2] for r in rows) + 100} MB, tile peak "
+           f"{max(r[2] for r in rows)} (SLURM --mem {256 * max(r[2] for r in rows)} MB, tile peak "
            f"{max(r[3] for r in rows):.0f} MB); first failure recorded: {failures[0][:200]}")
 
 

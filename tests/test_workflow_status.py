@@ -165,37 +165,38 @@ def test_run_stopped_by_sigterm_is_recorded_as_failed_with_no_tile_left_running(
 
 
 def test_tile_job_out_of_memory_is_retried_with_more_memory_and_succeeds(tmp_path):
-    """memory.enforce makes a job's mem_mb a hard limit on its data memory: with 125 MB the dem's tile
-    jobs (16 MB source regions, on top of the interpreter, its threads and GDAL) fail with an
-    out-of-memory error that says so, and the retry (250 MB, as mem_mb grows with the attempt)
-    succeeds with the same pixels as an unconstrained run. (At 100 MB no job starts at all since
-    GDAL's threads start before the limit: RuntimeError "can't start new thread", a job-level
-    out-of-memory error; at 140 MB every tile fits.)"""
+    """memory.enforce makes a job's mem_mb a hard limit on its data memory. The dem is one deflate
+    strip of 8,000 x 4,000 float32 (128 MB decoded), which GDAL must decode whole to read any window
+    of it, whatever chunk size the job plans: with the smallest tile_mb allowed (256 MB) the tile
+    jobs fail with an out-of-memory error that says so, and the retry (512 MB, as mem_mb grows with
+    the attempt) succeeds with the same pixels as an unconstrained run."""
     def bigger(folder):
-        # Tiles of 256 px over 2,000 x 2,000 float32: each tile job reads a 16 MB source region.
         os.makedirs(folder, exist_ok=True)
         config = synthetic_config(folder)
         config["tile_size"] = 256
-        config["datasets"]["dem"]["path"] = write_raster(folder / "dem.tif", smooth_field(2000, 2000), "EPSG:32632",
-                                                         Affine(10, 0, 500000, 0, -10, 5200000), -9999.0)
-        config["datasets"]["dem"]["engine"] = "gdal"  # whose working buffers need more than 125 MB here
+        # Rounded values: the strip compresses to a few MB.
+        field = np.round(smooth_field(8000, 4000))
+        config["datasets"]["dem"]["path"] = write_raster(folder / "dem.tif", field, "EPSG:32632",
+                                                         Affine(10, 0, 500000, 0, -10, 5200000), -9999.0,
+                                                         tiled=False, blockxsize=None, blockysize=8000)
+        config["datasets"]["dem"]["engine"] = "gdal"
         return config
 
     config = bigger(tmp_path)
-    config["memory"] = {"tile_mb": 125}
+    config["memory"] = {"tile_mb": 256}
     write_config(tmp_path, config)
     proc = snakemake(tmp_path, "--cores", "2", "--retries", "1")
-    assert "ran out of memory: its limit is 125 MB (mem_mb)" in proc.stdout + proc.stderr
+    assert "ran out of memory: its limit is 256 MB (mem_mb)" in proc.stdout + proc.stderr
     store = StatusStore(f"sqlite:///{tmp_path}/results/status.sqlite")
     failures = store.query("SELECT dataset, tile, payload FROM events WHERE kind = 'tile_failed'")
-    assert failures and all("ran out of memory: its limit is 125 MB" in json.loads(p)["error"]
+    assert failures and all("ran out of memory: its limit is 256 MB" in json.loads(p)["error"]
                             for *_, p in failures), failures
     rows = store.query("SELECT dataset, tile, status, attempt FROM tiles")
     assert {(d, t) for d, t, *_ in rows} == tile_files(tmp_path) and {r[2] for r in rows} == {"done"}
-    # Exactly the tiles that ran out of memory were run a second time, and only those. Under a limit
-    # this small (below the interpreter's own data memory) GDAL or numba may also fail an allocation
-    # without checking it and die of SIGSEGV: then the tiles its job was making had no tile_failed
-    # event, but started and never finished in their first job, and its batch_ended event says so.
+    # Exactly the tiles that ran out of memory were run a second time, and only those. Under a tight
+    # limit GDAL may also fail an allocation without checking it and die of SIGSEGV: then the tiles
+    # its job was making had no tile_failed event, but started and never finished in their first
+    # job, and its batch_ended event says so.
     events = store.query("SELECT dataset, tile, kind, pid FROM events WHERE tile IS NOT NULL ORDER BY at")
     first_job = {}
     for d, t, kind, pid in events:
@@ -207,8 +208,8 @@ def test_tile_job_out_of_memory_is_retried_with_more_memory_and_succeeds(tmp_pat
     if crashed:
         assert store.query("SELECT COUNT(*) FROM events WHERE kind = 'batch_ended'")[0][0] >= 1
     assert {r[3] for r in rows} <= {1, 2}
-    # Each tile's second attempt ran under 250 MB and stayed inside it.
-    assert all(rss <= 250 for (rss,) in store.query("SELECT peak_rss_mb FROM tiles")), store.query(
+    # Each tile's second attempt ran under 512 MB and stayed inside it.
+    assert all(rss <= 512 for (rss,) in store.query("SELECT peak_rss_mb FROM tiles")), store.query(
         "SELECT tile, peak_rss_mb FROM tiles")
     _, expected = run_tiles_and_mosaics(bigger(tmp_path / "reference"), tmp_path / "reference")
     for name, path in expected.items():

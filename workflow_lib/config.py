@@ -17,6 +17,7 @@ from rasterio.errors import CRSError
 from workflow_lib import secrets
 from workflow_lib.errors import ConfigError
 from workflow_lib.coords import parse_crs
+from workflow_lib.runtime import BASELINE_MB, MIN_JOB_MB, MIN_TILE_SHARE_MB
 from workflow_lib.sources.paths import check_path
 
 # A dataset's name is part of file names (its tiles' folder, its mosaic, .tmp- files beside them):
@@ -154,6 +155,10 @@ def _check_schema(config: dict[str, Any]) -> None:
             hints.append(f"{unknown!r}: did you mean {close[0]!r}?" if close else f"{unknown!r} is not a key here")
         if hints:
             raise ConfigError(f"invalid config at {key}: {'; '.join(hints)} (keys here: {', '.join(known)})")
+    if error.validator == "minimum" and list(error.absolute_path) in (["memory", "tile_mb"], ["memory", "mosaic_mb"]):
+        raise ConfigError(f"{key}: {error.instance} MB is too little for a job: Python, NumPy and GDAL take about "
+                          f"{BASELINE_MB} MB before the first pixel, and a tile needs at least {MIN_TILE_SHARE_MB} MB "
+                          f"beside them; use {MIN_JOB_MB} or more (a retry with --retries asks for more)")
     if error.validator == "pattern" and list(error.absolute_path) == ["datasets"]:
         raise ConfigError(f"invalid config at datasets: dataset name {error.instance!r} must match [A-Za-z0-9_-]+")
     raise ConfigError(f"invalid config at {key}: {error.message}")

@@ -1,5 +1,9 @@
 """Named errors whose messages say which dataset, which file, and what to do."""
 
+import errno
+import os
+import shutil
+
 from rasterio._err import CPLE_BaseError, CPLE_OutOfMemoryError
 from rasterio.errors import RasterioError
 
@@ -27,12 +31,47 @@ class InputRasterError(WorkflowLibError):
         super().__init__(f"dataset '{dataset}' ({path}): {problem}")
 
 
+# Free space below which a failed write is put down to a full file system: GDAL's GeoTIFF writer
+# reports only "Write error at scanline N" (libtiff prints the errno to stderr, not into the error).
+FULL_DISK_BYTES = 4 * 2**20
+
+
+def gdal_cause(exc: BaseException) -> str:
+    """What went wrong, in GDAL's own words: rasterio raises "Read failed. See previous exception
+    for details." from the errors GDAL reported, the first of which (the deepest) names the cause."""
+    messages, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).strip()
+        if text and "see previous exception" not in text.lower():
+            messages.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return messages[-1] if messages else "no reason given"
+
+
+def write_failure(path: str, cause: BaseException) -> str:
+    """Why writing ``path`` failed: the system's words for an OSError, "No space left on device"
+    when the file system is (nearly) full, else GDAL's cause."""
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return f"{os.strerror(cause.errno)} (on {os.path.dirname(path) or '.'})"
+    folder = os.path.dirname(os.path.abspath(path))
+    while folder and not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < FULL_DISK_BYTES:
+        return f"{os.strerror(errno.ENOSPC)} ({free // 1024} kB free on {folder}; GDAL: {gdal_cause(cause)})"
+    return gdal_cause(cause)
+
+
 class OutputWriteError(WorkflowLibError):
     """An output could not be written (disk full, file size limit, permissions)."""
 
     def __init__(self, path: str, cause: BaseException):
         self.path = path
-        super().__init__(f"writing {path} failed: {cause}; nothing was left under that name")
+        super().__init__(f"writing {path} failed: {write_failure(path, cause)}; nothing was left under that name")
 
 
 class BatchError(WorkflowLibError):
@@ -58,8 +97,10 @@ def out_of_memory(exc: BaseException) -> bool:
         text = str(exc).lower()
         # No memory left for a new thread's stack (under RLIMIT_DATA): Python's "can't start new
         # thread", GDAL's "CPLCreateJoinableThread() failed" (its multithreaded warp).
+        # libtiff's failed allocations: "TIFFFillStrip:No space for data buffer at scanline N".
         if isinstance(exc, (MemoryError, CPLE_OutOfMemoryError)) or "out of memory" in text or \
-                "can't start new thread" in text or "cplcreatejoinablethread() failed" in text:
+                "can't start new thread" in text or "cplcreatejoinablethread() failed" in text or \
+                ":no space for " in text:
             return True
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__

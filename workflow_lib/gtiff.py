@@ -58,8 +58,10 @@ def tile_profile(width: int, height: int, transform, crs, dtype: str, nodata: fl
 
 @contextlib.contextmanager
 def open_output(tmp: str, out_path: str, profile: dict) -> Iterator:
-    """Open ``tmp`` for writing; any failure to create, write or close it (a full disk often only
-    shows when the last compressed blocks are flushed at close) names ``out_path`` and the cause."""
+    """Open ``tmp`` for writing; any failure to create, write or close it names ``out_path`` and
+    the cause. The file is read back after closing: GDAL's GeoTIFF writer reports a failed block
+    write (a full disk) only to its error log, raises nothing, and leaves a file of 0 bytes or with
+    blocks missing, which must never be renamed into a tile."""
     try:
         dst = rasterio.open(tmp, "w", **profile)
     except (*GDAL_ERRORS, OSError) as exc:
@@ -72,5 +74,8 @@ def open_output(tmp: str, out_path: str, profile: dict) -> Iterator:
         raise
     try:
         dst.close()
+        with rasterio.open(tmp) as written:
+            for _, window in written.block_windows(1):
+                written.read(window=window)
     except (*GDAL_ERRORS, OSError) as exc:
         raise OutputWriteError(out_path, exc) from exc

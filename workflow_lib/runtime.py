@@ -22,6 +22,21 @@ from workflow_lib.errors import JobMemoryError, out_of_memory
 
 log = logging.getLogger("workflow_lib.jobs")
 
+# Resident memory of a job before it touches data: Python, NumPy, GDAL and Snakemake's script
+# preamble (measured at about 120 MB; kept above that).
+BASELINE_MB = 160
+# What numba, llvmlite and one dataset's compiled kernels add to a job, resident (VmRSS: +103 MB,
+# mostly the libraries' code; VmData, which RLIMIT_DATA counts, +33 MB), measured 2026-12-03 with
+# numba 0.68.1. Kept above that. Jobs whose mem_mb cannot hold it use the NumPy reductions.
+KERNELS_MB = 112
+# The least memory, beyond the interpreter's, that one tile is given: fewer tiles run at once
+# when the job's mem_mb cannot give each this much.
+MIN_TILE_SHARE_MB = 96
+# The least mem_mb a job can be given (memory.tile_mb, memory.mosaic_mb): the interpreter and one
+# tile's share. With less, the interpreter's own memory leaves a tile no room to work in chunks
+# of a planned size, and jobs fail for memory whatever the input (config.check_config).
+MIN_JOB_MB = BASELINE_MB + MIN_TILE_SHARE_MB
+
 # Stack of the job's own threads (tile workers, watchdogs, heartbeat). Linux counts a thread's whole
 # stack mapping against RLIMIT_DATA (memory.enforce) though little of it is ever touched, and
 # the default is 8 MB: with 64-128 MB jobs, threads would use up the limit before any pixel does.

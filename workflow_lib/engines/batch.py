@@ -24,7 +24,7 @@ import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
 from workflow_lib.domain import RESULTS_DIR, Engine, TileIndex, manifest_dir, tile_dir, tile_file_name
-from workflow_lib.engines.chunks import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB, loads_numba, uses_kernels
+from workflow_lib.engines.chunks import loads_numba, uses_kernels
 from workflow_lib.engines.compose import make_tile
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import InputRasterError, JobMemoryError, WorkflowLibError, out_of_memory
@@ -32,6 +32,7 @@ from workflow_lib.planning.digest import DIGEST_TAG, tile_digest, tile_tags
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan, Plan
 from workflow_lib.planning.settings import WarpSettings
+from workflow_lib.runtime import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB
 from workflow_lib.sources.header import RasterHeader, changed_since_planning
 from workflow_lib.sources.members import members_changed
 from workflow_lib.statistics import STATS_TAG, PixelStats

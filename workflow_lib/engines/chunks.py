@@ -25,19 +25,8 @@ from workflow_lib.gtiff import BLOCK_SIZE
 from workflow_lib.planning.engine import BlockGeometry
 from workflow_lib.planning.grid import TargetGrid, Tile
 from workflow_lib.planning.settings import WarpSettings, kernel_padding, rounded_from_float64
+from workflow_lib.runtime import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB
 from workflow_lib.sources.header import RasterHeader
-
-# Resident memory of a job before it touches data: Python, NumPy, GDAL and Snakemake's script
-# preamble (measured at about 120 MB; kept above that).
-BASELINE_MB = 160
-# What numba, llvmlite and one dataset's compiled kernels add to a job, resident (VmRSS: +103 MB,
-# mostly the libraries' code; VmData, which RLIMIT_DATA counts, +33 MB), measured 2026-12-03 with
-# numba 0.68.1. Kept above that. Jobs whose mem_mb cannot hold it use the NumPy reductions.
-KERNELS_MB = 112
-# The least memory, beyond the interpreter's, that one tile is given: fewer tiles run at once
-# when the job's mem_mb cannot give each this much.
-MIN_TILE_SHARE_MB = 96
-
 
 def uses_kernels(settings: WarpSettings, mem_mb: int) -> bool:
     """Whether blocks are reduced by the compiled kernels: a block engine dataset whose method they

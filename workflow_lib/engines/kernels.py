@@ -230,7 +230,7 @@ def warm_up(dtype: str, method: Method) -> None:
     A job calls this before its memory limit is set (jobs.memory_limit): LLVM does not survive an
     allocation that fails (the process dies of SIGSEGV, with no error to report), so it must never
     run under the limit. The memory it takes stays counted against the limit afterwards
-    (engines.chunks.KERNELS_MB)."""
+    (runtime.KERNELS_MB)."""
     data = np.zeros((2, 2), dtype)
     for valid in (None, np.ones((2, 2), bool)):
         reduce_blocks_compiled(data, valid, 0.0, 2, 2, method, dtype, 0.0)

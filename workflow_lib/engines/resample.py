@@ -23,16 +23,17 @@ from rasterio.windows import Window
 from workflow_lib.atomic import atomic_path
 from workflow_lib.domain import Engine
 from workflow_lib.engines.blocks import LARGE_BLOCK, reduce_blocks_masked, reduce_large_blocks, valid_mask
-from workflow_lib.engines.chunks import (KERNELS_MB, Chunk, MemoryBudget, block_chunks, conservative_chunks,
+from workflow_lib.engines.chunks import (Chunk, MemoryBudget, block_chunks, conservative_chunks,
                                          pads_source, plan_chunks, tile_axis_ranges, uses_kernels, window_chunks)
 from workflow_lib.engines.warp import warp_chunk
 from workflow_lib.engines.windows import reduce_windows
-from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError
+from workflow_lib.errors import GDAL_ERRORS, InputRasterError, OutputWriteError, gdal_cause
 from workflow_lib.gtiff import open_output, tile_profile
 from workflow_lib.statistics import STATS_TAG, PixelStats
 from workflow_lib.planning.engine import BlockGeometry, block_geometry
 from workflow_lib.planning.grid import TargetGrid, Tile
 from workflow_lib.planning.settings import WarpSettings
+from workflow_lib.runtime import KERNELS_MB
 from workflow_lib.sources.header import RasterHeader
 from workflow_lib.sources.members import failing_member
 from workflow_lib.sources.remote import gdal_options
@@ -233,7 +234,7 @@ def read_source(dataset: str, src, settings: WarpSettings, window: Window, keep_
             if found:
                 raise InputRasterError(dataset, found[0], f"cannot be read (a file of {src.name}, under window "
                                        f"{window} of it): {found[1]}") from exc
-        raise InputRasterError(dataset, src.name, f"read of window {window} failed: {exc}") from exc
+        raise InputRasterError(dataset, src.name, f"read of window {window} failed: {gdal_cause(exc)}") from exc
     if keep_nan:
         return data
     if data.dtype.kind == "f" and settings.src_nodata is not None and not math.isnan(settings.src_nodata):
