@@ -159,6 +159,39 @@ def test_passwords_in_urls_are_never_printed_or_written(tmp_path, dem, pg_cluste
     assert f"connection refused by {host}" in str(err.value) and PASSWORD not in str(err.value), err.value
 
 
+def test_gdal_paths_with_a_password_and_archives_are_read_and_masked(tmp_path, dem):
+    """GDAL's own spellings: /vsicurl/ with the user and password in its URL, and a zip archive,
+    local and over HTTP (/vsizip//vsicurl/...). Each is planned and read (the same tiles as the
+    file read locally), and no password is in the plan."""
+    import json
+    import zipfile
+
+    from workflow_lib.engines.batch import run_batch
+
+    with zipfile.ZipFile(os.path.join(os.path.dirname(dem), "dem.zip"), "w") as archive:
+        archive.write(dem, "inner/dem.tif")
+    local = build_plan(validate_config(config_for(dem)))
+    tiles = list(local.datasets["dem"].tiles)[:4]
+    expected = str(tmp_path / "expected")
+    run_batch(local.datasets["dem"], local.grid, "b", tiles, expected, mem_mb=400)
+    server = FileServer(os.path.dirname(dem), credentials=("bob", PASSWORD))
+    try:
+        url = f"http://bob:{PASSWORD}@{server.url.split('//')[1]}"
+        folder = os.path.dirname(dem)
+        for i, path in enumerate([f"/vsicurl/{url}/dem.tif", f"/vsizip//vsicurl/{url}/dem.zip/inner/dem.tif",
+                                  f"/vsizip/{os.path.relpath(folder)}/dem.zip/inner/dem.tif"]):
+            plan = build_plan(validate_config(config_for(path)))
+            d = plan.datasets["dem"]
+            assert PASSWORD not in json.dumps(d.to_dict()) and PASSWORD not in d.header.path, path
+            out = str(tmp_path / f"read{i}")
+            assert sorted(run_batch(d, plan.grid, "b", tiles, out, mem_mb=400).made) == sorted(tiles), path
+            for t in tiles:
+                assert np.array_equal(read_band(os.path.join(out, f"{t}.tif")),
+                                      read_band(os.path.join(expected, f"{t}.tif"))), path
+    finally:
+        server.close()
+
+
 def test_a_remote_object_replaced_after_planning_fails_its_tiles_and_leaves_none(tmp_path, dem):
     """As for a local file (tests/test_batches.py): the object's size, ETag and Last-Modified are
     asked again by each tile; a replaced object fails the tiles, naming the URL, and none is left."""

@@ -1,6 +1,7 @@
 """Passwords in URLs: kept out of every string the workflow or Snakemake prints or stores.
 
-A dataset's ``path`` with a user and password before its host (http or https) and a
+A dataset's ``path`` with a user and password before its host (http or https, also after GDAL's
+``/vsicurl/`` or a chain of ``/vsi...`` prefixes) and a
 ``database.url`` with a password are rewritten, when the config is validated (at parse time, before
 Snakemake sees a rule), with ``***`` in place of the password: plans, dataset records, the status
 database, logs, messages and Snakemake's own records carry that form. The password itself goes
@@ -21,8 +22,8 @@ MASK = "***"
 # {URL without user info: its user info as written}, JSON. Keyed by URL, so that a masked URL is
 # only ever given back its own password.
 CREDENTIALS_ENV = "WORKFLOW_URL_CREDENTIALS"
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@"
-                       r"(?P<rest>.*)$", re.DOTALL)
+_USERINFO = re.compile(r"^(?P<prefix>(?:/vsi[a-z0-9_]+/+)*)(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://"
+                       r"(?P<user>[^:@/]*)(?::(?P<password>[^@/]*))?@(?P<rest>.*)$", re.DOTALL)
 
 
 def redact(url: str) -> str:
@@ -31,13 +32,13 @@ def redact(url: str) -> str:
     if not m or m.group("password") is None:
         return url
     userinfo = f"{m.group('user')}:{MASK}"
-    return f"{m.group('scheme')}://{userinfo}@{m.group('rest')}"
+    return f"{m.group('prefix')}{m.group('scheme')}://{userinfo}@{m.group('rest')}"
 
 
 def without_userinfo(url: str) -> str:
     """The URL without its user and password (``https://host/x.tif``): the URL GDAL is given."""
     m = _USERINFO.match(url)
-    return f"{m.group('scheme')}://{m.group('rest')}" if m else url
+    return f"{m.group('prefix')}{m.group('scheme')}://{m.group('rest')}" if m else url
 
 
 def hide(url: str) -> str:
@@ -56,7 +57,7 @@ def reveal(url: str) -> str:
     """A masked URL with its kept password back (to connect to a database); others unchanged."""
     m = _USERINFO.match(url)
     userinfo = _stored().get(without_userinfo(url)) if m and m.group("password") == MASK else None
-    return f"{m.group('scheme')}://{userinfo}@{m.group('rest')}" if userinfo else url
+    return f"{m.group('prefix')}{m.group('scheme')}://{userinfo}@{m.group('rest')}" if userinfo else url
 
 
 def credentials() -> dict[str, str]:

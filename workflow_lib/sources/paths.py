@@ -13,7 +13,7 @@ import os
 import re
 
 from workflow_lib.errors import ConfigError
-from workflow_lib.sources.remote import is_remote, remote_stamp, to_gdal
+from workflow_lib.sources.remote import is_remote, remote_stamp, split_archive, to_gdal
 
 _GLOB_CHARS = re.compile(r"[*?[]")
 # DRIVER:"file":rest, DRIVER:file:rest or DRIVER:file (GDAL's subdataset and prefix syntaxes).
@@ -38,6 +38,9 @@ def local_file(path: str) -> str | None:
     string; None for a remote input."""
     if is_remote(path):
         return None
+    archive = split_archive(path)
+    if archive:
+        return archive[1]
     m = _CONNECTION.match(path)
     if m and m.group("driver").upper() in _FILE_DRIVERS:
         return m.group("quoted") or m.group("plain")
@@ -49,6 +52,10 @@ def absolute(path: str) -> str:
     GDAL names it (/vsicurl/, /vsis3/)."""
     if is_remote(path):
         return to_gdal(path)
+    archive = split_archive(path)
+    if archive:  # /vsizip//abs/a.zip/x.tif: GDAL reads /vsizip/rel/a.zip as relative
+        handler, inside, member = archive
+        return f"{handler}{os.path.abspath(inside)}{member}"
     m = _CONNECTION.match(path)
     if m and m.group("driver").upper() in _FILE_DRIVERS:
         inner = os.path.abspath(m.group("quoted") or m.group("plain"))

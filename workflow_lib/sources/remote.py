@@ -43,7 +43,25 @@ NETWORK_DEFAULTS = {
 REMOTE_DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
+# GDAL's archive handlers: /vsizip/{archive}/{member}, where the archive is a local file
+# (/vsizip//data/a.zip/x.tif, /vsizip/data/a.zip/x.tif) or a remote one (/vsizip//vsicurl/https://...).
+# GDAL itself finds where the archive ends by its extension.
+_ARCHIVE = re.compile(r"^(?P<handler>/vsi(?:zip|tar|gzip|7z|rar)/)(?P<archive>.+?\.(?:zip|tar|tgz|tar\.gz|gz|7z|rar))"
+                      r"(?P<member>/.*)?$", re.IGNORECASE)
+
+
+def split_archive(path: str) -> tuple[str, str, str] | None:
+    """(handler, archive, member) of a path into an archive, e.g. ("/vsizip/", "/data/a.zip",
+    "/x.tif"); None for any other path."""
+    m = _ARCHIVE.match(path)
+    return (m.group("handler"), m.group("archive"), m.group("member") or "") if m else None
+
+
 def is_remote(path: str) -> bool:
+    """A URL or a GDAL network file, or an archive that is one."""
+    archive = split_archive(path)
+    if archive:
+        path = archive[1]
     return bool(_URL.match(path) or _VSI.match(path))
 
 
@@ -52,7 +70,7 @@ def to_gdal(path: str) -> str:
     password reaches GDAL as an option of that file, ``network_options``); other paths unchanged."""
     m = _URL.match(path)
     if not m:
-        return path
+        return secrets.without_userinfo(path)  # /vsicurl/https://user:***@host/...: as written, less the user
     scheme = m.group("scheme").lower()
     prefix = _SCHEMES[scheme]
     return prefix + (secrets.without_userinfo(path) if prefix == "/vsicurl/" else m.group("rest"))
@@ -75,6 +93,14 @@ def _install_credentials() -> None:
     through rasterio.Env, whose options are logged."""
     for url, userpwd in secrets.credentials().items():
         name = to_gdal(url)
+        if not name.startswith("/vsicurl/"):
+            # Inside an archive or another handler (/vsizip//vsicurl/https://host/a.zip/x.tif): the
+            # part GDAL fetches over HTTP is not known here, so the option covers the host.
+            at = name.find("/vsicurl/")
+            if at < 0:
+                continue
+            scheme, _, rest = name[at + len("/vsicurl/"):].partition("://")
+            name = f"/vsicurl/{scheme}://{rest.split('/', 1)[0]}/"
         if _installed.get(name) == userpwd:
             continue
         lib = _gdal()
@@ -126,9 +152,10 @@ def head(path: str) -> dict[str, str] | None:
 
 
 def remote_stamp(path: str) -> tuple[int, int] | None:
-    """(size, a number made from ETag and Last-Modified) of a remote object; None if the server
-    has no such object (or refused: the header read says which)."""
-    headers = head(to_gdal(path))
+    """(size, a number made from ETag and Last-Modified) of a remote object (of the archive it is
+    in); None if the server has no such object (or refused: the header read says which)."""
+    archive = split_archive(path)
+    headers = head(to_gdal(archive[1] if archive else path))
     if headers is None:
         return None
     size = int(headers.get("content-length") or headers.get("x-goog-stored-content-length") or -1)
