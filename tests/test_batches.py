@@ -332,7 +332,7 @@ def test_a_member_of_a_many_file_dataset_replaced_after_planning_fails_the_tiles
     os.utime(right, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert refused_batch(d, plan.grid, tiles, str(tmp_path / "after")) == (
         f"dataset 'd' ({d.header.path}): one of its 2 member files changed since the run was planned (size or "
-        "modification time): run again, and the next run plans with it")
+        "modification time, or ETag for a remote one): run again, and the next run plans with it")
 
 
 @pytest.fixture

@@ -214,6 +214,30 @@ def test_a_remote_object_replaced_after_planning_fails_its_tiles_and_leaves_none
     assert "cannot be asked whether it is still the object the run planned with" in gone
 
 
+def test_a_remote_member_of_a_many_file_dataset_replaced_after_planning_fails_the_tiles(tmp_path, dem, monkeypatch):
+    """Two objects on a server as one dataset (a VRT of members): a member replaced after planning
+    fails the tiles that a check reaches (every REMOTE_MEMBER_CHECK_REUSE_S, 0 here) and leaves none."""
+    from workflow_lib.engines.batch import run_batch
+    from workflow_lib.sources import members
+
+    monkeypatch.setattr(members, "REMOTE_MEMBER_CHECK_REUSE_S", 0.0)
+    east = write_raster(os.path.join(os.path.dirname(dem), "east.tif"), smooth_field(900, 1000, seed=3), "EPSG:32633",
+                        UTM * Affine.translation(1000, 0), -9999.0)
+    server = FileServer(os.path.dirname(dem))
+    try:
+        plan = build_plan(validate_config(config_for([f"{server.url}/dem.tif", f"{server.url}/east.tif"])),
+                          cache_dir=str(tmp_path / "cache"))
+        d = plan.datasets["dem"]
+        tiles = list(d.tiles)[:3]
+        assert sorted(run_batch(d, plan.grid, "b", tiles, str(tmp_path / "same"), mem_mb=400).made) == sorted(tiles)
+        write_raster(east, smooth_field(900, 1000, seed=9), "EPSG:32633", UTM * Affine.translation(1000, 0), -9999.0)
+        assert refused_batch(d, plan.grid, tiles, str(tmp_path / "replaced")) == (
+            f"dataset 'dem' ({d.header.path}): one of its 2 member files changed since the run was planned (size or "
+            "modification time, or ETag for a remote one): run again, and the next run plans with it")
+    finally:
+        server.close()
+
+
 def test_a_changed_object_changes_the_plan(dem, http):
     server, _ = http
     config = validate_config(config_for(f"{server.url}/dem.tif"))

@@ -35,7 +35,7 @@ from workflow_lib.atomic import atomic_path
 from workflow_lib.errors import ConfigError, GDAL_ERRORS
 from workflow_lib.vrt import Band, Source, vrt_xml
 from workflow_lib.sources.header import RasterHeader
-from workflow_lib.sources.paths import is_remote, stamp
+from workflow_lib.sources.paths import is_remote, stamps
 
 # Offsets between members may be this far (in pixels) from whole numbers: the rounding of their
 # geotransforms' decimal text, not a different grid.
@@ -241,28 +241,30 @@ def _planned_members(vrt_path: str) -> tuple[tuple[str, ...], str] | None:
     return tuple(s.text or "" for s in band.iter("SourceFilename")), digest
 
 
-# Checking a member costs a stat: each tile checks every member of a dataset up to this many
+# Checking a local member costs a stat: each tile checks every member of a dataset up to this many
 # members; beyond, an answer is reused for MEMBER_CHECK_REUSE_S (a change is then found within that
 # time, not before the next tile), so that 100,000 members do not cost 100,000 stats per tile.
+# A remote member costs a HEAD request (16 at a time): their answer is reused for
+# REMOTE_MEMBER_CHECK_REUSE_S, whatever their number.
 MEMBER_CHECK_EVERY_TILE = 1000
 MEMBER_CHECK_REUSE_S = 10.0
+REMOTE_MEMBER_CHECK_REUSE_S = 60.0
 _member_checks: dict[str, tuple[float, str | None]] = {}
 
 
 def members_changed(vrt_path: str) -> str | None:
     """Why the members of a dataset of many files are no longer those the run planned with (one
-    changed, is gone), or None. Local members only: a remote member would cost a request per member
-    and tile."""
+    changed, is gone), or None."""
     planned = _planned_members(vrt_path)
     if planned is None:
         return None
     paths, digest = planned
-    if any(is_remote(p) for p in paths):
-        return None
-    if len(paths) <= MEMBER_CHECK_EVERY_TILE:
+    remote = any(is_remote(p) for p in paths)
+    if not remote and len(paths) <= MEMBER_CHECK_EVERY_TILE:
         return _members_changed(paths, digest)
     checked_at, why = _member_checks.get(vrt_path, (-math.inf, None))
-    if why is None and time.monotonic() - checked_at < MEMBER_CHECK_REUSE_S:
+    reuse_s = REMOTE_MEMBER_CHECK_REUSE_S if remote else MEMBER_CHECK_REUSE_S
+    if why is None and time.monotonic() - checked_at < reuse_s:
         return None
     why = _members_changed(paths, digest)
     _member_checks[vrt_path] = (time.monotonic(), why)
@@ -271,10 +273,11 @@ def members_changed(vrt_path: str) -> str | None:
 
 def _members_changed(paths: tuple[str, ...], digest: str) -> str | None:
     try:
-        now = [[p, *stamp(p)] for p in paths]
+        now = [[p, *s] for p, s in zip(paths, stamps(list(paths)))]
     except OSError as exc:
         return f"one of its {len(paths)} member files is gone since the run was planned ({exc.filename}): run again"
     if hashlib.sha256(json.dumps(now).encode()).hexdigest() == digest:
         return None
-    return (f"one of its {len(paths)} member files changed since the run was planned (size or modification time): "
+    return (f"one of its {len(paths)} member files changed since the run was planned (size or modification time, "
+            "or ETag for a remote one): "
             "run again, and the next run plans with it")
