@@ -158,7 +158,9 @@ def test_results_and_version_commands(run):
                              capture_output=True, text=True, env=env, timeout=120)
     assert (missing.returncode, missing.stderr) == (1, "Error: --config nope.yaml: no such file\n")
     for verb in ("results", "plan", "status", "dashboard", "run", "pause", "resume", "stop", "logs"):
-        assert command(verb, "--help").split("\n\n")[1].strip()[:1].isupper(), verb  # its summary, then options
+        text = command(verb, "--help")
+        assert text.split("\n\n")[1].strip()[:1].isupper(), verb  # its summary, then options
+        assert f"examples:\n  onegrid {verb}" in text, verb
     g = plan.grid
     assert command("plan").startswith(f"target grid: {g.width} x {g.height} px (width x height) in EPSG:32632, "
                                       f"pixel 40 x 40; tiles of 48 px: {g.tile_cols} x {g.tile_rows} (columns x rows)")

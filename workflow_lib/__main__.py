@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 
 import rasterio
 
@@ -187,6 +188,21 @@ def _controller_state() -> dict | None:
     return {"state": info.state, "since": info.state_since, "run_id": info.run_id, "pid": info.pid}
 
 
+# Shown at the end of each verb's --help.
+EXAMPLES = {
+    "results": ["onegrid results", "onegrid results --json > results.json"],
+    "plan": ["onegrid plan", "onegrid plan --config config/mine.yaml --json"],
+    "status": ["onegrid status", "onegrid status --watch 5", "onegrid status --db postgresql://user@host/runs"],
+    "dashboard": ["onegrid dashboard        # then open http://127.0.0.1:8765/", "onegrid dashboard --port 0"],
+    "run": ["onegrid run -- --cores 4 --resources mem_mb=8000",
+            "onegrid run --detach --config config/mine.yaml -- --cores all"],
+    "pause": ["onegrid pause", "onegrid pause --freeze"],
+    "resume": ["onegrid resume", "onegrid resume --detach"],
+    "stop": ["onegrid stop"],
+    "logs": ["onegrid logs", "onegrid logs --follow"],
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -247,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                           help="the workflow's config, for its database.url (default: %(default)s)")
     for action in sub._choices_actions:  # each verb's --help starts with what the list says of it
         verb = sub.choices[action.dest]
-        verb.description = verb.description or action.help[:1].upper() + action.help[1:] + "."
+        verb.description = textwrap.fill(verb.description or action.help[:1].upper() + action.help[1:] + ".", 79)
+        verb.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[action.dest])
+        verb.formatter_class = argparse.RawDescriptionHelpFormatter
     args = parser.parse_args(argv)
     if args.command in ("run", "pause", "resume", "stop", "logs"):
         from workflow_lib import controller
