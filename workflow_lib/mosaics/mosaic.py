@@ -96,8 +96,9 @@ def mosaic_statistics(stats: PixelStats, grid: TargetGrid, dataset: DatasetPlan)
     """The statistics of a dataset's mosaic, from its tiles' (gathered as they were written): its
     pixels are the tiles' pixels, and the grid's pixels that no tile covers are nodata."""
     summary = stats.summary(categorical=dataset.settings.method.is_categorical)
-    # Over all its bands, for a dataset of several.
-    summary["total_pixels"] = grid.width * grid.height * max(len(dataset.settings.bands), 1)
+    # Over all its bands, for a dataset of several (input bands, or class shares and coverage).
+    summary["total_pixels"] = grid.width * grid.height * max(len(dataset.settings.bands), 1) * \
+        dataset.settings.output_bands
     summary["valid_share"] = summary["valid_pixels"] / summary["total_pixels"]
     return {"dataset": dataset.name, "method": dataset.settings.method.value, "dtype": dataset.settings.dst_dtype,
             **summary}

@@ -35,15 +35,15 @@ def render_plan(plan: Plan, rows: list[dict]) -> str:
              f"{g.resolution[0]:g} x {g.resolution[1]:g}; tiles of {g.tile_size} px: {g.tile_cols} x {g.tile_rows} "
              "(columns x rows)",
              "",
-             f"{'dataset':<14} {'method':<8} {'engine':<13} {'tiles':>8} {'batches':>8} {'per batch':>10} "
+             f"{'dataset':<14} {'method':<9} {'engine':<13} {'tiles':>8} {'batches':>8} {'per batch':>10} "
              f"{'on disk':>8} {'source px':>10}"]
     for r in rows:
         low, high = r["tiles_per_batch"]
         per = f"{low}" if low == high else f"{low}-{high}"
-        lines.append(f"{r['dataset']:<14} {r['method']:<8} {r['engine']:<13} {r['tiles']:>8} {r['batches']:>8} "
+        lines.append(f"{r['dataset']:<14} {r['method']:<9} {r['engine']:<13} {r['tiles']:>8} {r['batches']:>8} "
                      f"{per:>10} {r['tiles_on_disk']:>8} {_count(r['source_pixels']):>10}")
     total = sum(r["tiles"] for r in rows)
-    lines.append(f"{'all':<14} {'':<8} {'':<13} {total:>8} {sum(r['batches'] for r in rows):>8} {'':>10} "
+    lines.append(f"{'all':<14} {'':<9} {'':<13} {total:>8} {sum(r['batches'] for r in rows):>8} {'':>10} "
                  f"{sum(r['tiles_on_disk'] for r in rows):>8} {_count(sum(r['source_pixels'] for r in rows)):>10}")
     return "\n".join(lines)
 
