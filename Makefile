@@ -5,7 +5,7 @@ CORES  ?= all
 MEM_MB ?= 4096
 BIN    := $(VENV)/bin
 
-.PHONY: install run example status dashboard report test test-quick dryrun dag lint bench clean
+.PHONY: install run example status dashboard report test test-quick dryrun dag lint bench docs clean
 
 install: $(VENV)/.installed
 
@@ -58,3 +58,8 @@ bench: install
 
 clean:
 	rm -rf results logs benchmarks .cache report.html
+
+# The table of every config key in docs/configuration.md, from the schema (tests/test_docs.py
+# fails when it is stale).
+docs: install
+	$(BIN)/python -m workflow_lib.schema_docs docs/configuration.md

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("base: errors, values, files appearing whole", ["__init__", "errors", "domain", "atomic", "watchdog", "secrets"]),
     ("formats, geometry, the job's process", ["gtiff", "vrt", "coords", "statistics", "runtime"]),
     ("sources: what an input is, from its header", ["sources"]),
-    ("config", ["config"]),
+    ("config", ["config", "schema_docs"]),
     ("planning: grid, footprints, engine choice, settings, batches, plan", ["planning"]),
     ("engines: one tile, a batch of tiles", ["engines"]),
     ("outputs: mosaics, stack", ["mosaics"]),

@@ -18,8 +18,8 @@ import yaml
 from workflow_lib.config import validate_config
 from workflow_lib.planning.plan import build_plan
 
-from .helpers import (REAL_DATA, REPO, compare, reference_for, snakemake, synthetic_config, valid_mask, write_config,
-                      write_raster)
+from .helpers import (REAL_DATA, REPO, compare, control, reference_for, results_digests, snakemake, synthetic_config,
+                      valid_mask, write_config, write_raster)
 
 pytestmark = pytest.mark.integration
 
@@ -342,24 +342,43 @@ def test_a_config_error_is_one_clear_message_without_python_frames(tmp_path, crs
     assert "File \"" not in text and "Traceback" not in text and "ERROR 1" not in text and ".smk" not in text, text
 
 
-def test_your_own_configfile_replaces_the_example_config(tmp_path):
-    """`snakemake --configfile config/mine.yaml` plans the datasets of that file alone, not those of
-    config/config.yaml as well (Snakemake merges a --configfile into the Snakefile's configfile)."""
-    config = synthetic_config(tmp_path)
-    write_config(tmp_path, config)
-    mine = {**config, "datasets": {"elevation": config["datasets"]["dem"]}}
-    with open(tmp_path / "config" / "mine.yaml", "w") as f:
-        yaml.safe_dump(mine, f)
-    dry = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "config" / "mine.yaml"))
-    text = dry.stdout + dry.stderr
-    assert set(re.findall(r"resample batch \S+ of ([\w-]+):", text)) == {"elevation"}, text
-    # The same through the controller: onegrid run --config FILE (a dry run here).
-    proc = subprocess.run([sys.executable, "-m", "workflow_lib", "run", "--config", "config/mine.yaml", "--",
-                           "--snakefile", os.path.join(REPO, "Snakefile"), "-n"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+def test_the_readmes_own_data_config_gives_the_same_outputs_with_onegrid_run_and_snakemake(tmp_path):
+    """README, "Your own data": its config, saved as config/mine.yaml beside the example's
+    config/config.yaml, run with `onegrid run --config` in one folder and `snakemake --configfile`
+    in another. Both plan its datasets alone (the example's are not merged in), make the outputs the
+    README names, and the same pixels."""
+    from workflow_lib.example import make_example
+
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("## Your own data"):readme.index("## Commands")]
+    mine = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    data = tmp_path / "data"
+    make_example(str(data / "example"))
+    folders = {how: tmp_path / how for how in ("onegrid", "snakemake")}
+    for folder in folders.values():
+        (folder / "config").mkdir(parents=True)
+        shutil.copy(os.path.join(REPO, "config", "config.yaml"), folder / "config" / "config.yaml")
+        (folder / "config" / "mine.yaml").write_text(mine)
+        os.symlink(data, folder / "data")
+    snakefile = ["--snakefile", os.path.join(REPO, "Snakefile")]
+    control(folders["onegrid"], "run", "--config", "config/mine.yaml", "--", *snakefile, "--cores", "2", timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *snakefile, "--configfile", "config/mine.yaml",
+                           "--cores", "2"], cwd=folders["snakemake"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    console = (tmp_path / "logs" / "run" / "console.log").read_text()
-    assert set(re.findall(r"resample batch \S+ of ([\w-]+):", console)) == {"elevation"}, console
+    named = re.findall(r"`(results/[^`]+\.tif)`", section)
+    assert named == ["results/mosaics/elevation.tif", "results/mosaics/land.tif", "results/stack.tif"], named
+    for folder in folders.values():
+        assert sorted(os.listdir(folder / "results" / "mosaics")) == ["elevation.tif", "land.tif"]
+        with rasterio.open(folder / "results" / "stack.tif") as src:
+            assert src.descriptions == ("elevation", "lowland", "montane", "alpine") and src.crs.to_epsg() == 2056
+    assert results_digests(folders["onegrid"]) == results_digests(folders["snakemake"])
+    # Class shares are within 0..1, and the statistics count every band's pixels.
+    with rasterio.open(folders["onegrid"] / "results" / "mosaics" / "land.tif") as src:
+        shares = src.read()
+    assert np.nanmin(shares) >= 0 and np.nanmax(shares) <= 1 + 1e-6
+    with open(folders["onegrid"] / "results" / "statistics" / "land.json") as f:
+        assert 0 < json.load(f)["valid_share"] <= 1
 
 
 def test_a_union_extent_clipped_to_the_crs_area_of_use_is_said_in_the_dry_run_and_the_register_log(tmp_path):
