@@ -48,9 +48,10 @@ lint: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The tests that do not start Snakemake (those are marked integration): a first check in minutes.
+# The tests that neither start Snakemake (marked integration) nor compare whole rasters with
+# slow references (marked slow): a first check in a few minutes. `make test` runs them all.
 test-quick: install
-	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 # Not part of the tests: about 30 minutes on 2 cores, plus 8 to generate its inputs once; needs Debian's gdal-bin and vmtouch (bench/README.md).
 bench: install

@@ -59,6 +59,7 @@ def identical(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a == b) | (np.isnan(a.astype("float64")) & np.isnan(b.astype("float64")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,pair", list(real_cases()))
 def test_tile_size_never_changes_a_result_and_results_match_their_reference(tmp_path, real_raster, record, name,
                                                                             pair):
@@ -146,6 +147,7 @@ def test_tile_size_never_changes_a_result_and_results_match_their_reference(tmp_
                 method, c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in REAL if n != "umbra rotated uint8"])
 def test_default_transformer_error_stays_within_the_stated_bounds(tmp_path, real_raster, record, name):
     """Across CRSs the default error_threshold (0.125 pixel, as gdalwarp) makes results depend on

@@ -263,6 +263,7 @@ def assert_equals_block_reference(result, reference, settings, method):
         assert (diff == 0).all(), diff.max()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,k", [(m, k) for m in METHODS for k in (2, 3, 4)])
 def test_real_raster_on_a_dyadic_grid_equals_gdal(tmp_path, real_raster, record, method, k):
     """world.byte (0.125 degree pixels from -180, 75): GDAL's block weights are exact, and the
@@ -294,6 +295,7 @@ REAL = {  # file, band, method, factor: pixel sizes such as 100.01126757344893 m
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(REAL))
 def test_real_rasters_on_non_dyadic_grids(tmp_path, real_raster, record, case):
     """Aligned grids whose numbers are not dyadic go to NumPy: its tiles equal the independent

@@ -183,6 +183,7 @@ def difference(method, got, nodata, ref):
 BOUND = {"average": 1e-6, "fractions": 1e-6, "sum": 1e-6, "mode": 0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_area_methods_equal_the_footprint_reference(tmp_path, truth, record, case, method):
@@ -209,6 +210,7 @@ def test_area_methods_equal_the_footprint_reference(tmp_path, truth, record, cas
         assert abs(total_ours - total_ref) <= 1e-9 * abs(total_ref), (total_ours, total_ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["4326->3035 25km", "antimeridian 4326->3832", "rotated UTM, one CRS"])
 def test_results_are_the_same_for_every_tile_size_bit_for_bit(tmp_path, truth, record, case):
     """Tile sizes 16, 64 and 1024 (and tiles of 16 cut into chunks of 1 MB: a few per tile at these

@@ -44,6 +44,7 @@ def big_source(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,crs,res,engine,mem_mb", [
     ("average", "EPSG:32632", 40, "numpy", 300), ("med", "EPSG:32632", 40, "numpy", 300),
     ("mode", "EPSG:32632", 20, "numpy", 300),

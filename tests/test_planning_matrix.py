@@ -134,6 +134,7 @@ def pairs():
                 yield pytest.param(name, target, "local", id=f"{name}->{target}-local")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,target,extent", list(pairs()))
 def test_every_tile_where_data_lands_is_planned(inputs, name, target, extent):
     if name not in inputs:

@@ -31,6 +31,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_real_raster_tiles_equal_whole_image_warp(tmp_path, real_raster, record, case):
     name, band, method, crs, res, origin, tile_size = CASES[case]

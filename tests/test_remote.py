@@ -247,6 +247,7 @@ def test_a_changed_object_changes_the_plan(dem, http):
     assert plan_cache_key(config) != before
 
 
+@pytest.mark.slow
 def test_s3_with_faults_gives_the_local_result_also_as_files_of_a_dataset(tmp_path, monkeypatch, dem, s3):
     client, proxy = s3
     client.upload_file(dem, "layers", "dem/dem.tif")

@@ -66,6 +66,7 @@ def cases():
             yield pytest.param(grid, method, "classes", id=f"{grid}-{method}-classes")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid,method,kind", list(cases()))
 def test_mosaic_of_chunked_tiles_equals_whole_image_warp(tmp_path, inputs, record, grid, method, kind):
     crs, res, origin, tile_size, threshold = GRIDS[grid]

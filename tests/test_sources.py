@@ -228,6 +228,7 @@ def _part_reference(plan, path, part, pad_methods=("average",)):
                           error_threshold=s.error_threshold, pad=pad).data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["bilinear", "average"])
 def test_files_in_two_utm_zones_are_warped_each_and_combined_in_order(tmp_path, monkeypatch, record, method):
     """Three files across the border of UTM zones 32 and 33, in the order 32, 33, 32 (three
