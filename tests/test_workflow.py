@@ -371,8 +371,12 @@ def test_the_readmes_own_data_config_gives_the_same_outputs_with_onegrid_run_and
     for folder in folders.values():
         assert sorted(os.listdir(folder / "results" / "mosaics")) == ["elevation.tif", "land.tif"]
         with rasterio.open(folder / "results" / "stack.tif") as src:
-            assert src.descriptions == ("elevation", "lowland", "montane", "alpine") and src.crs.to_epsg() == 2056
+            assert src.descriptions == ("elevation", "trees", "shrubs", "grassland") and src.crs.to_epsg() == 2056
     assert results_digests(folders["onegrid"]) == results_digests(folders["snakemake"])
+    # What the README says plan shows: the engines and why, and the global layer clipped.
+    plan = control(folders["onegrid"], "plan", "--config", "config/mine.yaml").stdout
+    assert "engine of land: conservative (class fractions: areas of footprints)" in plan, plan
+    assert "note: dataset land: data/example/landcover_global.tif reaches beyond where EPSG:2056 is defined" in plan
     # Class shares are within 0..1, and the statistics count every band's pixels.
     with rasterio.open(folders["onegrid"] / "results" / "mosaics" / "land.tif") as src:
         shares = src.read()

@@ -1,7 +1,9 @@
 """Deterministic synthetic inputs for the bundled example (and for tests).
 
 Four realistic layers over the western Alps, each in another CRS, data type and nodata convention;
-the elevation model is far larger than a tile. Written block by block, never whole in memory.
+the elevation model is far larger than a tile. A fifth, global land cover with WorldCover's class
+codes, is for the README's "Your own data" (the example's config does not use it). Written block
+by block, never whole in memory.
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ def _rainfall(lon, lat):
     return r
 
 
+def _global_landcover(lon, lat):
+    """ESA WorldCover's codes (10 trees, 20 shrubs, 30 grassland, 40 cropland, 50 built-up, 60 bare,
+    70 snow and ice, 80 water) in patches of a few pixels, by latitude band; 0 (nodata) at sea."""
+    z = np.sin(np.radians(lon) * 3.0) * np.cos(np.radians(lat) * 4.0) + 0.5 * np.sin(np.radians(lon + 2 * lat) * 11.0)
+    codes = np.array([80, 10, 20, 30, 40, 50, 60], "uint8")[np.digitize(z, [-0.9, -0.3, 0.0, 0.3, 0.6, 0.9])]
+    codes[np.abs(lat) > 70] = 70
+    codes[np.sin(np.radians(lon) * 2.0 + 1.0) * np.cos(np.radians(lat) * 2.0) < -0.55] = 0
+    return codes
+
+
 LAYERS = [
     ExampleLayer("dem", "EPSG:32632", Affine(30, 0, 400000, 0, -30, 5220000), 4000, 4000, "float32", -9999.0, _dem),
     ExampleLayer("landcover", "EPSG:3035", Affine(100, 0, 4130000, 0, -100, 2680000), 1500, 1400, "uint8", 0.0,
@@ -75,6 +87,8 @@ LAYERS = [
                  _temperature),
     ExampleLayer("rainfall", "EPSG:4326", Affine(0.005, 0, 7.6, 0, -0.005, 47.2), 300, 220, "float32", None,
                  _rainfall),
+    ExampleLayer("landcover_global", "EPSG:4326", Affine(0.1, 0, -180, 0, -0.1, 90), 3600, 1800, "uint8", 0.0,
+                 _global_landcover),
 ]
 
 

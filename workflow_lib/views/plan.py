@@ -20,6 +20,7 @@ def plan_rows(plan: Plan, results_dir: str = RESULTS_DIR) -> list[dict]:
         sizes = [len(b.tiles) for b in d.batches]
         rows.append({
             "dataset": name, "method": d.settings.method.value, "engine": d.settings.engine.label,
+            "engine_reason": d.settings.engine_reason, "note": d.note or None,
             "tiles": d.tile_count, "batches": len(d.batches),
             "tiles_per_batch": [min(sizes), max(sizes)],
             "tiles_on_disk": sum(tile_file_name(t) in on_disk for t in d.tile_ids),
@@ -45,6 +46,9 @@ def render_plan(plan: Plan, rows: list[dict]) -> str:
     total = sum(r["tiles"] for r in rows)
     lines.append(f"{'all':<14} {'':<9} {'':<13} {total:>8} {sum(r['batches'] for r in rows):>8} {'':>10} "
                  f"{sum(r['tiles_on_disk'] for r in rows):>8} {_count(sum(r['source_pixels'] for r in rows)):>10}")
+    lines.append("")
+    lines.extend(f"engine of {r['dataset']}: {r['engine']} ({r['engine_reason']})" for r in rows if r["engine_reason"])
+    lines.extend(f"note: dataset {r['dataset']}: {r['note']}" for r in rows if r["note"])
     return "\n".join(lines)
 
 
