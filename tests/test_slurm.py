@@ -94,7 +94,8 @@ def test_workflow_runs_on_slurm_in_batches_with_status_in_postgresql(tmp_path, s
 def test_tile_job_killed_by_slurm_for_memory_is_recorded_and_retried_with_more(tmp_path, slurm, pg_cluster, record):
     """With SLURM's cgroup enforcement, a tile job given too little memory (256 MB, the least
     tile_mb allowed, with nothing added for the Snakemake processes in the SLURM job; the job's own
-    limit off) is killed by SLURM: OUT_OF_MEMORY, recorded as the tile's failure with SLURM's words;
+    limit off) is killed by SLURM's cgroup (an oom-kill event; the job OUT_OF_MEMORY or FAILED),
+    recorded as the tile's failure with SLURM's words;
     the retries ask for 256 MB more each time (mem_mb x attempt) and one succeeds."""
     url = pg_cluster.new_database()
     path = write_raster(tmp_path / "dem.tif", smooth_field(3000, 3000), "EPSG:32632",
@@ -117,9 +118,13 @@ def test_tile_job_killed_by_slurm_for_memory_is_recorded_and_retried_with_more(t
     assert {s for _, s, *_ in rows} == {"done"} and min(a for _, _, a, *_ in rows) >= 1, rows
     states = subprocess.run(["sacct", "-n", "-X", "-o", "JobID,State%20", "-j", ",".join(submitted_slurm_jobs(output))],
                             capture_output=True, text=True).stdout
-    assert "OUT_OF_MEMORY" in states, states
-    record(f"slurm cgroup: {len(failures)} batch job attempt(s) killed OUT_OF_MEMORY, then done at attempt "
-           f"{max(r[2] for r in rows)} (SLURM --mem {256 * max(r[2] for r in rows)} MB, tile peak "
+    # SLURM accounts a job whose step was killed by the cgroup as OUT_OF_MEMORY, or as FAILED when
+    # the process killed was another one of the step's (the Snakemake processes inside the job):
+    # its "oom-kill event" (above) says which it was.
+    ended = {line.split()[1] for line in states.splitlines() if line.strip()}
+    assert ended & {"OUT_OF_MEMORY", "FAILED"} and ended <= {"OUT_OF_MEMORY", "FAILED", "COMPLETED"}, states
+    record(f"slurm cgroup: {len(failures)} batch job attempt(s) killed by the cgroup (oom-kill event; sacct: "
+           f"{', '.join(sorted(ended - {'COMPLETED'}))}), then done at attempt {max(r[2] for r in rows)} (SLURM --mem {256 * max(r[2] for r in rows)} MB, tile peak "
            f"{max(r[3] for r in rows):.0f} MB); first failure recorded: {failures[0][:200]}")
 
 
