@@ -124,8 +124,9 @@ def test_tile_job_killed_by_slurm_for_memory_is_recorded_and_retried_with_more(t
     ended = {line.split()[1] for line in states.splitlines() if line.strip()}
     assert ended & {"OUT_OF_MEMORY", "FAILED"} and ended <= {"OUT_OF_MEMORY", "FAILED", "COMPLETED"}, states
     record(f"slurm cgroup: {len(failures)} batch job attempt(s) killed by the cgroup (oom-kill event; sacct: "
-           f"{', '.join(sorted(ended - {'COMPLETED'}))}), then done at attempt {max(r[2] for r in rows)} (SLURM --mem {256 * max(r[2] for r in rows)} MB, tile peak "
-           f"{max(r[3] for r in rows):.0f} MB); first failure recorded: {failures[0][:200]}")
+           f"{', '.join(sorted(ended - {'COMPLETED'}))}), then done at attempt {max(r[2] for r in rows)} "
+           f"(SLURM --mem {256 * max(r[2] for r in rows)} MB, tile peak {max(r[3] for r in rows):.0f} MB); "
+           f"first failure recorded: {failures[0][:200]}")
 
 
 def _control(workdir, *args, timeout=900):
