@@ -70,7 +70,7 @@ def to_gdal(path: str) -> str:
     password reaches GDAL as an option of that file, ``network_options``); other paths unchanged."""
     m = _URL.match(path)
     if not m:
-        return secrets.without_userinfo(path)  # /vsicurl/https://user:***@host/...: as written, less the user
+        return secrets.without_userinfo(path)  # a /vsicurl/ URL with user info: as written, less the user info
     scheme = m.group("scheme").lower()
     prefix = _SCHEMES[scheme]
     return prefix + (secrets.without_userinfo(path) if prefix == "/vsicurl/" else m.group("rest"))
