@@ -1,6 +1,7 @@
 """The status database as a run fills it: rows that match the files, a PostgreSQL outage in the
 middle of a run, failed and killed jobs."""
 
+import copy
 import json
 import os
 import signal
@@ -170,19 +171,14 @@ def test_tile_job_out_of_memory_is_retried_with_more_memory_and_succeeds(tmp_pat
     of it, whatever chunk size the job plans: with the smallest tile_mb allowed (256 MB) the tile
     jobs fail with an out-of-memory error that says so, and the retry (512 MB, as mem_mb grows with
     the attempt) succeeds with the same pixels as an unconstrained run."""
-    def bigger(folder):
-        os.makedirs(folder, exist_ok=True)
-        config = synthetic_config(folder)
-        config["tile_size"] = 256
-        # Rounded values: the strip compresses to a few MB.
-        field = np.round(smooth_field(8000, 4000))
-        config["datasets"]["dem"]["path"] = write_raster(folder / "dem.tif", field, "EPSG:32632",
-                                                         Affine(10, 0, 500000, 0, -10, 5200000), -9999.0,
-                                                         tiled=False, blockxsize=None, blockysize=8000)
-        config["datasets"]["dem"]["engine"] = "gdal"
-        return config
-
-    config = bigger(tmp_path)
+    config = synthetic_config(tmp_path)
+    config["tile_size"] = 256
+    # Rounded values: the strip compresses to a few MB.
+    config["datasets"]["dem"]["path"] = write_raster(tmp_path / "dem.tif", np.round(smooth_field(8000, 4000)),
+                                                     "EPSG:32632", Affine(10, 0, 500000, 0, -10, 5200000), -9999.0,
+                                                     tiled=False, blockxsize=None, blockysize=8000)
+    config["datasets"]["dem"]["engine"] = "gdal"
+    reference = copy.deepcopy(config)  # the same inputs, without the memory limit
     config["memory"] = {"tile_mb": 256}
     write_config(tmp_path, config)
     proc = snakemake(tmp_path, "--cores", "2", "--retries", "1")
@@ -211,7 +207,7 @@ def test_tile_job_out_of_memory_is_retried_with_more_memory_and_succeeds(tmp_pat
     # Each tile's second attempt ran under 512 MB and stayed inside it.
     assert all(rss <= 512 for (rss,) in store.query("SELECT peak_rss_mb FROM tiles")), store.query(
         "SELECT tile, peak_rss_mb FROM tiles")
-    _, expected = run_tiles_and_mosaics(bigger(tmp_path / "reference"), tmp_path / "reference")
+    _, expected = run_tiles_and_mosaics(reference, tmp_path / "reference")
     for name, path in expected.items():
         got, want = read_band(str(tmp_path / "results" / "mosaics" / f"{name}.tif")), read_band(path)
         # Real outputs of integer inputs have NaN as nodata now (temperature: int16 to float32).

@@ -3,6 +3,7 @@
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 
 from rasterio._err import CPLE_BaseError, CPLE_OutOfMemoryError
 from rasterio.errors import RasterioError
@@ -36,16 +37,20 @@ class InputRasterError(WorkflowLibError):
 FULL_DISK_BYTES = 4 * 2**20
 
 
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the errors it was raised from (its cause, else its context), each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def gdal_cause(exc: BaseException) -> str:
     """What went wrong, in GDAL's own words: rasterio raises "Read failed. See previous exception
     for details." from the errors GDAL reported, the first of which (the deepest) names the cause."""
-    messages, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = str(exc).strip()
-        if text and "see previous exception" not in text.lower():
-            messages.append(text)
-        exc = exc.__cause__ or exc.__context__
+    messages = [text for text in (str(e).strip() for e in exception_chain(exc))
+                if text and "see previous exception" not in text.lower()]
     return messages[-1] if messages else "no reason given"
 
 
@@ -92,16 +97,13 @@ class JobMemoryError(WorkflowLibError):
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc``, or an error it was raised from, is Python's or GDAL's out-of-memory error."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        text = str(exc).lower()
+    for error in exception_chain(exc):
+        text = str(error).lower()
         # No memory left for a new thread's stack (under RLIMIT_DATA): Python's "can't start new
         # thread", GDAL's "CPLCreateJoinableThread() failed" (its multithreaded warp).
         # libtiff's failed allocations: "TIFFFillStrip:No space for data buffer at scanline N".
-        if isinstance(exc, (MemoryError, CPLE_OutOfMemoryError)) or "out of memory" in text or \
+        if isinstance(error, (MemoryError, CPLE_OutOfMemoryError)) or "out of memory" in text or \
                 "can't start new thread" in text or "cplcreatejoinablethread() failed" in text or \
                 ":no space for " in text:
             return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
     return False
