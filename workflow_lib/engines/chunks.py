@@ -298,14 +298,13 @@ def window_chunks(header: RasterHeader, settings: WarpSettings, grid: TargetGrid
 
 
 def conservative_cost(settings: WarpSettings, src_dtype: str, src_px: int, dst_px: int) -> int:
-    """Bytes a chunk of the conservative engine holds at its peak: per source pixel its value,
-    and the positions of its points (two float64 and a flag each): its corner alone, or with edge
-    points n along its top edge and n along its left (engines.conservative.resample_chunk); for
-    mode its pieces (cell, pixel, area: about four per pixel) and their sorting; per target pixel
-    the sums (one per class for fractions), the coverage and the output bands."""
-    n = settings.edge_points
-    points = 1 if n == 1 else 2 * n
-    per_src = np.dtype(src_dtype).itemsize + 17 * points
+    """Bytes a chunk of the conservative engine holds at its peak: per source pixel its value, a
+    flag for the clipping pass, and the positions of its points (two float64 and a flag each): n
+    along its top edge and n along its left, n at least 2 (engines.conservative.resample_chunk);
+    for mode its pieces (cell, pixel, area: about four per pixel) and their sorting; per target
+    pixel the sums (one per class for fractions), the coverage and the output bands."""
+    points = 2 * max(settings.edge_points, 2)
+    per_src = np.dtype(src_dtype).itemsize + 1 + 17 * points
     if settings.method is Method.MODE:
         per_src += 4 * 32
     sums = len(settings.classes) if settings.classes else 1
