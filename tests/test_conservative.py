@@ -51,6 +51,9 @@ CASES = {
                              330),
     "upsampling 0.5x": ("EPSG:4326", Affine(0.2, 0, 10, 0, -0.2, 52), 30, 40, "EPSG:3035", 8000),
     "coarsening 50x": ("EPSG:4326", Affine(0.002, 0, 10, 0, -0.002, 50), 300, 500, "EPSG:3035", 10000),
+    # The benchmark's reprojection in small: fine pixels on a grid turned by 10 degrees against
+    # theirs, 2 points per edge (middles made from the corners), most footprints across grid lines.
+    "fine LAEA->4326": ("EPSG:3035", Affine(10, 0, 4_000_000, 0, -10, 3_000_000), 150, 180, "EPSG:4326", 0.0005),
 }
 # Windows of real rasters (../shared/data/real/): name: (file, window (col, row, width, height),
 # target CRS, resolution). Their values are the counts; binned into classes 1..5 (nodata kept) they
@@ -211,7 +214,8 @@ def test_area_methods_equal_the_footprint_reference(tmp_path, truth, record, cas
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["4326->3035 25km", "antimeridian 4326->3832", "rotated UTM, one CRS"])
+@pytest.mark.parametrize("case", ["4326->3035 25km", "antimeridian 4326->3832", "rotated UTM, one CRS",
+                                  "fine LAEA->4326"])
 def test_results_are_the_same_for_every_tile_size_bit_for_bit(tmp_path, truth, record, case):
     """Tile sizes 16, 64 and 1024 (and tiles of 16 cut into chunks of 1 MB: a few per tile at these
     edge points) give the same mosaics: every target pixel sums its source pixels in one order,
@@ -317,10 +321,12 @@ def test_class_fractions_of_files_in_two_utm_zones_are_painted_in_order(tmp_path
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_interpolated_corners_are_where_proj_puts_them(tmp_path, record, case):
-    """engines.corners interpolates PROJ over blocks of the raster: every corner and edge point the
-    engine uses (here all corners, and the edge points of every 7th row and column) lies within
-    1e-6 of a target pixel of PROJ's own position, and fails (NaN) exactly where PROJ fails."""
-    from workflow_lib.engines.conservative import _edge_coordinates
+    """engines.corners interpolates PROJ over blocks of the raster, and of 2 points per edge the
+    engine makes the middles of the edges from the corners around them (conservative._middle):
+    every corner and edge point the engine uses (here all corners, and the edge points of every
+    7th row and column) lies within 1e-6 of a target pixel of PROJ's own position, and fails (NaN)
+    exactly where PROJ fails. Of 1 point per edge, the edges are straight: the corners alone."""
+    from workflow_lib.engines.conservative import _edge_coordinates, _points
     from workflow_lib.engines.corners import Mapping, positions
 
     path = write_source(tmp_path, case, "average")
@@ -328,12 +334,15 @@ def test_interpolated_corners_are_where_proj_puts_them(tmp_path, record, case):
     d = plan.datasets["d"]
     h, w, n = d.header.height, d.header.width, d.settings.edge_points
     mapping = Mapping(d.header, plan.grid)
+    rows, cols = np.arange(h + 1.0), np.arange(w + 1.0)
+    along_rows, along_cols = _edge_coordinates(0, w, max(n, 2)), _edge_coordinates(0, h, max(n, 2))
+    hx, hy, vx, vy = _points(mapping, 0, 0, h, w, n)
+    checks = [(rows, cols, *positions(mapping, rows, cols))]
+    if n > 1:
+        checks += [(rows[::7], along_rows, hx[::7], hy[::7]), (along_cols, cols[::7], vx[:, ::7], vy[:, ::7])]
     worst, points = 0.0, 0
-    for rows, cols in ((np.arange(h + 1.0), np.arange(w + 1.0)),
-                       (np.arange(0.0, h + 1, 7), _edge_coordinates(0, w, n)),
-                       (_edge_coordinates(0, h, n), np.arange(0.0, w + 1, 7))):
-        got_x, got_y = positions(mapping, rows, cols)
-        rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    for r, c, got_x, got_y in checks:
+        rr, cc = np.meshgrid(r, c, indexing="ij")
         want_x, want_y = mapping.exact(rr, cc)
         if mapping.period:  # the same place a whole turn away
             got_x = got_x - mapping.period * np.round((got_x - want_x) / mapping.period)

@@ -299,14 +299,17 @@ def window_chunks(header: RasterHeader, settings: WarpSettings, grid: TargetGrid
 
 def conservative_cost(settings: WarpSettings, src_dtype: str, src_px: int, dst_px: int) -> int:
     """Bytes a chunk of the conservative engine holds at its peak: per source pixel its value, a
-    flag for the clipping pass, and the positions of its points (two float64 and a flag each): n
-    along its top edge and n along its left, n at least 2 (engines.conservative.resample_chunk);
-    for mode its pieces (cell, pixel, area: about four per pixel) and their sorting; per target
-    pixel the sums (one per class for fractions), the coverage and the output bands."""
-    points = 2 * max(settings.edge_points, 2)
+    flag for the clipping pass, and the positions of its points (two float64 and a flag each): of
+    up to 2 points per edge its corner alone (the kernels make the middles of its edges), else n
+    along its top edge and n along its left (engines.conservative.resample_chunk); for mode the
+    points of 2 per edge too, its pieces (cell, pixel, area: about four per pixel) and their
+    sorting; per target pixel the sums (one per class for fractions), the coverage and the output
+    bands."""
+    n = settings.edge_points
+    points = 1 if n <= 2 else 2 * n
     per_src = np.dtype(src_dtype).itemsize + 1 + 17 * points
     if settings.method is Method.MODE:
-        per_src += 4 * 32
+        per_src += 4 * 32 + (16 * 4 if n <= 2 else 0)
     sums = len(settings.classes) if settings.classes else 1
     per_dst = 8 * (sums + 2) + settings.output_bands * (np.dtype(settings.dst_dtype).itemsize + 8)
     return src_px * per_src + dst_px * per_dst

@@ -248,18 +248,65 @@ def _shifts(box, period, wc0, ww):
 
 
 @numba.njit(inline="always")
-def _eight(i, j, hx, hy, vx, vy, period, px, py, box):
-    """The footprint of a pixel of 2 points per edge (corners and edge midpoints) as its 8
-    vertices into (px, py), in _footprint's order, and its bounding box into ``box``; False if a
-    point could not be moved."""
-    px[0], py[0] = hx[i, 2 * j], hy[i, 2 * j]
-    px[1], py[1] = hx[i, 2 * j + 1], hy[i, 2 * j + 1]
-    px[2], py[2] = vx[2 * i, j + 1], vy[2 * i, j + 1]
-    px[3], py[3] = vx[2 * i + 1, j + 1], vy[2 * i + 1, j + 1]
-    px[4], py[4] = hx[i + 1, 2 * j + 2], hy[i + 1, 2 * j + 2]
-    px[5], py[5] = hx[i + 1, 2 * j + 1], hy[i + 1, 2 * j + 1]
-    px[6], py[6] = vx[2 * i + 2, j], vy[2 * i + 2, j]
-    px[7], py[7] = vx[2 * i + 1, j], vy[2 * i + 1, j]
+def _middle(a, b, c, d, period, curved):
+    """The point halfway between corners b and c, of the four successive corners a, b, c, d: on the
+    cubic through all four when ``curved``, else on the chord."""
+    if not curved:
+        return 0.5 * (b + c)
+    if np.isfinite(a + d) and (period == 0.0 or abs(a - b) + abs(c - b) + abs(d - b) < 0.5 * period):
+        return (9.0 * (b + c) - (a + d)) * 0.0625
+    return _middle_otherwise(a, b, c, d, period)
+
+
+@_jit
+def _middle_otherwise(a, b, c, d, period):
+    """_middle where a or d could not be moved (the quadratic through the three others, or the
+    chord), or where a longitude turns within the four: made continuous from b first."""
+    if period > 0.0:
+        half = 0.5 * period
+        if abs(a - b) > half:
+            a -= period * np.floor((a - b) / period + 0.5)
+        if abs(c - b) > half:
+            c -= period * np.floor((c - b) / period + 0.5)
+        if abs(d - b) > half:
+            d -= period * np.floor((d - b) / period + 0.5)
+    if np.isfinite(a) and np.isfinite(d):
+        return (9.0 * (b + c) - (a + d)) * 0.0625
+    if np.isfinite(d):
+        return (3.0 * b + 6.0 * c - d) * 0.125
+    if np.isfinite(a):
+        return (6.0 * b + 3.0 * c - a) * 0.125
+    return 0.5 * (b + c)
+
+
+@numba.njit(inline="always")
+def _load8(i, j, cx, cy, period, curved):
+    """The 8 vertices of the footprint of pixel (i, j), in _footprint's order (each corner, then
+    the middle of the edge that follows it), from the positions of the corners around the window
+    (``cx``, ``cy``: a ring of one corner around it, so pixel (i, j)'s first corner is at
+    [i + 1, j + 1]); the middles by _middle, each made alike by the two pixels that share it.
+    Returns x0 .. x7, y0 .. y7."""
+    x0, y0 = cx[i + 1, j + 1], cy[i + 1, j + 1]
+    x2, y2 = cx[i + 1, j + 2], cy[i + 1, j + 2]
+    x4, y4 = cx[i + 2, j + 2], cy[i + 2, j + 2]
+    x6, y6 = cx[i + 2, j + 1], cy[i + 2, j + 1]
+    x1 = _middle(cx[i + 1, j], x0, x2, cx[i + 1, j + 3], period, curved)
+    y1 = _middle(cy[i + 1, j], y0, y2, cy[i + 1, j + 3], 0.0, curved)
+    x3 = _middle(cx[i, j + 2], x2, x4, cx[i + 3, j + 2], period, curved)
+    y3 = _middle(cy[i, j + 2], y2, y4, cy[i + 3, j + 2], 0.0, curved)
+    x5 = _middle(cx[i + 2, j], x6, x4, cx[i + 2, j + 3], period, curved)
+    y5 = _middle(cy[i + 2, j], y6, y4, cy[i + 2, j + 3], 0.0, curved)
+    x7 = _middle(cx[i, j + 1], x0, x6, cx[i + 3, j + 1], period, curved)
+    y7 = _middle(cy[i, j + 1], y0, y6, cy[i + 3, j + 1], 0.0, curved)
+    return x0, x1, x2, x3, x4, x5, x6, x7, y0, y1, y2, y3, y4, y5, y6, y7
+
+
+@numba.njit(inline="always")
+def _eight(i, j, cx, cy, period, curved, px, py, box):
+    """The footprint of a pixel of 2 points per edge (_load8) into (px, py) and its bounding box
+    into ``box``, as _footprint; False if a point could not be moved."""
+    px[0], px[1], px[2], px[3], px[4], px[5], px[6], px[7], py[0], py[1], py[2], py[3], py[4], py[5], py[6], py[7] = \
+        _load8(i, j, cx, cy, period, curved)
     first = px[0]
     half = 0.5 * period
     lo_x, hi_x, lo_y, hi_y = np.inf, -np.inf, np.inf, -np.inf
@@ -306,23 +353,16 @@ def _edge_parts(ax, ay, bx, by):
 
 
 @numba.njit(inline="always")
-def _simple8(i, j, hx, hy, vx, vy, period, grid_w, wc0, wr0, ww, wh, piece):
-    """The fast path of a pixel of 2 points per edge, from its points alone (nothing stored: this
-    is most of the work): when its footprint lies within 2 x 2 target pixels (inside one, or
-    across one or two grid lines) and no whole turn may bring it onto the grid elsewhere, its
-    pieces in the window as (row, column relative to the window, area) into ``piece`` [0:3],
-    [3:6] ... and the footprint's area into ``piece[12]``; returns how many (1 to 4). -1: it adds
-    nothing to the window (outside it, or a point could not be moved); 0: the clipping must
-    decide. Which of these a footprint gets depends on it and the grid alone, never on the
-    window."""
-    x0, y0 = hx[i, 2 * j], hy[i, 2 * j]
-    x1, y1 = hx[i, 2 * j + 1], hy[i, 2 * j + 1]
-    x2, y2 = vx[2 * i, j + 1], vy[2 * i, j + 1]
-    x3, y3 = vx[2 * i + 1, j + 1], vy[2 * i + 1, j + 1]
-    x4, y4 = hx[i + 1, 2 * j + 2], hy[i + 1, 2 * j + 2]
-    x5, y5 = hx[i + 1, 2 * j + 1], hy[i + 1, 2 * j + 1]
-    x6, y6 = vx[2 * i + 2, j], vy[2 * i + 2, j]
-    x7, y7 = vx[2 * i + 1, j], vy[2 * i + 1, j]
+def _simple8(points, period, grid_w, wc0, wr0, ww, wh, piece):
+    """The fast path of a pixel of 2 points per edge, from its 8 ``points`` alone (x0 .. x7, y0 ..
+    y7 as _load8 returns them; nothing stored: this is most of the work): when its footprint lies
+    within 2 x 2 target pixels (inside one, or across one or two grid lines) and no whole turn may
+    bring it onto the grid elsewhere, its pieces in the window as (row, column relative to the
+    window, area) into ``piece`` [0:3], [3:6] ... and the footprint's area into ``piece[12]``;
+    returns how many (1 to 4). -1: it adds nothing to the window (outside it, or a point could not
+    be moved); 0: the clipping must decide. Which of these a footprint gets depends on it and the
+    grid alone, never on the window."""
+    x0, x1, x2, x3, x4, x5, x6, x7, y0, y1, y2, y3, y4, y5, y6, y7 = points
     # NaN or an infinity in any point makes the sum so (pixel coordinates are far from overflowing).
     if not np.isfinite(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7 + y0 + y1 + y2 + y3 + y4 + y5 + y6 + y7):
         return -1
@@ -377,8 +417,8 @@ def _simple8(i, j, hx, hy, vx, vy, period, grid_w, wc0, wr0, ww, wh, piece):
 
 
 @_jit
-def _add_inside(data, nodata, use_nodata, hx, hy, vx, vy, wc0, wr0, ww, wh, grid_w, period, code, classes, acc, cover,
-                left):
+def _add_inside(data, nodata, use_nodata, cx, cy, curved, wc0, wr0, ww, wh, grid_w, period, code, classes, acc,
+                cover, left):
     """accumulate's first pass, for pixels of 2 points per edge: add each valid pixel whose
     footprint lies within 2 x 2 target pixels (_simple8: all of them when coarsening), and mark
     the others in ``left`` for the second. Which pass takes a pixel depends on its footprint and
@@ -387,12 +427,27 @@ def _add_inside(data, nodata, use_nodata, hx, hy, vx, vy, wc0, wr0, ww, wh, grid
     longer kept this path in registers and it ran 2.5 times slower."""
     h, w = data.shape
     piece = np.empty(13)
+    # The middles of the edges of a row of pixels, each made once (_load8 makes each twice: it
+    # serves the few pixels of the second pass): along their top and bottom edges (the next row's
+    # top), and down the edges between them.
+    top_x, top_y, bottom_x, bottom_y = np.empty(w), np.empty(w), np.empty(w), np.empty(w)
+    down_x, down_y = np.empty(w + 1), np.empty(w + 1)
+    _row_middles(0, cx, period, curved, top_x)
+    _row_middles(0, cy, 0.0, curved, top_y)
     for i in range(h):
+        _row_middles(i + 1, cx, period, curved, bottom_x)
+        _row_middles(i + 1, cy, 0.0, curved, bottom_y)
+        for j in range(w + 1):
+            down_x[j] = _middle(cx[i, j + 1], cx[i + 1, j + 1], cx[i + 2, j + 1], cx[i + 3, j + 1], period, curved)
+            down_y[j] = _middle(cy[i, j + 1], cy[i + 1, j + 1], cy[i + 2, j + 1], cy[i + 3, j + 1], 0.0, curved)
         for j in range(w):
             v = data[i, j]
             if _missing(v, nodata, use_nodata):
                 continue
-            found = _simple8(i, j, hx, hy, vx, vy, period, grid_w, wc0, wr0, ww, wh, piece)
+            points = (cx[i + 1, j + 1], top_x[j], cx[i + 1, j + 2], down_x[j + 1], cx[i + 2, j + 2], bottom_x[j],
+                      cx[i + 2, j + 1], down_x[j], cy[i + 1, j + 1], top_y[j], cy[i + 1, j + 2], down_y[j + 1],
+                      cy[i + 2, j + 2], bottom_y[j], cy[i + 2, j + 1], down_y[j])
+            found = _simple8(points, period, grid_w, wc0, wr0, ww, wh, piece)
             if found == 0:
                 left[i, j] = True
                 continue
@@ -408,10 +463,20 @@ def _add_inside(data, nodata, use_nodata, hx, hy, vx, vy, wc0, wr0, ww, wh, grid
                     acc[0, r, c] += v * (a / piece[12])
                 elif k >= 0:
                     acc[k, r, c] += a
+        top_x, bottom_x = bottom_x, top_x
+        top_y, bottom_y = bottom_y, top_y
+
+
+@numba.njit(inline="always")
+def _row_middles(k, ring, period, curved, out):
+    """The middles (_middle) of the edges along row k of the window's corners, from the ring of
+    corners around it (_load8), into ``out``."""
+    for j in range(out.size):
+        out[j] = _middle(ring[k + 1, j], ring[k + 1, j + 1], ring[k + 1, j + 2], ring[k + 1, j + 3], period, curved)
 
 
 @_jit
-def _add_clipped(data, hx, hy, vx, vy, n, wc0, wr0, ww, wh, period, code, classes, acc, cover, left):
+def _add_clipped(data, hx, hy, vx, vy, n, curved, wc0, wr0, ww, wh, period, code, classes, acc, cover, left):
     """accumulate's second pass: cut the footprint of each pixel marked in ``left`` by the target
     pixels of the window and add each piece."""
     h, w = data.shape
@@ -425,7 +490,7 @@ def _add_clipped(data, hx, hy, vx, vy, n, wc0, wr0, ww, wh, period, code, classe
         for j in range(w):
             if not left[i, j]:
                 continue
-            loaded = _eight(i, j, hx, hy, vx, vy, period, px, py, box) if n == 2 else \
+            loaded = _eight(i, j, hx, hy, period, curved, px, py, box) if n == 2 else \
                 _footprint(i, j, hx, hy, vx, vy, n, px, py, period, box)
             if not loaded:
                 continue
@@ -453,25 +518,27 @@ def _add_clipped(data, hx, hy, vx, vy, n, wc0, wr0, ww, wh, period, code, classe
 
 
 @_jit
-def accumulate(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, grid_w, period, code, classes, acc,
-               cover):
+def accumulate(data, nodata, use_nodata, hx, hy, vx, vy, n, curved, wc0, wr0, ww, wh, grid_w, period, code, classes,
+               acc, cover):
     """Add every valid source pixel of ``data`` to the target pixels of the window its footprint
     covers: ``cover`` += area; ``acc[0]`` += area x value (average) or value x area / footprint
     area (sum); ``acc[k]`` += area for the pixels of class ``classes[k]`` (fractions). In two
     passes (_add_inside, then _add_clipped for the others), so each target pixel sums the pixels
     of the fast path in row-major order, then the others in row-major order. ``grid_w``: the
-    grid's width (which footprints a whole turn may bring onto it)."""
+    grid's width (which footprints a whole turn may bring onto it). The points: for n == 2, the
+    corners with a ring around them in (hx, hy) (_load8: of 2 points per edge when ``curved``,
+    else of 1); for more, as _footprint reads them."""
     h, w = data.shape
     if n == 2:
         left = np.zeros((h, w), np.bool_)
-        _add_inside(data, nodata, use_nodata, hx, hy, vx, vy, wc0, wr0, ww, wh, grid_w, period, code, classes, acc,
+        _add_inside(data, nodata, use_nodata, hx, hy, curved, wc0, wr0, ww, wh, grid_w, period, code, classes, acc,
                     cover, left)
     else:  # many points per edge: few pixels (planning.footprint.EDGE_POINT_BUDGET), all clipped
         left = np.empty((h, w), np.bool_)
         for i in range(h):
             for j in range(w):
                 left[i, j] = not _missing(data[i, j], nodata, use_nodata)
-    _add_clipped(data, hx, hy, vx, vy, n, wc0, wr0, ww, wh, period, code, classes, acc, cover, left)
+    _add_clipped(data, hx, hy, vx, vy, n, curved, wc0, wr0, ww, wh, period, code, classes, acc, cover, left)
 
 
 @_jit
@@ -587,38 +654,49 @@ def _edge_coordinates(first: int, count: int, n: int) -> np.ndarray:
     return (first + i // n).astype(np.float64) + (i % n) / n
 
 
+def _ring(mapping: Mapping, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions on the grid of the corners of the pixels (r0 .. r0 + h, c0 .. c0 + w) and of a
+    ring of one corner around them: what the kernels make the points of pixels of 1 or 2 points
+    per edge from (_load8)."""
+    rows = r0 - 1 + np.arange(h + 3, dtype=np.float64)
+    cols = c0 - 1 + np.arange(w + 3, dtype=np.float64)
+    return positions(mapping, rows, cols)
+
+
 def _points(mapping: Mapping, r0: int, c0: int, h: int, w: int, n: int):
     """The positions on the grid of the points of the pixels (r0 .. r0 + h, c0 .. c0 + w): along
-    rows (corners and the n - 1 points between them) and along columns, as the kernels read them.
-    Of 1 point per edge (straight edges), the midpoints of the edges between the corners: the
-    kernels' fast path is written for 2 points per edge, and these cost a tenth of moving the
-    midpoints themselves."""
-    rows = r0 + np.arange(h + 1, dtype=np.float64)
-    cols = c0 + np.arange(w + 1, dtype=np.float64)
-    if n > 1:
+    rows (corners and the n - 1 points between them) and along columns, as _footprint reads them.
+    Of 1 or 2 points per edge, as _load8 makes them from the corners (_middle)."""
+    if n > 2:
+        rows = r0 + np.arange(h + 1, dtype=np.float64)
+        cols = c0 + np.arange(w + 1, dtype=np.float64)
         hx, hy = positions(mapping, rows, _edge_coordinates(c0, w, n))
         vx, vy = positions(mapping, _edge_coordinates(r0, h, n), cols)
         return hx, hy, vx, vy
-    cx, cy = positions(mapping, rows, cols)
-    hx, hy, vx, vy = np.empty((h + 1, 2 * w + 1)), np.empty((h + 1, 2 * w + 1)), np.empty((2 * h + 1, w + 1)), \
-        np.empty((2 * h + 1, w + 1))
-    _with_midpoints(cx, hx, vx)
-    _with_midpoints(cy, hy, vy)
+    cx, cy = _ring(mapping, r0, c0, h, w)
+    hx, hy = np.empty((h + 1, 2 * w + 1)), np.empty((h + 1, 2 * w + 1))
+    vx, vy = np.empty((2 * h + 1, w + 1)), np.empty((2 * h + 1, w + 1))
+    _with_midpoints(cx, hx, vx, mapping.period, n == 2)
+    _with_midpoints(cy, hy, vy, 0.0, n == 2)
     return hx, hy, vx, vy
 
 
 @_jit
-def _with_midpoints(corners, along_rows, along_cols):
-    """The corners, and between each two the middle, along rows and along columns (_points)."""
-    h, w = corners.shape
+def _with_midpoints(ring, along_rows, along_cols, period, curved):
+    """From the corners of the window and a ring of one around it (``ring``), the corners and the
+    midpoints between them along rows and along columns (_points)."""
+    h, w = ring.shape[0] - 2, ring.shape[1] - 2  # corners of the window
     for i in range(h):
         for j in range(w):
-            along_rows[i, 2 * j] = corners[i, j]
-            along_cols[2 * i, j] = corners[i, j]
+            b = ring[i + 1, j + 1]
+            along_rows[i, 2 * j] = b
+            along_cols[2 * i, j] = b
             if j + 1 < w:
-                along_rows[i, 2 * j + 1] = 0.5 * (corners[i, j] + corners[i, j + 1])
+                along_rows[i, 2 * j + 1] = _middle(ring[i + 1, j], b, ring[i + 1, j + 2], ring[i + 1, j + 3], period,
+                                                   curved)
             if i + 1 < h:
-                along_cols[2 * i + 1, j] = 0.5 * (corners[i, j] + corners[i + 1, j])
+                along_cols[2 * i + 1, j] = _middle(ring[i, j + 1], b, ring[i + 2, j + 1], ring[i + 3, j + 1], period,
+                                                   curved)
 
 
 def resample_chunk(data: np.ndarray, source: Window, header: RasterHeader, grid: TargetGrid, window: Window,
@@ -629,8 +707,9 @@ def resample_chunk(data: np.ndarray, source: Window, header: RasterHeader, grid:
     mapping = Mapping(header, grid)
     h, w = data.shape
     r0, c0 = int(source.row_off), int(source.col_off)
+    # Pixels of 1 point per edge are drawn with the middles of their (straight) edges: one fast
+    # path, for 8 vertices, serves both.
     n = max(settings.edge_points, 2)
-    hx, hy, vx, vy = _points(mapping, r0, c0, h, w, settings.edge_points)
     wc0, wr0, ww, wh = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
     nodata, use_nodata = nodata_for_kernel(data, settings.src_nodata)
     cover = np.zeros((wh, ww))
@@ -638,6 +717,7 @@ def resample_chunk(data: np.ndarray, source: Window, header: RasterHeader, grid:
     if method is Method.MODE:
         values = np.zeros((wh, ww), data.dtype)
         found = np.zeros((wh, ww), bool)
+        hx, hy, vx, vy = _points(mapping, r0, c0, h, w, settings.edge_points)
         mode_of_areas(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, mapping.period, values, found,
                       cover)
         result = [values]
@@ -647,8 +727,13 @@ def resample_chunk(data: np.ndarray, source: Window, header: RasterHeader, grid:
         acc = np.zeros((max(len(settings.classes), 1), wh, ww))
         if data.dtype.kind == "f":  # a class matches the values the data's type holds (0.1 as float32)
             classes = classes.astype(data.dtype).astype(np.float64)
-        accumulate(data, nodata, use_nodata, hx, hy, vx, vy, n, wc0, wr0, ww, wh, grid.width, mapping.period,
-                   _CODES[method], classes, acc, cover)
+        if n == 2:  # the corners alone (and a ring around them): _load8 makes the rest
+            hx, hy = _ring(mapping, r0, c0, h, w)
+            vx, vy = hx, hy
+        else:
+            hx, hy, vx, vy = _points(mapping, r0, c0, h, w, n)
+        accumulate(data, nodata, use_nodata, hx, hy, vx, vy, n, settings.edge_points == 2, wc0, wr0, ww, wh,
+                   grid.width, mapping.period, _CODES[method], classes, acc, cover)
         found = cover > 0.0
         if method is Method.AVERAGE:
             result = [np.divide(acc[0], cover, out=np.zeros_like(cover), where=found)]

@@ -33,6 +33,7 @@ NODES = np.linspace(0.0, 1.0, 5)  # quartic: 5 nodes per axis
 CHECKS = (np.arange(4) + 0.5) / 4  # halfway between nodes
 # Largest distance, in target pixels, between an interpolated position and PROJ's own.
 TOLERANCE = 1e-8
+_NO_BLOCK = -(2 ** 62)
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,14 @@ def _evaluate(rows, cols, b0r, b0c, top_ok, top_nodes, sub_ok, sub_nodes, out_x,
     for i in range(rows.size):
         tr = int(np.floor(rows[i] / BLOCK))
         sr = int(np.floor(rows[i] / SUB_BLOCK))
-        current = -1  # the block (top: its column; sub-block: -2 - its column) whose partial sums are in part
+        # The block whose partial sums are in part (top: 2 x its column; sub-block: 2 x its column
+        # + 1), none at first: columns may be negative (a ring of points around a raster).
+        current = _NO_BLOCK
         for j in range(cols.size):
             tc = int(np.floor(cols[j] / BLOCK))
             a, b = tr - b0r, tc - b0c
             if top_ok[a, b]:
-                key = tc
+                key = 2 * tc
                 if key != current:
                     nodes = top_nodes[a, b]
                     for d in range(2):
@@ -154,7 +157,7 @@ def _evaluate(rows, cols, b0r, b0c, top_ok, top_nodes, sub_ok, sub_nodes, out_x,
                 if not sub_ok[sa, sb]:
                     todo[i, j] = True
                     continue
-                key = -2 - sc
+                key = 2 * sc + 1
                 if key != current:
                     nodes = sub_nodes[sa, sb]
                     for d in range(2):
