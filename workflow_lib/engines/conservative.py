@@ -390,7 +390,8 @@ def _simple8(points, period, grid_w, wc0, wr0, ww, wh, piece):
     # Across a column line (x = 1 here), a row line (y = 1), or both: per side of x = 1, twice the
     # integral along x of y and of min(y, 1) over the boundary. By Green's theorem (as _area_in)
     # the first is, up to sign, the area of that side, the second that of its part in the first
-    # row (y < 1); the lines themselves add nothing.
+    # row (y < 1); the lines themselves add nothing. Written out edge by edge: as a loop over
+    # the points' tuples the fast path ran 5 to 8 % slower.
     ly, lm, ry, rm = _edge_parts(x7, y7, x0, y0)
     t0, t1, t2, t3 = _edge_parts(x0, y0, x1, y1)
     ly, lm, ry, rm = ly + t0, lm + t1, ry + t2, rm + t3
