@@ -74,6 +74,14 @@ def _footprint(i, j, hx, hy, vx, vy, n, px, py, period, box):
         px[m] = vx[(i + 1) * n - k, j]
         py[m] = vy[(i + 1) * n - k, j]
         m += 1
+    return _outline(px, py, m, period, box)
+
+
+@numba.njit(inline="always")
+def _outline(px, py, m, period, box):
+    """Finish a footprint of ``m`` vertices in (px, py): longitudes made continuous from its first
+    point, its bounding box into ``box`` (min x, max x, min y, max y); False if a point could not
+    be moved."""
     first = px[0]
     half = 0.5 * period
     minx, maxx, miny, maxy = np.inf, -np.inf, np.inf, -np.inf
@@ -307,20 +315,7 @@ def _eight(i, j, cx, cy, period, curved, px, py, box):
     into ``box``, as _footprint; False if a point could not be moved."""
     px[0], px[1], px[2], px[3], px[4], px[5], px[6], px[7], py[0], py[1], py[2], py[3], py[4], py[5], py[6], py[7] = \
         _load8(i, j, cx, cy, period, curved)
-    first = px[0]
-    half = 0.5 * period
-    lo_x, hi_x, lo_y, hi_y = np.inf, -np.inf, np.inf, -np.inf
-    for k in range(8):
-        x, y = px[k], py[k]
-        if not (np.isfinite(x) and np.isfinite(y)):
-            return False
-        if period > 0.0 and abs(x - first) > half:
-            x -= period * np.floor((x - first) / period + 0.5)
-            px[k] = x
-        lo_x, hi_x = min(lo_x, x), max(hi_x, x)
-        lo_y, hi_y = min(lo_y, y), max(hi_y, y)
-    box[0], box[1], box[2], box[3] = lo_x, hi_x, lo_y, hi_y
-    return True
+    return _outline(px, py, 8, period, box)
 
 
 @numba.njit(inline="always")
@@ -438,9 +433,8 @@ def _add_inside(data, nodata, use_nodata, cx, cy, curved, wc0, wr0, ww, wh, grid
     for i in range(h):
         _row_middles(i + 1, cx, period, curved, bottom_x)
         _row_middles(i + 1, cy, 0.0, curved, bottom_y)
-        for j in range(w + 1):
-            down_x[j] = _middle(cx[i, j + 1], cx[i + 1, j + 1], cx[i + 2, j + 1], cx[i + 3, j + 1], period, curved)
-            down_y[j] = _middle(cy[i, j + 1], cy[i + 1, j + 1], cy[i + 2, j + 1], cy[i + 3, j + 1], 0.0, curved)
+        _down_middles(i, cx, period, curved, down_x)
+        _down_middles(i, cy, 0.0, curved, down_y)
         for j in range(w):
             v = data[i, j]
             if _missing(v, nodata, use_nodata):
@@ -474,6 +468,14 @@ def _row_middles(k, ring, period, curved, out):
     corners around it (_load8), into ``out``."""
     for j in range(out.size):
         out[j] = _middle(ring[k + 1, j], ring[k + 1, j + 1], ring[k + 1, j + 2], ring[k + 1, j + 3], period, curved)
+
+
+@numba.njit(inline="always")
+def _down_middles(k, ring, period, curved, out):
+    """The middles (_middle) of the edges between rows k and k + 1 of the window's corners, from
+    the ring of corners around it (_load8), into ``out``."""
+    for j in range(out.size):
+        out[j] = _middle(ring[k, j + 1], ring[k + 1, j + 1], ring[k + 2, j + 1], ring[k + 3, j + 1], period, curved)
 
 
 @_jit
@@ -686,18 +688,13 @@ def _points(mapping: Mapping, r0: int, c0: int, h: int, w: int, n: int):
 def _with_midpoints(ring, along_rows, along_cols, period, curved):
     """From the corners of the window and a ring of one around it (``ring``), the corners and the
     midpoints between them along rows and along columns (_points)."""
-    h, w = ring.shape[0] - 2, ring.shape[1] - 2  # corners of the window
+    h = ring.shape[0] - 2  # rows of the window's corners
     for i in range(h):
-        for j in range(w):
-            b = ring[i + 1, j + 1]
-            along_rows[i, 2 * j] = b
-            along_cols[2 * i, j] = b
-            if j + 1 < w:
-                along_rows[i, 2 * j + 1] = _middle(ring[i + 1, j], b, ring[i + 1, j + 2], ring[i + 1, j + 3], period,
-                                                   curved)
-            if i + 1 < h:
-                along_cols[2 * i + 1, j] = _middle(ring[i, j + 1], b, ring[i + 2, j + 1], ring[i + 3, j + 1], period,
-                                                   curved)
+        along_rows[i, 0::2] = ring[i + 1, 1:-1]
+        _row_middles(i, ring, period, curved, along_rows[i, 1::2])
+        along_cols[2 * i] = ring[i + 1, 1:-1]
+        if i + 1 < h:
+            _down_middles(i, ring, period, curved, along_cols[2 * i + 1])
 
 
 def resample_chunk(data: np.ndarray, source: Window, header: RasterHeader, grid: TargetGrid, window: Window,
