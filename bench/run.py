@@ -56,7 +56,7 @@ class Case:
     target_crs: str
     resolution: float
     crs: str = "EPSG:3035"  # the input's
-    # Workflow runs to time besides the default one: label -> (dataset keys, warp keys).
+    # Workflow runs to time besides the default one: label -> {"dataset"|"warp"|"output": keys to set}.
     variants: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
 
@@ -204,10 +204,11 @@ def workflow_config(case: Case, tile_size: int | None, variant: str | None = Non
     if tile_size:
         config["tile_size"] = tile_size
     if variant:
-        dataset, warp = case.variants[variant]
-        config["datasets"]["d"].update(dataset)
-        if warp:
-            config["warp"] = warp
+        keys = case.variants[variant]
+        config["datasets"]["d"].update(keys.get("dataset", {}))
+        for section in ("warp", "output"):
+            if keys.get(section):
+                config[section] = keys[section]
     return config
 
 
@@ -217,7 +218,7 @@ def run_workflow(case: Case, workdir: str, tile_size: int | None, cores: int = 2
     with open(os.path.join(workdir, "config", "config.yaml"), "w") as f:
         yaml.safe_dump(workflow_config(case, tile_size, variant), f)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", os.path.join(REPO, "Snakefile"), "--directory", workdir,
-           "--cores", str(cores), "--resources", "mem_mb=4096", "--quiet", "all", "--", "results/mosaics/d.tif"]
+           "--cores", str(cores), "--resources", "mem_mb=4096", "--quiet", "all"]
     seconds, peak = measured(cmd)
     jobs = []
     for tsv in glob.glob(os.path.join(workdir, "benchmarks", "**", "*.tsv"), recursive=True):
@@ -238,18 +239,46 @@ def run_workflow(case: Case, workdir: str, tile_size: int | None, cores: int = 2
         stamps = [_stamp(line) for line in lines if " to make, " in line or " made, " in line]
         fixed.append(s - (stamps[-1] - stamps[0]))
     mosaic = [j for j in jobs if j[0] == "mosaic"]
+    zarr_path = os.path.join(workdir, "results", "stack.zarr")
+    mosaic_path = os.path.join(workdir, "results", "mosaics", "d.tif")
     with open(os.path.join(workdir, "results", "datasets", "d.json")) as f:
         engine = json.load(f)["dataset"]["settings"]["engine"]
     return {"seconds": seconds, "peak_mb": peak, "tiles": tiles, "batches": len(batches),
             "max_tile_rss_mb": max(j[2] for j in batches), "max_job_rss_mb": max(j[2] for j in jobs),
             "tile_mem_mb": validate_config(workflow_config(case, tile_size))["memory"]["tile_mb"],
             "fixed_s": statistics.mean(fixed), "tile_s": statistics.mean(s for _, s, _, _ in batches),
-            "mosaic_s": mosaic[0][1] if mosaic else 0.0,
-            "engine": engine, "total": valid_total(os.path.join(workdir, "results", "mosaics", "d.tif"))}
+            "mosaic_s": mosaic[0][1] if mosaic else 0.0, "serial_share": serial_share(jobs),
+            "engine": engine, "total": valid_total(mosaic_path if os.path.exists(mosaic_path)
+                                                   else f'ZARR:"{zarr_path}":/d', zarr_path)}
 
 
-def valid_total(path: str) -> float:
-    """The sum of a raster's valid pixels in float64, block by block (the mass balance of ``sum``)."""
+def serial_share(jobs: list) -> float:
+    """The share of the run, from the first batch job's start to the last job's end, during which at
+    most one job ran: each job's interval from its benchmark file (written as it ends, with its
+    wall time)."""
+    spans = [(os.path.getmtime(tsv) - s, os.path.getmtime(tsv)) for _, s, _, tsv in jobs]
+    start = min(a for (rule, *_), (a, _) in zip(jobs, spans) if rule == "resample_batch")
+    end = max(b for _, b in spans)
+    edges = sorted({start, end, *(t for span in spans for t in span if start < t < end)})
+    lonely = sum(b - a for a, b in zip(edges, edges[1:])
+                 if sum(1 for s0, s1 in spans if s0 < b and s1 > a) <= 1)
+    return lonely / (end - start) if end > start else 0.0
+
+
+def valid_total(path: str, zarr_store: str | None = None) -> float:
+    """The sum of a raster's valid pixels in float64, block by block (the mass balance of ``sum``);
+    of the Zarr store's array ``d`` when there is no mosaic (GDAL 3.10 cannot read it)."""
+    if not path.endswith(".tif") and zarr_store:
+        import zarr
+
+        array = zarr.open_array(os.path.join(zarr_store, "d"), mode="r")
+        total = 0.0
+        step = array.chunks[0]
+        for row in range(0, array.shape[0], step):
+            a = array[row:row + step].astype("float64")
+            ok = ~np.isnan(a) & (a != array.fill_value)
+            total += float(a[ok].sum())
+        return total
     total = 0.0
     with rasterio.open(path) as src:
         for _, window in src.block_windows(1):
@@ -313,13 +342,17 @@ def main() -> None:
     laea = Affine(10, 0, 4_000_000, 0, -10, 3_000_000)  # 10 m pixels in EPSG:3035
     cases = {
         "average": Case(f"float32 {n}x{n}, average, factor 4", os.path.join(args.workdir, f"float32_{n}.tif"),
-                        "float32", n, "average", "EPSG:3035", 40),
+                        "float32", n, "average", "EPSG:3035", 40,
+                        variants={"workflow, formats [zarr] (no mosaic, no GeoTIFF stack)":
+                                  {"output": {"formats": ["zarr"]}},
+                                  "workflow, formats [cog] (no Zarr store)": {"output": {"formats": ["cog"]}}}),
         "mode": Case(f"uint8 classes {n}x{n}, mode, factor 4", os.path.join(args.workdir, f"uint8_{n}.tif"),
                      "uint8", n, "mode", "EPSG:3035", 40),
         "reproject": Case(f"float32 {half}x{half}, EPSG:3035 -> EPSG:4326, average",
                           os.path.join(args.workdir, f"float32_{half}.tif"), "float32", half, "average",
                           "EPSG:4326", 0.0005,
-                          variants={"workflow, engine gdal (GDAL's warper, et 0.125)": ({"engine": "gdal"}, {})}),
+                          variants={"workflow, engine gdal (GDAL's warper, et 0.125)":
+                                    {"dataset": {"engine": "gdal"}}}),
         # Counts in EPSG:4326 (0.00025 degrees, over 5-15 E, 45-55 N) onto 100 m equal-area pixels.
         "sum": Case(f"float32 counts {n}x{n}, EPSG:4326 -> EPSG:3035 100 m, sum",
                     os.path.join(args.workdir, f"float32_4326_{n}.tif"), "float32", n, "sum", "EPSG:3035", 100,
@@ -328,7 +361,7 @@ def main() -> None:
         "bilinear": Case(f"float32 {half}x{half}, EPSG:3035 -> EPSG:4326, bilinear",
                          os.path.join(args.workdir, f"float32_{half}.tif"), "float32", half, "bilinear",
                          "EPSG:4326", 0.0001,
-                         variants={"workflow, error_threshold 0 (exact)": ({}, {"error_threshold": 0})}),
+                         variants={"workflow, error_threshold 0 (exact)": {"warp": {"error_threshold": 0}}}),
     }
     geographic = Affine(10 / n, 0, 5, 0, -10 / n, 55)
     selected = [cases[c] for c in args.cases.split(",")]
@@ -391,7 +424,7 @@ def main() -> None:
                 extra += (f"{m['tiles']} tiles in {m['batches']} batch job(s) ({m['engine']}), batch job "
                          f"{m['tile_s']:.2f} s of which fixed {m['fixed_s']:.2f} s "
                          f"({100 * m['fixed_s'] / m['tile_s']:.0f} %), mosaic "
-                         f"{m['mosaic_s']:.1f} s; largest batch job {m['max_tile_rss_mb']:.0f} MB of "
+                         f"{m['mosaic_s']:.1f} s; serial share {100 * m['serial_share']:.0f} %; largest batch job {m['max_tile_rss_mb']:.0f} MB of "
                          f"{m['tile_mem_mb']} MB, largest job {m['max_job_rss_mb']:.0f} MB")
             if m.get("failed"):
                 extra = "failed (the peak RSS it reached before)"
