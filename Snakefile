@@ -31,6 +31,8 @@ include: "rules/register.smk"
 include: "rules/batches.smk"
 include: "rules/mosaic.smk"
 include: "rules/stack.smk"
+include: "rules/zarr.smk"
+include: "rules/stac.smk"
 include: "rules/report.smk"
 
 
@@ -41,4 +43,4 @@ rule all:
     default_target: True
     input:
         [batch_manifests(name) for name in DATASETS],
-        products(DATASETS),
+        products(DATASETS, PLAN.formats),

@@ -1,11 +1,13 @@
 # Shared set-up: validate the config, make the plan (from headers only, cached) and the helpers
 # that rules use. Everything here runs at parse time, again in every cluster job: keep it cheap.
+import os
 import sys
 
 from workflow_lib.atomic import check_writable
 from workflow_lib.config import validate_config
-from workflow_lib.domain import (RESULTS_DIR, dataset_record_path, manifest_path, mosaic_path, products,
-                                 quicklook_path, report_page, stack_path, statistics_path, tile_dir)
+from workflow_lib.domain import (RESULTS_DIR, OutputFormat, dataset_record_path, manifest_path, mosaic_path,
+                                 products, quicklook_path, report_page, stac_collection_path, stack_path,
+                                 statistics_path, tile_dir, zarr_root_path, zarr_store_path)
 from workflow_lib.engines.batch import forget_incomplete_batches
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.digest import TilesToMake, tile_digest
@@ -48,7 +50,8 @@ if workflow.is_main_process:
     slurm_cancelled_by_user_is_cancelled()
     # A tile deleted (or removed as corrupt) since its batch ran: that batch runs again.
     for manifest in forget_incomplete_batches(PLAN):
-        print(f"{manifest}: some of its tiles are missing, the batch will run again", file=sys.stderr)
+        print(f"{manifest}: some of its tiles (or their Zarr chunks) are missing, the batch will run again",
+              file=sys.stderr)
     # What planning decided for the user (an extent clipped to the CRS's area of use): said on
     # every run and dry run, and in the register job's log.
     for name, planned in PLAN.datasets.items():
@@ -59,6 +62,8 @@ DATASETS = list(PLAN.datasets)
 # Smallest datasets first (config "order"), through job priorities.
 PRIORITIES = PLAN.priorities(config["order"])
 OUTPUT = config["output"]
+# The Zarr store, when output.formats has it (its array of each dataset: made by the register job).
+ZARR_STORE = zarr_store_path() if OutputFormat.ZARR in PLAN.formats else ""
 
 # Memory, in MB, declared by each kind of job on its first attempt (config "memory"); retries ask
 # for more (--retries N). --set-resources resample_batch:mem_mb=2000 overrides it for every attempt.
@@ -92,6 +97,12 @@ def batch_manifests(name):
 
 def dataset_batches(wildcards):
     return batch_manifests(wildcards.dataset)
+
+
+def format_products():
+    """The big products of the chosen formats: the mosaics and GeoTIFF stack, the Zarr store."""
+    cog = [mosaic_path(n) for n in DATASETS] + [stack_path()] if OutputFormat.COG in PLAN.formats else []
+    return cog + ([zarr_root_path()] if OutputFormat.ZARR in PLAN.formats else [])
 
 
 def batch_tiles(wildcards):

@@ -10,7 +10,8 @@ localrules:
 
 rule quicklook:
     input:
-        mosaic=mosaic_path("{dataset}"),
+        # The mosaic (served from its overviews), or the Zarr store when no mosaic is made.
+        raster=lambda w: mosaic_path(w.dataset) if OutputFormat.COG in PLAN.formats else zarr_root_path(),
         statistics=statistics_path("{dataset}"),
     output:
         report(
@@ -50,8 +51,10 @@ rule statistics_page:
 
 rule tile_figures:
     input:
-        # After every mosaic: all tiles of the run are in the status database by then.
-        mosaics=expand(mosaic_path("{dataset}"), dataset=DATASETS),
+        # After every mosaic (or the Zarr store, without mosaics): all tiles of the run are in the
+        # status database by then.
+        after=expand(mosaic_path("{dataset}"), dataset=DATASETS) if OutputFormat.COG in PLAN.formats
+        else zarr_root_path(),
     output:
         tile_map=report(report_page("tiles.png"), caption="../report/tiles.rst", category="Run"),
         figures=report(report_page("tile_figures.png"), caption="../report/tile_figures.rst", category="Run"),

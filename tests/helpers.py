@@ -431,10 +431,28 @@ def digest(path):
         return h.hexdigest()
 
 
+def zarr_digest(store) -> dict:
+    """Every array of a Zarr store (its metadata and values), by name: what a reader gets."""
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r")
+    out = {}
+    for name, array in sorted(group.arrays()):
+        values = array[...]
+        # Not the spec's digest: it names the input files, whose folder differs from run to run.
+        attrs = {k: v for k, v in array.attrs.items() if k != "onegrid:spec"}
+        h = hashlib.sha256(repr((array.shape, str(array.dtype), array.fill_value, attrs)).encode())
+        h.update(np.ascontiguousarray(values).tobytes() if values.dtype.kind != "T" else repr(list(values)).encode())
+        out[f"stack.zarr/{name}"] = h.hexdigest()
+    return out
+
+
 def results_digests(workdir):
     root = workdir / "results"
     names = sorted(os.listdir(root / "mosaics"))
-    return {**{f"mosaics/{n}": digest(root / "mosaics" / n) for n in names}, "stack.tif": digest(root / "stack.tif")}
+    zarr_part = zarr_digest(root / "stack.zarr") if (root / "stack.zarr").exists() else {}
+    return {**{f"mosaics/{n}": digest(root / "mosaics" / n) for n in names}, "stack.tif": digest(root / "stack.tif"),
+            **zarr_part}
 
 
 def tiles(workdir):
@@ -446,8 +464,9 @@ def tiles(workdir):
 
 
 def temporaries(workdir):
+    """What writers left under temporary names: ours (.tmp-*) and zarr-python's (*.partial)."""
     return [os.path.join(d, f) for d, _, files in os.walk(workdir / "results") for f in files
-            if f.startswith(".tmp-")]
+            if f.startswith(".tmp-") or f.endswith(".partial")]
 
 
 STALLING_VRT = """<VRTDataset rasterXSize="512" rasterYSize="512">

@@ -13,7 +13,7 @@ from workflow_lib.config import validate_config
 from workflow_lib.engines.batch import (DIGEST_TAG, TileHooks, compiled_kernels, forget_incomplete_batches, run_batch,
                                         tile_digest)
 from workflow_lib.planning.batches import MAX_JOBS, MIN_BATCH_WORK, make_batches, rectangle, tiles_per_batch
-from workflow_lib.domain import TileIndex
+from workflow_lib.domain import TileIndex, chunk_path
 from workflow_lib.planning.plan import build_plan
 
 from .helpers import read_band, refused_batch, smooth_field, write_raster
@@ -147,8 +147,9 @@ def test_a_failing_tile_does_not_stop_the_others_and_a_stop_starts_no_new_tile(t
     assert sorted(os.listdir(out)) == sorted(f"{t}.tif" for t in result.made)
 
 
-def test_a_missing_tile_reopens_its_batch(tmp_path):
-    plan = plan_of(tmp_path, tiles_per_job=4)
+@pytest.mark.parametrize("formats", [["cog"], ["zarr", "cog"]])
+def test_a_missing_tile_reopens_its_batch(tmp_path, formats):
+    plan = plan_of(tmp_path, tiles_per_job=4, output={"formats": formats})
     d = plan.datasets["d"]
     results = tmp_path / "results"
     for b in d.batches:
@@ -157,11 +158,20 @@ def test_a_missing_tile_reopens_its_batch(tmp_path):
         (results / "tiles" / "d").mkdir(parents=True, exist_ok=True)
         for t in b.tiles:
             (results / "tiles" / "d" / f"{t}.tif").write_bytes(b"")
+            chunk = chunk_path(str(results / "stack.zarr"), "d", t, False)
+            os.makedirs(os.path.dirname(chunk), exist_ok=True)
+            open(chunk, "wb").close()
     victim = d.batches[2]
     os.unlink(results / "tiles" / "d" / f"{victim.tiles[-1]}.tif")
     removed = forget_incomplete_batches(plan, str(results))
     assert removed == [str(results / "batches" / "d" / f"{victim.id}.json")]
     assert sorted(os.listdir(results / "batches" / "d")) == sorted(f"{b.id}.json" for b in d.batches if b != victim)
+    # A missing chunk reopens its batch too, when the store is among the formats (the tile is kept and
+    # copied into it again), and only then.
+    other = d.batches[5]
+    os.unlink(chunk_path(str(results / "stack.zarr"), "d", other.tiles[0], False))
+    removed = forget_incomplete_batches(plan, str(results))
+    assert removed == ([str(results / "batches" / "d" / f"{other.id}.json")] if "zarr" in formats else [])
 
 
 def test_a_batch_reports_each_tiles_chunks_and_gathers_the_statistics_of_its_tiles(tmp_path):

@@ -40,7 +40,7 @@ def test_defaults_are_filled_in(raster):
     assert cfg["target"]["extent"] == "union"
     assert cfg["target"]["origin"] == [0.0, 0.0]
     assert cfg["datasets"]["dem"]["band"] == 1
-    assert cfg["output"] == {"compress": "deflate", "compress_level": 1, "cog": True}
+    assert cfg["output"] == {"formats": ["zarr", "cog"], "compress": "deflate", "compress_level": 1, "cog": True}
     assert cfg["warp"]["error_threshold"] == 0.125
 
 
@@ -250,3 +250,15 @@ def test_job_memory_below_what_a_job_needs_is_refused_with_the_reason(raster, ke
     with pytest.raises(ConfigError, match=f"use {MIN_JOB_MB} or more"):  # the schema's minimum is MIN_JOB_MB
         validate_config(config(raster, memory={key: MIN_JOB_MB - 1}))
     assert validate_config(config(raster, memory={key: MIN_JOB_MB}))["memory"][key] == MIN_JOB_MB
+
+
+def test_a_dataset_may_not_take_a_name_of_the_zarr_stores_own_arrays(tmp_path):
+    path = write_raster(tmp_path / "a.tif", np.zeros((4, 4), "float32"), "EPSG:32632",
+                        Affine(10, 0, 500000, 0, -10, 5200000))
+    for names, taken in ((["x"], "x"), (["lc", "lc_band"], "lc_band")):
+        cfg = {"target": {"crs": "EPSG:32632", "resolution": 20},
+               "datasets": {n: {"path": path, "method": "average"} for n in names}}
+        with pytest.raises(ConfigError, match=f"datasets.{taken}: this name is taken in results/stack.zarr"):
+            validate_config(cfg)
+        # Without the store among the formats, the names are free.
+        validate_config({**cfg, "output": {"formats": ["cog"]}})

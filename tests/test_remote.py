@@ -7,6 +7,7 @@ same file read locally, and credentials must never reach a log.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -142,6 +143,12 @@ def test_passwords_in_urls_are_never_printed_or_written(tmp_path, dem, pg_cluste
                     content = f.read()
                 assert PASSWORD.encode() not in content or path == users_config, path
                 assert PG_PASSWORD.encode() not in content or path == users_config, path
+        # The STAC catalog names the input as the plan does (GDAL's path, without the user and
+        # password), with the server's size, ETag and Last-Modified.
+        with open(work / "results" / "stac" / "dem" / "dem.json") as f:
+            (source,) = json.load(f)["properties"]["onegrid:inputs"]
+        assert source["href"] == f"/vsicurl/http://{host}/dem.tif" and source["size"] == os.path.getsize(dem), source
+        assert source["etag"] and source["last-modified"], source
         # The run's rows went to the database given, through its URL with the password.
         import psycopg
 

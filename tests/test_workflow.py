@@ -259,10 +259,11 @@ def output_times(workdir) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("deleted,remade", [
-    # A tile: its batch makes it alone, then its dataset's mosaic and what is made from the mosaics.
+    # A tile: its batch makes it alone (and its chunk in the Zarr store), then its dataset's mosaic,
+    # what is made from the mosaics, the store's consolidated metadata and the STAC catalog.
     (["tiles/dem/r0001_c0001.tif"],
      ["batches/dem/<the tile's batch>", "mosaics/dem.tif", "statistics/dem.json", "report/quicklooks/dem.png",
-      "stack.tif",
+      "stack.tif", "stack.zarr/dem/c/1/1", "stack.zarr/zarr.json", "stac/*",
       "report/statistics.html", "report/tiles.png", "report/tile_figures.png"]),
     # A mosaic, a statistics file, the stack, report pages: each remade with what depends on it.
     (["mosaics/landcover.tif", "statistics/temperature.json", "stack.tif", "report/config.html",
@@ -270,11 +271,13 @@ def output_times(workdir) -> dict[str, int]:
      ["mosaics/landcover.tif", "statistics/landcover.json", "report/quicklooks/landcover.png",
       "mosaics/temperature.tif", "statistics/temperature.json", "report/quicklooks/temperature.png",
       "stack.tif", "report/config.html", "report/quicklooks/dem.png", "report/statistics.html",
-      "report/tiles.png", "report/tile_figures.png"]),
-    # A dataset's record: its register job runs again, its batches find their tiles on disk.
+      "report/tiles.png", "report/tile_figures.png", "stac/*"]),
+    # A dataset's record: its register job runs again (keeping its array in the store, whose chunks
+    # are still right), its batches find their tiles (and chunks) on disk.
     (["datasets/dem.json"],
      ["datasets/dem.json", "batches/dem/*", "mosaics/dem.tif", "statistics/dem.json", "report/quicklooks/dem.png",
-      "stack.tif", "report/statistics.html", "report/tiles.png", "report/tile_figures.png"]),
+      "stack.tif", "report/statistics.html", "report/tiles.png", "report/tile_figures.png",
+      "stack.zarr/zarr.json", "stac/*"]),
 ], ids=["tile", "mosaic-statistics-stack-report", "dataset-record"])
 def test_a_deleted_output_is_remade_with_what_depends_on_it_and_nothing_else(run, deleted, remade):
     workdir, plan = run["workdir"], run["plan"]

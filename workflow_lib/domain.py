@@ -101,6 +101,15 @@ class Engine(StrEnum):
 _LABELS = {Engine.BLOCKS: "numpy-blocks", Engine.WINDOWS: "numpy-windows", Engine.WARP: "gdal-warp",
            Engine.CONSERVATIVE: "conservative"}
 
+class OutputFormat(StrEnum):
+    """What a run ends with (config ``output.formats``)."""
+
+    ZARR = "zarr"  # results/stack.zarr: one array per dataset, chunks written by the batch jobs
+    COG = "cog"  # one GeoTIFF mosaic per dataset (a COG unless output.cog is false) and the GeoTIFF stack
+
+
+ALL_FORMATS = (OutputFormat.ZARR, OutputFormat.COG)
+
 RESULTS_DIR = "results"
 TILE_SUFFIX = ".tif"
 
@@ -176,6 +185,49 @@ def stack_path(results_dir: str = RESULTS_DIR) -> str:
     return os.path.join(results_dir, "stack.tif")
 
 
+# The Zarr store's own arrays beside the datasets' (mosaics.zarr_store), whose names no dataset may
+# take: the coordinates, the grid mapping, and each dataset of several bands' band labels.
+ZARR_COORDINATES = ("x", "y", "spatial_ref")
+ZARR_BAND_SUFFIX = "_band"
+
+
+def zarr_store_path(results_dir: str = RESULTS_DIR) -> str:
+    """The Zarr v3 store of every dataset on the grid, one array each (mosaics.zarr_store)."""
+    return os.path.join(results_dir, "stack.zarr")
+
+
+def zarr_root_path(results_dir: str = RESULTS_DIR) -> str:
+    """The store's root metadata, with every array's consolidated: written last (rule zarr_store)."""
+    return os.path.join(zarr_store_path(results_dir), "zarr.json")
+
+
+def chunk_path(store: str, dataset: str, index: TileIndex, multiband: bool) -> str:
+    """The file of a tile's chunk in the dataset's array: chunks are tiles, under Zarr v3's default
+    chunk key encoding ("c/<row>/<col>", with a leading band chunk 0 for a dataset of several bands,
+    whose chunks hold every band)."""
+    parts = ("c", "0") if multiband else ("c",)
+    return os.path.join(store, dataset, *parts, str(index.row), str(index.col))
+
+
+def tiles_without_chunks(store: str, dataset: str, multiband: bool, tiles) -> list[TileIndex]:
+    """Which of ``tiles`` have no chunk in the dataset's array (one directory listing per row of
+    tiles: cheap for a million)."""
+    rows: dict[int, set[str]] = {}
+    missing = []
+    for index in tiles:
+        if index.row not in rows:
+            folder = os.path.dirname(chunk_path(store, dataset, index, multiband))
+            rows[index.row] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        if str(index.col) not in rows[index.row]:
+            missing.append(index)
+    return missing
+
+
+def stac_collection_path(results_dir: str = RESULTS_DIR) -> str:
+    """The STAC catalog's collection (mosaics.stac), its items beside it, one folder each."""
+    return os.path.join(results_dir, "stac", "collection.json")
+
+
 def quicklook_path(dataset: str, results_dir: str = RESULTS_DIR) -> str:
     return os.path.join(results_dir, "report", "quicklooks", f"{dataset}.png")
 
@@ -188,9 +240,15 @@ def report_page(name: str, results_dir: str = RESULTS_DIR) -> str:
     return os.path.join(results_dir, "report", name)
 
 
-def products(datasets: list[str], results_dir: str = RESULTS_DIR) -> list[str]:
+def products(datasets: list[str], formats: tuple[OutputFormat, ...] = ALL_FORMATS,
+             results_dir: str = RESULTS_DIR) -> list[str]:
     """Every file a complete run ends with, besides the tiles and the batches' manifests: what
     `rule all` asks for, and what `status` checks before it says a run is complete."""
-    per_dataset = [f(name, results_dir) for f in (dataset_record_path, mosaic_path, statistics_path, quicklook_path)
-                   for name in datasets]
-    return per_dataset + [stack_path(results_dir)] + [report_page(p, results_dir) for p in REPORT_PAGES]
+    each = [dataset_record_path, statistics_path, quicklook_path]
+    whole = [report_page(p, results_dir) for p in REPORT_PAGES] + [stac_collection_path(results_dir)]
+    if OutputFormat.COG in formats:
+        each.append(mosaic_path)
+        whole.append(stack_path(results_dir))
+    if OutputFormat.ZARR in formats:
+        whole.append(zarr_root_path(results_dir))
+    return [f(name, results_dir) for f in each for name in datasets] + whole

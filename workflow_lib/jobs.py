@@ -5,16 +5,18 @@ workflow_lib.runtime, and nothing here is worth a test of its own beyond the wor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
 from collections.abc import Iterator
 
 from workflow_lib.atomic import write_json_atomic
-from workflow_lib.domain import TileIndex
+from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, zarr_store_path
 from workflow_lib.engines.batch import manifest, manifest_tiles, prepare_kernels, run_batch
 from workflow_lib.errors import BatchError
 from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack
+from workflow_lib.mosaics.zarr_store import ChunkWriter, finish_store, prepare_array
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.registration import load_dataset, register_dataset
 from workflow_lib.runtime import STOP_STARTING, THREAD_STACK_BYTES, job_logging, memory_limit
@@ -62,6 +64,13 @@ def run_register_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
         planned = register_dataset(snakemake.wildcards.dataset, snakemake.params.dataset, snakemake.params.grid,
                                    snakemake.output[0])
+        if OutputFormat.ZARR.value in snakemake.config["output"]["formats"]:
+            # Its array in the Zarr store, before its batches write chunks into it. From the config, not
+            # a parameter: choosing formats must not rerun the registrations and everything after them.
+            store = zarr_store_path()
+            made = prepare_array(store, TargetGrid.from_dict(snakemake.params.grid), planned)
+            log.info("zarr array of %s in %s: %s", planned.name, store, "created, no chunk yet" if made else
+                     "kept with its chunks (same grid, data type and tiles)")
         with status_store(snakemake) as store:
             store.record(dataset_recorded(planned, "registered"))
 
@@ -77,14 +86,22 @@ def run_batch_job(snakemake) -> None:
         compiled = prepare_kernels(dataset, mem_mb, grid)
         with status_store(snakemake) as store:
             reporter = BatchReporter(store, dataset.name, batch, dataset.settings.engine, mem_mb)
+            hooks = reporter.hooks
+            # The Zarr store (output.formats): each tile made goes into its chunk at once.
+            chunks = (ChunkWriter(snakemake.params.zarr, grid, dataset, snakemake.params.tile_dir)
+                      if snakemake.params.zarr else None)
+            if chunks:
+                hooks = dataclasses.replace(hooks, made=chunks.write)
             with job_memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \
                     reporter.heartbeat(database_url(snakemake), DEFAULT_SPOOL_DIR,
                                        float(snakemake.config["database"]["heartbeat_seconds"])):
                 result = run_batch(
                     dataset, grid, batch, tiles, snakemake.params.tile_dir, mem_mb=mem_mb, threads=snakemake.threads,
                     compress=snakemake.params.compress, stall_timeout=snakemake.config["stall_timeout"],
-                    stop=STOP_STARTING, hooks=reporter.hooks, compiled=compiled,
+                    stop=STOP_STARTING, hooks=hooks, compiled=compiled,
                 )
+                if chunks and result.kept:
+                    chunks.fill_missing(result.kept)
         log.info("batch %s of %s: %d made, %d kept, %d failed, %d not started", batch, dataset.name,
                  len(result.made), len(result.kept), len(result.failed), len(result.left))
         if result.failed:
@@ -112,15 +129,29 @@ def run_mosaic_job(snakemake) -> None:
                 compress=snakemake.params.compress, cog=snakemake.params.cog, level=snakemake.params.level,
                 band_names=dataset.band_names,
             )
-        figures = mosaic_statistics(stats, grid, dataset)
-        log.info("mosaic of %s: %d of %d pixels valid, min %s, max %s, mean %s, std %s", dataset.name,
-                 figures["valid_pixels"], figures["total_pixels"], figures["min"], figures["max"],
-                 figures["mean"], figures["std"])
-        write_json_atomic(snakemake.output.statistics, figures)
-        with status_store(snakemake) as store:
-            store.record(DatasetStatistics(dataset=dataset.name, run_id=os.environ.get(RUN_ID_ENV) or None,
-                                           **{k: figures[k] for k in ("total_pixels", "valid_pixels", "min",
-                                                                      "max", "mean", "std", "histogram")}))
+        record_statistics(snakemake, grid, dataset, stats)
+
+
+def run_statistics_job(snakemake) -> None:
+    """Without mosaics (output.formats: [zarr]): a dataset's statistics alone, from its batches'
+    manifests, which carry its tiles' (no pixel is read)."""
+    with job_logging(snakemake.log[0]):
+        grid, dataset = load_dataset(snakemake.input.meta)
+        _, stats = manifest_tiles(list(snakemake.input.batches), snakemake.params.tile_dir,
+                                  dataset.settings.dst_nodata)
+        record_statistics(snakemake, grid, dataset, stats)
+
+
+def record_statistics(snakemake, grid: TargetGrid, dataset, stats) -> None:
+    figures = mosaic_statistics(stats, grid, dataset)
+    log.info("%s: %d of %d pixels valid, min %s, max %s, mean %s, std %s", dataset.name,
+             figures["valid_pixels"], figures["total_pixels"], figures["min"], figures["max"],
+             figures["mean"], figures["std"])
+    write_json_atomic(snakemake.output.statistics, figures)
+    with status_store(snakemake) as store:
+        store.record(DatasetStatistics(dataset=dataset.name, run_id=os.environ.get(RUN_ID_ENV) or None,
+                                       **{k: figures[k] for k in ("total_pixels", "valid_pixels", "min",
+                                                                  "max", "mean", "std", "histogram")}))
 
 
 def run_stack_job(snakemake) -> None:
@@ -134,13 +165,37 @@ def run_stack_job(snakemake) -> None:
             )
 
 
+def run_zarr_store_job(snakemake) -> None:
+    with job_logging(snakemake.log[0]):
+        grid = TargetGrid.from_dict(snakemake.params.grid)
+        removed = finish_store(snakemake.params.store, grid, list(snakemake.params.names))
+        for name in removed:
+            log.info("zarr store: %s is no longer a dataset of this run, removed", name)
+        log.info("zarr store %s: %d array(s), metadata consolidated", snakemake.params.store,
+                 len(snakemake.params.names))
+
+
+def run_stac_job(snakemake) -> None:
+    from workflow_lib.mosaics.stac import write_catalog  # pystac: only this job needs it
+
+    with job_logging(snakemake.log[0]):
+        loaded = [load_dataset(path) for path in snakemake.input.records]
+        path = write_catalog(RESULTS_DIR, loaded[0][0], [d for _, d in loaded],
+                             tuple(OutputFormat(f) for f in snakemake.params.formats), snakemake.config,
+                             snakemake.params.workflow_dir)
+        log.info("STAC catalog: %s, %d item(s)", path, len(loaded))
+
+
 # The report's jobs import matplotlib (views.report) only when they run.
 
 def run_quicklook_job(snakemake) -> None:
     from workflow_lib.views.report import write_quicklook
 
     with job_logging(snakemake.log[0]):
-        write_quicklook(snakemake.input.mosaic, snakemake.input.statistics, snakemake.output[0])
+        raster = snakemake.input.raster
+        if os.path.basename(raster) == "zarr.json":  # the Zarr store's root: the dataset's array in it
+            raster = os.path.join(os.path.dirname(raster), snakemake.wildcards.dataset)
+        write_quicklook(raster, snakemake.input.statistics, snakemake.output[0])
 
 
 def run_statistics_page_job(snakemake) -> None:

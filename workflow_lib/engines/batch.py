@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
-from workflow_lib.domain import RESULTS_DIR, Engine, TileIndex, manifest_dir, tile_dir, tile_file_name
+from workflow_lib.domain import (RESULTS_DIR, Engine, OutputFormat, TileIndex, manifest_dir, tile_dir, tile_file_name,
+                                 tiles_without_chunks, zarr_store_path)
 from workflow_lib.engines.chunks import loads_numba, uses_kernels
 from workflow_lib.engines.compose import make_tile
 from workflow_lib.engines.resample import resample_tile
@@ -113,9 +114,11 @@ class BatchResult:
 class TileHooks:
     """What the job is told as each tile starts and ends (the status database, heartbeats); called
     from the batch's worker threads. ``progress(tile, done, total, pixels_read)``: ``done`` of the
-    tile's ``total`` chunks are written."""
+    tile's ``total`` chunks are written. ``made(tile)``: the tile's file is in place, for the
+    job's other outputs of it (its Zarr chunk); if it raises, the tile fails."""
 
     started: Callable[[TileIndex], None] = lambda tile: None
+    made: Callable[[TileIndex], None] = lambda tile: None
     finished: Callable[[TileIndex, dict], None] = lambda tile, figures: None
     failed: Callable[[TileIndex, str], None] = lambda tile, error: None
     progress: Callable[[TileIndex, int, int, int], None] = lambda tile, done, total, pixels_read: None
@@ -204,6 +207,7 @@ def run_batch(
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(index.path(folder))
                 raise
+            hooks.made(index)
         except Exception as exc:  # noqa: BLE001 - one tile's failure must not lose the others
             if out_of_memory(exc):
                 exc = JobMemoryError(what, share_mb, exc)
@@ -289,13 +293,15 @@ def manifest_tiles(manifests: list[str], folder: str, nodata: float | None) -> t
 
 def forget_incomplete_batches(plan: Plan, results_dir: str = RESULTS_DIR) -> list[str]:
     """Remove the manifest of every batch whose tiles are no longer all on disk (a tile deleted by
-    hand, or found corrupt and removed by its mosaic), so that Snakemake runs that batch again.
+    hand, or found corrupt and removed by its mosaic), or, with the Zarr store among the formats,
+    whose tiles' chunks are not all in it (the store removed), so that Snakemake runs that batch again.
 
-    Tiles are not Snakemake outputs (it would delete them before rerunning a batch), so Snakemake
-    cannot see a missing one; the Snakefile calls this at parse time. One directory listing per
-    dataset: cheap for a million tiles.
+    Tiles and chunks are not Snakemake outputs (it would delete them before rerunning a batch), so
+    Snakemake cannot see a missing one; the Snakefile calls this at parse time. One directory listing
+    per dataset, and one per row of tiles for the chunks: cheap for a million tiles.
     """
     removed = []
+    store = zarr_store_path(results_dir) if OutputFormat.ZARR in plan.formats else None
     for name, d in plan.datasets.items():
         folder = manifest_dir(name, results_dir)
         if not os.path.isdir(folder):
@@ -303,10 +309,16 @@ def forget_incomplete_batches(plan: Plan, results_dir: str = RESULTS_DIR) -> lis
         manifests = set(os.listdir(folder))
         tiles = tile_dir(name, results_dir)
         on_disk = set(os.listdir(tiles)) if os.path.isdir(tiles) else set()
-        for b in d.batches:
-            if f"{b.id}.json" in manifests and any(tile_file_name(t) not in on_disk for t in b.tile_ids):
+        done = [b for b in d.batches if f"{b.id}.json" in manifests]
+        without_chunks = set()
+        if store and done:
+            without_chunks = set(tiles_without_chunks(store, name, len(d.band_names) > 1,
+                                                      [t for b in done for t in b.tiles]))
+        for b in done:
+            if any(tile_file_name(t) not in on_disk for t in b.tile_ids) or \
+                    (without_chunks and any(t in without_chunks for t in b.tiles)):
                 path = os.path.join(folder, f"{b.id}.json")
                 os.unlink(path)
                 removed.append(path)
-                log.info("batch %s of %s: tiles missing on disk, it will run again", b.id, name)
+                log.info("batch %s of %s: tiles or chunks missing on disk, it will run again", b.id, name)
     return removed

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.config import nodata_override, target_crs, target_resolution
 from workflow_lib.coords import trusted_transform
-from workflow_lib.domain import Engine, Method, TileIndex
+from workflow_lib.domain import ALL_FORMATS, Engine, Method, OutputFormat, TileIndex
 from workflow_lib.errors import GDAL_ERRORS, ConfigError, InputRasterError
 from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
 from workflow_lib.planning.engine import choose_engine
@@ -38,7 +38,7 @@ from workflow_lib.sources.members import (MemberMosaic, arrange, check_members, 
 from workflow_lib.sources.paths import is_glob, local_file, member_paths, stamps
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 9
+PLAN_FORMAT = 10
 DEFAULT_CACHE_DIR = ".cache/plan"
 # Sample points along each side of a tile when finding the members under it.
 _MEMBER_SAMPLES = 5
@@ -160,6 +160,7 @@ class DatasetPlan:
 class Plan:
     grid: TargetGrid
     datasets: dict[str, DatasetPlan]
+    formats: tuple[OutputFormat, ...] = ALL_FORMATS  # what the run ends with (config output.formats)
 
     @property
     def tile_count(self) -> int:
@@ -189,6 +190,7 @@ class Plan:
             "format": PLAN_FORMAT,
             "grid": self.grid.to_dict(),
             "datasets": {n: d.to_dict() for n, d in self.datasets.items()},
+            "formats": [f.value for f in self.formats],
         }
 
     @classmethod
@@ -196,6 +198,7 @@ class Plan:
         return cls(
             TargetGrid.from_dict(data["grid"]),
             {n: DatasetPlan.from_dict(d) for n, d in data["datasets"].items()},
+            tuple(OutputFormat(f) for f in data["formats"]),
         )
 
 
@@ -263,7 +266,7 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
             names = dataset_classes(name, ds)[1] if settings.method is Method.FRACTIONS else (name,)
             names += (f"{name}_coverage",) if settings.coverage else ()
         plans[name] = (header, settings, window, parts, names)
-    return Plan(grid, _batched(config, grid, plans, masks, notes))
+    return Plan(grid, _batched(config, grid, plans, masks, notes), output_formats(config))
 
 
 def dataset_classes(name: str, ds: dict) -> tuple[tuple[float, ...], tuple[str, ...]]:
@@ -375,6 +378,12 @@ def _window_list(window: Window | None) -> list[int] | None:
     if window is None:
         return None
     return [int(window.col_off), int(window.row_off), int(window.width), int(window.height)]
+
+
+def output_formats(config: dict[str, Any]) -> tuple[OutputFormat, ...]:
+    """The config's output.formats, in a fixed order (whatever order the config gives)."""
+    chosen = set(config.get("output", {}).get("formats", [f.value for f in ALL_FORMATS]))
+    return tuple(f for f in ALL_FORMATS if f.value in chosen)
 
 
 def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: dict) -> dict[str, DatasetPlan]:

@@ -151,16 +151,25 @@ def head(path: str) -> dict[str, str] | None:
     return out
 
 
-def remote_stamp(path: str) -> tuple[int, int] | None:
-    """(size, a number made from ETag and Last-Modified) of a remote object (of the archive it is
-    in); None if the server has no such object (or refused: the header read says which)."""
+def remote_identity(path: str) -> dict | None:
+    """A remote object's (or its archive's) size, ETag and Last-Modified, as its server says them
+    ("" where it says none); None if the server has no such object (or refused)."""
     archive = split_archive(path)
     headers = head(to_gdal(archive[1] if archive else path))
     if headers is None:
         return None
-    size = int(headers.get("content-length") or headers.get("x-goog-stored-content-length") or -1)
-    identity = f"{headers.get('etag', '')}|{headers.get('last-modified', '')}"
-    return size, int(hashlib.sha256(identity.encode()).hexdigest()[:15], 16)
+    return {"size": int(headers.get("content-length") or headers.get("x-goog-stored-content-length") or -1),
+            "etag": headers.get("etag", ""), "last-modified": headers.get("last-modified", "")}
+
+
+def remote_stamp(path: str) -> tuple[int, int] | None:
+    """(size, a number made from ETag and Last-Modified) of a remote object (of the archive it is
+    in); None if the server has no such object (or refused: the header read says which)."""
+    found = remote_identity(path)
+    if found is None:
+        return None
+    identity = f"{found['etag']}|{found['last-modified']}"
+    return found["size"], int(hashlib.sha256(identity.encode()).hexdigest()[:15], 16)
 
 
 def explain(url: str, message: str) -> str:

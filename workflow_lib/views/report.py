@@ -31,6 +31,7 @@ from rasterio.enums import Resampling  # noqa: E402
 
 from workflow_lib.atomic import atomic_path  # noqa: E402
 from workflow_lib.domain import Method, TileIndex  # noqa: E402
+from workflow_lib.mosaics.zarr_store import path_is_zarr_array, zarr_quicklook  # noqa: E402
 from workflow_lib.status.queries import TileRecord  # noqa: E402
 from workflow_lib.status.store import redact  # noqa: E402
 
@@ -41,7 +42,11 @@ STATE_COLOURS = {"pending": "#d6d6d6", "running": "#f0ad4e", "done": "#2e8b57", 
 def quicklook_array(path: str, method: str, longest: int = QUICKLOOK_PIXELS) -> tuple[np.ma.MaskedArray, float]:
     """The mosaic at most ``longest`` pixels on its longest side, masked where nodata, and the
     factor it was reduced by. Read through GDAL's overview machinery: a COG mosaic serves it from
-    its overviews (averaged, or nearest for classes), not from its full resolution."""
+    its overviews (averaged, or nearest for classes), not from its full resolution. ``path`` may
+    also be a dataset's array in the Zarr store (output.formats: [zarr]), sampled every
+    ``factor``-th pixel (its first band)."""
+    if path_is_zarr_array(path):
+        return zarr_quicklook(path, longest)
     with rasterio.open(path) as src:
         factor = max(1.0, max(src.width, src.height) / longest)
         shape = (max(1, round(src.height / factor)), max(1, round(src.width / factor)))

@@ -84,7 +84,8 @@ def missing_outputs(workdir: str) -> list[str] | None:
         absent = sum(1 for t in d.tiles if t.file_name not in on_disk)
         if absent:
             missing.append(f"{absent} of {d.tile_count} tiles of {name} ({tile_dir(name)})")
-    return missing + [p for p in products(list(plan.datasets)) if not os.path.exists(os.path.join(workdir, p))]
+    expected = products(list(plan.datasets), plan.formats)
+    return missing + [p for p in expected if not os.path.exists(os.path.join(workdir, p))]
 
 
 @lru_cache(maxsize=2)

@@ -1,0 +1,188 @@
+"""The Zarr stack (mosaics.zarr_store), without Snakemake: each array equals its dataset's mosaic as
+xarray (with rioxarray) reads it back, with the grid's CRS and transform; chunks are tiles; a changed
+dataset loses its own chunks and no other's. (GDAL reads Zarr v3's final codecs from 3.11 on;
+rasterio 1.4's wheels carry 3.10, so GDAL is not asked here.)"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+
+from .helpers import (read_band, run_tiles_and_mosaics, snakemake, synthetic_config,
+                      write_config, zarr_digest)
+from workflow_lib.domain import chunk_path, tiles_without_chunks
+from workflow_lib.mosaics.zarr_store import finish_store, open_array, prepare_array, write_tile_chunk
+
+xr = pytest.importorskip("xarray")
+pytest.importorskip("rioxarray")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """The synthetic datasets (float with NaN and nodata, classes, int16 made float32) and class
+    fractions (several bands), as tiles and mosaics, and every tile copied into the store."""
+    folder = tmp_path_factory.mktemp("zarr")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        config = synthetic_config(folder)
+        config["datasets"]["shares"] = {"path": config["datasets"]["landcover"]["path"], "method": "fractions",
+                                        "classes": {1: "water", 2: "forest", 3: "crops"}}
+        plan, mosaics = run_tiles_and_mosaics(config, folder)
+        store = str(folder / "stack.zarr")
+        for dataset in plan.datasets.values():
+            assert prepare_array(store, plan.grid, dataset)
+            array = open_array(store, dataset)
+            for index in dataset.tiles:
+                write_tile_chunk(array, plan.grid, index, str(index.path(folder / "tiles" / dataset.name)), store,
+                                 dataset)
+        assert finish_store(store, plan.grid, list(plan.datasets)) == []
+    finally:
+        os.chdir(cwd)
+    return plan, mosaics, store
+
+
+def test_each_array_is_its_mosaic_with_the_grids_crs_and_transform(made):
+    plan, mosaics, store = made
+    ds = xr.open_zarr(store)  # consolidated metadata: no warning, one read
+    assert set(plan.datasets) <= set(ds.data_vars)
+    assert ds.rio.crs == plan.grid.crs
+    for name, dataset in plan.datasets.items():
+        var = ds[name]
+        assert var.rio.crs == plan.grid.crs, name
+        assert var.rio.transform() == plan.grid.transform, name
+        with rasterio.open(mosaics[name]) as src:
+            expected = src.read().astype("float64")
+            nodata = src.nodata
+        expected[expected == nodata] = np.nan  # xarray masks the fill value (_FillValue) as missing
+        got = var.values.astype("float64")
+        got = got if got.ndim == 3 else got[np.newaxis]
+        assert got.shape == expected.shape, name
+        assert np.array_equal(got, expected, equal_nan=True), name
+        assert np.isnan(expected).any() and not np.isnan(expected).all(), name
+    # A dataset of several bands: its own band dimension, labelled with the mosaic's band names.
+    assert ds["shares"].dims == ("shares_band", "y", "x")
+    assert list(ds["shares_band"].values) == list(plan.datasets["shares"].band_names) == ["water", "forest", "crops"]
+    # Pixel centres, as GDAL's transform puts them.
+    t = plan.grid.transform
+    assert ds.x.values[0] == t.c + 0.5 * t.a and ds.y.values[-1] == t.f + (plan.grid.height - 0.5) * t.e
+    # GeoZarr's attributes on the root.
+    assert ds.attrs["spatial:transform"] == list(t)[:6]
+    assert ds.attrs["spatial:shape"] == [plan.grid.height, plan.grid.width]
+
+
+def test_chunks_are_tiles_and_a_changed_dataset_loses_only_its_own(made, tmp_path):
+    plan, mosaics, store = made
+    dem, landcover = plan.datasets["dem"], plan.datasets["landcover"]
+    assert tiles_without_chunks(store, "dem", False, dem.tiles) == []
+    files = sorted(f for _, _, fs in os.walk(os.path.join(store, "dem", "c")) for f in fs)
+    assert len(files) == dem.tile_count  # one file per tile, no temporaries left
+    # The same spec again: the array and its chunks stay.
+    assert not prepare_array(store, plan.grid, dem)
+    assert tiles_without_chunks(store, "dem", False, dem.tiles) == []
+    # Another data type (its tiles' digest changes too): this array starts again, the others stay.
+    import dataclasses
+    changed = dataclasses.replace(dem, settings=dataclasses.replace(dem.settings, dst_dtype="float64"))
+    assert prepare_array(store, plan.grid, changed)
+    assert tiles_without_chunks(store, "dem", False, changed.tiles) == list(changed.tiles)
+    assert tiles_without_chunks(store, "landcover", False, landcover.tiles) == []
+    assert os.path.exists(chunk_path(store, "landcover", landcover.tiles[0], False))
+    assert os.path.exists(chunk_path(store, "shares", plan.datasets["shares"].tiles[0], True))
+    # A tile of nodata only is a chunk too (zarr-python would skip it): its presence says the tile is done.
+    empty = str(tmp_path / "empty.tif")
+    first = landcover.tiles[0]
+    with rasterio.open(first.path(os.path.join(os.path.dirname(store), "tiles", "landcover"))) as src:
+        profile = src.profile
+        with rasterio.open(empty, "w", **profile) as dst:
+            dst.write(np.full((src.count, src.height, src.width), src.nodata, dtype=src.dtypes[0]))
+    os.unlink(chunk_path(store, "landcover", first, False))
+    write_tile_chunk(open_array(store, landcover), plan.grid, first, empty, store, landcover)
+    assert tiles_without_chunks(store, "landcover", False, landcover.tiles) == []
+    write_tile_chunk(open_array(store, landcover), plan.grid, first,
+                     first.path(os.path.join(os.path.dirname(store), "tiles", "landcover")), store, landcover)
+    # Put it back for the other tests of this module.
+    assert prepare_array(store, plan.grid, dem)
+    array = open_array(store, dem)
+    for index in dem.tiles:
+        write_tile_chunk(array, plan.grid, index, str(index.path(os.path.join(os.path.dirname(store), "tiles", "dem"))),
+                         store, dem)
+    finish_store(store, plan.grid, list(plan.datasets))
+    assert np.array_equal(xr.open_zarr(store)["dem"].values, np.where(
+        read_band(mosaics["dem"]) == -9999, np.nan, read_band(mosaics["dem"])), equal_nan=True)
+
+
+def test_arrays_of_datasets_no_longer_in_the_run_are_removed(made, tmp_path):
+    plan, _, store = made
+    import shutil
+    copy = str(tmp_path / "copy.zarr")
+    shutil.copytree(store, copy)
+    assert finish_store(copy, plan.grid, ["dem"]) == ["landcover", "shares", "shares_band", "temperature"]
+    assert set(xr.open_zarr(copy).data_vars) == {"dem"}
+
+
+def mosaic_as_xarray_reads_it(path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        data = src.read().astype("float64")
+        data[data == src.nodata] = np.nan
+    return data
+
+
+@pytest.mark.integration
+def test_a_run_writes_the_store_and_with_zarr_alone_makes_no_mosaic(tmp_path, uninterrupted_run):
+    """The shared uninterrupted run (both formats, written by batches of 6 tiles of 16 px): each
+    array is its dataset's mosaic. The same config with ``formats: [zarr]``: the same arrays,
+    statistics and quicklooks, and no mosaic or GeoTIFF stack."""
+    ref = uninterrupted_run.workdir / "results"
+    ds = xr.open_zarr(ref / "stack.zarr")
+    mosaics = sorted(p[:-4] for p in os.listdir(ref / "mosaics"))
+    assert mosaics and set(mosaics) <= set(ds.data_vars)
+    for name in mosaics:
+        got = ds[name].values.astype("float64")
+        assert np.array_equal(got[np.newaxis] if got.ndim == 2 else got,
+                              mosaic_as_xarray_reads_it(ref / "mosaics" / f"{name}.tif"), equal_nan=True), name
+    # In larger tiles than the reference (fewer jobs): the same values, tiling changes none.
+    write_config(tmp_path, {**synthetic_config(tmp_path), "output": {"formats": ["zarr"]}})
+    run = snakemake(tmp_path, "--cores", "2", "--resources", "mem_mb=2000")
+    out = tmp_path / "results"
+    assert not (out / "mosaics").exists() and not (out / "stack.tif").exists()
+    assert "rule mosaic" not in run.stdout + run.stderr
+    assert zarr_digest(out / "stack.zarr") == zarr_digest(ref / "stack.zarr")
+    for name in mosaics:
+        with open(out / "statistics" / f"{name}.json") as a, open(ref / "statistics" / f"{name}.json") as b:
+            # Sums of the tiles' figures, merged as tiles finish: equal to the last bits.
+            got, want = json.load(a), json.load(b)
+            assert got.keys() == want.keys() and got["histogram"] == want["histogram"], name
+            assert all(got[k] == pytest.approx(want[k], rel=1e-12)
+                       for k in ("valid_pixels", "min", "max", "mean", "std")), name
+        assert (out / "report" / "quicklooks" / f"{name}.png").stat().st_size > 1000
+    status = subprocess.run([sys.executable, "-m", "workflow_lib", "status"], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert "complete" in status.stdout, status.stdout
+
+
+def test_another_grid_replaces_every_array_and_the_coordinates(made, tmp_path):
+    """A config on another grid (here, pixels twice as large): every array starts again, and the
+    coordinates and the root's attributes are those of the new grid once the store is finished."""
+    import dataclasses
+    import shutil
+
+    from affine import Affine
+
+    plan, _, store = made
+    copy = str(tmp_path / "copy.zarr")
+    shutil.copytree(store, copy)
+    g = plan.grid
+    coarse = dataclasses.replace(g, transform=g.transform @ Affine.scale(2), width=g.width // 2,
+                                 height=g.height // 2)
+    for dataset in plan.datasets.values():
+        assert prepare_array(copy, coarse, dataset)
+    finish_store(copy, coarse, list(plan.datasets))
+    ds = xr.open_zarr(copy)
+    assert ds.sizes["x"] == coarse.width and ds.sizes["y"] == coarse.height
+    assert ds.rio.transform() == coarse.transform and ds["dem"].rio.transform() == coarse.transform
+    assert ds.attrs["spatial:shape"] == [coarse.height, coarse.width]
+    assert bool(ds["dem"].isnull().all())  # no chunk of the old grid survives
