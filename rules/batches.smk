@@ -18,7 +18,6 @@ rule resample_batch:
         compress=OUTPUT["compress"],
         engine=tile_engine,
         todo=batch_todo,
-        zarr=ZARR_STORE,
     message:
         "resample batch {wildcards.batch} of {wildcards.dataset}: {params.todo} with the {params.engine} engine"
     priority: dataset_priority

@@ -7,7 +7,7 @@ from workflow_lib.atomic import check_writable
 from workflow_lib.config import validate_config
 from workflow_lib.domain import (RESULTS_DIR, OutputFormat, dataset_record_path, manifest_path, mosaic_path,
                                  products, quicklook_path, report_page, stac_collection_path, stack_path,
-                                 statistics_path, tile_dir, zarr_root_path, zarr_store_path)
+                                 statistics_path, tile_dir, zarr_root_path)
 from workflow_lib.engines.batch import forget_incomplete_batches
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.digest import TilesToMake, tile_digest
@@ -62,8 +62,6 @@ DATASETS = list(PLAN.datasets)
 # Smallest datasets first (config "order"), through job priorities.
 PRIORITIES = PLAN.priorities(config["order"])
 OUTPUT = config["output"]
-# The Zarr store, when output.formats has it (its array of each dataset: made by the register job).
-ZARR_STORE = zarr_store_path() if OutputFormat.ZARR in PLAN.formats else ""
 
 # Memory, in MB, declared by each kind of job on its first attempt (config "memory"); retries ask
 # for more (--retries N). --set-resources resample_batch:mem_mb=2000 overrides it for every attempt.

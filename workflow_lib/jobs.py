@@ -18,6 +18,7 @@ from workflow_lib.errors import BatchError
 from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack
 from workflow_lib.mosaics.zarr_store import ChunkWriter, finish_store, prepare_array
 from workflow_lib.planning.grid import TargetGrid
+from workflow_lib.planning.plan import output_formats
 from workflow_lib.planning.registration import load_dataset, register_dataset
 from workflow_lib.runtime import STOP_STARTING, THREAD_STACK_BYTES, job_logging, memory_limit
 from workflow_lib.status import DEFAULT_SPOOL_DIR, StatusStore, redact, resolve_url
@@ -60,11 +61,15 @@ def status_store(snakemake, read_only: bool = False) -> Iterator[StatusStore]:
         store.close()
 
 
+def zarr_chosen(snakemake) -> bool:
+    return OutputFormat.ZARR in output_formats(snakemake.config)
+
+
 def run_register_job(snakemake) -> None:
     with job_logging(snakemake.log[0]):
         planned = register_dataset(snakemake.wildcards.dataset, snakemake.params.dataset, snakemake.params.grid,
                                    snakemake.output[0])
-        if OutputFormat.ZARR.value in snakemake.config["output"]["formats"]:
+        if zarr_chosen(snakemake):
             # Its array in the Zarr store, before its batches write chunks into it. From the config, not
             # a parameter: choosing formats must not rerun the registrations and everything after them.
             store = zarr_store_path()
@@ -87,9 +92,10 @@ def run_batch_job(snakemake) -> None:
         with status_store(snakemake) as store:
             reporter = BatchReporter(store, dataset.name, batch, dataset.settings.engine, mem_mb)
             hooks = reporter.hooks
-            # The Zarr store (output.formats): each tile made goes into its chunk at once.
-            chunks = (ChunkWriter(snakemake.params.zarr, grid, dataset, snakemake.params.tile_dir)
-                      if snakemake.params.zarr else None)
+            # The Zarr store (output.formats): each tile made goes into its chunk at once. From the
+            # config, not a parameter: choosing formats must not rerun every batch.
+            chunks = (ChunkWriter(zarr_store_path(), grid, dataset, snakemake.params.tile_dir)
+                      if zarr_chosen(snakemake) else None)
             if chunks:
                 hooks = dataclasses.replace(hooks, made=chunks.write)
             with job_memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \
