@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 ZSTD_LEVEL = 1
 # Written into each array's attributes: a digest of what its chunks depend on.
 SPEC_ATTRIBUTE = "onegrid:spec"
+GRID_ATTRIBUTE = "onegrid:grid"
 GRID_MAPPING = ZARR_COORDINATES[2]
 
 
@@ -99,8 +100,15 @@ def root_attributes(grid: TargetGrid) -> dict:
 
 def _grid_mapping_attributes(grid: TargetGrid) -> dict:
     wkt = grid.crs.to_wkt()
-    # crs_wkt is CF's; spatial_ref and GeoTransform are what GDAL and rioxarray also read.
-    return {"crs_wkt": wkt, "spatial_ref": wkt, "GeoTransform": " ".join(repr(v) for v in grid.transform.to_gdal())}
+    # crs_wkt is CF's; spatial_ref and GeoTransform are what GDAL and rioxarray also read. The
+    # grid's digest says which grid the coordinates were made for (finish_store).
+    return {"crs_wkt": wkt, "spatial_ref": wkt, "GeoTransform": " ".join(repr(v) for v in grid.transform.to_gdal()),
+            GRID_ATTRIBUTE: grid_digest(grid)}
+
+
+def grid_digest(grid: TargetGrid) -> str:
+    return spec_digest({"crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6],
+                        "shape": [grid.height, grid.width]})
 
 
 def ensure_store(store: str, grid: TargetGrid) -> None:
@@ -250,18 +258,19 @@ def finish_store(store: str, grid: TargetGrid, names: list[str]) -> list[str]:
     """Remove the arrays of datasets no longer in the run, and write the root's consolidated
     metadata (every array's, read by ``xarray.open_zarr`` at once). Returns the removed names."""
     zarr = _zarr()
-    ensure_store(store, grid)
-    # The root's attributes and the coordinates, for this grid: those made by an earlier run on
-    # another grid are replaced (no other job runs now); unchanged ones are left as they are.
-    attributes = json.loads(json.dumps(root_attributes(grid)))
+    # Which grid the coordinates were made for, before ensure_store (which makes missing ones for
+    # this grid; Snakemake removes the root's zarr.json, this job's output, before it runs).
     try:
-        with open(os.path.join(store, "zarr.json")) as f:
-            current = json.load(f).get("attributes")
-    except (OSError, ValueError):
-        current = None
-    if current != attributes:
+        with open(os.path.join(store, GRID_MAPPING, "zarr.json")) as f:
+            made_for = json.load(f)["attributes"].get(GRID_ATTRIBUTE)
+    except (OSError, ValueError, KeyError, TypeError):
+        made_for = None
+    ensure_store(store, grid)
+    if made_for is not None and made_for != grid_digest(grid):
+        # Made by an earlier run on another grid: the root's attributes and the coordinates are
+        # replaced (no other job runs now).
         write_json_atomic(os.path.join(store, "zarr.json"),
-                          {"zarr_format": 3, "node_type": "group", "attributes": attributes})
+                          {"zarr_format": 3, "node_type": "group", "attributes": root_attributes(grid)})
         write_coordinates(zarr.open_group(store, mode="r+"), grid,
                           lambda root, name, **spec: root.create_array(name, overwrite=True, **spec))
     keep = set(names) | set(ZARR_COORDINATES) | {f"{n}{ZARR_BAND_SUFFIX}" for n in names}
