@@ -19,12 +19,14 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import subprocess
 
 import numpy as np
 import rasterio
 from rasterio.warp import transform_bounds
 
+from workflow_lib.atomic import atomic_path
 from workflow_lib.domain import (OutputFormat, mosaic_path, quicklook_path, stac_collection_path, stack_path,
                                  statistics_path, zarr_store_path)
 from workflow_lib.planning.grid import TargetGrid
@@ -211,8 +213,23 @@ def write_catalog(results_dir: str, grid: TargetGrid, datasets: list[DatasetPlan
     collection.make_all_asset_hrefs_relative()
     for asset in collection.assets.values():  # the collection's own assets are not made relative above
         asset.href = os.path.relpath(asset.href, out_dir)
-    collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=_atomic_stac_io(pystac))
+    # Items of datasets no longer in the run.
+    for entry in os.listdir(out_dir):
+        if os.path.isdir(os.path.join(out_dir, entry)) and entry not in {d.name for d in datasets}:
+            shutil.rmtree(os.path.join(out_dir, entry))
     return os.path.join(out_dir, "collection.json")
+
+
+def _atomic_stac_io(pystac):
+    """pystac's file writer, each file written under a temporary name and renamed (atomic.py)."""
+
+    class AtomicStacIO(pystac.stac_io.DefaultStacIO):
+        def write_text_to_href(self, href: str, txt: str) -> None:
+            with atomic_path(href) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                f.write(txt)
+
+    return AtomicStacIO()
 
 
 def _file_asset(pystac, path: str, media_type: str, roles: list[str], title: str, extra: dict | None = None):
