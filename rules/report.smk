@@ -20,6 +20,10 @@ rule quicklook:
             category="Mosaics",
             labels={"dataset": "{dataset}"},
         ),
+    params:
+        # What to read: the mosaic, or the dataset's array in the store.
+        source=lambda w: mosaic_path(w.dataset) if OutputFormat.COG in PLAN.formats
+        else os.path.join(zarr_store_path(), w.dataset),
     log:
         "logs/quicklook/{dataset}.log",
     benchmark:

@@ -15,7 +15,7 @@ import yaml
 from rasterio.errors import CRSError
 
 from workflow_lib import secrets
-from workflow_lib.domain import ZARR_BAND_SUFFIX, ZARR_COORDINATES
+from workflow_lib.domain import ZARR_BAND_SUFFIX, ZARR_COORDINATES, OutputFormat
 from workflow_lib.errors import ConfigError
 from workflow_lib.coords import parse_crs
 from workflow_lib.runtime import BASELINE_MB, MIN_JOB_MB, MIN_TILE_SHARE_MB
@@ -102,7 +102,7 @@ def check_config(config: dict[str, Any]) -> None:
     output = config["output"]
     if output["compress"] == "deflate" and output["compress_level"] > 12:
         raise ConfigError(f"output.compress_level: deflate's levels are 1 to 12, got {output['compress_level']}")
-    if "zarr" in output["formats"]:
+    if OutputFormat.ZARR in output["formats"]:
         for name in config["datasets"]:
             base = name.removesuffix(ZARR_BAND_SUFFIX)
             if name in ZARR_COORDINATES or (base != name and base in config["datasets"]):

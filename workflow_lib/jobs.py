@@ -198,10 +198,7 @@ def run_quicklook_job(snakemake) -> None:
     from workflow_lib.views.report import write_quicklook
 
     with job_logging(snakemake.log[0]):
-        raster = snakemake.input.raster
-        if os.path.basename(raster) == "zarr.json":  # the Zarr store's root: the dataset's array in it
-            raster = os.path.join(os.path.dirname(raster), snakemake.wildcards.dataset)
-        write_quicklook(raster, snakemake.input.statistics, snakemake.output[0])
+        write_quicklook(snakemake.params.source, snakemake.input.statistics, snakemake.output[0])
 
 
 def run_statistics_page_job(snakemake) -> None:

@@ -309,14 +309,12 @@ def forget_incomplete_batches(plan: Plan, results_dir: str = RESULTS_DIR) -> lis
         manifests = set(os.listdir(folder))
         tiles = tile_dir(name, results_dir)
         on_disk = set(os.listdir(tiles)) if os.path.isdir(tiles) else set()
-        done = [b for b in d.batches if f"{b.id}.json" in manifests]
-        without_chunks = set()
-        if store and done:
-            without_chunks = set(tiles_without_chunks(store, name, len(d.band_names) > 1,
-                                                      [t for b in done for t in b.tiles]))
-        for b in done:
-            if any(tile_file_name(t) not in on_disk for t in b.tile_ids) or \
-                    (without_chunks and any(t in without_chunks for t in b.tiles)):
+        done = {b: b.tiles for b in d.batches if f"{b.id}.json" in manifests}  # each batch's tiles parsed once
+        # One listing per row of tiles for all the batches together (rows span batches).
+        without_chunks = set(tiles_without_chunks(store, name, len(d.band_names) > 1,
+                                                  [t for tiles in done.values() for t in tiles])) if store else set()
+        for b, tiles in done.items():
+            if any(tile_file_name(t) not in on_disk for t in b.tile_ids) or any(t in without_chunks for t in tiles):
                 path = os.path.join(folder, f"{b.id}.json")
                 os.unlink(path)
                 removed.append(path)

@@ -29,6 +29,7 @@ from rasterio.warp import transform_bounds
 from workflow_lib.atomic import atomic_path
 from workflow_lib.domain import (OutputFormat, mosaic_path, quicklook_path, stac_collection_path, stack_path,
                                  statistics_path, zarr_store_path)
+from workflow_lib.mosaics.zarr_store import folder_size
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan
 from workflow_lib.secrets import redact
@@ -53,10 +54,6 @@ def checksum(path: str) -> str:
         while block := f.read(_CHUNK):
             h.update(block)
     return "1220" + h.hexdigest()
-
-
-def folder_size(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def software() -> dict[str, str]:
@@ -108,13 +105,6 @@ def inputs_of(name: str, spec) -> list[dict]:
 def _bbox_wgs84(grid: TargetGrid) -> list[float]:
     left, bottom, right, top = transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=101)
     return [left, bottom, right, top]
-
-
-def _projection(grid: TargetGrid) -> dict:
-    code = grid.crs.to_epsg()
-    return {"proj:code": f"EPSG:{code}" if code else None, "proj:wkt2": None if code else grid.crs.to_wkt(),
-            "proj:shape": [grid.height, grid.width], "proj:transform": list(grid.transform)[:6],
-            "proj:bbox": list(grid.bounds)}
 
 
 def _raster_bands(dataset: DatasetPlan, stats: dict) -> list[dict]:
@@ -175,11 +165,12 @@ def write_catalog(results_dir: str, grid: TargetGrid, datasets: list[DatasetPlan
                         "onegrid:inputs": inputs_of(name, config["datasets"][name]["path"]), **provenance},
         )
         projection = ProjectionExtension.ext(item, add_if_missing=True)
-        p = _projection(grid)
-        projection.code = p["proj:code"]
-        if p["proj:wkt2"]:
-            projection.wkt2 = p["proj:wkt2"]
-        projection.shape, projection.transform, projection.bbox = p["proj:shape"], p["proj:transform"], p["proj:bbox"]
+        epsg = grid.crs.to_epsg()
+        projection.code = f"EPSG:{epsg}" if epsg else None
+        if not epsg:
+            projection.wkt2 = grid.crs.to_wkt()
+        projection.shape, projection.transform = [grid.height, grid.width], list(grid.transform)[:6]
+        projection.bbox = list(grid.bounds)
         raster = {"raster:bands": _raster_bands(dataset, stats)}
         if OutputFormat.COG in formats:
             path = mosaic_path(name, results_dir)

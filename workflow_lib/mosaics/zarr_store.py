@@ -288,6 +288,11 @@ def finish_store(store: str, grid: TargetGrid, names: list[str]) -> list[str]:
     return removed
 
 
+def folder_size(path: str) -> int:
+    """Bytes of every file under ``path`` (a store, or one array of it)."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
 def store_facts(store: str) -> dict | None:
     """What a user wants to know of the store, for ``onegrid results``: from its consolidated
     metadata (one file, no zarr import); None if it is not finished."""
@@ -298,8 +303,7 @@ def store_facts(store: str) -> dict | None:
         return None
     arrays = {name: meta for name, meta in sorted(children.items())
               if meta.get("node_type") == "array" and meta.get("attributes", {}).get("grid_mapping")}
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(store) for f in files)
-    return {"path": store, "bytes": size,
+    return {"path": store, "bytes": folder_size(store),
             "arrays": [{"name": name, "shape": meta["shape"], "dtype": meta["data_type"],
                         "chunks": meta["chunk_grid"]["configuration"]["chunk_shape"],
                         "dims": meta.get("dimension_names")} for name, meta in arrays.items()]}
