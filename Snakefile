@@ -24,6 +24,7 @@ include: "rules/common.smk"
 wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
     batch=r"b\d+_\d+_\d+x\d+",
+    area=AREA_ID_PATTERN,
 
 
 
@@ -32,6 +33,7 @@ include: "rules/batches.smk"
 include: "rules/mosaic.smk"
 include: "rules/stack.smk"
 include: "rules/zarr.smk"
+include: "rules/table.smk"
 include: "rules/stac.smk"
 include: "rules/report.smk"
 

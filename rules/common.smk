@@ -7,11 +7,13 @@ from workflow_lib.atomic import check_writable
 from workflow_lib.config import validate_config
 from workflow_lib.domain import (RESULTS_DIR, OutputFormat, dataset_record_path, manifest_path, mosaic_path,
                                  products, quicklook_path, report_page, stac_collection_path, stack_path,
-                                 statistics_path, tile_dir, zarr_root_path, zarr_store_path)
+                                 statistics_path, table_metadata_path, table_part_path, tile_dir, zarr_root_path,
+                                 zarr_store_path)
 from workflow_lib.engines.batch import forget_incomplete_batches
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.digest import TilesToMake, tile_digest
 from workflow_lib.planning.plan import load_plan, plan_cache_path
+from workflow_lib.planning.table import AREA_ID_PATTERN, table_areas
 from workflow_lib.snakemake_fixes import (graceful_sigterm_without_deadlock, slurm_cancelled_by_user_is_cancelled,
                                           status_snapshot_on_sigusr1)
 from workflow_lib.sources.paths import local_file
@@ -98,9 +100,10 @@ def dataset_batches(wildcards):
 
 
 def format_products():
-    """The big products of the chosen formats: the mosaics and GeoTIFF stack, the Zarr store."""
+    """The big products of the chosen formats: the mosaics and GeoTIFF stack, the Zarr store, the table."""
     cog = [mosaic_path(n) for n in DATASETS] + [stack_path()] if OutputFormat.COG in PLAN.formats else []
-    return cog + ([zarr_root_path()] if OutputFormat.ZARR in PLAN.formats else [])
+    table = [table_metadata_path()] if OutputFormat.PARQUET in PLAN.formats else []
+    return cog + ([zarr_root_path()] if OutputFormat.ZARR in PLAN.formats else []) + table
 
 
 def batch_tiles(wildcards):

@@ -40,7 +40,8 @@ def test_defaults_are_filled_in(raster):
     assert cfg["target"]["extent"] == "union"
     assert cfg["target"]["origin"] == [0.0, 0.0]
     assert cfg["datasets"]["dem"]["band"] == 1
-    assert cfg["output"] == {"formats": ["zarr", "cog"], "compress": "deflate", "compress_level": 1, "cog": True}
+    assert cfg["output"] == {"formats": ["zarr", "cog"], "table": "none", "compress": "deflate", "compress_level": 1,
+                             "cog": True}
     assert cfg["warp"]["error_threshold"] == 0.125
 
 

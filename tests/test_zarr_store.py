@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 
@@ -135,7 +136,8 @@ def mosaic_as_xarray_reads_it(path) -> np.ndarray:
 def test_a_run_writes_the_store_and_with_zarr_alone_makes_no_mosaic(tmp_path, uninterrupted_run):
     """The shared uninterrupted run (both formats, written by batches of 6 tiles of 16 px): each
     array is its dataset's mosaic. The same config with ``formats: [zarr]``: the same arrays,
-    statistics and quicklooks, and no mosaic or GeoTIFF stack."""
+    statistics and quicklooks, and no mosaic or GeoTIFF stack; with ``table: parquet``, the per-cell
+    table, each column its mosaic."""
     ref = uninterrupted_run.workdir / "results"
     ds = xr.open_zarr(ref / "stack.zarr")
     mosaics = sorted(p[:-4] for p in os.listdir(ref / "mosaics"))
@@ -145,7 +147,7 @@ def test_a_run_writes_the_store_and_with_zarr_alone_makes_no_mosaic(tmp_path, un
         assert np.array_equal(got[np.newaxis] if got.ndim == 2 else got,
                               mosaic_as_xarray_reads_it(ref / "mosaics" / f"{name}.tif"), equal_nan=True), name
     # In larger tiles than the reference (fewer jobs): the same values, tiling changes none.
-    write_config(tmp_path, {**synthetic_config(tmp_path), "output": {"formats": ["zarr"]}})
+    write_config(tmp_path, {**synthetic_config(tmp_path), "output": {"formats": ["zarr"], "table": "parquet"}})
     run = snakemake(tmp_path, "--cores", "2", "--resources", "mem_mb=2000")
     out = tmp_path / "results"
     assert not (out / "mosaics").exists() and not (out / "stack.tif").exists()
@@ -159,6 +161,16 @@ def test_a_run_writes_the_store_and_with_zarr_alone_makes_no_mosaic(tmp_path, un
             assert all(got[k] == pytest.approx(want[k], rel=1e-12)
                        for k in ("valid_pixels", "min", "max", "mean", "std")), name
         assert (out / "report" / "quicklooks" / f"{name}.png").stat().st_size > 1000
+    # The per-cell table (output.table), from the tiles, no mosaic needed: each column is its mosaic.
+    table = pd.read_parquet(out / "table")
+    assert len(table) and not table.duplicated(["row", "col"]).any()
+    for name in mosaics:
+        want = mosaic_as_xarray_reads_it(ref / "mosaics" / f"{name}.tif")[0]
+        got = np.full(want.shape, np.nan)
+        got[table.row, table["col"]] = table[name].astype("float64")
+        assert np.array_equal(got, want, equal_nan=True), name
+    with open(out / "stac" / "collection.json") as f:
+        assert json.load(f)["assets"]["table"]["href"] == "../table"
     status = subprocess.run([sys.executable, "-m", "workflow_lib", "status"], cwd=tmp_path, capture_output=True,
                             text=True)
     assert "complete" in status.stdout, status.stdout

@@ -43,19 +43,22 @@ def results(results_dir: str, as_json: bool = False, config_path: str = DEFAULT_
     import json
     from dataclasses import asdict
 
-    from workflow_lib.domain import zarr_store_path
+    from workflow_lib.domain import table_dir, zarr_store_path
+    from workflow_lib.mosaics.table import table_facts
     from workflow_lib.mosaics.zarr_store import store_facts
 
     mosaics_dir = os.path.join(results_dir, "mosaics")
     mosaics = sorted(f for f in os.listdir(mosaics_dir) if f.endswith(".tif")) if os.path.isdir(mosaics_dir) else []
     stack = os.path.join(results_dir, "stack.tif")
     store = store_facts(zarr_store_path(results_dir))
-    if not mosaics and not os.path.exists(stack) and not store:
+    table = table_facts(table_dir(results_dir))
+    if not mosaics and not os.path.exists(stack) and not store and not table:
         print(f"no results under {results_dir}/ yet: run snakemake first", file=sys.stderr)
         return 1
     if as_json:
         print(json.dumps({"mosaics": [facts(os.path.join(mosaics_dir, name)) for name in mosaics],
                           "stack": facts(stack) if os.path.exists(stack) else None, "zarr": store,
+                          "table": table,
                           "statistics": [asdict(s) for s in dataset_statistics(config_path)]}, indent=1))
         return 0
     if mosaics:
@@ -72,6 +75,10 @@ def results(results_dir: str, as_json: bool = False, config_path: str = DEFAULT_
         print(f"Zarr (xarray.open_zarr({store['path']!r}), with rioxarray for the CRS):")
         print(f"  {store['path']}  {len(arrays)} array(s) [{', '.join(a['name'] for a in arrays)}], {shape} px, "
               f"chunks {chunks}, {_size(store['bytes'])}")
+    if table:
+        print(f"Table (pandas.read_parquet({table['path']!r}), one row per valid cell):")
+        print(f"  {table['path']}  {table['rows']:,} rows x {len(table['columns'])} columns "
+              f"[{', '.join(table['columns'])}], {table['files']} file(s), {_size(table['bytes'])}")
     statistics = dataset_statistics(config_path)
     if statistics:
         print("Statistics (status database):")

@@ -106,9 +106,12 @@ class OutputFormat(StrEnum):
 
     ZARR = "zarr"  # results/stack.zarr: one array per dataset, chunks written by the batch jobs
     COG = "cog"  # one GeoTIFF mosaic per dataset (a COG unless output.cog is false) and the GeoTIFF stack
+    PARQUET = "parquet"  # results/table/: one row per valid cell, one column per band (config output.table)
 
 
+# What a run ends with unless the config says otherwise (the table is asked for by output.table).
 ALL_FORMATS = (OutputFormat.ZARR, OutputFormat.COG)
+FORMAT_ORDER = (OutputFormat.ZARR, OutputFormat.COG, OutputFormat.PARQUET)
 
 RESULTS_DIR = "results"
 TILE_SUFFIX = ".tif"
@@ -223,6 +226,27 @@ def tiles_without_chunks(store: str, dataset: str, multiband: bool, tiles) -> li
     return missing
 
 
+# The per-cell table's own columns, before one per dataset band (mosaics.table): the cell's row and
+# column on the grid and its centre in the grid's CRS. No dataset may take these names.
+TABLE_COLUMNS = ("row", "col", "x", "y")
+
+
+def table_dir(results_dir: str = RESULTS_DIR) -> str:
+    """The per-cell table: a folder of Parquet files that pandas, pyarrow and DuckDB read as one."""
+    return os.path.join(results_dir, "table")
+
+
+def table_part_path(area: str, results_dir: str = RESULTS_DIR) -> str:
+    """One area's rows (planning.areas), written by that area's job."""
+    return os.path.join(table_dir(results_dir), f"{area}.parquet")
+
+
+def table_metadata_path(results_dir: str = RESULTS_DIR) -> str:
+    """The table's schema (with the grid's CRS) alone, written last, once every part is there:
+    Parquet readers skip files whose names start with "_"."""
+    return os.path.join(table_dir(results_dir), "_common_metadata")
+
+
 def stac_collection_path(results_dir: str = RESULTS_DIR) -> str:
     """The STAC catalog's collection (mosaics.stac), its items beside it, one folder each."""
     return os.path.join(results_dir, "stac", "collection.json")
@@ -251,4 +275,6 @@ def products(datasets: list[str], formats: tuple[OutputFormat, ...] = ALL_FORMAT
         whole.append(stack_path(results_dir))
     if OutputFormat.ZARR in formats:
         whole.append(zarr_root_path(results_dir))
+    if OutputFormat.PARQUET in formats:
+        whole.append(table_metadata_path(results_dir))
     return [f(name, results_dir) for f in each for name in datasets] + whole

@@ -79,6 +79,10 @@ class OutputWriteError(WorkflowLibError):
         super().__init__(f"writing {path} failed: {write_failure(path, cause)}; nothing was left under that name")
 
 
+class TileReadError(WorkflowLibError):
+    """A tile that a batch made cannot be read back by a later job (removed or damaged since)."""
+
+
 class BatchError(WorkflowLibError):
     """Some tiles of a batch failed (each with its own message in the job's log and the database)."""
 

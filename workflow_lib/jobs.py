@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import threading
 from collections.abc import Iterator
 
 from workflow_lib.atomic import write_json_atomic
-from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, zarr_store_path
+from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, tile_dir, zarr_store_path
 from workflow_lib.engines.batch import manifest, manifest_tiles, prepare_kernels, run_batch
 from workflow_lib.errors import BatchError
 from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack
@@ -20,6 +21,7 @@ from workflow_lib.mosaics.zarr_store import ChunkWriter, finish_store, prepare_a
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import output_formats
 from workflow_lib.planning.registration import load_dataset, register_dataset
+from workflow_lib.planning.table import Area
 from workflow_lib.runtime import STOP_STARTING, THREAD_STACK_BYTES, job_logging, memory_limit
 from workflow_lib.status import DEFAULT_SPOOL_DIR, StatusStore, redact, resolve_url
 from workflow_lib.status.events import DatasetStatistics
@@ -179,6 +181,39 @@ def run_zarr_store_job(snakemake) -> None:
             log.info("zarr store: %s is no longer a dataset of this run, removed", name)
         log.info("zarr store %s: %d array(s), metadata consolidated", snakemake.params.store,
                  len(snakemake.params.names))
+
+
+def run_table_part_job(snakemake) -> None:
+    """One area's rows of the per-cell table, from the tiles its datasets' batches made (their
+    manifests list them)."""
+    from workflow_lib.mosaics.table import write_table_part  # pyarrow: only the table's jobs need it
+
+    with job_logging(snakemake.log[0]):
+        loaded = [load_dataset(path) for path in snakemake.input.records]
+        grid, datasets = loaded[0][0], [d for _, d in loaded]
+        area = Area.parse(snakemake.wildcards.area)
+        tiles: dict[str, list[TileIndex]] = {}
+        for path in snakemake.input.batches:
+            with open(path) as f:
+                made = json.load(f)
+            tiles.setdefault(made["dataset"], []).extend(TileIndex.parse(t) for t in made["tiles"])
+        with job_memory_limit(snakemake, f"table area {area.id}"):
+            rows = write_table_part(snakemake.output[0], grid, area, datasets,
+                                    {d.name: tile_dir(d.name) for d in datasets}, tiles)
+        log.info("table area %s: %d row(s) from %s", area.id, rows,
+                 ", ".join(f"{len([t for t in found if area.holds(t)])} tile(s) of {name}"
+                           for name, found in tiles.items()) or "no tile")
+
+
+def run_table_job(snakemake) -> None:
+    from workflow_lib.mosaics.table import finish_table
+
+    with job_logging(snakemake.log[0]):
+        loaded = [load_dataset(path) for path in snakemake.input.records]
+        folder = os.path.dirname(snakemake.output[0])
+        for path in finish_table(folder, loaded[0][0], [d for _, d in loaded], list(snakemake.params.areas)):
+            log.info("table: %s is no area of this run (or a killed writer's), removed", path)
+        log.info("table %s: %d file(s), schema written", folder, len(snakemake.params.areas))
 
 
 def run_stac_job(snakemake) -> None:

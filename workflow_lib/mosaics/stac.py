@@ -28,7 +28,7 @@ from rasterio.warp import transform_bounds
 
 from workflow_lib.atomic import atomic_path
 from workflow_lib.domain import (OutputFormat, mosaic_path, quicklook_path, stac_collection_path, stack_path,
-                                 statistics_path, zarr_store_path)
+                                 statistics_path, table_dir, zarr_store_path)
 from workflow_lib.mosaics.zarr_store import folder_size
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 COLLECTION_ID = "onegrid"
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 _CHUNK = 1 << 22
 # Besides the projection extension (pystac adds it): their fields are set here by hand.
 EXTENSIONS = ("https://stac-extensions.github.io/raster/v1.1.0/schema.json",
@@ -200,6 +201,11 @@ def write_catalog(results_dir: str, grid: TargetGrid, datasets: list[DatasetPlan
             title="every dataset, one array each (Zarr v3)",
             extra_fields={"file:size": folder_size(zarr_store_path(results_dir)),
                           "xarray:open_kwargs": {"engine": "zarr", "consolidated": True}}))
+    if OutputFormat.PARQUET in formats:
+        collection.add_asset("table", pystac.Asset(
+            href=os.path.abspath(table_dir(results_dir)), media_type=PARQUET_MEDIA_TYPE, roles=["data"],
+            title="one row per valid cell, one column per dataset band (a folder of Parquet files, one table)",
+            extra_fields={"file:size": folder_size(table_dir(results_dir))}))
     collection.normalize_hrefs(out_dir)
     collection.make_all_asset_hrefs_relative()
     for asset in collection.assets.values():  # the collection's own assets are not made relative above

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.config import nodata_override, target_crs, target_resolution
 from workflow_lib.coords import trusted_transform
-from workflow_lib.domain import ALL_FORMATS, Engine, Method, OutputFormat, TileIndex
+from workflow_lib.domain import ALL_FORMATS, FORMAT_ORDER, Engine, Method, OutputFormat, TileIndex
 from workflow_lib.errors import GDAL_ERRORS, ConfigError, InputRasterError
 from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
 from workflow_lib.planning.engine import choose_engine
@@ -31,6 +31,7 @@ from workflow_lib.planning.footprint import (Bounds, edge_points, footprint_boun
                                              raster_centre_lon, tile_mask, whole_image_scale)
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.settings import WarpSettings, kernel_reach, resolve_settings
+from workflow_lib.planning.table import table_columns
 from workflow_lib.sources.catalog import read_headers
 from workflow_lib.sources.header import RasterHeader, read_header
 from workflow_lib.sources.members import (MemberMosaic, arrange, check_members, member_tiles, split_runs,
@@ -266,7 +267,10 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
             names = dataset_classes(name, ds)[1] if settings.method is Method.FRACTIONS else (name,)
             names += (f"{name}_coverage",) if settings.coverage else ()
         plans[name] = (header, settings, window, parts, names)
-    return Plan(grid, _batched(config, grid, plans, masks, notes), output_formats(config))
+    plan = Plan(grid, _batched(config, grid, plans, masks, notes), output_formats(config))
+    if OutputFormat.PARQUET in plan.formats:
+        table_columns(plan.datasets.values())  # two datasets' bands named alike: said before any job
+    return plan
 
 
 def dataset_classes(name: str, ds: dict) -> tuple[tuple[float, ...], tuple[str, ...]]:
@@ -381,9 +385,13 @@ def _window_list(window: Window | None) -> list[int] | None:
 
 
 def output_formats(config: dict[str, Any]) -> tuple[OutputFormat, ...]:
-    """The config's output.formats, in a fixed order (whatever order the config gives)."""
-    chosen = set(config.get("output", {}).get("formats", [f.value for f in ALL_FORMATS]))
-    return tuple(f for f in ALL_FORMATS if f.value in chosen)
+    """The config's output.formats, and the table if output.table asks for it, in a fixed order
+    (whatever order the config gives)."""
+    output = config.get("output", {})
+    chosen = set(output.get("formats", [f.value for f in ALL_FORMATS]))
+    if output.get("table", "none") != "none":
+        chosen.add(output["table"])
+    return tuple(f for f in FORMAT_ORDER if f.value in chosen)
 
 
 def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: dict) -> dict[str, DatasetPlan]:
