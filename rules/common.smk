@@ -59,6 +59,8 @@ if workflow.is_main_process:
     for name, planned in PLAN.datasets.items():
         if planned.note:
             print(f"note: dataset {name}: {planned.note}", file=sys.stderr)
+    for note in PLAN.notes:
+        print(f"note: {note}", file=sys.stderr)
 
 DATASETS = list(PLAN.datasets)
 # Smallest datasets first (config "order"), through job priorities.

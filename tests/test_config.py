@@ -1,6 +1,7 @@
 """A bad config fails before any job runs, naming the key and what is wrong."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -263,3 +264,41 @@ def test_a_dataset_may_not_take_a_name_of_the_zarr_stores_own_arrays(tmp_path):
             validate_config(cfg)
         # Without the store among the formats, the names are free.
         validate_config({**cfg, "output": {"formats": ["cog"]}})
+
+
+@pytest.mark.parametrize("resolution, tile_size, formats, expected", [
+    # More pixels per side than GDAL (and a GeoTIFF) holds: refused whatever the formats.
+    (2e-6, 2 ** 22, ["zarr"], r"^target: the grid is 5,000,000,000 x 5,000,000,000 pixels \(width x height\); "
+                              r"tiles, mosaics and GDAL hold at most 2,147,483,647 pixels per side"),
+    # A GeoTIFF stack of 22.7 TiB before compression: a note (compression may well bring it under).
+    (0.004, 2 ** 16, ["zarr", "cog"], r"^the GeoTIFF stack \(output.formats: cog\) would hold 23 TiB before "
+                                      r"compression \(2,500,000 x 2,500,000 pixels, 1 bands\)"),
+    # The same with the Zarr store alone: nothing to say.
+    (0.004, 2 ** 16, ["zarr"], None),
+])
+def test_a_grid_beyond_a_formats_limits_is_said_before_any_job(tmp_path, resolution, tile_size, formats, expected):
+    path = write_raster(tmp_path / "in.tif", np.zeros((100, 100), "float32"), "EPSG:3035",
+                        Affine(100, 0, 4000000, 0, -100, 3000000), -9999.0)
+    config = {"target": {"crs": "EPSG:3035", "resolution": resolution}, "tile_size": tile_size,
+              "datasets": {"dem": {"path": path, "method": "average"}}, "output": {"formats": formats}}
+    if expected and expected.startswith("^target"):
+        with pytest.raises(ConfigError, match=expected):
+            build_plan(validate_config(config), cache_dir=str(tmp_path / "cache"))
+        return
+    plan = build_plan(validate_config(config), cache_dir=str(tmp_path / "cache"))
+    assert len(plan.notes) == (1 if expected else 0)
+    if expected:
+        assert re.match(expected, plan.notes[0]), plan.notes
+
+
+def test_a_geotiff_stack_of_more_bands_than_tiff_holds_is_refused(tmp_path):
+    path = write_raster(tmp_path / "in.tif", np.ones((10, 10), "uint16"), "EPSG:3035",
+                        Affine(100, 0, 4000000, 0, -100, 3000000), 0)
+    config = {"target": {"crs": "EPSG:3035", "resolution": 100},
+              "datasets": {"classes": {"path": path, "method": "fractions", "classes": list(range(1, 65537))}}}
+    with pytest.raises(ConfigError, match=r"^output.formats: the GeoTIFF stack would have 65,536 bands .* set "
+                                          r"output.formats: \[zarr\]"):
+        build_plan(validate_config(config), cache_dir=str(tmp_path / "cache"))
+    config["output"] = {"formats": ["zarr"]}
+    assert len(build_plan(validate_config(config), cache_dir=str(tmp_path / "cache")).datasets["classes"].band_names) \
+        == 65536

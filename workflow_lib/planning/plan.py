@@ -162,6 +162,7 @@ class Plan:
     grid: TargetGrid
     datasets: dict[str, DatasetPlan]
     formats: tuple[OutputFormat, ...] = ALL_FORMATS  # what the run ends with (config output.formats)
+    notes: tuple[str, ...] = ()  # what a user should know of the whole run (format_limits)
 
     @property
     def tile_count(self) -> int:
@@ -192,6 +193,7 @@ class Plan:
             "grid": self.grid.to_dict(),
             "datasets": {n: d.to_dict() for n, d in self.datasets.items()},
             "formats": [f.value for f in self.formats],
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -200,6 +202,7 @@ class Plan:
             TargetGrid.from_dict(data["grid"]),
             {n: DatasetPlan.from_dict(d) for n, d in data["datasets"].items()},
             tuple(OutputFormat(f) for f in data["formats"]),
+            tuple(data.get("notes", [])),
         )
 
 
@@ -267,10 +270,41 @@ def build_plan(config: dict[str, Any], cache_dir: str = DEFAULT_CACHE_DIR) -> Pl
             names = dataset_classes(name, ds)[1] if settings.method is Method.FRACTIONS else (name,)
             names += (f"{name}_coverage",) if settings.coverage else ()
         plans[name] = (header, settings, window, parts, names)
-    plan = Plan(grid, _batched(config, grid, plans, masks, notes), output_formats(config))
-    if OutputFormat.PARQUET in plan.formats:
-        table_columns(plan.datasets.values())  # two datasets' bands named alike: said before any job
-    return plan
+    batched = _batched(config, grid, plans, masks, notes)
+    formats = output_formats(config)
+    if OutputFormat.PARQUET in formats:
+        table_columns(batched.values())  # two datasets' bands named alike: said before any job
+    return Plan(grid, batched, formats, format_limits(grid, batched, formats))
+
+
+# What the formats hold (GDAL's and TIFF's fields): pixels per side (GDAL's raster size is an int),
+# bands per file (TIFF's SamplesPerPixel is 16 bits), and the largest file ext4 holds (with 4 KiB
+# blocks; XFS and most cluster file systems hold more).
+GDAL_MAX_SIDE = 2 ** 31 - 1
+TIFF_MAX_BANDS = 65535
+LARGE_FILE_BYTES = 16 * 2 ** 40
+
+
+def format_limits(grid: TargetGrid, datasets: dict[str, DatasetPlan],
+                  formats: tuple[OutputFormat, ...]) -> tuple[str, ...]:
+    """A stack that the chosen formats cannot hold: a ConfigError before any job (a grid wider than
+    GDAL holds is refused earlier, by _check_grid_size). Returns notes on what they can hold but
+    hardly (a GeoTIFF stack larger than many file systems allow)."""
+    bands = sum(len(d.band_names) or 1 for d in datasets.values())
+    size = f"{grid.width:,} x {grid.height:,} pixels"
+    if OutputFormat.COG not in formats:
+        return ()
+    if bands > TIFF_MAX_BANDS:
+        raise ConfigError(f"output.formats: the GeoTIFF stack would have {bands:,} bands (one per dataset band), "
+                          f"more than the {TIFF_MAX_BANDS:,} a TIFF file holds; set output.formats: [zarr] (one "
+                          "array per dataset), or fewer classes or bands")
+    # The stack has one data type for all its bands, the widest of the datasets' (mosaics.stack_dtype_and_nodata).
+    stack = grid.width * grid.height * bands * max(np.dtype(d.settings.dst_dtype).itemsize for d in datasets.values())
+    if stack > LARGE_FILE_BYTES:
+        return (f"the GeoTIFF stack (output.formats: cog) would hold {stack / 2 ** 40:,.0f} TiB before compression "
+                f"({size}, {bands} bands), one file written by one job: ext4 holds at most 16 TiB per file. Consider "
+                "output.formats: [zarr], whose chunks the batch jobs write",)
+    return ()
 
 
 def dataset_classes(name: str, ds: dict) -> tuple[tuple[float, ...], tuple[str, ...]]:
@@ -495,7 +529,12 @@ MAX_GRID_TILES = 20_000_000
 
 
 def _check_grid_size(config: dict, grid: TargetGrid) -> None:
-    """A grid of more tiles than planning can hold: said with its size before any array is made."""
+    """A grid of more tiles than planning can hold, or wider than GDAL holds: said with its size
+    before any array is made."""
+    if max(grid.width, grid.height) > GDAL_MAX_SIDE:
+        raise ConfigError(f"target: the grid is {grid.width:,} x {grid.height:,} pixels (width x height); tiles, "
+                          f"mosaics and GDAL hold at most {GDAL_MAX_SIDE:,} pixels per side: choose a coarser "
+                          "target.resolution or a smaller target.extent")
     tiles = grid.tile_rows * grid.tile_cols
     if tiles <= MAX_GRID_TILES:
         return

@@ -49,6 +49,7 @@ def render_plan(plan: Plan, rows: list[dict]) -> str:
     lines.append("")
     lines.extend(f"engine of {r['dataset']}: {r['engine']} ({r['engine_reason']})" for r in rows if r["engine_reason"])
     lines.extend(f"note: dataset {r['dataset']}: {r['note']}" for r in rows if r["note"])
+    lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines)
 
 
