@@ -10,6 +10,11 @@ N tiles. For each N: `snakemake -n` with the plan not yet cached (headers read, 
 made) and again with it cached (what every resume and every cluster job pays), the wall time and
 the peak RSS of Snakemake's process, and the number of resample jobs.
 
+Zarr store (--store N, 1,000,000 by default): the store of the dry run's plan of about N tiles as
+the jobs write it (the array made as the register job makes it, each batch's shard written by
+ShardWriter, all tiles nodata since the input is sparse, then consolidated as rule zarr_store
+does), its number of files, and `xarray.open_zarr` timed in a fresh process.
+
 End to end: 1,024 tiles of 32 x 32 pixels (a 1,024 x 1,024 grid from a 2,048 x 2,048 input,
 average x2), `snakemake --cores 2` from scratch, register, tiles, mosaic and stack.
 """
@@ -92,6 +97,43 @@ def dry_run_case(workdir: str, source: str, tiles: int, per_job) -> dict:
             "peak_mb": max(cold_mb, warm_mb)}
 
 
+def store_case(workdir: str) -> dict:
+    """The Zarr store of the plan cached in ``workdir`` (a dry run's), written as its jobs write it."""
+    sys.path.insert(0, REPO)
+    from workflow_lib.config import validate_config
+    from workflow_lib.domain import tile_dir, zarr_store_path
+    from workflow_lib.mosaics.zarr_store import ShardWriter, finish_store, prepare_array
+    from workflow_lib.planning.plan import load_plan
+
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        with open(os.path.join("config", "config.yaml")) as f:
+            plan = load_plan(validate_config(yaml.safe_load(f)))
+        store = zarr_store_path()
+        started = time.perf_counter()
+        for dataset in plan.datasets.values():
+            prepare_array(store, plan.grid, dataset)
+            nodata = np.full((1, plan.grid.tile_size, plan.grid.tile_size), dataset.settings.dst_nodata,
+                             dtype=dataset.settings.dst_dtype)
+            for batch in dataset.batches:
+                writer = ShardWriter(store, plan.grid, dataset, tile_dir(dataset.name), batch.id)
+                for index in batch.tiles:
+                    tile = plan.grid.tile(index).window
+                    writer.write_array(index, nodata[:, :int(tile.height), :int(tile.width)])
+                writer.close(True)
+        finish_store(store, plan.grid, list(plan.datasets))
+        written = time.perf_counter() - started
+        files = sum(len(names) for _, _, names in os.walk(store))
+        probe = ("import time, xarray; t = time.perf_counter(); ds = xarray.open_zarr('results/stack.zarr'); "
+                 "print(time.perf_counter() - t, dict(ds.sizes))")
+        opened = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        return {"tiles": plan.tile_count, "shards": [d.shard for d in plan.datasets.values()], "files": files,
+                "write_s": written, "open_s": float(opened.split()[0]), "sizes": opened.split(" ", 1)[1].strip()}
+    finally:
+        os.chdir(cwd)
+
+
 def tiny_tiles_case(workdir: str, per_job) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
@@ -113,6 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiles", default="1024,10000,100000,1000000", help="dry-run sizes (about N tiles)")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the 1,024 tiny tiles run")
+    parser.add_argument("--store", type=int, default=1_000_000,
+                        help="the Zarr store of the dry run of about this many tiles (one of --tiles; 0: none)")
     parser.add_argument("--per-tile-jobs", action="store_true",
                         help="also with tiles_per_job 1 (one job per tile, as before batches): up to 10,000 "
                              "tiles for dry runs, and the tiny tiles end to end (about 10 minutes)")
@@ -130,6 +174,10 @@ def main() -> None:
             rows.append(("snakemake -n", f"tiles_per_job {per_job}", r["tiles"], r["jobs"],
                          f"{r['cold_s']:.1f} s (plan made) / {r['warm_s']:.1f} s (plan cached)", r["peak_mb"]))
             print(rows[-1], flush=True)
+    if args.store:
+        r = store_case(os.path.join(root, f"dry-{args.store}-auto"))
+        print(f"zarr store of {r['tiles']:,} tiles (shards of {r['shards']} tiles): {r['files']:,} files, written in "
+              f"{r['write_s']:.0f} s; xarray.open_zarr {r['open_s']:.2f} s ({r['sizes']})", flush=True)
     if not args.no_end_to_end:
         for per_job in ["auto"] + ([1] if args.per_tile_jobs else []):
             r = tiny_tiles_case(os.path.join(root, f"tiny-{per_job}"), per_job)

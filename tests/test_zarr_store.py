@@ -3,6 +3,7 @@ xarray (with rioxarray) reads it back, with the grid's CRS and transform; chunks
 dataset loses its own chunks and no other's. (GDAL reads Zarr v3's final codecs from 3.11 on;
 rasterio 1.4's wheels carry 3.10, so GDAL is not asked here.)"""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,8 +16,12 @@ import rasterio
 
 from .helpers import (read_band, run_tiles_and_mosaics, snakemake, synthetic_config,
                       write_config, zarr_digest)
-from workflow_lib.domain import chunk_path, tiles_without_chunks
-from workflow_lib.mosaics.zarr_store import finish_store, open_array, prepare_array, write_tile_chunk
+from workflow_lib.domain import (OutputFormat, chunk_path, manifest_path, tile_dir, tiles_without_chunks,
+                                 zarr_store_path)
+from workflow_lib.engines.batch import forget_incomplete_batches
+from workflow_lib.mosaics.zarr_store import ShardWriter, finish_store, open_array, prepare_array, write_tile_chunk
+from workflow_lib.planning.batches import make_batches, shard_index
+from workflow_lib.planning.plan import Plan
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("rioxarray")
@@ -199,3 +204,80 @@ def test_another_grid_replaces_every_array_and_the_coordinates(made, tmp_path):
     assert ds.rio.transform() == coarse.transform and ds["dem"].rio.transform() == coarse.transform
     assert ds.attrs["spatial:shape"] == [coarse.height, coarse.width]
     assert bool(ds["dem"].isnull().all())  # no chunk of the old grid survives
+
+
+
+def sharded(dataset, shard):
+    """The dataset as a job sees it (no batches), its array sharded by ``shard`` tiles."""
+    return dataclasses.replace(dataset, batches=(), tile_count=dataset.tile_count, shard=shard)
+
+
+def test_a_sharded_array_holds_one_file_per_batch_and_reads_as_its_mosaic(made, tmp_path):
+    """A dataset of many tiles (planning.batches.SHARD_MIN_TILES) gets one shard per batch: here
+    batches of 2 tiles, forced on the small grid. Each shard is written by ShardWriter (the
+    tiles in any order, most as kept tiles) and read back by zarr-python and xarray, the reference
+    of the format: each array equals its mosaic, with and without bands, edge tiles included. A
+    batch that did not complete leaves no shard and no temporary file."""
+    plan, mosaics, made_store = made
+    store = str(tmp_path / "stack.zarr")
+    for name in ("dem", "shares"):
+        batches = make_batches(list(plan.datasets[name].tiles), plan.grid.tile_rows, plan.grid.tile_cols, 2)
+        shard = (max(b.rows[1] - b.rows[0] for b in batches), max(b.cols[1] - b.cols[0] for b in batches))
+        # Several shards, some cut by the grid's edge.
+        assert len(batches) > 2 and any((b.rows[1] - b.rows[0], b.cols[1] - b.cols[0]) != shard for b in batches)
+        dataset = sharded(plan.datasets[name], shard)
+        assert prepare_array(store, plan.grid, dataset)
+        folder = os.path.join(os.path.dirname(made_store), "tiles", name)
+        for b in batches:
+            writer = ShardWriter(store, plan.grid, dataset, folder, b.id)
+            tiles = list(reversed(b.tiles))
+            writer.write(tiles[0])
+            assert writer.fill_missing(tiles) == tiles[1:]
+            writer.close(True)
+            assert os.path.isfile(chunk_path(store, name, shard_index(b.id, shard), name == "shares"))
+        files = [f for _, _, names in os.walk(os.path.join(store, name, "c")) for f in names]
+        assert len(files) == len(batches), files  # one file per batch, none per tile
+        # A batch paused or failed: its shard is not replaced, nothing is left beside it.
+        writer = ShardWriter(store, plan.grid, dataset, folder, batches[0].id)
+        writer.write(batches[0].tiles[0])
+        writer.close(False)
+        assert sorted(f for _, _, names in os.walk(os.path.join(store, name, "c")) for f in names) == sorted(files)
+    assert finish_store(store, plan.grid, ["dem", "shares"]) == []
+    ds = xr.open_zarr(store)
+    for name in ("dem", "shares"):
+        got = ds[name].values.astype("float64")
+        got = got if got.ndim == 3 else got[np.newaxis]
+        with rasterio.open(mosaics[name]) as src:
+            expected = src.read().astype("float64")
+            expected[expected == src.nodata] = np.nan
+        assert np.array_equal(got, expected, equal_nan=True), name
+
+
+def test_a_missing_shard_reopens_its_batch(made, tmp_path, monkeypatch):
+    """forget_incomplete_batches with a sharded array: a batch whose shard file is missing loses
+    its manifest (it runs again and writes the shard whole); one whose shard is there keeps it."""
+    from workflow_lib.planning import batches as planning_batches
+
+    plan, _, _ = made
+    monkeypatch.setattr(planning_batches, "SHARD_MIN_TILES", 0)
+    dem = plan.datasets["dem"]
+    cut = make_batches(list(dem.tiles), plan.grid.tile_rows, plan.grid.tile_cols, 2)
+    dataset = dataclasses.replace(dem, batches=tuple(cut), tile_count=-1)
+    assert dataset.shard == (1, 2) and len(cut) > 2
+    small = Plan(plan.grid, {"dem": dataset}, (OutputFormat.ZARR,))
+    results = tmp_path / "results"
+    for b in cut:
+        (results / "manifests").mkdir(parents=True, exist_ok=True)
+        manifest = manifest_path("dem", b.id, str(results))
+        os.makedirs(os.path.dirname(manifest), exist_ok=True)
+        open(manifest, "w").close()
+        for index in b.tiles:
+            path = index.path(tile_dir("dem", str(results)))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "w").close()
+    store = zarr_store_path(str(results))
+    first = chunk_path(store, "dem", shard_index(cut[0].id, dataset.shard), False)
+    os.makedirs(os.path.dirname(first), exist_ok=True)
+    open(first, "w").close()
+    removed = forget_incomplete_batches(small, str(results))
+    assert sorted(removed) == sorted(manifest_path("dem", b.id, str(results)) for b in cut[1:])

@@ -72,6 +72,9 @@ def results(results_dir: str, as_json: bool = False, config_path: str = DEFAULT_
         arrays = store["arrays"]
         shape = "x".join(str(n) for n in reversed(arrays[0]["shape"][-2:])) if arrays else "-"
         chunks = "x".join(str(n) for n in reversed(arrays[0]["chunks"][-2:])) if arrays else "-"
+        sharded = sum(bool(a["shards"]) for a in arrays)
+        if sharded:
+            chunks += f" ({sharded} array(s) sharded: a file per batch)"
         print(f"Zarr (xarray.open_zarr({store['path']!r}), with rioxarray for the CRS):")
         print(f"  {store['path']}  {len(arrays)} array(s) [{', '.join(a['name'] for a in arrays)}], {shape} px, "
               f"chunks {chunks}, {_size(store['bytes'])}")

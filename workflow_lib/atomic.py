@@ -56,7 +56,7 @@ def atomic_path(path: str) -> Iterator[str]:
     try:
         yield tmp
         # mkstemp creates files readable by the owner only; results are meant to be shared.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, shared_mode())
         os.replace(tmp, path)
     except BaseException:
         # The temporary file and whatever GDAL made beside it (.aux.xml, COG overview scratch).
@@ -64,6 +64,11 @@ def atomic_path(path: str) -> Iterator[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
         raise
+
+
+def shared_mode() -> int:
+    """Mode of a finished output: what the user's umask gives a new file (mkstemp's are private)."""
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:

@@ -17,7 +17,7 @@ from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, tile_dir, 
 from workflow_lib.engines.batch import manifest, manifest_tiles, prepare_kernels, run_batch
 from workflow_lib.errors import BatchError
 from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack
-from workflow_lib.mosaics.zarr_store import ChunkWriter, finish_store, prepare_array
+from workflow_lib.mosaics.zarr_store import ChunkWriter, ShardWriter, finish_store, prepare_array
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import output_formats
 from workflow_lib.planning.registration import load_dataset, register_dataset
@@ -96,20 +96,30 @@ def run_batch_job(snakemake) -> None:
             hooks = reporter.hooks
             # The Zarr store (output.formats): each tile made goes into its chunk at once. From the
             # config, not a parameter: choosing formats must not rerun every batch.
-            chunks = (ChunkWriter(zarr_store_path(), grid, dataset, snakemake.params.tile_dir)
-                      if zarr_chosen(snakemake) else None)
-            if chunks:
+            chunks = None
+            if zarr_chosen(snakemake):
+                # A sharded array (a dataset of many tiles): the batch is one shard, written as one file.
+                store, folder = zarr_store_path(), snakemake.params.tile_dir
+                chunks = (ShardWriter(store, grid, dataset, folder, batch) if dataset.shard
+                          else ChunkWriter(store, grid, dataset, folder))
                 hooks = dataclasses.replace(hooks, made=chunks.write)
-            with job_memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \
-                    reporter.heartbeat(database_url(snakemake), DEFAULT_SPOOL_DIR,
-                                       float(snakemake.config["database"]["heartbeat_seconds"])):
-                result = run_batch(
-                    dataset, grid, batch, tiles, snakemake.params.tile_dir, mem_mb=mem_mb, threads=snakemake.threads,
-                    compress=snakemake.params.compress, stall_timeout=snakemake.config["stall_timeout"],
-                    stop=STOP_STARTING, hooks=hooks, compiled=compiled,
-                )
-                if chunks and result.kept:
-                    chunks.fill_missing(result.kept)
+            complete = False
+            try:
+                with job_memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \
+                        reporter.heartbeat(database_url(snakemake), DEFAULT_SPOOL_DIR,
+                                           float(snakemake.config["database"]["heartbeat_seconds"])):
+                    result = run_batch(
+                        dataset, grid, batch, tiles, snakemake.params.tile_dir, mem_mb=mem_mb,
+                        threads=snakemake.threads, compress=snakemake.params.compress,
+                        stall_timeout=snakemake.config["stall_timeout"], stop=STOP_STARTING, hooks=hooks,
+                        compiled=compiled,
+                    )
+                    if chunks and result.kept:
+                        chunks.fill_missing(result.kept)
+                    complete = not result.failed and not result.left
+            finally:
+                if chunks:
+                    chunks.close(complete)
         log.info("batch %s of %s: %d made, %d kept, %d failed, %d not started", batch, dataset.name,
                  len(result.made), len(result.kept), len(result.failed), len(result.left))
         if result.failed:

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
-from workflow_lib.domain import (RESULTS_DIR, Engine, OutputFormat, TileIndex, manifest_dir, tile_dir, tile_file_name,
-                                 tiles_without_chunks, zarr_store_path)
+from workflow_lib.domain import (RESULTS_DIR, Engine, OutputFormat, TileIndex, chunk_path, manifest_dir, tile_dir,
+                                 tile_file_name, tiles_without_chunks, zarr_store_path)
 from workflow_lib.engines.chunks import loads_numba, uses_kernels
 from workflow_lib.engines.compose import make_tile
 from workflow_lib.engines.resample import resample_tile
 from workflow_lib.errors import InputRasterError, JobMemoryError, WorkflowLibError, out_of_memory
+from workflow_lib.planning.batches import shard_index
 from workflow_lib.planning.digest import DIGEST_TAG, tile_digest, tile_tags
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan, Plan
@@ -309,12 +310,21 @@ def forget_incomplete_batches(plan: Plan, results_dir: str = RESULTS_DIR) -> lis
         manifests = set(os.listdir(folder))
         tiles = tile_dir(name, results_dir)
         on_disk = set(os.listdir(tiles)) if os.path.isdir(tiles) else set()
-        done = {b: b.tiles for b in d.batches if f"{b.id}.json" in manifests}  # each batch's tiles parsed once
+        multiband = len(d.band_names) > 1
+        if store and d.shard:
+            # A sharded array: one file per batch, renamed into place once it holds all the batch's tiles.
+            done = {b: () for b in d.batches if f"{b.id}.json" in manifests}
+            without_shard = {b for b in done
+                             if not os.path.exists(chunk_path(store, name, shard_index(b.id, d.shard), multiband))}
+        else:
+            done = {b: b.tiles for b in d.batches if f"{b.id}.json" in manifests}  # each batch's tiles parsed once
+            without_shard = set()
         # One listing per row of tiles for all the batches together (rows span batches).
-        without_chunks = set(tiles_without_chunks(store, name, len(d.band_names) > 1,
-                                                  [t for tiles in done.values() for t in tiles])) if store else set()
+        without_chunks = set(tiles_without_chunks(store, name, multiband, [t for tiles in done.values() for t in tiles])
+                             ) if store and not d.shard else set()
         for b, tiles in done.items():
-            if any(tile_file_name(t) not in on_disk for t in b.tile_ids) or any(t in without_chunks for t in tiles):
+            if (b in without_shard or any(tile_file_name(t) not in on_disk for t in b.tile_ids)
+                    or any(t in without_chunks for t in tiles)):
                 path = os.path.join(folder, f"{b.id}.json")
                 os.unlink(path)
                 removed.append(path)

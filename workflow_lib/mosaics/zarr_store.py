@@ -27,15 +27,17 @@ import math
 import os
 import shutil
 import struct
+import threading
 import warnings
 
 import numpy as np
 import rasterio
 from rasterio.enums import WktVersion
 
-from workflow_lib.atomic import write_json_atomic
+from workflow_lib.atomic import remove_stale_temporaries, shared_mode, temporary_prefix, write_json_atomic
 from workflow_lib.domain import ZARR_BAND_SUFFIX, ZARR_COORDINATES, TileIndex, chunk_path, tiles_without_chunks
 from workflow_lib.errors import OutputWriteError
+from workflow_lib.planning.batches import shard_index
 from workflow_lib.planning.digest import tile_digest
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan
@@ -77,7 +79,7 @@ def array_spec(grid: TargetGrid, dataset: DatasetPlan) -> dict:
     return {"shape": [grid.height, grid.width], "chunk": grid.tile_size, "bands": bands,
             "dtype": settings.dst_dtype, "nodata": repr(float(settings.dst_nodata)),
             "crs": grid.crs.to_wkt(), "transform": list(grid.transform)[:6],
-            "tiles": tile_digest(grid, dataset)}
+            "tiles": tile_digest(grid, dataset)} | ({"shard": list(dataset.shard)} if dataset.shard else {})
 
 
 def spec_digest(spec: dict) -> str:
@@ -190,8 +192,8 @@ def prepare_array(store: str, grid: TargetGrid, dataset: DatasetPlan, replace: b
              "long_name": dataset.name, "resampling_method": settings.method.value,
              "_FillValue": fill_value_attribute(settings.dst_nodata, settings.dst_dtype)}
     root = zarr.open_group(store, mode="a", zarr_format=3)
-    _create(root, dataset.name, shape=shape, chunks=chunks, dtype=settings.dst_dtype,
-            fill_value=settings.dst_nodata, dimension_names=dims, attributes=attrs,
+    _create(root, dataset.name, shape=shape, chunks=chunks, shards=shard_shape(grid, dataset),
+            dtype=settings.dst_dtype, fill_value=settings.dst_nodata, dimension_names=dims, attributes=attrs,
             compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL))
     if band_dim:
         labels = _create(root, band_dim, shape=(n,), dtype=str, chunks=(n,), dimension_names=(band_dim,))
@@ -232,6 +234,9 @@ class ChunkWriter:
                      len(missing))
         return missing
 
+    def close(self, complete: bool) -> None:
+        """Each chunk is complete once written: nothing is left to do."""
+
 
 def write_tile_chunk(array, grid: TargetGrid, index: TileIndex, tile_file: str, store: str,
                      dataset: DatasetPlan) -> None:
@@ -252,6 +257,130 @@ def write_tile_chunk(array, grid: TargetGrid, index: TileIndex, tile_file: str, 
             array[rows, cols] = data[0]
     except OSError as exc:
         raise OutputWriteError(target, exc) from exc
+
+
+def shard_shape(grid: TargetGrid, dataset: DatasetPlan) -> tuple[int, ...] | None:
+    """A shard of the dataset's array in pixels (a batch's rectangle of tiles), or None."""
+    if not dataset.shard:
+        return None
+    shape = (dataset.shard[0] * grid.tile_size, dataset.shard[1] * grid.tile_size)
+    return (len(dataset.band_names), *shape) if band_dimension(dataset) else shape
+
+
+def _sharding_layout(grid: TargetGrid, dataset: DatasetPlan) -> dict:
+    """The sharding codec that ShardWriter's files follow, as zarr-python 3.1 writes it by default
+    for prepare_array's arguments: chunks encoded as bytes (little-endian) then ZSTD, an index of
+    (offset, length) pairs at the end, itself little-endian with a CRC32C."""
+    ts = grid.tile_size
+    chunk = [len(dataset.band_names), ts, ts] if band_dimension(dataset) else [ts, ts]
+    little = {"name": "bytes", "configuration": {"endian": "little"}}
+    one_byte = np.dtype(dataset.settings.dst_dtype).itemsize == 1  # no byte order to say
+    return {"name": "sharding_indexed", "configuration": {
+        "chunk_shape": chunk,
+        "codecs": [{"name": "bytes"} if one_byte else little,
+                   {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}],
+        "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+        "index_location": "end"}}
+
+
+# An absent chunk in a shard's index (Zarr v3's sharding codec).
+_NO_CHUNK = 2 ** 64 - 1
+
+
+class ShardWriter:
+    """What a batch job does for the store when the dataset's array is sharded (more than
+    planning.batches.SHARD_MIN_TILES tiles): its batch is one shard, one file, written once. Each
+    tile's chunk is encoded in the worker thread that made it and appended to the shard's
+    temporary file (a lock orders the appends within the job; no other job writes this shard);
+    ``close`` writes the index and renames the file, or, for a batch that did not complete,
+    removes it. A shard under its final name therefore holds every tile of its batch."""
+
+    def __init__(self, store: str, grid: TargetGrid, dataset: DatasetPlan, tile_folder: str, batch: str):
+        from numcodecs import Zstd
+
+        self.grid, self.dataset, self.tile_folder = grid, dataset, tile_folder
+        if not os.path.exists(os.path.join(store, dataset.name, "zarr.json")):
+            log.info("zarr array of %s is missing from %s: made again", dataset.name, store)
+            prepare_array(store, grid, dataset, replace=False)
+        array = open_array(store, dataset)
+        codecs = json.loads(json.dumps([c.to_dict() for c in array.metadata.codecs]))  # tuples as lists
+        if codecs != [_sharding_layout(grid, dataset)]:
+            raise OutputWriteError(os.path.join(store, dataset.name), RuntimeError(
+                f"its codecs are {codecs}, not the sharding layout this workflow writes"))
+        self.fill = array.metadata.fill_value
+        self.dtype = np.dtype(dataset.settings.dst_dtype).newbyteorder("<")
+        self.compressor = Zstd(level=ZSTD_LEVEL)
+        self.shard = shard_index(batch, dataset.shard)
+        self.origin = (self.shard.row * dataset.shard[0], self.shard.col * dataset.shard[1])
+        multiband = bool(band_dimension(dataset))
+        self.path = chunk_path(store, dataset.name, self.shard, multiband)
+        # (offset, length) per chunk of the shard, in C order: with bands, the band chunk comes first.
+        self.lead = (0,) if multiband else ()
+        self.index = np.full((*((1,) if multiband else ()), *dataset.shard, 2), _NO_CHUNK, dtype="<u8")
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        remove_stale_temporaries(self.path)
+        self.tmp = f"{temporary_prefix(self.path)}{os.getpid()}.partial"
+        self.file = open(self.tmp, "wb")
+        self.lock = threading.Lock()
+        self.written: set[TileIndex] = set()
+
+    def _encode(self, data: np.ndarray) -> bytes:
+        ts = self.grid.tile_size
+        if data.shape[1:] != (ts, ts):  # an edge tile: its chunk is whole, padded with the fill value
+            full = np.full((data.shape[0], ts, ts), self.fill, dtype=data.dtype)
+            full[:, :data.shape[1], :data.shape[2]] = data
+            data = full
+        data = data if band_dimension(self.dataset) else data[0]
+        return self.compressor.encode(np.ascontiguousarray(data, dtype=self.dtype).tobytes())
+
+    def write(self, index: TileIndex) -> None:
+        """Append the chunk of a tile on disk (what the batch's worker threads call)."""
+        with rasterio.open(index.path(self.tile_folder)) as src:
+            self.write_array(index, src.read())
+
+    def write_array(self, index: TileIndex, data: np.ndarray) -> None:
+        """Append a tile's chunk from its pixels, (bands, rows, columns)."""
+        encoded = self._encode(data)
+        at = (*self.lead, index.row - self.origin[0], index.col - self.origin[1])
+        with self.lock:
+            try:
+                offset = self.file.tell()
+                self.file.write(encoded)
+            except OSError as exc:
+                raise OutputWriteError(self.path, exc) from exc
+            self.index[at] = (offset, len(encoded))
+            self.written.add(index)
+
+    def fill_missing(self, tiles) -> list[TileIndex]:
+        """Append the chunks of ``tiles`` (kept on disk, not made by this job): the shard is
+        rewritten whole, so every tile of the batch goes in."""
+        missing = [t for t in tiles if t not in self.written]
+        for index in missing:
+            self.write(index)
+        return missing
+
+    def close(self, complete: bool) -> None:
+        try:
+            if complete:
+                raw = self.index.tobytes()
+                self.file.write(raw + struct.pack("<I", _crc32c(raw)))
+                self.file.close()
+                os.chmod(self.tmp, shared_mode())
+                os.replace(self.tmp, self.path)
+                log.info("zarr shard %s: %d chunk(s)", self.path, len(self.written))
+                return
+        except OSError as exc:
+            raise OutputWriteError(self.path, exc) from exc
+        finally:
+            self.file.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+
+
+def _crc32c(data: bytes) -> int:
+    import google_crc32c  # zarr-python's own checksum library
+
+    return google_crc32c.value(data)
 
 
 def finish_store(store: str, grid: TargetGrid, names: list[str]) -> list[str]:
@@ -304,9 +433,17 @@ def store_facts(store: str) -> dict | None:
     arrays = {name: meta for name, meta in sorted(children.items())
               if meta.get("node_type") == "array" and meta.get("attributes", {}).get("grid_mapping")}
     return {"path": store, "bytes": folder_size(store),
-            "arrays": [{"name": name, "shape": meta["shape"], "dtype": meta["data_type"],
-                        "chunks": meta["chunk_grid"]["configuration"]["chunk_shape"],
+            "arrays": [{"name": name, "shape": meta["shape"], "dtype": meta["data_type"], **_chunking(meta),
                         "dims": meta.get("dimension_names")} for name, meta in arrays.items()]}
+
+
+def _chunking(meta: dict) -> dict:
+    """An array's chunks and, if sharded, its shards (the chunk grid is then the shards')."""
+    outer = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    codecs = meta.get("codecs") or [{}]
+    if codecs[0].get("name") == "sharding_indexed":
+        return {"chunks": codecs[0]["configuration"]["chunk_shape"], "shards": outer}
+    return {"chunks": outer, "shards": None}
 
 
 def path_is_zarr_array(path: str) -> bool:

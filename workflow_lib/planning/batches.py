@@ -11,6 +11,7 @@ least ``MIN_BATCH_WORK`` of work.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -24,6 +25,7 @@ MAX_JOBS = 2000
 # average) to 3.2e8 (uint8 mode) a second, GDAL's warper across CRSs 4.4e7; so 4e9 is 12-30 s of
 # the block engine (1e9, the value before the kernels, left 23-42 % of such a job to its start).
 MIN_BATCH_WORK = 4e9
+_BATCH_ID = re.compile(r"b(\d+)_(\d+)_(\d+)x(\d+)")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,16 @@ class Batch:
 def batch_id(rows: tuple[int, int], cols: tuple[int, int]) -> str:
     """The first tile row and column, and the rectangle's size: b0008_0016_8x8 (8 rows, 8 columns)."""
     return f"b{rows[0]:04d}_{cols[0]:04d}_{rows[1] - rows[0]}x{cols[1] - cols[0]}"
+
+
+def parse_batch_id(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The first tile (row, column) and the size (rows, columns) a batch id names. Raises
+    ValueError for anything else."""
+    match = _BATCH_ID.fullmatch(text)
+    if not match:
+        raise ValueError(f"not a batch id: {text!r}")
+    row, col, height, width = map(int, match.groups())
+    return (row, col), (height, width)
 
 
 def tiles_per_batch(tile_work: float, tiles_in_dataset: int, tiles_in_run: int) -> int:
@@ -113,3 +125,23 @@ def make_batches(tiles: list[TileIndex], tile_rows: int, tile_cols: int, per_bat
         cols = (bc * w, min((bc + 1) * w, tile_cols))
         batches.append(Batch(rows, cols, tuple(t.id for t in members)))
     return batches
+
+
+# Beyond this many tiles a dataset's Zarr array is sharded: one file per batch (mosaics.zarr_store),
+# so that a plan of a million tiles makes at most about MAX_JOBS files per array, not a million.
+SHARD_MIN_TILES = 10_000
+
+
+def shard_tiles(batches: tuple[Batch, ...], tile_count: int) -> tuple[int, int] | None:
+    """Tile rows and columns of a Zarr shard of the dataset: its batches' rectangle (all of a
+    dataset's batches are cut from one grid of rectangles, make_batches; the widest and tallest
+    are whole ones, unless the grid itself is smaller), or None below SHARD_MIN_TILES tiles."""
+    if tile_count <= SHARD_MIN_TILES or not batches:
+        return None
+    return (max(b.rows[1] - b.rows[0] for b in batches), max(b.cols[1] - b.cols[0] for b in batches))
+
+
+def shard_index(batch: str, shard: tuple[int, int]) -> TileIndex:
+    """The shard of a batch (by its id) on the array's grid of shards: one shard is one batch."""
+    (row, col), _ = parse_batch_id(batch)
+    return TileIndex(row // shard[0], col // shard[1])

@@ -25,7 +25,7 @@ from workflow_lib.config import nodata_override, target_crs, target_resolution
 from workflow_lib.coords import trusted_transform
 from workflow_lib.domain import ALL_FORMATS, FORMAT_ORDER, Engine, Method, OutputFormat, TileIndex
 from workflow_lib.errors import GDAL_ERRORS, ConfigError, InputRasterError
-from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, tiles_per_batch
+from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, shard_tiles, tiles_per_batch
 from workflow_lib.planning.engine import choose_engine
 from workflow_lib.planning.footprint import (Bounds, edge_points, footprint_bounds, footprint_window,
                                              raster_centre_lon, tile_mask, whole_image_scale)
@@ -39,7 +39,7 @@ from workflow_lib.sources.members import (MemberMosaic, arrange, check_members, 
 from workflow_lib.sources.paths import is_glob, local_file, member_paths, stamps
 
 # Bump when the plan's content or its derivation changes, so that old caches are not reused.
-PLAN_FORMAT = 10
+PLAN_FORMAT = 11
 DEFAULT_CACHE_DIR = ".cache/plan"
 # Sample points along each side of a tile when finding the members under it.
 _MEMBER_SAMPLES = 5
@@ -87,10 +87,15 @@ class DatasetPlan:
     parts: tuple[Part, ...] = ()
     # Names of the mosaic's bands when the dataset has several (settings.bands); else its name.
     band_names: tuple[str, ...] = ()
+    # Tile rows and columns of a shard of its Zarr array (one per batch), or None: unsharded
+    # (planning.batches.shard_tiles). From the batches; kept for jobs, whose copy has none.
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.tile_count < 0:
             object.__setattr__(self, "tile_count", sum(len(b.tile_ids) for b in self.batches))
+        if self.batches:
+            object.__setattr__(self, "shard", shard_tiles(self.batches, self.tile_count))
 
     @property
     def tiles(self) -> tuple[TileIndex, ...]:
@@ -118,6 +123,7 @@ class DatasetPlan:
             "footprint": _window_list(self.footprint),
             "parts": [p.to_dict() for p in self.parts],
             "band_names": list(self.band_names),
+            "shard": list(self.shard) if self.shard else None,
         }
 
     @classmethod
@@ -133,6 +139,7 @@ class DatasetPlan:
             Window(*data["footprint"]) if data.get("footprint") else None,
             tuple(Part.from_dict(p) for p in data.get("parts", [])),
             tuple(data.get("band_names", [])),
+            tuple(data["shard"]) if data.get("shard") else None,
         )
 
     def tile_work_of(self, grid: TargetGrid) -> Callable[[TileIndex], float]:
