@@ -7,8 +7,8 @@ from workflow_lib.atomic import check_writable
 from workflow_lib.config import validate_config
 from workflow_lib.domain import (RESULTS_DIR, OutputFormat, dataset_record_path, manifest_path, mosaic_path,
                                  products, quicklook_path, report_page, stac_collection_path, stack_path,
-                                 statistics_path, table_metadata_path, table_part_path, tile_dir, zarr_root_path,
-                                 zarr_store_path)
+                                 statistics_path, table_metadata_path, table_part_path, tile_dir,
+                                 virtual_mosaic_path, zarr_root_path, zarr_store_path)
 from workflow_lib.engines.batch import forget_incomplete_batches
 from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.digest import TilesToMake, tile_digest

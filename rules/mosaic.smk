@@ -29,7 +29,8 @@ if OutputFormat.COG in PLAN.formats:
 else:
 
     # Without mosaics (output.formats: [zarr]): each dataset's statistics alone, from its batches'
-    # manifests, which carry those of its tiles (no pixel is read).
+    # manifests, which carry those of its tiles (no pixel is read), and a VRT over its tiles for
+    # GIS software.
     localrules:
         statistics,
 
@@ -39,6 +40,7 @@ else:
             batches=dataset_batches,
         output:
             statistics=statistics_path("{dataset}"),
+            vrt=virtual_mosaic_path("{dataset}"),
         log:
             "logs/statistics/{dataset}.log",
         benchmark:

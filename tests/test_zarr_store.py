@@ -141,8 +141,8 @@ def mosaic_as_xarray_reads_it(path) -> np.ndarray:
 def test_a_run_writes_the_store_and_with_zarr_alone_makes_no_mosaic(tmp_path, uninterrupted_run):
     """The shared uninterrupted run (both formats, written by batches of 6 tiles of 16 px): each
     array is its dataset's mosaic. The same config with ``formats: [zarr]``: the same arrays,
-    statistics and quicklooks, and no mosaic or GeoTIFF stack; with ``table: parquet``, the per-cell
-    table, each column its mosaic."""
+    statistics and quicklooks, no GeoTIFF mosaic or stack but a VRT of each mosaic; with ``table:
+    parquet``, the per-cell table, each column its mosaic."""
     ref = uninterrupted_run.workdir / "results"
     ds = xr.open_zarr(ref / "stack.zarr")
     mosaics = sorted(p[:-4] for p in os.listdir(ref / "mosaics"))
@@ -155,7 +155,13 @@ def test_a_run_writes_the_store_and_with_zarr_alone_makes_no_mosaic(tmp_path, un
     write_config(tmp_path, {**synthetic_config(tmp_path), "output": {"formats": ["zarr"], "table": "parquet"}})
     run = snakemake(tmp_path, "--cores", "2", "--resources", "mem_mb=2000")
     out = tmp_path / "results"
-    assert not (out / "mosaics").exists() and not (out / "stack.tif").exists()
+    assert not list((out / "mosaics").glob("*.tif")) and not (out / "stack.tif").exists()
+    # For GIS software, each mosaic as a VRT over the tiles, paths relative to it: it moves with results/.
+    os.rename(out, tmp_path / "moved")
+    for name in mosaics:
+        assert np.array_equal(mosaic_as_xarray_reads_it(tmp_path / "moved" / "mosaics" / f"{name}.vrt"),
+                              mosaic_as_xarray_reads_it(ref / "mosaics" / f"{name}.tif"), equal_nan=True), name
+    os.rename(tmp_path / "moved", out)
     assert "rule mosaic" not in run.stdout + run.stderr
     assert zarr_digest(out / "stack.zarr") == zarr_digest(ref / "stack.zarr")
     for name in mosaics:

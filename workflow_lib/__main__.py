@@ -48,7 +48,9 @@ def results(results_dir: str, as_json: bool = False, config_path: str = DEFAULT_
     from workflow_lib.mosaics.zarr_store import store_facts
 
     mosaics_dir = os.path.join(results_dir, "mosaics")
-    mosaics = sorted(f for f in os.listdir(mosaics_dir) if f.endswith(".tif")) if os.path.isdir(mosaics_dir) else []
+    # GeoTIFF mosaics, or VRTs over the tiles (output.formats: [zarr]).
+    mosaics = sorted(f for f in os.listdir(mosaics_dir) if f.endswith((".tif", ".vrt"))) \
+        if os.path.isdir(mosaics_dir) else []
     stack = os.path.join(results_dir, "stack.tif")
     store = store_facts(zarr_store_path(results_dir))
     table = table_facts(table_dir(results_dir))

@@ -183,6 +183,11 @@ def statistics_path(dataset: str, results_dir: str = RESULTS_DIR) -> str:
     return os.path.join(results_dir, "statistics", f"{dataset}.json")
 
 
+def virtual_mosaic_path(dataset: str, results_dir: str = RESULTS_DIR) -> str:
+    """A dataset's mosaic as a VRT over its tiles, when no GeoTIFF mosaic is made (formats [zarr])."""
+    return os.path.join(results_dir, "mosaics", f"{dataset}.vrt")
+
+
 def stack_path(results_dir: str = RESULTS_DIR) -> str:
     """Every dataset's mosaic as one band of one file."""
     return os.path.join(results_dir, "stack.tif")
@@ -273,6 +278,8 @@ def products(datasets: list[str], formats: tuple[OutputFormat, ...] = ALL_FORMAT
     if OutputFormat.COG in formats:
         each.append(mosaic_path)
         whole.append(stack_path(results_dir))
+    else:
+        each.append(virtual_mosaic_path)
     if OutputFormat.ZARR in formats:
         whole.append(zarr_root_path(results_dir))
     if OutputFormat.PARQUET in formats:

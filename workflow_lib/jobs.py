@@ -16,7 +16,7 @@ from workflow_lib.atomic import write_json_atomic
 from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, tile_dir, zarr_store_path
 from workflow_lib.engines.batch import manifest, manifest_tiles, prepare_kernels, run_batch
 from workflow_lib.errors import BatchError
-from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack
+from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack, write_virtual_mosaic
 from workflow_lib.mosaics.zarr_store import ChunkWriter, ShardWriter, finish_store, prepare_array
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import output_formats
@@ -152,12 +152,13 @@ def run_mosaic_job(snakemake) -> None:
 
 def run_statistics_job(snakemake) -> None:
     """Without mosaics (output.formats: [zarr]): a dataset's statistics alone, from its batches'
-    manifests, which carry its tiles' (no pixel is read)."""
+    manifests, which carry its tiles' (no pixel is read), and its mosaic as a VRT over the tiles."""
     with job_logging(snakemake.log[0]):
         grid, dataset = load_dataset(snakemake.input.meta)
-        _, stats = manifest_tiles(list(snakemake.input.batches), snakemake.params.tile_dir,
-                                  dataset.settings.dst_nodata)
+        paths, stats = manifest_tiles(list(snakemake.input.batches), snakemake.params.tile_dir,
+                                      dataset.settings.dst_nodata)
         record_statistics(snakemake, grid, dataset, stats)
+        write_virtual_mosaic(dataset.name, dataset.settings, grid, paths, snakemake.output.vrt, dataset.band_names)
 
 
 def record_statistics(snakemake, grid: TargetGrid, dataset, stats) -> None:

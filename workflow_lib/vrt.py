@@ -56,9 +56,11 @@ def _number(value: float) -> str:
 
 def _source_xml(s: Source) -> str:
     kind = "ComplexSource" if s.nodata is not None else "SimpleSource"
+    # A relative path is the VRT's own folder's (a VRT kept among the results moves with them).
+    relative = int(not s.path.startswith("/"))
     lines = [
         f"    <{kind}>",
-        f'      <SourceFilename relativeToVRT="0">{escape(s.path)}</SourceFilename>',
+        f'      <SourceFilename relativeToVRT="{relative}">{escape(s.path)}</SourceFilename>',
         f"      <SourceBand>{s.band}</SourceBand>",
         # Declaring the source's size and type spares GDAL from opening every tile up front.
         f'      <SourceProperties RasterXSize="{s.width}" RasterYSize="{s.height}" '

@@ -57,19 +57,7 @@ def write_mosaic(
     """The mosaic of ``tile_paths`` on ``grid``, compressed with ``compress`` at ``level`` (None:
     GDAL's default). ``band_names``: those of a dataset of several bands (settings.bands), one
     band of the mosaic each; else one band named after the dataset."""
-    names = band_names or (dataset,)
-    bands = [Band(dtype=settings.dst_dtype, nodata=settings.dst_nodata, description=name,
-                  metadata={"method": settings.method.value}) for name in names]
-    for path in tile_paths:
-        if not os.path.exists(path):
-            log.warning("tile %s of %s is missing: its area stays nodata", path, dataset)
-            continue
-        tile = grid.tile(TileIndex.parse(os.path.splitext(os.path.basename(path))[0]))
-        for i, band in enumerate(bands, 1):
-            band.sources.append(
-                Source(os.path.abspath(path), i, int(tile.window.col_off), int(tile.window.row_off),
-                       tile.width, tile.height, settings.dst_dtype)
-            )
+    bands = tile_bands(dataset, settings, grid, tile_paths, band_names)
     overview = "NEAREST" if settings.method.is_categorical else "AVERAGE"
     log.info("mosaic of %s: %d tiles on a %d x %d grid, %d band(s)", dataset, len(bands[0].sources), grid.width,
              grid.height, len(bands))
@@ -90,6 +78,38 @@ def write_mosaic(
             f"{len(corrupt)} corrupt tile file(s) ({', '.join(os.path.basename(p) for p in corrupt)}; left by a "
             "crash?) were removed: run the workflow again to make them anew",
         ) from None
+
+
+def tile_bands(dataset: str, settings: WarpSettings, grid: TargetGrid, tile_paths: list[str],
+               band_names: tuple[str, ...] = (), relative_to: str | None = None) -> list[Band]:
+    """The mosaic's bands, each with the tiles as its sources (paths relative to the folder
+    ``relative_to``, else absolute); a missing tile is said and left out (its area is nodata)."""
+    names = band_names or (dataset,)
+    bands = [Band(dtype=settings.dst_dtype, nodata=settings.dst_nodata, description=name,
+                  metadata={"method": settings.method.value}) for name in names]
+    for path in tile_paths:
+        if not os.path.exists(path):
+            log.warning("tile %s of %s is missing: its area stays nodata", path, dataset)
+            continue
+        tile = grid.tile(TileIndex.parse(os.path.splitext(os.path.basename(path))[0]))
+        source = os.path.relpath(path, relative_to) if relative_to else os.path.abspath(path)
+        for i, band in enumerate(bands, 1):
+            band.sources.append(Source(source, i, int(tile.window.col_off), int(tile.window.row_off), tile.width,
+                                       tile.height, settings.dst_dtype))
+    return bands
+
+
+def write_virtual_mosaic(dataset: str, settings: WarpSettings, grid: TargetGrid, tile_paths: list[str],
+                         out_path: str, band_names: tuple[str, ...] = ()) -> None:
+    """The mosaic as a VRT over the tiles, for GIS software when no GeoTIFF mosaic is made
+    (output.formats: [zarr]): no pixel is copied, and it stays right as long as the tiles stay."""
+    bands = tile_bands(dataset, settings, grid, tile_paths, band_names,
+                       relative_to=os.path.dirname(os.path.abspath(out_path)))
+    try:
+        with atomic_path(out_path) as tmp, open(tmp, "w") as f:
+            f.write(vrt_xml(grid.width, grid.height, grid.crs, grid.transform, bands))
+    except OSError as exc:
+        raise OutputWriteError(out_path, exc) from exc
 
 
 def mosaic_statistics(stats: PixelStats, grid: TargetGrid, dataset: DatasetPlan) -> dict:
