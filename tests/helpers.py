@@ -451,8 +451,21 @@ def results_digests(workdir):
     root = workdir / "results"
     names = sorted(os.listdir(root / "mosaics"))
     zarr_part = zarr_digest(root / "stack.zarr") if (root / "stack.zarr").exists() else {}
+    table_part = {"table": table_digest(root / "table")} if (root / "table").exists() else {}
     return {**{f"mosaics/{n}": digest(root / "mosaics" / n) for n in names}, "stack.tif": digest(root / "stack.tif"),
-            **zarr_part}
+            **zarr_part, **table_part}
+
+
+def table_digest(folder):
+    """The per-cell table's rows (in row, col order, whatever the files) and schema, as one hash."""
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(str(folder), format="parquet").to_table().sort_by([("row", "ascending"), ("col", "ascending")])
+    h = hashlib.sha256(str(table.schema).encode())
+    for column in table.columns:
+        h.update(np.asarray(column.is_valid()).tobytes())
+        h.update(np.asarray(column.fill_null(0)).tobytes())
+    return h.hexdigest()
 
 
 def tiles(workdir):
@@ -487,11 +500,13 @@ STALLING_VRT = """<VRTDataset rasterXSize="512" rasterYSize="512">
 
 
 def interruptible_config(folder, **overrides):
-    """The synthetic config in many short tiles, in batches of 6: signals and the controller's
-    verbs land in the middle of batches."""
+    """The synthetic config in many short tiles, in batches of 6 (every output on): signals and
+    the controller's verbs land in the middle of batches."""
     cfg = synthetic_config(folder)
     cfg["tile_size"] = 16
     cfg["tiles_per_job"] = 6
+    # Every output, the per-cell table too: the interruption matrix checks each is whole after a resume.
+    cfg["output"] = {"table": "parquet"}
     cfg.update(overrides)
     return cfg
 
