@@ -82,3 +82,6 @@ def test_stop_and_resume_gives_the_uninterrupted_result(tmp_path, uninterrupted_
     assert set(after) == set(reference_tiles)
     assert results_digests(tmp_path) == reference
     assert temporaries(tmp_path) == []
+    # The statistics too, to the last bit (each batch merges its tiles' figures in tile order).
+    for path in sorted((uninterrupted_run.workdir / "results" / "statistics").iterdir()):
+        assert (tmp_path / "results" / "statistics" / path.name).read_text() == path.read_text(), path.name

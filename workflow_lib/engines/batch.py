@@ -104,7 +104,11 @@ class BatchResult:
     kept: list[TileIndex] = field(default_factory=list)
     failed: dict[TileIndex, str] = field(default_factory=dict)  # tile -> error
     left: list[TileIndex] = field(default_factory=list)  # not started: a stop was requested
-    stats: PixelStats = field(default_factory=PixelStats)  # of the made and kept tiles together
+    # Of the made and kept tiles together, merged in tile order once the batch ends: floating-point
+    # sums depend on their order, and the order in which threads finish tiles is chance, so a
+    # resumed batch's statistics are then the uninterrupted batch's, to the last bit.
+    stats: PixelStats = field(default_factory=PixelStats)
+    tile_stats: dict[TileIndex, PixelStats] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -163,7 +167,7 @@ def run_batch(
         found = tags.get(DIGEST_TAG)
         if found == digest:
             result.kept.append(index)
-            result.stats.merge(kept_tile_stats(path, tags, dataset.settings.dst_nodata))
+            result.tile_stats[index] = kept_tile_stats(path, tags, dataset.settings.dst_nodata)
             continue
         if found is not None:
             log.info("tile %s of %s was made with other settings (digest %s, now %s): made again",
@@ -223,7 +227,7 @@ def run_batch(
                  figures["chunks"], figures["pixels_read"])
         with lock:
             result.made.append(index)
-            result.stats.merge(figures["stats"])
+            result.tile_stats[index] = figures["stats"]
         hooks.finished(index, figures)
 
     def worker() -> None:
@@ -260,6 +264,8 @@ def run_batch(
             result.left.append(todo.get_nowait())
         except queue.Empty:
             break
+    for index in sorted(result.tile_stats):
+        result.stats.merge(result.tile_stats[index])
     return result
 
 

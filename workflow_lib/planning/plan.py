@@ -297,10 +297,9 @@ def format_limits(grid: TargetGrid, datasets: dict[str, DatasetPlan],
     """A stack that the chosen formats cannot hold: a ConfigError before any job (a grid wider than
     GDAL holds is refused earlier, by _check_grid_size). Returns notes on what they can hold but
     hardly (a GeoTIFF stack larger than many file systems allow)."""
-    bands = sum(len(d.band_names) or 1 for d in datasets.values())
-    size = f"{grid.width:,} x {grid.height:,} pixels"
     if OutputFormat.COG not in formats:
         return ()
+    bands = sum(len(d.band_names) or 1 for d in datasets.values())
     if bands > TIFF_MAX_BANDS:
         raise ConfigError(f"output.formats: the GeoTIFF stack would have {bands:,} bands (one per dataset band), "
                           f"more than the {TIFF_MAX_BANDS:,} a TIFF file holds; set output.formats: [zarr] (one "
@@ -309,8 +308,8 @@ def format_limits(grid: TargetGrid, datasets: dict[str, DatasetPlan],
     stack = grid.width * grid.height * bands * max(np.dtype(d.settings.dst_dtype).itemsize for d in datasets.values())
     if stack > LARGE_FILE_BYTES:
         return (f"the GeoTIFF stack (output.formats: cog) would hold {stack / 2 ** 40:,.0f} TiB before compression "
-                f"({size}, {bands} bands), one file written by one job: ext4 holds at most 16 TiB per file. Consider "
-                "output.formats: [zarr], whose chunks the batch jobs write",)
+                f"({grid.width:,} x {grid.height:,} pixels, {bands} bands), one file written by one job: ext4 holds "
+                "at most 16 TiB per file. Consider output.formats: [zarr], whose chunks the batch jobs write",)
     return ()
 
 
