@@ -108,6 +108,15 @@ def format_products():
     return cog + ([zarr_root_path()] if OutputFormat.ZARR in PLAN.formats else []) + table
 
 
+# The per-cell table's areas (output.table: parquet), each a job of rules/table.smk.
+TABLE_AREAS = {area.id: area for area in table_areas(PLAN)} if OutputFormat.PARQUET in PLAN.formats else {}
+
+
+def area_batches(wildcards):
+    # The batches of every dataset under the area: its job runs once they are all done.
+    return [manifest_path(name, batch) for name, batch in TABLE_AREAS[wildcards.area].batches]
+
+
 def batch_tiles(wildcards):
     # Ids (plain strings): parameters are rerun triggers, kept in Snakemake's metadata.
     return list(PLAN.datasets[wildcards.dataset].batch_by_id[wildcards.batch].tile_ids)

@@ -2,10 +2,6 @@
 # Parquet file per area of the grid, each written by its own job once the batches of every dataset
 # under that area are done, then the table's schema by one small local job.
 if OutputFormat.PARQUET in PLAN.formats:
-    TABLE_AREAS = {area.id: area for area in table_areas(PLAN)}
-
-    def area_batches(wildcards):
-        return [manifest_path(name, batch) for name, batch in TABLE_AREAS[wildcards.area].batches]
 
     rule table_part:
         input:

@@ -69,9 +69,12 @@ def test_the_catalog_describes_every_product_and_where_it_came_from(uninterrupte
         assert item.properties["onegrid:method"] == record["settings"]["method"]
         (source,) = item.properties["onegrid:inputs"]
         assert source["href"] == record["header"]["path"] and source["size"] == record["header"]["size_bytes"]
-    # The collection: the run's extent and its two stacks.
-    assert set(collection.assets) == {"stack", "zarr"}
+    # The collection: the run's extent, its two stacks and the per-cell table (the shared run has it on).
+    assert set(collection.assets) == {"stack", "zarr", "table"}
     assert collection.assets["stack"].extra_fields["file:checksum"] == sha256_multihash(results / "stack.tif")
+    table = collection.assets["table"]
+    assert table.media_type == "application/vnd.apache.parquet"
+    assert os.path.samefile(table.get_absolute_href(), results / "table")
     # Self-contained: every link and asset is relative, so the folder can move.
     for path in (results / "stac").rglob("*.json"):
         text = path.read_text()
