@@ -25,7 +25,7 @@ MAX_JOBS = 2000
 # average) to 3.2e8 (uint8 mode) a second, GDAL's warper across CRSs 4.4e7; so 4e9 is 12-30 s of
 # the block engine (1e9, the value before the kernels, left 23-42 % of such a job to its start).
 MIN_BATCH_WORK = 4e9
-_BATCH_ID = re.compile(r"b(\d+)_(\d+)_(\d+)x(\d+)")
+_RECTANGLE_ID = re.compile(r"([a-z])(\d+)_(\d+)_(\d+)x(\d+)")
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,19 @@ class Batch:
         return cls(tuple(data[0]), tuple(data[1]), tuple(data[2]))
 
 
-def batch_id(rows: tuple[int, int], cols: tuple[int, int]) -> str:
-    """The first tile row and column, and the rectangle's size: b0008_0016_8x8 (8 rows, 8 columns)."""
-    return f"b{rows[0]:04d}_{cols[0]:04d}_{rows[1] - rows[0]}x{cols[1] - cols[0]}"
+def batch_id(rows: tuple[int, int], cols: tuple[int, int], prefix: str = "b") -> str:
+    """The first tile row and column, and the rectangle's size: b0008_0016_8x8 (8 rows, 8 columns).
+    ``prefix``: "b" for a batch, "a" for an area of the table (planning.table)."""
+    return f"{prefix}{rows[0]:04d}_{cols[0]:04d}_{rows[1] - rows[0]}x{cols[1] - cols[0]}"
 
 
-def parse_batch_id(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The first tile (row, column) and the size (rows, columns) a batch id names. Raises
-    ValueError for anything else."""
-    match = _BATCH_ID.fullmatch(text)
-    if not match:
-        raise ValueError(f"not a batch id: {text!r}")
-    row, col, height, width = map(int, match.groups())
+def parse_batch_id(text: str, prefix: str = "b") -> tuple[tuple[int, int], tuple[int, int]]:
+    """The first tile (row, column) and the size (rows, columns) a batch id (or, with ``prefix``
+    "a", an area id) names. Raises ValueError for anything else."""
+    match = _RECTANGLE_ID.fullmatch(text)
+    if not match or match.group(1) != prefix:
+        raise ValueError(f"not a{'n area' if prefix == 'a' else ' batch'} id: {text!r}")
+    row, col, height, width = map(int, match.groups()[1:])
     return (row, col), (height, width)
 
 

@@ -9,19 +9,17 @@ once the batches of every dataset under it are done. The areas come from the bat
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from workflow_lib.domain import TABLE_COLUMNS, TileIndex
 from workflow_lib.errors import ConfigError
-from workflow_lib.planning.batches import MAX_JOBS, rectangle
+from workflow_lib.planning.batches import MAX_JOBS, batch_id, parse_batch_id, rectangle
 
 # Cells per area: a file of 2**25 rows (32 tiles of 1,024 px) is about 150-400 MB of Parquet for a
 # few float32 layers, as big as readers like their files, and a 40,000 x 40,000 grid makes 48 of them.
 # A job holds one tile's rows at a time, never the area's (a row group per tile).
 AREA_CELLS = 2 ** 25
 AREA_ID_PATTERN = r"a\d+_\d+_\d+x\d+"  # Snakemake's wildcard constraint
-_AREA_ID = re.compile(r"a(\d+)_(\d+)_(\d+)x(\d+)")
 
 
 @dataclass(frozen=True)
@@ -36,15 +34,12 @@ class Area:
     @property
     def id(self) -> str:
         """Named as batches are, with an "a": a0008_0016_8x8 (8 tile rows, 8 columns)."""
-        return f"a{self.rows[0]:04d}_{self.cols[0]:04d}_{self.rows[1] - self.rows[0]}x{self.cols[1] - self.cols[0]}"
+        return batch_id(self.rows, self.cols, prefix="a")
 
     @classmethod
     def parse(cls, text: str) -> "Area":
         """The area an id names (its rectangle; not its batches). Raises ValueError for anything else."""
-        match = _AREA_ID.fullmatch(text)
-        if not match:
-            raise ValueError(f"not an area id: {text!r}")
-        r, c, h, w = map(int, match.groups())
+        (r, c), (h, w) = parse_batch_id(text, prefix="a")
         return cls((r, r + h), (c, c + w), ())
 
     def holds(self, index: TileIndex) -> bool:
