@@ -34,7 +34,6 @@ include: "rules/mosaic.smk"
 include: "rules/stack.smk"
 include: "rules/zarr.smk"
 include: "rules/table.smk"
-include: "rules/stac.smk"
 include: "rules/report.smk"
 
 

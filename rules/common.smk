@@ -108,6 +108,12 @@ def format_products():
     return cog + ([zarr_root_path()] if OutputFormat.ZARR in PLAN.formats else []) + table
 
 
+def quicklook_source(name):
+    # A quicklook reads the dataset's mosaic (its overviews), or its array in the Zarr store when no
+    # mosaic is made.
+    return mosaic_path(name) if OutputFormat.COG in PLAN.formats else os.path.join(zarr_store_path(), name)
+
+
 # The per-cell table's areas (output.table: parquet), each a job of rules/table.smk.
 TABLE_AREAS = {area.id: area for area in table_areas(PLAN)} if OutputFormat.PARQUET in PLAN.formats else {}
 

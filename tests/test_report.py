@@ -157,7 +157,7 @@ def test_tile_figures_and_the_report_hold_every_part(reported):
     for part in ["/dem.png", "/landcover.png", "/temperature.png", "/statistics.html", "/tiles.png",
                  "/tile_figures.png", "/config.html"]:
         assert any(n.endswith(part) for n in names), (part, names)
-    assert "Quicklook of the mosaic" in text and "estimated work" in text  # the captions
+    assert "Quicklook of a dataset's mosaic" in text and "estimated work" in text  # the captions
     page = (reported / "results" / "report" / "statistics.html").read_text()
     assert page.count("<table>") == 3 and page.count("data:image/png;base64,") == 3
     assert "standard deviation" in page

@@ -227,38 +227,21 @@ def run_table_job(snakemake) -> None:
         log.info("table %s: %d file(s), schema written", folder, len(snakemake.params.areas))
 
 
-def run_stac_job(snakemake) -> None:
-    from workflow_lib.mosaics.stac import write_catalog  # pystac: only this job needs it
+def run_summary_job(snakemake) -> None:
+    """The run's summary, once every product is there: each dataset's quicklook, the report's pages,
+    then the STAC catalog (which hashes the quicklooks too). One process for all: each of these
+    costs less than a Python process's start."""
+    # matplotlib (views.report) and pystac (mosaics.stac): only this job needs them.
+    from workflow_lib.mosaics.stac import write_catalog
+    from workflow_lib.views.report import (tile_frame, write_config_page, write_job_figures, write_quicklook,
+                                           write_statistics_page, write_tile_map)
 
+    out = snakemake.output
     with job_logging(snakemake.log[0]):
-        loaded = [load_dataset(path) for path in snakemake.input.records]
-        path = write_catalog(RESULTS_DIR, loaded[0][0], [d for _, d in loaded],
-                             tuple(OutputFormat(f) for f in snakemake.params.formats), snakemake.config,
-                             snakemake.params.workflow_dir)
-        log.info("STAC catalog: %s, %d item(s)", path, len(loaded))
-
-
-# The report's jobs import matplotlib (views.report) only when they run.
-
-def run_quicklook_job(snakemake) -> None:
-    from workflow_lib.views.report import write_quicklook
-
-    with job_logging(snakemake.log[0]):
-        write_quicklook(snakemake.params.source, snakemake.input.statistics, snakemake.output[0])
-
-
-def run_statistics_page_job(snakemake) -> None:
-    from workflow_lib.views.report import write_statistics_page
-
-    with job_logging(snakemake.log[0]):
-        write_statistics_page(list(snakemake.input.statistics), snakemake.output[0])
-
-
-def run_tile_figures_job(snakemake) -> None:
-    """The map of tiles and the per-tile figures, from the status database (read only)."""
-    from workflow_lib.views.report import tile_frame, write_job_figures, write_tile_map
-
-    with job_logging(snakemake.log[0]):
+        for source, statistics, path in zip(snakemake.params.sources, snakemake.input.statistics, out.quicklooks):
+            write_quicklook(source, statistics, path)
+        write_statistics_page(list(snakemake.input.statistics), out.statistics)
+        # The map of tiles and the per-tile figures, from the status database (read only).
         with status_store(snakemake, read_only=True) as store:
             try:
                 frame = tile_frame(store)
@@ -268,12 +251,12 @@ def run_tile_figures_job(snakemake) -> None:
                             redact(store.url), exc)
                 frame = tile_frame(None)
         frame = frame[frame["dataset"].isin(list(snakemake.params.datasets))]
-        write_tile_map(frame, snakemake.output.tile_map)
-        write_job_figures(frame, snakemake.output.figures)
-
-
-def run_config_page_job(snakemake) -> None:
-    from workflow_lib.views.report import write_config_page
-
-    with job_logging(snakemake.log[0]):
-        write_config_page(snakemake.config, snakemake.output[0])
+        write_tile_map(frame, out.tile_map)
+        write_job_figures(frame, out.figures)
+        write_config_page(snakemake.config, out.config)
+        log.info("report: %d quicklook(s) and %d page(s)", len(out.quicklooks), 4)
+        loaded = [load_dataset(path) for path in snakemake.input.records]
+        path = write_catalog(RESULTS_DIR, loaded[0][0], [d for _, d in loaded],
+                             tuple(OutputFormat(f) for f in snakemake.params.formats), snakemake.config,
+                             snakemake.params.workflow_dir)
+        log.info("STAC catalog: %s, %d item(s)", path, len(loaded))
