@@ -11,6 +11,7 @@ least ``MIN_BATCH_WORK`` of work.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,6 +26,13 @@ MAX_JOBS = 2000
 # average) to 3.2e8 (uint8 mode) a second, GDAL's warper across CRSs 4.4e7; so 4e9 is 12-30 s of
 # the block engine (1e9, the value before the kernels, left 23-42 % of such a job to its start).
 MIN_BATCH_WORK = 4e9
+# A run on many cores wants enough jobs to keep every core busy to the end (a run of one job of
+# two threads leaves 14 of 16 cores idle): each dataset is then cut into more batches, down to this
+# much work each (about 4-8 s of the block engine, several times a job's fixed cost).
+MIN_SPLIT_WORK = 1e9
+# Jobs per slot (cores / threads per job) that a run on many cores aims for: the last wave of a
+# list schedule leaves cores idle for at most about a third of a job's time.
+WAVES = 3
 _RECTANGLE_ID = re.compile(r"([a-z])(\d+)_(\d+)_(\d+)x(\d+)")
 
 
@@ -77,12 +85,27 @@ def parse_batch_id(text: str, prefix: str = "b") -> tuple[tuple[int, int], tuple
     return (row, col), (height, width)
 
 
-def tiles_per_batch(tile_work: float, tiles_in_dataset: int, tiles_in_run: int) -> int:
-    """How many tiles one job of this dataset makes: enough work per job, and few enough jobs.
+def machine_cores() -> int:
+    """The cores this process may use (its CPU affinity: a cgroup or taskset may grant fewer than
+    the machine has). The plan's batches are sized for them, not for ``--cores``: a plan must not
+    change (and its batches rerun) when a resumed run is given other --cores."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def tiles_per_batch(tile_work: float, tiles_in_dataset: int, tiles_in_run: int, slots: int = 1) -> int:
+    """How many tiles one job of this dataset makes: enough work per job, few enough jobs, and, on
+    a machine that runs ``slots`` jobs at once (cores / threads per job), enough jobs to keep them
+    all busy to the end, as long as each keeps ``MIN_SPLIT_WORK``.
 
     ``tile_work`` is the estimated work of one tile (source pixels read plus pixels written).
     """
-    by_work = math.ceil(MIN_BATCH_WORK / max(tile_work, 1.0))
+    tile_work = max(tile_work, 1.0)
+    by_work = math.ceil(MIN_BATCH_WORK / tile_work)
+    if slots > 1:
+        by_work = min(by_work, max(math.ceil(tiles_in_run / (WAVES * slots)), math.ceil(MIN_SPLIT_WORK / tile_work)))
     by_count = math.ceil(tiles_in_run / MAX_JOBS)
     return max(1, min(tiles_in_dataset, max(by_work, by_count)))
 

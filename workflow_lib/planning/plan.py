@@ -25,7 +25,7 @@ from workflow_lib.config import nodata_override, target_crs, target_resolution
 from workflow_lib.coords import trusted_transform
 from workflow_lib.domain import ALL_FORMATS, FORMAT_ORDER, Engine, Method, OutputFormat, TileIndex
 from workflow_lib.errors import GDAL_ERRORS, ConfigError, InputRasterError
-from workflow_lib.planning.batches import MAX_JOBS, Batch, make_batches, shard_tiles, tiles_per_batch
+from workflow_lib.planning.batches import MAX_JOBS, Batch, machine_cores, make_batches, shard_tiles, tiles_per_batch
 from workflow_lib.planning.engine import choose_engine
 from workflow_lib.planning.footprint import (Bounds, edge_points, footprint_bounds, footprint_window,
                                              raster_centre_lon, tile_mask, whole_image_scale)
@@ -439,11 +439,13 @@ def _batched(config: dict, grid: TargetGrid, plans: dict, masks: dict, notes: di
     each tile's estimated work (planning.batches)."""
     in_run = sum(len(t) for t in masks.values())
     fixed = config.get("tiles_per_job", "auto")
+    # Jobs this machine runs at once: batches are sized to keep them all busy (planning.batches).
+    slots = max(1, machine_cores() // config.get("threads_per_job", 2))
     out = {}
     for name, (header, settings, window, parts, names) in plans.items():
         tiles = masks[name]
         if fixed == "auto":
-            per_batch = tiles_per_batch(tile_work(grid, header, settings, len(tiles)), len(tiles), in_run)
+            per_batch = tiles_per_batch(tile_work(grid, header, settings, len(tiles)), len(tiles), in_run, slots)
             # This dataset's share of the run's jobs, so that sparse rectangles do not add up to more.
             limit = max(1, math.ceil(MAX_JOBS * len(tiles) / in_run))
         else:
