@@ -61,6 +61,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: the best there is
 
 
+def cpu_seconds() -> float:
+    """CPU time (user and system) of this process's threads and its waited-for children so far: a
+    job's own figure, exact where Snakemake's benchmark polls it at intervals (bench/makespan.py)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def rss_mb() -> float:
     """This process's resident memory now, in MB."""
     with open("/proc/self/statm") as f:
@@ -86,7 +93,7 @@ def job_logging(log_path: str | None) -> Iterator[None]:
         log.exception("job failed")
         raise
     finally:
-        log.info("peak RSS %.0f MB", peak_rss_mb())
+        log.info("peak RSS %.0f MB, CPU %.2f s", peak_rss_mb(), cpu_seconds())
         # The work is done; ignore SIGTERM while exiting. At shutdown CPython resets handlers it
         # installed to the default (die on SIGTERM), but leaves an ignored signal ignored.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
