@@ -56,6 +56,7 @@ test-quick: install
 # Not part of the tests: about 30 minutes on 2 cores, plus 8 to generate its inputs once; needs Debian's gdal-bin and vmtouch (bench/README.md).
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/makespan.py --size 40000
 
 clean:
 	rm -rf results logs benchmarks .cache report.html
