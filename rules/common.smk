@@ -72,6 +72,7 @@ OUTPUT = config["output"]
 TILE_MEM_MB = config["memory"]["tile_mb"]
 BATCH_THREADS = config["threads_per_job"]
 MOSAIC_MEM_MB = config["memory"]["mosaic_mb"]
+MERGE_MAX_THREADS = 8
 
 
 def dataset_priority(wildcards):
@@ -146,6 +147,17 @@ def cluster_overhead_mb():
     # subtracts it again when it sizes its windows, workflow_lib.jobs).
     on_cluster = workflow.non_local_exec or workflow.remote_exec
     return config["memory"]["cluster_overhead_mb"] if on_cluster else 0
+
+
+def merge_threads():
+    # The jobs after the batches (a mosaic, the stack) read, compress and make overview levels on
+    # their threads: on a machine of many cores, up to 8 of them, so that no single-threaded tail
+    # follows the batches (more than 8: their share that runs in parallel, about two thirds,
+    # gains little more). On a cluster 2, what a node slot asks for.
+    if workflow.non_local_exec or workflow.remote_exec:
+        return 2
+    cores = workflow.global_resources["_cores"].value
+    return max(2, min(int(cores), MERGE_MAX_THREADS)) if cores else 2
 
 
 def tile_mem_mb(wildcards, attempt):

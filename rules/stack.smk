@@ -13,7 +13,7 @@ rule stack:
         compress=OUTPUT["compress"],
         level=OUTPUT["compress_level"],
         cog=OUTPUT["cog"],
-    threads: 2
+    threads: merge_threads()
     resources:
         mem_mb=mosaic_mem_mb,
     conda:

@@ -36,6 +36,17 @@ def run(tmp_path_factory):
     return {"workdir": workdir, "plan": plan, "dry": dry.stdout + dry.stderr, "log": done.stdout + done.stderr}
 
 
+def test_the_mosaics_and_the_stack_take_the_cores_a_run_has_up_to_8(run):
+    """No single-threaded tail after the batches: a run's mosaic and stack jobs declare the cores
+    it is given, at most 8 (Snakemake shows each job's threads in a dry run)."""
+    for cores, expected in (("3", 3), ("16", 8)):
+        dry = snakemake(run["workdir"], "-n", "--forceall", "--cores", cores).stdout
+        blocks = re.findall(r"^rule (mosaic|stack):\n(.*?)(?=^\S|\Z)", dry, re.M | re.S)
+        assert {rule for rule, _ in blocks} == {"mosaic", "stack"}
+        for rule, block in blocks:
+            assert re.search(r"^\s+threads: (\d+)$", block, re.M).group(1) == str(expected), (cores, rule, block)
+
+
 def test_dry_run_lists_every_batch_job(run):
     plan = run["plan"]
     listed = re.findall(r"resample batch (b[\d_x]+) of ([\w-]+): tile rows (\d+)-(\d+), columns (\d+)-(\d+), "
