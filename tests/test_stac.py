@@ -2,6 +2,7 @@
 no schema is downloaded): one item per dataset, its assets the run's files with their true sizes
 and checksums, the grid's projection, the statistics, and where the results came from."""
 
+import datetime
 import hashlib
 import json
 import os
@@ -79,3 +80,31 @@ def test_the_catalog_describes_every_product_and_where_it_came_from(uninterrupte
     for path in (results / "stac").rglob("*.json"):
         text = path.read_text()
         assert str(results) not in text, path
+
+
+def test_a_grid_across_the_antimeridian_has_a_bbox_and_geometry_that_do_not_go_round_the_other_way():
+    """A grid on PDC Mercator (EPSG:3832, centred on 150 E) from 168 E to 165 W: its STAC bbox has
+    west greater than east and its geometry is two polygons, one each side of 180 degrees (GeoJSON,
+    RFC 7946), which together span 27 degrees of longitude, not 333. A grid that does not cross
+    keeps one polygon."""
+    from affine import Affine
+    from rasterio.crs import CRS
+    from shapely.geometry import shape
+
+    from workflow_lib.mosaics.stac import bbox_geometry, bbox_wgs84
+    from workflow_lib.planning.grid import TargetGrid
+
+    pacific = TargetGrid(CRS.from_epsg(3832), Affine(10000, 0, 2e6, 0, -10000, -3e6), 300, 200, 64)
+    west, south, east, north = bbox = bbox_wgs84(pacific)
+    assert 167 < west < 169 and -166 < east < -164 and west > east
+    geometry = bbox_geometry(bbox)
+    assert geometry["type"] == "MultiPolygon" and len(geometry["coordinates"]) == 2
+    parts = shape(geometry)
+    assert all(-180 <= x <= 180 for x in (parts.bounds[0], parts.bounds[2]))
+    assert abs(sum(p.bounds[2] - p.bounds[0] for p in parts.geoms) - (360 - (west - east))) < 1e-9
+    item = pystac.Item("p", geometry, bbox, datetime=datetime.datetime(2026, 1, 1), properties={})
+    assert pystac.Item.from_dict(item.to_dict()).bbox == bbox
+
+    europe = TargetGrid(CRS.from_epsg(3035), Affine(25000, 0, 2.5e6, 0, -25000, 5.5e6), 200, 160, 64)
+    geometry = bbox_geometry(bbox_wgs84(europe))
+    assert geometry["type"] == "Polygon" and shape(geometry).bounds[0] < shape(geometry).bounds[2]

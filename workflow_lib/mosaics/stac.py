@@ -103,9 +103,24 @@ def inputs_of(name: str, spec) -> list[dict]:
     return out
 
 
-def _bbox_wgs84(grid: TargetGrid) -> list[float]:
+def bbox_wgs84(grid: TargetGrid) -> list[float]:
+    """The grid's bounds in longitude and latitude, as STAC wants them: west greater than east
+    when the grid crosses the antimeridian (GDAL's transform_bounds says so that way)."""
     left, bottom, right, top = transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=101)
     return [left, bottom, right, top]
+
+
+def bbox_geometry(bbox: list[float]) -> dict:
+    """A GeoJSON geometry of a bbox: a polygon, or across the antimeridian (west > east) two, one
+    each side of it (RFC 7946, 3.1.9), rather than one that spans the other way round the globe."""
+    west, south, east, north = bbox
+
+    def ring(w: float, e: float) -> list:
+        return [[[w, south], [e, south], [e, north], [w, north], [w, south]]]
+
+    if west <= east:
+        return {"type": "Polygon", "coordinates": ring(west, east)}
+    return {"type": "MultiPolygon", "coordinates": [ring(west, 180.0), ring(-180.0, east)]}
 
 
 def _raster_bands(dataset: DatasetPlan, stats: dict) -> list[dict]:
@@ -131,10 +146,8 @@ def write_catalog(results_dir: str, grid: TargetGrid, datasets: list[DatasetPlan
     from pystac.extensions.projection import ProjectionExtension
 
     created = created or dt.datetime.now(dt.timezone.utc)
-    bbox = _bbox_wgs84(grid)
-    left, bottom, right, top = bbox
-    geometry = {"type": "Polygon", "coordinates": [[[left, bottom], [right, bottom], [right, top], [left, top],
-                                                    [left, bottom]]]}
+    bbox = bbox_wgs84(grid)
+    geometry = bbox_geometry(bbox)
     # The processing extension's words where it has them (software and versions), ours for the rest.
     provenance = {"processing:software": software(), "onegrid:git_commit": git_commit(workflow_dir),
                   "onegrid:config_digest": config_digest(config),
