@@ -93,6 +93,30 @@ def test_each_column_is_its_mosaic_and_each_valid_cell_one_row(made):
     assert table.num_rows == rows
 
 
+def test_an_area_is_read_a_strip_of_rows_at_a_time_never_a_whole_tile(made, tmp_path, monkeypatch):
+    """The job's memory: it holds a strip of rows of each dataset, not a tile of each (twenty
+    datasets of 4,096 px tiles would be 1.3 GB). Every read is a window of at most a strip, and the
+    area's file holds the same rows as when written from whole tiles."""
+    plan, _, areas, out, _ = made
+    monkeypatch.setattr(table_module, "ROW_GROUP_CELLS", plan.grid.tile_size * 8)
+    heights = []
+    real_read = rasterio.io.DatasetReader.read
+
+    def read(self, *args, window=None, **kwargs):
+        heights.append(None if window is None else int(window.height))
+        return real_read(self, *args, window=window, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", read)
+    area = max(areas, key=lambda a: len(a.batches))
+    tile_dirs = {name: str(out.parent / "tiles" / name) for name in plan.datasets}
+    rows = write_table_part(str(tmp_path / "a.parquet"), plan.grid, area, list(plan.datasets.values()), tile_dirs,
+                            {name: list(d.tiles) for name, d in plan.datasets.items()})
+    assert rows and heights and all(h is not None and h <= 8 for h in heights), heights
+    got, want = (pd.read_parquet(p).sort_values(["row", "col"]).reset_index(drop=True)
+                 for p in (tmp_path / "a.parquet", out / f"{area.id}.parquet"))
+    pd.testing.assert_frame_equal(got, want)
+
+
 def test_the_files_say_the_grids_crs_and_what_each_column_holds(made):
     plan, _, areas, out, _ = made
     for path in [out / "_common_metadata", out / f"{areas[0].id}.parquet"]:
