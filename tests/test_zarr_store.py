@@ -182,6 +182,13 @@ def test_a_run_writes_the_store_and_with_zarr_alone_makes_no_mosaic(tmp_path, un
         assert np.array_equal(got, want, equal_nan=True), name
     with open(out / "stac" / "collection.json") as f:
         assert json.load(f)["assets"]["table"]["href"] == "../table"
+    # Each item's data assets: its array in the store and its VRT (no COG), with the VRT's size.
+    for name in mosaics:
+        with open(out / "stac" / name / f"{name}.json") as f:
+            assets = json.load(f)["assets"]
+        assert "cog" not in assets and {"zarr", "vrt"} <= set(assets), assets
+        assert assets["vrt"]["href"] == f"../../mosaics/{name}.vrt"
+        assert assets["vrt"]["file:size"] == os.path.getsize(out / "mosaics" / f"{name}.vrt")
     status = subprocess.run([sys.executable, "-m", "workflow_lib", "status"], cwd=tmp_path, capture_output=True,
                             text=True)
     assert "complete" in status.stdout, status.stdout

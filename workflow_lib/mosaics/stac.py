@@ -28,7 +28,7 @@ from rasterio.warp import transform_bounds
 
 from workflow_lib.atomic import atomic_path
 from workflow_lib.domain import (OutputFormat, mosaic_path, quicklook_path, stac_collection_path, stack_path,
-                                 statistics_path, table_dir, zarr_store_path)
+                                 statistics_path, table_dir, virtual_mosaic_path, zarr_store_path)
 from workflow_lib.mosaics.zarr_store import folder_size
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import DatasetPlan
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 COLLECTION_ID = "onegrid"
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+# GDAL's VRT is XML; no media type of its own is registered.
+VRT_MEDIA_TYPE = "application/xml"
 _CHUNK = 1 << 22
 # Besides the projection extension (pystac adds it): their fields are set here by hand.
 EXTENSIONS = ("https://stac-extensions.github.io/raster/v1.1.0/schema.json",
@@ -190,6 +192,10 @@ def write_catalog(results_dir: str, grid: TargetGrid, datasets: list[DatasetPlan
             path = mosaic_path(name, results_dir)
             item.add_asset("cog", _file_asset(pystac, path, pystac.MediaType.COG, ["data"],
                                               f"{name}: Cloud-Optimized GeoTIFF mosaic", raster))
+        else:
+            # Without mosaics, the VRT over the dataset's tiles is what GIS software opens.
+            item.add_asset("vrt", _file_asset(pystac, virtual_mosaic_path(name, results_dir), VRT_MEDIA_TYPE,
+                                              ["data"], f"{name}: GDAL virtual mosaic (VRT) over its tiles", raster))
         if OutputFormat.ZARR in formats:
             store = os.path.abspath(zarr_store_path(results_dir))
             item.add_asset("zarr", pystac.Asset(
