@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 
 from workflow_lib.atomic import write_json_atomic
-from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, tile_dir, zarr_store_path
+from workflow_lib.domain import REPORT_PAGES, RESULTS_DIR, OutputFormat, TileIndex, tile_dir, zarr_store_path
 from workflow_lib.engines.batch import manifest, manifest_tiles, prepare_kernels, run_batch
 from workflow_lib.errors import BatchError
 from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack, write_virtual_mosaic
@@ -254,7 +254,7 @@ def run_summary_job(snakemake) -> None:
         write_tile_map(frame, out.tile_map)
         write_job_figures(frame, out.figures)
         write_config_page(snakemake.config, out.config)
-        log.info("report: %d quicklook(s) and %d page(s)", len(out.quicklooks), 4)
+        log.info("report: %d quicklook(s) and %d page(s)", len(out.quicklooks), len(REPORT_PAGES))
         loaded = [load_dataset(path) for path in snakemake.input.records]
         path = write_catalog(RESULTS_DIR, loaded[0][0], [d for _, d in loaded],
                              tuple(OutputFormat(f) for f in snakemake.params.formats), snakemake.config,

@@ -5,7 +5,8 @@ makes the tiles of its rectangle that are missing. Every job has a fixed cost (a
 imports, Snakemake's script preamble, scheduling: 1-2 s measured, docs/how-it-works.md), and
 Snakemake's planning costs grow with the number of jobs (about 4 ms and 20 KB each), so batches are
 sized to make both negligible: at most about ``MAX_JOBS`` resample jobs per run, and each with at
-least ``MIN_BATCH_WORK`` of work.
+least ``MIN_BATCH_WORK`` of work; on a machine of many cores, less (down to ``MIN_SPLIT_WORK``)
+where that is what it takes to keep every core busy.
 """
 
 from __future__ import annotations
