@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import run as bench  # noqa: E402  (bench/run.py: the cases, the inputs, one workflow run)
 
+from workflow_lib.domain import TileIndex  # noqa: E402
 from workflow_lib.planning.batches import make_batches, tiles_per_batch  # noqa: E402
 
 CORES = (1, 2, 4, 8, 16, 32, 64)
@@ -60,7 +61,7 @@ class Job:
     tiles: int = 0  # batch jobs: tiles made
 
 
-def measured_jobs(workdir: str, cores: int) -> tuple[list[Job], float]:
+def measured_jobs(workdir: str) -> tuple[list[Job], float]:
     """The jobs of the run in ``workdir`` and the span from the first job's start to the last one's end."""
     by_hash: dict = {}
     meta_dir = os.path.join(workdir, ".snakemake", "metadata")
@@ -71,6 +72,8 @@ def measured_jobs(workdir: str, cores: int) -> tuple[list[Job], float]:
         entry = by_hash.setdefault(record["job_hash"], {"record": record, "outputs": []})
         entry["outputs"].append(output)
     declared = declared_threads(workdir)
+    # A batch job shows its message instead in a dry run: its threads are the config's.
+    undeclared = (batch_threads(workdir), 0)
     jobs = []
     for entry in by_hash.values():
         record = entry["record"]
@@ -78,12 +81,12 @@ def measured_jobs(workdir: str, cores: int) -> tuple[list[Job], float]:
         tsv = os.path.join(workdir, log.replace("logs/", "benchmarks/", 1)[:-len(".log")] + ".tsv")
         with open(tsv) as f:
             row = next(csv.DictReader(f, delimiter="\t"))
-        # A batch job shows its message instead in a dry run: its threads are the config's.
-        threads, priority = declared.get(log, (batch_threads(workdir), 0))
+        threads, priority = declared.get(log, undeclared)
         job = Job(log, record["rule"], tuple(record["input"]), tuple(entry["outputs"]),
                   record["endtime"] - record["starttime"], job_cpu(os.path.join(workdir, log), row), threads, priority)
         if job.rule == "resample_batch":
-            job = replace(job, **batch_split(os.path.join(workdir, log), job.wall))
+            fixed, tiles = bench.batch_fixed_cost(os.path.join(workdir, log), job.wall)
+            job = replace(job, fixed=fixed, tiles=tiles)
         jobs.append(job)
     records = [entry["record"] for entry in by_hash.values()]
     span = max(r["endtime"] for r in records) - min(r["starttime"] for r in records)
@@ -123,15 +126,6 @@ def batch_threads(workdir: str) -> int:
         return validate_config(yaml.safe_load(f))["threads_per_job"]
 
 
-def batch_split(log: str, wall: float) -> dict:
-    """A batch job's fixed start and end (its wall time outside the span of its tiles' log lines)
-    and its tiles (as bench/run.py counts them)."""
-    with open(log) as f:
-        lines = f.read().splitlines()
-    stamps = [bench._stamp(line) for line in lines if " to make, " in line or " made, " in line]
-    return {"fixed": wall - (stamps[-1] - stamps[0]), "tiles": sum(" done in " in line for line in lines)}
-
-
 def parallel_share(wall: float, cpu: float, threads: int) -> float:
     """Amdahl's parallel share p from a wall time at ``threads`` threads and its CPU time."""
     if threads <= 1:
@@ -150,7 +144,7 @@ class Model:
     jobs: list[Job]
     base_cores: int
     overhead: float  # Snakemake's start and end
-    workdir: str
+    plan: PlanFacts | None  # the dataset's tiles, for re-cutting its batches
 
     def tasks(self, cores: int) -> list[tuple[str, int, int, float, set[str], set[str]]]:
         """(key, priority, threads, seconds, inputs, outputs) of every job on ``cores`` cores, the
@@ -186,17 +180,11 @@ class Model:
         """Tiles per batch job of each measured batch job, as the plan would cut its dataset on a
         machine of ``cores`` cores (only datasets measured as one batch are re-cut)."""
         batches = [j for j in self.jobs if j.rule == "resample_batch"]
-        plan_path = os.path.join(self.workdir, "plan.json")
-        if len(batches) != 1 or not os.path.exists(plan_path):
+        if len(batches) != 1 or self.plan is None:
             return {}
-        with open(plan_path) as f:
-            facts = json.load(f)
-        job = batches[0]
-        slots = max(1, cores // job.threads)
-        per = tiles_per_batch(facts["tile_work"], facts["tiles"], facts["tiles"], slots)
-        tiles = [tuple(t) for t in facts["tile_list"]]
-        cut = make_batches([bench_tile(t) for t in tiles], facts["tile_rows"], facts["tile_cols"], per)
-        return {job.key: [len(b.tiles) for b in cut]}
+        job, plan = batches[0], self.plan
+        per = tiles_per_batch(plan.tile_work, len(plan.tiles), len(plan.tiles), max(1, cores // job.threads))
+        return {job.key: [len(b.tiles) for b in make_batches(plan.tiles, plan.tile_rows, plan.tile_cols, per)]}
 
     def predict(self, cores: int) -> tuple[float, float]:
         """Predicted wall time on ``cores`` cores and the share of core-time idle."""
@@ -230,14 +218,17 @@ class Model:
         return wall, idle
 
 
-def bench_tile(t):
-    from workflow_lib.domain import TileIndex
+@dataclass(frozen=True)
+class PlanFacts:
+    """What re-cutting a dataset's batches needs: its tiles and the estimated work of one."""
+    tile_work: float
+    tiles: list[TileIndex]
+    tile_rows: int
+    tile_cols: int
 
-    return TileIndex(*t)
 
-
-def plan_facts(workdir: str) -> None:
-    """The plan's facts that re-cutting needs (tiles and their estimated work), saved beside the run."""
+def plan_facts(workdir: str) -> PlanFacts:
+    """The run's plan (one dataset), from the plan's cache in ``workdir``."""
     from workflow_lib.config import validate_config
     from workflow_lib.planning.plan import load_plan, tile_work
 
@@ -251,12 +242,9 @@ def plan_facts(workdir: str) -> None:
     finally:
         os.chdir(here)
     [dataset] = plan.datasets.values()
-    tiles = [t for b in dataset.batches for t in b.tiles]
-    facts = {"tile_work": tile_work(plan.grid, dataset.header, dataset.settings, len(tiles)), "tiles": len(tiles),
-             "tile_rows": plan.grid.tile_rows, "tile_cols": plan.grid.tile_cols,
-             "tile_list": [[t.row, t.col] for t in tiles]}
-    with open(os.path.join(workdir, "plan.json"), "w") as f:
-        json.dump(facts, f)
+    tiles = list(dataset.tiles)
+    return PlanFacts(tile_work(plan.grid, dataset.header, dataset.settings, len(tiles)), tiles,
+                     plan.grid.tile_rows, plan.grid.tile_cols)
 
 
 def main() -> None:
@@ -278,14 +266,13 @@ def main() -> None:
         workdir = os.path.join(args.workdir, f"makespan-{cores}")
         with bench.PageCacheLock(case.input):
             result = bench.run_workflow(case, workdir, None, cores=cores)
-        jobs, span = measured_jobs(workdir, cores)
+        jobs, span = measured_jobs(workdir)
         runs[cores] = (result["seconds"], jobs, span, workdir)
         print(f"measured --cores {cores}: {result['seconds']:.1f} s wall, {len(jobs)} jobs, "
               f"jobs' span {span:.1f} s, Snakemake's start and end {result['seconds'] - span:.1f} s", flush=True)
     base = measured_cores[-1]
     wall, jobs, span, workdir = runs[base]
-    plan_facts(workdir)
-    model = Model(jobs, base, wall - span, workdir)
+    model = Model(jobs, base, wall - span, plan_facts(workdir))
     print(f"\n## {case.name}: model from the run on {base} core(s)\n")
     print("| cores | measured | predicted | error |\n|---|---|---|---|")
     for cores in measured_cores:

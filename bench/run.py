@@ -233,11 +233,9 @@ def run_workflow(case: Case, workdir: str, tile_size: int | None, cores: int = 2
     fixed, tiles = [], 0
     for _, s, _, tsv in batches:
         log = tsv.replace(os.sep + "benchmarks" + os.sep, os.sep + "logs" + os.sep).replace(".tsv", ".log")
-        with open(log) as f:
-            lines = f.read().splitlines()
-        tiles += sum(" done in " in line for line in lines)
-        stamps = [_stamp(line) for line in lines if " to make, " in line or " made, " in line]
-        fixed.append(s - (stamps[-1] - stamps[0]))
+        job_fixed, job_tiles = batch_fixed_cost(log, s)
+        fixed.append(job_fixed)
+        tiles += job_tiles
     mosaic = [j for j in jobs if j[0] == "mosaic"]
     zarr_path = os.path.join(workdir, "results", "stack.zarr")
     mosaic_path = os.path.join(workdir, "results", "mosaics", "d.tif")
@@ -288,6 +286,15 @@ def valid_total(path: str, zarr_store: str | None = None) -> float:
                 ok &= a != src.nodata
             total += float(a[ok].sum())
     return total
+
+
+def batch_fixed_cost(log: str, wall: float) -> tuple[float, int]:
+    """A batch job's fixed cost (its wall time outside the span of the log lines its tiles wrote)
+    and the tiles it made, from its log."""
+    with open(log) as f:
+        lines = f.read().splitlines()
+    stamps = [_stamp(line) for line in lines if " to make, " in line or " made, " in line]
+    return wall - (stamps[-1] - stamps[0]), sum(" done in " in line for line in lines)
 
 
 def _stamp(line: str) -> float:
