@@ -1,7 +1,8 @@
 # The Zarr store, results/stack.zarr (output.formats: zarr; workflow_lib.mosaics.zarr_store). Each
-# dataset's array is made by its register job, the batch jobs write its chunks (one per tile) as
-# they make the tiles, and once every batch is done this job writes the root's consolidated
-# metadata, without reading a pixel.
+# dataset's array is made by its register job, the batch jobs write its chunks (one per tile, and
+# the tile's part of the finer overview levels) as they make the tiles, and once every batch is done
+# this job makes the coarser overview levels from the finer ones and writes the consolidated
+# metadata, without reading a full-resolution pixel.
 localrules:
     zarr_store,
 

@@ -257,7 +257,7 @@ def test_job_memory_below_what_a_job_needs_is_refused_with_the_reason(raster, ke
 def test_a_dataset_may_not_take_a_name_of_the_zarr_stores_own_arrays(tmp_path):
     path = write_raster(tmp_path / "a.tif", np.zeros((4, 4), "float32"), "EPSG:32632",
                         Affine(10, 0, 500000, 0, -10, 5200000))
-    for names, taken in ((["x"], "x"), (["lc", "lc_band"], "lc_band")):
+    for names, taken in ((["x"], "x"), (["lc", "lc_band"], "lc_band"), (["overviews"], "overviews")):
         cfg = {"target": {"crs": "EPSG:32632", "resolution": 20},
                "datasets": {n: {"path": path, "method": "average"} for n in names}}
         with pytest.raises(ConfigError, match=f"datasets.{taken}: this name is taken in results/stack.zarr"):

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,8 @@ from .helpers import (read_band, run_tiles_and_mosaics, snakemake, synthetic_con
 from workflow_lib.domain import (OutputFormat, chunk_path, manifest_path, tile_dir, tiles_without_chunks,
                                  zarr_store_path)
 from workflow_lib.engines.batch import forget_incomplete_batches
-from workflow_lib.mosaics.zarr_store import ShardWriter, finish_store, open_array, prepare_array, write_tile_chunk
+from workflow_lib.mosaics.zarr_store import (ChunkWriter, ShardWriter, finish_store, open_array, prepare_array,
+                                             write_tile_chunk)
 from workflow_lib.planning.batches import make_batches, shard_index
 from workflow_lib.planning.plan import Plan
 
@@ -294,3 +296,122 @@ def test_a_missing_shard_reopens_its_batch(made, tmp_path, monkeypatch):
     open(first, "w").close()
     removed = forget_incomplete_batches(small, str(results))
     assert sorted(removed) == sorted(manifest_path("dem", b.id, str(results)) for b in cut[1:])
+
+
+def block_reference(mosaic: str, factor: int, categorical: bool, base: int | None = None) -> np.ndarray:
+    """An overview level by NumPy from the mosaic's full-resolution pixels, independently of the
+    workflow's code: the mean of each factor x factor block's valid pixels (NaN where none), or
+    for classes the pixel at the centre of each block (of its part inside the raster at the
+    right and bottom edges); for a level made from the level ``base`` (coarser than the tiles'
+    levels), the centre pixel of the centre base block. Returns (bands, rows, columns) in
+    float64, NaN for nodata."""
+    with rasterio.open(mosaic) as src:
+        data = src.read().astype("float64")
+        data[data == src.nodata] = np.nan
+    bands, h, w = data.shape
+
+    def centres(size, f):
+        return [i + min(f, size - i) // 2 for i in range(0, size, f)]
+
+    if categorical:
+        if base:
+            k = factor // base
+            rows = [j * base + min(base, h - j * base) // 2 for j in centres(-(-h // base), k)]
+            cols = [j * base + min(base, w - j * base) // 2 for j in centres(-(-w // base), k)]
+        else:
+            rows, cols = centres(h, factor), centres(w, factor)
+        return data[:, rows][:, :, cols]
+    padded = np.full((bands, -(-h // factor) * factor, -(-w // factor) * factor), np.nan)
+    padded[:, :h, :w] = data
+    blocks = padded.reshape(bands, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        return np.nanmean(blocks, axis=(2, 4))
+
+
+def test_overview_levels_are_block_reductions_of_the_full_resolution(tmp_path, monkeypatch):
+    """A grid large enough for overview levels (461 x 440 pixels, tiles of 64: factors 2 and 4):
+    each tile's part of level 2 (chunks of 32 pixels) is written with its chunk, level 4 (whose
+    chunks would be 16 pixels) is made from level 2 and its counts at the end. Each level, opened
+    by xarray as a group of its own (consolidated, no warning), has the grid's CRS, its own
+    transform, and equals the NumPy reduction of the mosaic's full-resolution pixels (a block
+    mean, or a block's centre pixel for classes), edge blocks and every band included. The root
+    lists the levels (GeoZarr multiscales); a missing part of a level reopens its tile; the
+    quicklook reads the coarsest level that is large enough."""
+    os.chdir(tmp_path)
+    config = synthetic_config(tmp_path)
+    config["target"]["resolution"] = 10
+    config["tile_size"] = 64
+    config["datasets"]["shares"] = {"path": config["datasets"]["landcover"]["path"], "method": "fractions",
+                                    "classes": {1: "water", 2: "forest", 3: "crops"}}
+    plan, mosaics = run_tiles_and_mosaics(config, tmp_path)
+    grid = plan.grid
+    assert grid.overview_factors() == (2, 4) and grid.tile_level_factors() == (2,), (grid.width, grid.height)
+    store = str(tmp_path / "stack.zarr")
+    for dataset in plan.datasets.values():
+        assert prepare_array(store, grid, dataset)
+        assert not prepare_array(store, grid, dataset)  # the same spec: all kept
+        writer = ChunkWriter(store, grid, dataset, str(tmp_path / "tiles" / dataset.name))
+        assert writer.fill_missing(dataset.tiles) == list(dataset.tiles)
+    assert finish_store(store, grid, list(plan.datasets)) == []
+    root = xr.open_zarr(store)
+    layout = root.attrs["multiscales"]["layout"]
+    assert [(e["asset"], e["transform"]["scale"]) for e in layout] == [("overviews/2", [2.0, 2.0]),
+                                                                      ("overviews/4", [4.0, 4.0])]
+    assert root.attrs["zarr_conventions"][0]["name"] == "multiscales"
+    assert "overviews" not in root.data_vars
+    for f in (2, 4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # each level has its consolidated metadata
+            level = xr.open_zarr(store, group=f"overviews/{f}")
+        assert level.rio.crs == grid.crs
+        assert level.attrs["spatial:shape"] == [-(-grid.height // f), -(-grid.width // f)]
+        for name, dataset in plan.datasets.items():
+            var = level[name]
+            assert var.rio.transform() == grid.transform @ grid.transform.scale(f), name
+            got = var.values.astype("float64")
+            got = got if got.ndim == 3 else got[np.newaxis]
+            expected = block_reference(mosaics[name], f, dataset.settings.method.is_categorical,
+                                       base=2 if f == 4 else None)
+            assert got.shape == expected.shape, name
+            assert np.array_equal(np.isnan(got), np.isnan(expected)), (name, f)
+            assert np.allclose(got, expected, rtol=1e-6, atol=0, equal_nan=True), (name, f)
+            assert np.isnan(expected).any() and not np.isnan(expected).all(), name
+        assert list(level["shares_band"].values) == ["water", "forest", "crops"]
+    # A tile whose part of a level is missing (a run killed between the two writes is not: the
+    # full-resolution chunk is written last) is made again.
+    dem = plan.datasets["dem"]
+    tile = dem.tiles[-1]
+    assert dem.level_arrays(grid) == ("overviews/2/dem", "overviews/counts/dem")
+    for part in dem.level_arrays(grid):
+        os.unlink(chunk_path(store, part, tile, False))
+        assert tiles_without_chunks(store, "dem", False, dem.tiles) == []
+        assert tiles_without_chunks(store, "dem", False, dem.tiles, dem.level_arrays(grid)) == [tile]
+        writer = ChunkWriter(store, grid, dem, str(tmp_path / "tiles" / "dem"))
+        assert writer.fill_missing(dem.tiles) == [tile]
+        assert tiles_without_chunks(store, "dem", False, dem.tiles, dem.level_arrays(grid)) == []
+    # Levels down to 16 pixels (factors 4 to 32, each made from the one before in sums and counts,
+    # in strips whose rows do not pair up): the same block reductions of the full resolution.
+    from workflow_lib.planning import grid as grid_module
+
+    monkeypatch.setattr(grid_module, "LEVEL_MIN_SIDE", 16)
+    assert grid.overview_factors() == (2, 4, 8, 16, 32) and grid.tile_level_factors() == (2,)
+    finish_store(store, grid, list(plan.datasets))
+    assert [e["asset"] for e in xr.open_zarr(store).attrs["multiscales"]["layout"]][-1] == "overviews/32"
+    for f in (8, 16, 32):
+        level = xr.open_zarr(store, group=f"overviews/{f}")
+        for name, dataset in plan.datasets.items():
+            got = level[name].values.astype("float64")
+            got = got if got.ndim == 3 else got[np.newaxis]
+            expected = block_reference(mosaics[name], f, dataset.settings.method.is_categorical, base=2)
+            assert got.shape == expected.shape and np.allclose(got, expected, rtol=1e-6, atol=0, equal_nan=True), \
+                (name, f)
+    monkeypatch.undo()
+    assert finish_store(store, grid, list(plan.datasets)) == ["overviews/16", "overviews/32", "overviews/8"]
+    # The quicklook reads the coarsest level at least as large as it, whole where it fits.
+    from workflow_lib.mosaics.zarr_store import zarr_quicklook
+
+    side = max(grid.width, grid.height)
+    for longest, factor in ((-(-side // 4), 4.0), (-(-side // 2), 2.0), (-(-side // 2) - 1, 4.0), (side, 1.0)):
+        data, got_factor = zarr_quicklook(os.path.join(store, "dem"), longest)
+        assert got_factor == factor and max(data.shape) <= longest, (longest, got_factor, data.shape)

@@ -78,8 +78,9 @@ def results(results_dir: str, as_json: bool = False, config_path: str = DEFAULT_
         if sharded:
             chunks += f" ({sharded} array(s) sharded: a file per batch)"
         print(f"Zarr (xarray.open_zarr({store['path']!r}), with rioxarray for the CRS):")
+        levels = f", overview levels 1/{', 1/'.join(map(str, store['overviews']))}" if store["overviews"] else ""
         print(f"  {store['path']}  {len(arrays)} array(s) [{', '.join(a['name'] for a in arrays)}], {shape} px, "
-              f"chunks {chunks}, {_size(store['bytes'])}")
+              f"chunks {chunks}{levels}, {_size(store['bytes'])}")
     if table:
         print(f"Table (pandas.read_parquet({table['path']!r}), one row per valid cell):")
         print(f"  {table['path']}  {table['rows']:,} rows x {len(table['columns'])} columns "

@@ -15,7 +15,7 @@ import yaml
 from rasterio.errors import CRSError
 
 from workflow_lib import secrets
-from workflow_lib.domain import ZARR_BAND_SUFFIX, ZARR_COORDINATES, OutputFormat
+from workflow_lib.domain import ZARR_BAND_SUFFIX, ZARR_COORDINATES, ZARR_OVERVIEWS, OutputFormat
 from workflow_lib.errors import ConfigError
 from workflow_lib.coords import parse_crs
 from workflow_lib.runtime import BASELINE_MB, MIN_JOB_MB, MIN_TILE_SHARE_MB
@@ -105,9 +105,10 @@ def check_config(config: dict[str, Any]) -> None:
     if OutputFormat.ZARR in output["formats"]:
         for name in config["datasets"]:
             base = name.removesuffix(ZARR_BAND_SUFFIX)
-            if name in ZARR_COORDINATES or (base != name and base in config["datasets"]):
-                raise ConfigError(f"datasets.{name}: this name is taken in results/stack.zarr by its "
-                                  f"{'coordinates' if name in ZARR_COORDINATES else 'band labels of ' + base}; "
+            if name in ZARR_COORDINATES or name == ZARR_OVERVIEWS or (base != name and base in config["datasets"]):
+                taken = ("coordinates" if name in ZARR_COORDINATES else "overview levels" if name == ZARR_OVERVIEWS
+                         else f"band labels of {base}")
+                raise ConfigError(f"datasets.{name}: this name is taken in results/stack.zarr by its {taken}; "
                                   "rename the dataset")
     for name, ds in config["datasets"].items():
         paths = ds["path"] if isinstance(ds["path"], list) else [ds["path"]]

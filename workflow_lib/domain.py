@@ -197,6 +197,19 @@ def stack_path(results_dir: str = RESULTS_DIR) -> str:
 # take: the coordinates, the grid mapping, and each dataset of several bands' band labels.
 ZARR_COORDINATES = ("x", "y", "spatial_ref")
 ZARR_BAND_SUFFIX = "_band"
+# The group of the store's overview levels, one group per factor: "overviews/4" (mosaics.zarr_store).
+ZARR_OVERVIEWS = "overviews"
+
+
+def level_array(dataset: str, factor: int) -> str:
+    """The path, in the Zarr store, of a dataset's array at an overview level."""
+    return f"{ZARR_OVERVIEWS}/{factor}/{dataset}"
+
+
+def count_array(dataset: str) -> str:
+    """The path, in the Zarr store, of the count of a dataset's valid full-resolution pixels in each
+    pixel of the last overview level made from the tiles (its attribute "onegrid:factor" says which)."""
+    return f"{ZARR_OVERVIEWS}/counts/{dataset}"
 
 
 def zarr_store_path(results_dir: str = RESULTS_DIR) -> str:
@@ -217,17 +230,21 @@ def chunk_path(store: str, dataset: str, index: TileIndex, multiband: bool) -> s
     return os.path.join(store, dataset, *parts, str(index.row), str(index.col))
 
 
-def tiles_without_chunks(store: str, dataset: str, multiband: bool, tiles) -> list[TileIndex]:
-    """Which of ``tiles`` have no chunk in the dataset's array (one directory listing per row of
-    tiles: cheap for a million)."""
-    rows: dict[int, set[str]] = {}
+def tiles_without_chunks(store: str, dataset: str, multiband: bool, tiles, others=()) -> list[TileIndex]:
+    """Which of ``tiles`` have no chunk in the dataset's array, or in one of the ``others`` arrays
+    (paths in the store whose chunks are tiles' parts too: its overview levels), one directory
+    listing per row of tiles and array: cheap for a million."""
+    arrays = [dataset, *others]
+    rows: dict[tuple[str, int], set[str]] = {}
     missing = []
     for index in tiles:
-        if index.row not in rows:
-            folder = os.path.dirname(chunk_path(store, dataset, index, multiband))
-            rows[index.row] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-        if str(index.col) not in rows[index.row]:
-            missing.append(index)
+        for name in arrays:
+            if (name, index.row) not in rows:
+                folder = os.path.dirname(chunk_path(store, name, index, multiband))
+                rows[name, index.row] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+            if str(index.col) not in rows[name, index.row]:
+                missing.append(index)
+                break
     return missing
 
 

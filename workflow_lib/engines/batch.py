@@ -301,7 +301,8 @@ def manifest_tiles(manifests: list[str], folder: str, nodata: float | None) -> t
 def forget_incomplete_batches(plan: Plan, results_dir: str = RESULTS_DIR) -> list[str]:
     """Remove the manifest of every batch whose tiles are no longer all on disk (a tile deleted by
     hand, or found corrupt and removed by its mosaic), or, with the Zarr store among the formats,
-    whose tiles' chunks are not all in it (the store removed), so that Snakemake runs that batch again.
+    whose tiles' chunks (and their parts of the overview levels) are not all in it (the store removed),
+    so that Snakemake runs that batch again.
 
     Tiles and chunks are not Snakemake outputs (it would delete them before rerunning a batch), so
     Snakemake cannot see a missing one; the Snakefile calls this at parse time. One directory listing
@@ -326,8 +327,8 @@ def forget_incomplete_batches(plan: Plan, results_dir: str = RESULTS_DIR) -> lis
             done = {b: b.tiles for b in d.batches if f"{b.id}.json" in manifests}  # each batch's tiles parsed once
             without_shard = set()
         # One listing per row of tiles for all the batches together (rows span batches).
-        without_chunks = set(tiles_without_chunks(store, name, multiband, [t for tiles in done.values() for t in tiles])
-                             ) if store and not d.shard else set()
+        without_chunks = set(tiles_without_chunks(store, name, multiband, [t for tiles in done.values() for t in tiles],
+                                                  d.level_arrays(plan.grid))) if store and not d.shard else set()
         for b, tiles in done.items():
             if (b in without_shard or any(tile_file_name(t) not in on_disk for t in b.tile_ids)
                     or any(t in without_chunks for t in tiles)):

@@ -12,7 +12,14 @@ chunk under a temporary name and renames it. A dataset's array is (re)created by
 before its batches; when what shapes its chunks changed (the grid, the data type, the tiles'
 digest: the array's attribute SPEC_ATTRIBUTE says), its old chunks are removed, so a changed
 dataset invalidates its own array and no other. The root's consolidated metadata (what
-``open_zarr`` reads at once) is written last, by rule zarr_store, which reads no pixel.
+``open_zarr`` reads at once) is written last, by rule zarr_store, which reads no full-resolution
+pixel.
+
+Overview levels (docs/how-it-works.md, "The Zarr store"): the group ``overviews/<f>`` holds every
+dataset at pixels f times larger. Each tile's batch job writes its part of the finer levels (those
+whose chunk, a tile's part, keeps LEVEL_MIN_CHUNK pixels) from its full-resolution pixels, before
+its own chunk; rule zarr_store makes the coarser levels from the last of those and its counts of
+valid pixels (coarse_levels). The root's ``multiscales`` attribute lists them.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ import rasterio
 from rasterio.enums import WktVersion
 
 from workflow_lib.atomic import remove_stale_temporaries, shared_mode, temporary_prefix, write_json_atomic
-from workflow_lib.domain import ZARR_BAND_SUFFIX, ZARR_COORDINATES, TileIndex, chunk_path, tiles_without_chunks
+from workflow_lib.domain import (ZARR_BAND_SUFFIX, ZARR_COORDINATES, ZARR_OVERVIEWS, TileIndex, chunk_path,
+                                 count_array, level_array, tiles_without_chunks)
 from workflow_lib.errors import OutputWriteError
 from workflow_lib.planning.batches import shard_index
 from workflow_lib.planning.digest import tile_digest
@@ -50,6 +58,12 @@ ZSTD_LEVEL = 1
 SPEC_ATTRIBUTE = "onegrid:spec"
 GRID_ATTRIBUTE = "onegrid:grid"
 GRID_MAPPING = ZARR_COORDINATES[2]
+# The multiscales convention (zarr-conventions/multiscales), declared in the root's zarr_conventions.
+MULTISCALES_CONVENTION = {
+    "uuid": "d35379db-88df-4056-af3a-620245f8e347", "name": "multiscales",
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v1/README.md",
+    "description": "Multiscale layout of zarr datasets"}
 
 
 def _zarr():
@@ -86,18 +100,40 @@ def spec_digest(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def root_attributes(grid: TargetGrid) -> dict:
-    """GeoZarr's projection and spatial attributes of the whole store (all arrays share the grid)."""
-    t = grid.transform
-    left, bottom, right, top = grid.bounds
+def root_attributes(grid: TargetGrid, factor: int = 1) -> dict:
+    """GeoZarr's projection and spatial attributes of the whole store (all arrays share the grid),
+    or of an overview level's group (``factor``); the root's also say where the levels are."""
+    level = grid.level(factor) if factor > 1 else grid
+    t = level.transform
+    left, bottom, right, top = level.bounds
     attrs = {"proj:wkt2": grid.crs.to_wkt(version=WktVersion.WKT2_2019), "spatial:dimensions": ["y", "x"],
-             "spatial:transform": [t.a, t.b, t.c, t.d, t.e, t.f], "spatial:shape": [grid.height, grid.width],
+             "spatial:transform": [t.a, t.b, t.c, t.d, t.e, t.f], "spatial:shape": [level.height, level.width],
              "spatial:bbox": [left, bottom, right, top], "spatial:registration": "pixel",
-             "title": "onegrid stack: every dataset on one grid"}
+             "title": "onegrid stack: every dataset on one grid" + (f", overview 1/{factor}" if factor > 1 else "")}
     code = grid.crs.to_string() if grid.crs.to_epsg() else None
     if code:
         attrs["proj:code"] = code
+    if factor == 1 and grid.overview_factors():
+        attrs |= {"zarr_conventions": [MULTISCALES_CONVENTION], "multiscales": multiscales(grid)}
     return attrs
+
+
+def multiscales(grid: TargetGrid) -> dict:
+    """The root's ``multiscales`` attribute: a layout entry per overview group, its scale against the
+    root's own arrays (the full resolution), and its absolute shape and transform. The root's arrays
+    are level 0 but are not listed: the convention's paths name children of the group that holds
+    the attribute, never the group itself (and open_zarr of the store must keep giving them)."""
+    layout = []
+    for f in grid.overview_factors():
+        level = grid.level(f)
+        t = level.transform
+        layout.append({"asset": f"{ZARR_OVERVIEWS}/{f}", "transform": {"scale": [float(f), float(f)],
+                                                                       "translation": [0.0, 0.0]},
+                       "spatial:shape": [level.height, level.width],
+                       "spatial:transform": [t.a, t.b, t.c, t.d, t.e, t.f], "onegrid:factor": f})
+    return {"layout": layout, "resampling_method": "average",
+            "onegrid:level_0": "the root group's own arrays; categorical datasets' levels are made by "
+                               "nearest (each array's resampling_method says)"}
 
 
 def _grid_mapping_attributes(grid: TargetGrid) -> dict:
@@ -118,10 +154,14 @@ def ensure_store(store: str, grid: TargetGrid) -> None:
     none replaces what another made, and each writes the same bytes, each file atomically. (If the
     grid changed, rule zarr_store rewrites them at the end: write_coordinates.)"""
     zarr = _zarr()
-    if os.path.exists(os.path.join(store, "zarr.json")) and all(_has_chunks(store, n) for n in ZARR_COORDINATES):
-        return
-    root = zarr.open_group(store, mode="a", zarr_format=3, attributes=root_attributes(grid))
-    write_coordinates(root, grid, _create, skip=lambda name: _has_chunks(store, name))
+    for factor in (1, *grid.overview_factors()):
+        path = store if factor == 1 else os.path.join(store, ZARR_OVERVIEWS, str(factor))
+        if os.path.exists(os.path.join(path, "zarr.json")) and all(_has_chunks(path, n) for n in ZARR_COORDINATES):
+            continue
+        group = zarr.open_group(store, path="" if factor == 1 else f"{ZARR_OVERVIEWS}/{factor}", mode="a",
+                                zarr_format=3, attributes=root_attributes(grid, factor))
+        write_coordinates(group, grid.level(factor) if factor > 1 else grid, _create,
+                          skip=lambda name, path=path: _has_chunks(path, name))
 
 
 def write_coordinates(root, grid: TargetGrid, create, skip=lambda name: False) -> None:
@@ -161,44 +201,81 @@ def _create(root, name: str, **spec):
         return root[name]
 
 
-def prepare_array(store: str, grid: TargetGrid, dataset: DatasetPlan, replace: bool = True) -> bool:
-    """Create the dataset's array, or keep it if it was created with the same spec. Returns True
-    when it was (re)created: its old chunks, made for other settings, are gone. ``replace=False``
-    (a batch job): never remove an array, only create a missing one."""
-    zarr = _zarr()
-    ensure_store(store, grid)
-    spec = array_spec(grid, dataset)
-    digest = spec_digest(spec)
-    folder = os.path.join(store, dataset.name)
+def _spec_of(folder: str) -> str | None:
     try:
         with open(os.path.join(folder, "zarr.json")) as f:
-            if json.load(f)["attributes"][SPEC_ATTRIBUTE] == digest:
-                return False
+            return json.load(f)["attributes"][SPEC_ATTRIBUTE]
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    if replace:
-        for old in (folder, os.path.join(store, f"{dataset.name}{ZARR_BAND_SUFFIX}")):  # its band labels too
-            if os.path.isdir(old):
-                log.info("zarr array %s: made with other settings, removed with its chunks", old)
-                shutil.rmtree(old)
+        return None
+
+
+def _tile_part_arrays(grid: TargetGrid, dataset: DatasetPlan) -> dict[str, tuple[int, bool]]:
+    """The arrays each tile of the dataset writes its part of, finest first, the dataset's own
+    last: path -> (factor, whether it is a count of valid pixels)."""
+    parts = {level_array(dataset.name, f): (f, False) for f in dataset.zarr_levels(grid)}
+    if dataset.zarr_counts(grid):
+        parts[count_array(dataset.name)] = (dataset.zarr_levels(grid)[-1], True)
+    return parts | {dataset.name: (1, False)}
+
+
+def prepare_array(store: str, grid: TargetGrid, dataset: DatasetPlan, replace: bool = True) -> bool:
+    """Create the dataset's array and those of its overview levels made from the tiles (and their
+    counts of valid pixels), or keep those created with the same spec. Returns True when one was
+    (re)created: its old chunks, made for other settings, are gone. ``replace=False`` (a batch
+    job): never remove an array, only create a missing one."""
+    zarr = _zarr()
+    ensure_store(store, grid)
+    digest = spec_digest(array_spec(grid, dataset))
+    paths = _tile_part_arrays(grid, dataset)
+    stale = {path: made for path, made in paths.items() if _spec_of(os.path.join(store, path)) != digest}
+    if not stale:
+        return False
     settings = dataset.settings
-    ts = grid.tile_size
     band_dim = band_dimension(dataset)
-    shape, chunks, dims = (grid.height, grid.width), (ts, ts), ("y", "x")
-    if band_dim:
-        n = len(dataset.band_names)
-        shape, chunks, dims = (n, *shape), (n, *chunks), (band_dim, *dims)
-    attrs = {SPEC_ATTRIBUTE: digest, "grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING,
-             "long_name": dataset.name, "resampling_method": settings.method.value,
-             "_FillValue": fill_value_attribute(settings.dst_nodata, settings.dst_dtype)}
     root = zarr.open_group(store, mode="a", zarr_format=3)
-    _create(root, dataset.name, shape=shape, chunks=chunks, shards=shard_shape(grid, dataset),
-            dtype=settings.dst_dtype, fill_value=settings.dst_nodata, dimension_names=dims, attributes=attrs,
-            compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL))
-    if band_dim:
-        labels = _create(root, band_dim, shape=(n,), dtype=str, chunks=(n,), dimension_names=(band_dim,))
-        labels[:] = np.array(dataset.band_names)
+    unused_counts = os.path.join(store, count_array(dataset.name))
+    if replace and count_array(dataset.name) not in paths and os.path.isdir(unused_counts):
+        shutil.rmtree(unused_counts)  # made for a continuous method, or for coarser levels, before
+    for path, (f, counts) in stale.items():
+        folder = os.path.join(store, path)
+        labels = f"{path}{ZARR_BAND_SUFFIX}"  # its band labels, beside it
+        if replace:
+            for old in (folder, os.path.join(store, labels)):
+                if os.path.isdir(old):
+                    log.info("zarr array %s: made with other settings, removed with its chunks", old)
+                    shutil.rmtree(old)
+        level = grid.level(f) if f > 1 else grid
+        shape, chunks, dims = (level.height, level.width), (level.tile_size, level.tile_size), ("y", "x")
+        if band_dim:
+            n = len(dataset.band_names)
+            shape, chunks, dims = (n, *shape), (n, *chunks), (band_dim, *dims)
+        if counts:
+            _create(root, path, shape=shape, chunks=chunks, dtype="uint32", fill_value=0, dimension_names=dims,
+                    attributes={SPEC_ATTRIBUTE: digest, "onegrid:factor": f,
+                                "long_name": f"valid pixels of {dataset.name} in each pixel of overview 1/{f}"},
+                    compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL))
+            continue
+        # Levels are made as the mosaic's overviews are: nearest for categorical methods, else average.
+        method = settings.method.value if f == 1 else "nearest" if settings.method.is_categorical else "average"
+        attrs = {SPEC_ATTRIBUTE: digest, "grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING,
+                 "long_name": dataset.name, "resampling_method": method,
+                 "_FillValue": fill_value_attribute(settings.dst_nodata, settings.dst_dtype)}
+        _create(root, path, shape=shape, chunks=chunks, shards=shard_shape(grid, dataset) if f == 1 else None,
+                dtype=settings.dst_dtype, fill_value=settings.dst_nodata, dimension_names=dims, attributes=attrs,
+                compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL))
+        if band_dim:
+            made = _create(root, labels, shape=(n,), dtype=str, chunks=(n,), dimension_names=(band_dim,))
+            made[:] = np.array(dataset.band_names)
     return True
+
+
+def open_parts(store: str, grid: TargetGrid, dataset: DatasetPlan) -> dict:
+    """The arrays of the dataset's overview levels made from the tiles and of their counts, by
+    path (opened as open_array)."""
+    zarr = _zarr()
+    return {path: zarr.open_array(os.path.join(store, path), mode="r+", zarr_format=3
+                                  ).with_config({"write_empty_chunks": True})
+            for path in dataset.level_arrays(grid)}
 
 
 def open_array(store: str, dataset: DatasetPlan):
@@ -210,23 +287,29 @@ def open_array(store: str, dataset: DatasetPlan):
 
 class ChunkWriter:
     """What a batch job does for the store: copy each tile it makes (and each tile it keeps whose
-    chunk is missing: the store was removed, or the job was killed between the two) into its chunk."""
+    chunk is missing: the store was removed, or the job was killed between the two) into its chunk,
+    and its part of each overview level into theirs."""
 
     def __init__(self, store: str, grid: TargetGrid, dataset: DatasetPlan, tile_folder: str):
         self.store, self.grid, self.dataset, self.tile_folder = store, grid, dataset, tile_folder
-        if not os.path.exists(os.path.join(store, dataset.name, "zarr.json")):
+        missing = [p for p in (dataset.name, *dataset.level_arrays(grid))
+                   if not os.path.exists(os.path.join(store, p, "zarr.json"))]
+        if missing:
             # Removed since its register job ran (or zarr was not among the formats then): made as
             # that job makes it, never replacing one that another batch job of it has just made.
-            log.info("zarr array of %s is missing from %s: made again", dataset.name, store)
+            log.info("zarr array(s) %s missing from %s: made again", ", ".join(missing), store)
             prepare_array(store, grid, dataset, replace=False)
         self.array = open_array(store, dataset)
+        self.parts = open_parts(store, grid, dataset)
 
     def write(self, index: TileIndex) -> None:
-        write_tile_chunk(self.array, self.grid, index, index.path(self.tile_folder), self.store, self.dataset)
+        write_tile_chunk(self.array, self.grid, index, index.path(self.tile_folder), self.store, self.dataset,
+                         self.parts)
 
     def fill_missing(self, tiles) -> list[TileIndex]:
         """Write the chunks of ``tiles`` (on disk already) that are missing; returns them."""
-        missing = tiles_without_chunks(self.store, self.dataset.name, bool(band_dimension(self.dataset)), tiles)
+        missing = tiles_without_chunks(self.store, self.dataset.name, bool(band_dimension(self.dataset)), tiles,
+                                       self.dataset.level_arrays(self.grid))
         for index in missing:
             self.write(index)
         if missing:
@@ -239,24 +322,76 @@ class ChunkWriter:
 
 
 def write_tile_chunk(array, grid: TargetGrid, index: TileIndex, tile_file: str, store: str,
-                     dataset: DatasetPlan) -> None:
-    """Copy a tile's pixels (all its bands) into its chunk."""
-    window = grid.tile(index).window
-    rows = slice(int(window.row_off), int(window.row_off + window.height))
-    cols = slice(int(window.col_off), int(window.col_off + window.width))
-    target = chunk_path(store, dataset.name, index, bool(band_dimension(dataset)))
-    for stale in glob.glob(glob.escape(target) + ".*.partial"):  # a chunk writer killed outright
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
+                     dataset: DatasetPlan, parts: dict | None = None) -> None:
+    """Copy a tile's pixels (all its bands) into its chunk, after its part of each overview level
+    made from the tiles and of their counts (``parts``: open_parts' arrays, opened here if not
+    given). The full-resolution chunk comes last, so that its presence says that the tile's parts
+    are written too."""
+    multiband = bool(band_dimension(dataset))
     with rasterio.open(tile_file) as src:
         data = src.read()
-    try:
-        if band_dimension(dataset):
-            array[:, rows, cols] = data
-        else:
-            array[rows, cols] = data[0]
-    except OSError as exc:
-        raise OutputWriteError(target, exc) from exc
+    window = grid.tile(index).window
+    parts = open_parts(store, grid, dataset) if parts is None else parts
+    factors = dataset.zarr_levels(grid)
+    made = dict(zip((level_array(dataset.name, f) for f in factors), tile_levels(data, factors, dataset)))
+    if dataset.zarr_counts(grid):
+        made[count_array(dataset.name)] = valid_counts(data, factors[-1], dataset.settings.dst_nodata)
+    writes = [(parts[path], path, pixels, factor) for path, (factor, _) in _tile_part_arrays(grid, dataset).items()
+              if (pixels := made.get(path)) is not None]
+    writes.append((array, dataset.name, data, 1))
+    for target_array, name, pixels, f in writes:
+        target = chunk_path(store, name, index, multiband)
+        for stale in glob.glob(glob.escape(target) + ".*.partial"):  # a chunk writer killed outright
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+        rows = slice(int(window.row_off // f), int(window.row_off // f + pixels.shape[1]))
+        cols = slice(int(window.col_off // f), int(window.col_off // f + pixels.shape[2]))
+        try:
+            if multiband:
+                target_array[:, rows, cols] = pixels
+            else:
+                target_array[rows, cols] = pixels[0]
+        except OSError as exc:
+            raise OutputWriteError(target, exc) from exc
+
+
+def tile_levels(data: np.ndarray, factors: tuple[int, ...], dataset: DatasetPlan) -> list[np.ndarray]:
+    """A tile's part of each overview level, (bands, rows, columns) each, from its full-resolution
+    pixels (never from the level before): the mean of each block's valid pixels, or for
+    categorical methods the pixel at its centre, as the mosaic's overviews (mosaics.overviews).
+    Tiles start on multiples of the tile size, which every factor divides: a tile's blocks are
+    the level's, and only the grid's last row and column of tiles have partial ones."""
+    from workflow_lib.mosaics.overviews import average_levels, nearest_levels
+
+    if not factors:
+        return []
+    settings = dataset.settings
+    per_band = [nearest_levels(band, list(factors)) if settings.method.is_categorical
+                else average_levels(band, settings.dst_nodata, list(factors), settings.dst_dtype, settings.dst_nodata)
+                for band in data]
+    return [np.stack([levels[k] for levels in per_band]) for k in range(len(factors))]
+
+
+def _missing_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    missing = np.isnan(data) if data.dtype.kind == "f" else np.zeros(data.shape, bool)
+    if nodata is not None and not math.isnan(nodata):
+        missing |= data == data.dtype.type(nodata)
+    return missing
+
+
+def _block_sums(a: np.ndarray, k: int) -> np.ndarray:
+    """Sums over k x k blocks of (bands, rows, columns), partial at the right and bottom."""
+    b, h, w = a.shape
+    if h % k or w % k:
+        padded = np.zeros((b, -(-h // k) * k, -(-w // k) * k), a.dtype)
+        padded[:, :h, :w] = a
+        a = padded
+    return a.reshape(b, a.shape[1] // k, k, a.shape[2] // k, k).sum(axis=(2, 4))
+
+
+def valid_counts(data: np.ndarray, factor: int, nodata: float | None) -> np.ndarray:
+    """How many of each factor x factor block's pixels are valid (not NaN, not nodata)."""
+    return _block_sums((~_missing_mask(data, nodata)).astype(np.uint32), factor)
 
 
 def shard_shape(grid: TargetGrid, dataset: DatasetPlan) -> tuple[int, ...] | None:
@@ -384,8 +519,9 @@ def _crc32c(data: bytes) -> int:
 
 
 def finish_store(store: str, grid: TargetGrid, names: list[str]) -> list[str]:
-    """Remove the arrays of datasets no longer in the run, and write the root's consolidated
-    metadata (every array's, read by ``xarray.open_zarr`` at once). Returns the removed names."""
+    """Remove the arrays of datasets no longer in the run (and overview levels no longer made), and
+    write the consolidated metadata (every array's, read by ``xarray.open_zarr`` at once) of each
+    level's group, then of the root. Returns the removed paths, relative to the store."""
     zarr = _zarr()
     # Which grid the coordinates were made for, before ensure_store (which makes missing ones for
     # this grid; Snakemake removes the root's zarr.json, this job's output, before it runs).
@@ -394,27 +530,169 @@ def finish_store(store: str, grid: TargetGrid, names: list[str]) -> list[str]:
             made_for = json.load(f)["attributes"].get(GRID_ATTRIBUTE)
     except (OSError, ValueError, KeyError, TypeError):
         made_for = None
-    ensure_store(store, grid)
+    factors = grid.overview_factors()
+    removed = []
     if made_for is not None and made_for != grid_digest(grid):
-        # Made by an earlier run on another grid: the root's attributes and the coordinates are
-        # replaced (no other job runs now).
+        # Made by an earlier run on another grid: the coordinates of the root and of each level
+        # are replaced, and the levels' attributes (the datasets' arrays were made again by the
+        # register jobs, for this grid; no other job runs now).
+        for f in factors:
+            for name in (*ZARR_COORDINATES, "zarr.json"):
+                path = os.path.join(store, ZARR_OVERVIEWS, str(f), name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.unlink(path)
         write_json_atomic(os.path.join(store, "zarr.json"),
                           {"zarr_format": 3, "node_type": "group", "attributes": root_attributes(grid)})
         write_coordinates(zarr.open_group(store, mode="r+"), grid,
                           lambda root, name, **spec: root.create_array(name, overwrite=True, **spec))
+    ensure_store(store, grid)
+    # The root's attributes, whatever made it (they list the levels of this grid); no other job runs.
+    write_json_atomic(os.path.join(store, "zarr.json"),
+                      {"zarr_format": 3, "node_type": "group", "attributes": root_attributes(grid)})
     keep = set(names) | set(ZARR_COORDINATES) | {f"{n}{ZARR_BAND_SUFFIX}" for n in names}
-    removed = []
-    for entry in sorted(os.listdir(store)):
-        path = os.path.join(store, entry)
-        if os.path.isdir(path) and entry not in keep:
-            shutil.rmtree(path)
-            removed.append(entry)
+    counts = os.path.dirname(count_array(""))
+    for group, allowed in [("", keep | ({ZARR_OVERVIEWS} if factors else set())),
+                           (ZARR_OVERVIEWS, {str(f) for f in factors} | {os.path.basename(counts)}),
+                           (counts, set(names)), *((f"{ZARR_OVERVIEWS}/{f}", keep) for f in factors)]:
+        folder = os.path.join(store, group)
+        for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+            if os.path.isdir(os.path.join(folder, entry)) and entry not in allowed:
+                shutil.rmtree(os.path.join(folder, entry))
+                removed.append(f"{group}/{entry}" if group else entry)
+    for name in names:
+        coarse_levels(store, grid, name)
     with warnings.catch_warnings():
         # zarr-python warns that consolidated metadata is its own extension of Zarr v3: it is what
         # xarray.open_zarr looks for first, and other readers ignore it.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        for f in factors:  # each level's own, for open_zarr(store, group="overviews/4")
+            zarr.consolidate_metadata(store, path=f"{ZARR_OVERVIEWS}/{f}", zarr_format=3)
         zarr.consolidate_metadata(store, zarr_format=3)
     return removed
+
+
+def coarse_levels(store: str, grid: TargetGrid, name: str) -> list[int]:
+    """Make the dataset's overview levels coarser than those its tiles made (whose chunks would be
+    smaller than LEVEL_MIN_CHUNK), from the last of those (the base): for a continuous method,
+    each block's mean weighted by the base's counts of valid full-resolution pixels, so the full
+    resolution's mean (to float32's rounding of the base's values); for a categorical one, the
+    base pixel at the block's centre, itself a full-resolution pixel (never a mode of modes).
+
+    The base is read once, a row of its chunks at a time, and each level made from the one before
+    it in sums and counts, a pair of rows at a time: memory follows a row of chunks of the base
+    and a row of chunks of each level (written whole), whatever the grid's height. Returns the
+    factors made (none where the tiles made no level)."""
+    from workflow_lib.engines.blocks import to_output  # numba: not for every importer of this module
+
+    zarr = _zarr()
+    made_by_tiles, factors = grid.tile_level_factors(), grid.overview_factors()
+    coarse = factors[len(made_by_tiles):]
+    if not coarse or not os.path.exists(os.path.join(store, level_array(name, made_by_tiles[-1]), "zarr.json")):
+        return []
+    base = made_by_tiles[-1]
+    finest = zarr.open_array(os.path.join(store, level_array(name, base)), mode="r")
+    nearest = finest.attrs.get("resampling_method") == "nearest"
+    counts = None if nearest else zarr.open_array(os.path.join(store, count_array(name)), mode="r")
+    fill, dtype = finest.metadata.fill_value, str(finest.dtype)
+    group = zarr.open_group(store, mode="r+")
+    height, width = finest.shape[-2:]
+    levels = []
+    for f in coarse:
+        level = grid.level(f)
+        chunks = (min(grid.tile_size, level.height), min(grid.tile_size, level.width))
+        out = group.create_array(level_array(name, f), shape=(*finest.shape[:-2], level.height, level.width),
+                                 chunks=(*finest.shape[:-2], *chunks), dtype=dtype, fill_value=fill,
+                                 dimension_names=finest.metadata.dimension_names, attributes=dict(finest.attrs),
+                                 compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL), overwrite=True)
+        if len(finest.shape) == 3:  # the band labels, as beside every array of several bands
+            labels = zarr.open_array(os.path.join(store, f"{level_array(name, base)}{ZARR_BAND_SUFFIX}"), mode="r")
+            copy = group.create_array(f"{level_array(name, f)}{ZARR_BAND_SUFFIX}", shape=labels.shape, dtype=str,
+                                      chunks=labels.shape, dimension_names=labels.metadata.dimension_names,
+                                      overwrite=True)
+            copy[:] = labels[:]
+        levels.append(_LevelWriter(out, f // base, height, width, chunks[0]))
+    step = max(1, grid.tile_size // base)  # a row of the base's chunks
+    for r0 in range(0, height, step):
+        rows = slice(r0, min(r0 + step, height))
+        strip = _bands_first(finest[..., rows, :])
+        if nearest:
+            for level in levels:
+                level.pick(strip, r0)
+            continue
+        n = _bands_first(counts[..., rows, :]).astype(np.float64)
+        sums = np.where(n > 0, strip.astype(np.float64), 0.0) * n
+        last = r0 + step >= height
+        for level in levels:  # each from the one before, in sums and counts
+            sums, n = level.add(sums, n, last)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                level.emit(to_output(sums / np.maximum(n, 1), n > 0, dtype, fill))
+    for level in levels:
+        level.flush()
+    log.info("zarr overview levels 1/%s of %s made from level 1/%d", ", 1/".join(map(str, coarse)), name, base)
+    return list(coarse)
+
+
+def _bands_first(a: np.ndarray) -> np.ndarray:
+    return a if a.ndim == 3 else a[np.newaxis]
+
+
+class _LevelWriter:
+    """One coarse level being made (coarse_levels): ``k`` base pixels a side per pixel. Its rows
+    are written a row of chunks at a time."""
+
+    def __init__(self, array, k: int, base_height: int, base_width: int, chunk_rows: int):
+        self.array, self.k, self.base_height, self.base_width = array, k, base_height, base_width
+        self.chunk_rows, self.written, self.pending = chunk_rows, 0, []
+        self.carry: tuple[np.ndarray, np.ndarray] | None = None  # a row of the level before, unpaired
+
+    def add(self, sums: np.ndarray, counts: np.ndarray, last: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the level before (or the base), as sums and counts: this level's rows that they
+        complete (2 x 2 blocks; a lone last row and the last column make partial ones)."""
+        if self.carry is not None:
+            sums, counts = np.concatenate([self.carry[0], sums], 1), np.concatenate([self.carry[1], counts], 1)
+            self.carry = None
+        whole = sums.shape[1] if last else sums.shape[1] // 2 * 2
+        if whole < sums.shape[1]:
+            self.carry = (sums[:, whole:], counts[:, whole:])
+        return _block_sums(sums[:, :whole], 2), _block_sums(counts[:, :whole], 2)
+
+    def pick(self, strip: np.ndarray, r0: int) -> None:
+        """For a categorical level: the base pixels at its blocks' centres that are in ``strip``
+        (base rows from ``r0``)."""
+        k, h, w = self.k, self.base_height, self.base_width
+        # Blocks that start in the strip, or the one that starts before it and reaches into it.
+        centres = (i + min(k, h - i) // 2 for i in range(r0 - r0 % k, r0 + strip.shape[1], k))
+        rows = [r - r0 for r in centres if r0 <= r < r0 + strip.shape[1]]
+        if rows:
+            self.emit(strip[:, rows][:, :, [j + min(k, w - j) // 2 for j in range(0, w, k)]])
+
+    def emit(self, rows: np.ndarray) -> None:
+        if rows.shape[1]:
+            self.pending.append(rows)
+        if sum(p.shape[1] for p in self.pending) >= self.chunk_rows:
+            self.flush(whole_chunks=True)
+
+    def flush(self, whole_chunks: bool = False) -> None:
+        """Write the rows made so far; ``whole_chunks``: only whole rows of chunks, the rest kept
+        (so that no chunk is written twice)."""
+        if not self.pending:
+            return
+        rows = np.concatenate(self.pending, 1)
+        n = rows.shape[1] // self.chunk_rows * self.chunk_rows if whole_chunks else rows.shape[1]
+        self.pending = [rows[:, n:]] if n < rows.shape[1] else []
+        if n:
+            _write_rows(self.array, self.written, rows[:, :n])
+            self.written += n
+
+
+def _write_rows(array, row: int, pixels: np.ndarray) -> None:
+    rows = slice(row, row + pixels.shape[1])
+    if array.ndim == 3:
+        array[:, rows, :] = pixels
+    else:
+        array[rows, :] = pixels[0]
 
 
 def folder_size(path: str) -> int:
@@ -430,9 +708,12 @@ def store_facts(store: str) -> dict | None:
             children = json.load(f)["consolidated_metadata"]["metadata"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    arrays = {name: meta for name, meta in sorted(children.items())
-              if meta.get("node_type") == "array" and meta.get("attributes", {}).get("grid_mapping")}
-    return {"path": store, "bytes": folder_size(store),
+    # The datasets' arrays at the root (full resolution); each overview level is a group "overviews/<f>".
+    arrays = {name: meta for name, meta in sorted(children.items()) if "/" not in name
+              and meta.get("node_type") == "array" and meta.get("attributes", {}).get("grid_mapping")}
+    levels = sorted(int(name.rsplit("/", 1)[1]) for name, meta in children.items() if name.count("/") == 1
+                    and name.startswith(f"{ZARR_OVERVIEWS}/") and meta.get("node_type") == "group")
+    return {"path": store, "bytes": folder_size(store), "overviews": levels,
             "arrays": [{"name": name, "shape": meta["shape"], "dtype": meta["data_type"], **_chunking(meta),
                         "dims": meta.get("dimension_names")} for name, meta in arrays.items()]}
 
@@ -452,8 +733,20 @@ def path_is_zarr_array(path: str) -> bool:
 
 def zarr_quicklook(path: str, longest: int) -> tuple[np.ma.MaskedArray, float]:
     """A dataset's array (its first band) at most ``longest`` pixels on its longest side, every
-    ``factor``-th pixel, masked where nodata, and that factor."""
-    array = _zarr().open_array(path, mode="r")
+    ``step``-th pixel of its coarsest overview level that is still at least ``longest`` pixels
+    (so that a large array is not decoded whole), masked where nodata, and the factor from the
+    full resolution."""
+    zarr = _zarr()
+    array = zarr.open_array(path, mode="r")
+    side = max(array.shape[-2:])
+    store, name = os.path.split(os.path.normpath(path))
+    factor = 1
+    levels = os.path.join(store, ZARR_OVERVIEWS)
+    for f in sorted(int(e) for e in (os.listdir(levels) if os.path.isdir(levels) else ()) if e.isdigit()):
+        if -(-side // f) >= longest and os.path.exists(os.path.join(store, level_array(name, f), "zarr.json")):
+            factor = f
+    if factor > 1:
+        array = zarr.open_array(os.path.join(store, level_array(name, factor)), mode="r")
     height, width = array.shape[-2:]
     step = max(1, math.ceil(max(width, height) / longest))
     data = array[(0,) * (array.ndim - 2) + (slice(None, None, step), slice(None, None, step))]
@@ -461,4 +754,4 @@ def zarr_quicklook(path: str, longest: int) -> tuple[np.ma.MaskedArray, float]:
     mask = np.isnan(data) if data.dtype.kind == "f" else np.zeros(data.shape, bool)
     if fill is not None and not (isinstance(fill, float) and math.isnan(fill)):
         mask |= data == fill
-    return np.ma.masked_array(data, mask), float(step)
+    return np.ma.masked_array(data, mask), float(step * factor)

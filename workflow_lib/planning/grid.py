@@ -21,6 +21,12 @@ from workflow_lib.domain import TileIndex
 # Tolerance, in pixels, for deciding that a bound already lies on a grid line: without it, float
 # noise in a bound such as 1000.0000000001 would add a whole column of empty pixels.
 _SNAP_EPS = 1e-6
+# The Zarr store's overview levels (TargetGrid.overview_factors): each level's chunks are its tiles'
+# parts, made by the batch job that makes the tile, so they shrink with the factor; below 32 pixels
+# a side (4 KB of float32) a chunk costs more to find than to read. A level is made only while the
+# level before it is larger than a quicklook or a screen's map needs (128 pixels).
+LEVEL_MIN_CHUNK = 32
+LEVEL_MIN_SIDE = 128
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,38 @@ class TargetGrid:
     @property
     def tile_cols(self) -> int:
         return math.ceil(self.width / self.tile_size)
+
+    def level(self, factor: int) -> "TargetGrid":
+        """The grid of an overview level: pixels ``factor`` times larger from the same origin, tiles
+        as many (each ``tile_size / factor`` pixels). Where the grid's size is not a multiple of the
+        factor, the level's last column and row reach past the grid's edge (their pixels are made
+        from the part inside), so that each level pixel is one whole block of grid pixels."""
+        return TargetGrid(self.crs, self.transform @ Affine.scale(factor), -(-self.width // factor),
+                          -(-self.height // factor), self.tile_size // factor)
+
+    def overview_factors(self) -> tuple[int, ...]:
+        """The Zarr store's overview levels (mosaics.zarr_store): factors 2, 4, 8, ... while the level
+        before is larger than LEVEL_MIN_SIDE on its longest side; none if no level can be made from
+        the tiles (tile_level_factors), from which the coarser ones are made."""
+        if not self.tile_level_factors():
+            return ()
+        factors, f = [], 2
+        while max(-(-self.width // (f // 2)), -(-self.height // (f // 2))) > LEVEL_MIN_SIDE:
+            factors.append(f)
+            f *= 2
+        return tuple(factors)
+
+    def tile_level_factors(self) -> tuple[int, ...]:
+        """The overview levels that each tile's batch job writes its part of (a chunk of
+        ``tile_size / factor`` pixels): those whose chunks keep at least LEVEL_MIN_CHUNK pixels a
+        side. The coarser ones are made at the end, from the last of these (and its counts of valid
+        pixels), by the job that finishes the store."""
+        factors, f = [], 2
+        while (self.tile_size % f == 0 and self.tile_size // f >= LEVEL_MIN_CHUNK
+               and max(-(-self.width // (f // 2)), -(-self.height // (f // 2))) > LEVEL_MIN_SIDE):
+            factors.append(f)
+            f *= 2
+        return tuple(factors)
 
     @cached_property
     def tile_transform(self) -> Affine:

@@ -23,7 +23,8 @@ from rasterio.windows import Window
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.config import nodata_override, target_crs, target_resolution
 from workflow_lib.coords import trusted_transform
-from workflow_lib.domain import ALL_FORMATS, FORMAT_ORDER, Engine, Method, OutputFormat, TileIndex
+from workflow_lib.domain import (ALL_FORMATS, FORMAT_ORDER, Engine, Method, OutputFormat, TileIndex, count_array,
+                                 level_array)
 from workflow_lib.errors import GDAL_ERRORS, ConfigError, InputRasterError
 from workflow_lib.planning.batches import MAX_JOBS, Batch, machine_cores, make_batches, shard_tiles, tiles_per_batch
 from workflow_lib.planning.engine import choose_engine
@@ -105,6 +106,24 @@ class DatasetPlan:
     def tile_ids(self) -> tuple[str, ...]:
         """The tiles' ids, without making a TileIndex of each (as the plan file holds them)."""
         return tuple(t for b in self.batches for t in b.tile_ids)
+
+    def zarr_levels(self, grid: TargetGrid) -> tuple[int, ...]:
+        """The overview levels of its Zarr array that each tile's batch job writes its part of
+        (TargetGrid.tile_level_factors); none for a sharded array yet (each level's parts would be a
+        file per tile)."""
+        return () if self.shard else grid.tile_level_factors()
+
+    def zarr_counts(self, grid: TargetGrid) -> bool:
+        """Whether its tiles also write their counts of valid pixels at the last of those levels: the
+        coarser levels of a continuous method are the means weighted by them."""
+        levels = self.zarr_levels(grid)
+        return (bool(levels) and not self.settings.method.is_categorical
+                and len(grid.overview_factors()) > len(levels))
+
+    def level_arrays(self, grid: TargetGrid) -> tuple[str, ...]:
+        """The store's arrays, beside its own, whose chunks are its tiles' parts (finest first)."""
+        return (*(level_array(self.name, f) for f in self.zarr_levels(grid)),
+                *((count_array(self.name),) if self.zarr_counts(grid) else ()))
 
     @cached_property
     def batch_by_id(self) -> dict[str, Batch]:
