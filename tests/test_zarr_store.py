@@ -390,6 +390,25 @@ def test_overview_levels_are_block_reductions_of_the_full_resolution(tmp_path, m
         writer = ChunkWriter(store, grid, dem, str(tmp_path / "tiles" / "dem"))
         assert writer.fill_missing(dem.tiles) == [tile]
         assert tiles_without_chunks(store, "dem", False, dem.tiles, dem.level_arrays(grid)) == []
+    # The same levels from sharded arrays (batches of 2 x 2 tiles, a shard per batch and level,
+    # written in any order), bit for bit.
+    sharded_store = str(tmp_path / "sharded.zarr")
+    for name, dataset in plan.datasets.items():
+        cut = make_batches(list(dataset.tiles), grid.tile_rows, grid.tile_cols, 4)
+        shard = (max(b.rows[1] - b.rows[0] for b in cut), max(b.cols[1] - b.cols[0] for b in cut))
+        dataset = sharded(dataset, shard)
+        assert prepare_array(sharded_store, grid, dataset)
+        for b in cut:
+            writer = ShardWriter(sharded_store, grid, dataset, str(tmp_path / "tiles" / name), b.id)
+            tiles = list(reversed(b.tiles))
+            writer.write(tiles[0])
+            writer.fill_missing(tiles)
+            writer.close(True)
+        files = [f for _, _, names in os.walk(os.path.join(sharded_store, "overviews", "2", name)) for f in names]
+        assert len(files) == len(cut) + 1, (name, files)  # a shard per batch, and zarr.json
+    assert finish_store(sharded_store, grid, list(plan.datasets)) == []
+    for group in ("overviews/2", "overviews/4"):
+        assert xr.open_zarr(sharded_store, group=group).equals(xr.open_zarr(store, group=group)), group
     # Levels down to 16 pixels (factors 4 to 32, each made from the one before in sums and counts,
     # in strips whose rows do not pair up): the same block reductions of the full resolution.
     from workflow_lib.planning import grid as grid_module

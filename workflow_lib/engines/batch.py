@@ -321,8 +321,9 @@ def forget_incomplete_batches(plan: Plan, results_dir: str = RESULTS_DIR) -> lis
         if store and d.shard:
             # A sharded array: one file per batch, renamed into place once it holds all the batch's tiles.
             done = {b: () for b in d.batches if f"{b.id}.json" in manifests}
-            without_shard = {b for b in done
-                             if not os.path.exists(chunk_path(store, name, shard_index(b.id, d.shard), multiband))}
+            arrays = (name, *d.level_arrays(plan.grid))  # and one per overview level made from the tiles
+            without_shard = {b for b in done if not all(
+                os.path.exists(chunk_path(store, a, shard_index(b.id, d.shard), multiband)) for a in arrays)}
         else:
             done = {b: b.tiles for b in d.batches if f"{b.id}.json" in manifests}  # each batch's tiles parsed once
             without_shard = set()

@@ -250,7 +250,8 @@ def prepare_array(store: str, grid: TargetGrid, dataset: DatasetPlan, replace: b
             n = len(dataset.band_names)
             shape, chunks, dims = (n, *shape), (n, *chunks), (band_dim, *dims)
         if counts:
-            _create(root, path, shape=shape, chunks=chunks, dtype="uint32", fill_value=0, dimension_names=dims,
+            _create(root, path, shape=shape, chunks=chunks, shards=shard_shape(grid, dataset, f), dtype="uint32",
+                    fill_value=0, dimension_names=dims,
                     attributes={SPEC_ATTRIBUTE: digest, "onegrid:factor": f,
                                 "long_name": f"valid pixels of {dataset.name} in each pixel of overview 1/{f}"},
                     compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL))
@@ -260,7 +261,7 @@ def prepare_array(store: str, grid: TargetGrid, dataset: DatasetPlan, replace: b
         attrs = {SPEC_ATTRIBUTE: digest, "grid_mapping": GRID_MAPPING, "coordinates": GRID_MAPPING,
                  "long_name": dataset.name, "resampling_method": method,
                  "_FillValue": fill_value_attribute(settings.dst_nodata, settings.dst_dtype)}
-        _create(root, path, shape=shape, chunks=chunks, shards=shard_shape(grid, dataset) if f == 1 else None,
+        _create(root, path, shape=shape, chunks=chunks, shards=shard_shape(grid, dataset, f),
                 dtype=settings.dst_dtype, fill_value=settings.dst_nodata, dimension_names=dims, attributes=attrs,
                 compressors=zarr.codecs.ZstdCodec(level=ZSTD_LEVEL))
         if band_dim:
@@ -394,22 +395,25 @@ def valid_counts(data: np.ndarray, factor: int, nodata: float | None) -> np.ndar
     return _block_sums((~_missing_mask(data, nodata)).astype(np.uint32), factor)
 
 
-def shard_shape(grid: TargetGrid, dataset: DatasetPlan) -> tuple[int, ...] | None:
-    """A shard of the dataset's array in pixels (a batch's rectangle of tiles), or None."""
+def shard_shape(grid: TargetGrid, dataset: DatasetPlan, factor: int = 1) -> tuple[int, ...] | None:
+    """A shard of the dataset's array (or of an overview level's: ``factor``) in pixels, a batch's
+    rectangle of tiles, or None."""
     if not dataset.shard:
         return None
-    shape = (dataset.shard[0] * grid.tile_size, dataset.shard[1] * grid.tile_size)
+    side = grid.tile_size // factor
+    shape = (dataset.shard[0] * side, dataset.shard[1] * side)
     return (len(dataset.band_names), *shape) if band_dimension(dataset) else shape
 
 
-def _sharding_layout(grid: TargetGrid, dataset: DatasetPlan) -> dict:
+def _sharding_layout(grid: TargetGrid, dataset: DatasetPlan, factor: int = 1, dtype: str | None = None) -> dict:
     """The sharding codec that ShardWriter's files follow, as zarr-python 3.1 writes it by default
     for prepare_array's arguments: chunks encoded as bytes (little-endian) then ZSTD, an index of
-    (offset, length) pairs at the end, itself little-endian with a CRC32C."""
-    ts = grid.tile_size
+    (offset, length) pairs at the end, itself little-endian with a CRC32C. ``factor``, ``dtype``:
+    an overview level's array, or its counts."""
+    ts = grid.tile_size // factor
     chunk = [len(dataset.band_names), ts, ts] if band_dimension(dataset) else [ts, ts]
     little = {"name": "bytes", "configuration": {"endian": "little"}}
-    one_byte = np.dtype(dataset.settings.dst_dtype).itemsize == 1  # no byte order to say
+    one_byte = np.dtype(dtype or dataset.settings.dst_dtype).itemsize == 1  # no byte order to say
     return {"name": "sharding_indexed", "configuration": {
         "chunk_shape": chunk,
         "codecs": [{"name": "bytes"} if one_byte else little,
@@ -422,72 +426,113 @@ def _sharding_layout(grid: TargetGrid, dataset: DatasetPlan) -> dict:
 _NO_CHUNK = 2 ** 64 - 1
 
 
+class _ShardFile:
+    """One shard being written: a temporary file that chunks are appended to, and their index."""
+
+    def __init__(self, path: str, side: int, fill, dtype: np.dtype, multiband: bool, shard: tuple[int, int]):
+        self.path, self.side, self.fill, self.dtype, self.multiband = path, side, fill, dtype, multiband
+        # (offset, length) per chunk of the shard, in C order: with bands, the band chunk comes first.
+        self.lead = (0,) if multiband else ()
+        self.index = np.full((*((1,) if multiband else ()), *shard, 2), _NO_CHUNK, dtype="<u8")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        remove_stale_temporaries(path)
+        self.tmp = f"{temporary_prefix(path)}{os.getpid()}.partial"
+        self.file = open(self.tmp, "wb")
+
+    def encode(self, data: np.ndarray, compressor) -> bytes:
+        if data.shape[1:] != (self.side, self.side):  # an edge tile: its chunk is whole, padded with the fill value
+            full = np.full((data.shape[0], self.side, self.side), self.fill, dtype=data.dtype)
+            full[:, :data.shape[1], :data.shape[2]] = data
+            data = full
+        data = data if self.multiband else data[0]
+        return compressor.encode(np.ascontiguousarray(data, dtype=self.dtype).tobytes())
+
+    def append(self, at: tuple[int, int], encoded: bytes) -> None:
+        """Under the writer's lock."""
+        try:
+            offset = self.file.tell()
+            self.file.write(encoded)
+        except OSError as exc:
+            raise OutputWriteError(self.path, exc) from exc
+        self.index[(*self.lead, *at)] = (offset, len(encoded))
+
+    def finish(self) -> None:
+        raw = self.index.tobytes()
+        self.file.write(raw + struct.pack("<I", _crc32c(raw)))
+        self.file.close()
+        os.chmod(self.tmp, shared_mode())
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
 class ShardWriter:
     """What a batch job does for the store when the dataset's array is sharded (more than
-    planning.batches.SHARD_MIN_TILES tiles): its batch is one shard, one file, written once. Each
-    tile's chunk is encoded in the worker thread that made it and appended to the shard's
-    temporary file (a lock orders the appends within the job; no other job writes this shard);
-    ``close`` writes the index and renames the file, or, for a batch that did not complete,
-    removes it. A shard under its final name therefore holds every tile of its batch."""
+    planning.batches.SHARD_MIN_TILES tiles): its batch is one shard, one file, written once, and
+    one more of each overview level made from the tiles (and of their counts). Each tile's chunks
+    are encoded in the worker thread that made it and appended to the shards' temporary files (a
+    lock orders the appends within the job; no other job writes these shards); ``close`` writes
+    the indexes and renames the files, the full resolution's last, or, for a batch that did not
+    complete, removes them. A shard under its final name therefore holds every tile of its batch,
+    and the full resolution's says that the levels' are there too."""
 
     def __init__(self, store: str, grid: TargetGrid, dataset: DatasetPlan, tile_folder: str, batch: str):
         from numcodecs import Zstd
 
-        self.grid, self.dataset, self.tile_folder = grid, dataset, tile_folder
-        if not os.path.exists(os.path.join(store, dataset.name, "zarr.json")):
-            log.info("zarr array of %s is missing from %s: made again", dataset.name, store)
+        self.grid, self.dataset, self.tile_folder, self.store = grid, dataset, tile_folder, store
+        parts = _tile_part_arrays(grid, dataset)  # the full resolution last
+        if any(not os.path.exists(os.path.join(store, path, "zarr.json")) for path in parts):
+            log.info("zarr array(s) of %s missing from %s: made again", dataset.name, store)
             prepare_array(store, grid, dataset, replace=False)
-        array = open_array(store, dataset)
-        codecs = json.loads(json.dumps([c.to_dict() for c in array.metadata.codecs]))  # tuples as lists
-        if codecs != [_sharding_layout(grid, dataset)]:
-            raise OutputWriteError(os.path.join(store, dataset.name), RuntimeError(
-                f"its codecs are {codecs}, not the sharding layout this workflow writes"))
-        self.fill = array.metadata.fill_value
-        self.dtype = np.dtype(dataset.settings.dst_dtype).newbyteorder("<")
+        zarr = _zarr()
         self.compressor = Zstd(level=ZSTD_LEVEL)
         self.shard = shard_index(batch, dataset.shard)
         self.origin = (self.shard.row * dataset.shard[0], self.shard.col * dataset.shard[1])
         multiband = bool(band_dimension(dataset))
-        self.path = chunk_path(store, dataset.name, self.shard, multiband)
-        # (offset, length) per chunk of the shard, in C order: with bands, the band chunk comes first.
-        self.lead = (0,) if multiband else ()
-        self.index = np.full((*((1,) if multiband else ()), *dataset.shard, 2), _NO_CHUNK, dtype="<u8")
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        remove_stale_temporaries(self.path)
-        self.tmp = f"{temporary_prefix(self.path)}{os.getpid()}.partial"
-        self.file = open(self.tmp, "wb")
+        self.files: dict[str, _ShardFile] = {}
+        try:
+            for path, (factor, counts) in parts.items():
+                array = zarr.open_array(os.path.join(store, path), mode="r", zarr_format=3)
+                dtype = "uint32" if counts else dataset.settings.dst_dtype
+                codecs = json.loads(json.dumps([c.to_dict() for c in array.metadata.codecs]))  # tuples as lists
+                if codecs != [_sharding_layout(grid, dataset, factor, dtype)]:
+                    raise OutputWriteError(os.path.join(store, path), RuntimeError(
+                        f"its codecs are {codecs}, not the sharding layout this workflow writes"))
+                self.files[path] = _ShardFile(chunk_path(store, path, self.shard, multiband), grid.tile_size // factor,
+                                              array.metadata.fill_value, np.dtype(dtype).newbyteorder("<"), multiband,
+                                              dataset.shard)
+        except BaseException:
+            for shard in self.files.values():
+                shard.discard()
+            raise
+        self.path = self.files[dataset.name].path
         self.lock = threading.Lock()
         self.written: set[TileIndex] = set()
 
-    def _encode(self, data: np.ndarray) -> bytes:
-        ts = self.grid.tile_size
-        if data.shape[1:] != (ts, ts):  # an edge tile: its chunk is whole, padded with the fill value
-            full = np.full((data.shape[0], ts, ts), self.fill, dtype=data.dtype)
-            full[:, :data.shape[1], :data.shape[2]] = data
-            data = full
-        data = data if band_dimension(self.dataset) else data[0]
-        return self.compressor.encode(np.ascontiguousarray(data, dtype=self.dtype).tobytes())
-
     def write(self, index: TileIndex) -> None:
-        """Append the chunk of a tile on disk (what the batch's worker threads call)."""
+        """Append the chunks of a tile on disk (what the batch's worker threads call)."""
         with rasterio.open(index.path(self.tile_folder)) as src:
             self.write_array(index, src.read())
 
     def write_array(self, index: TileIndex, data: np.ndarray) -> None:
-        """Append a tile's chunk from its pixels, (bands, rows, columns)."""
-        encoded = self._encode(data)
-        at = (*self.lead, index.row - self.origin[0], index.col - self.origin[1])
+        """Append a tile's chunks from its pixels, (bands, rows, columns)."""
+        factors = self.dataset.zarr_levels(self.grid)
+        made = dict(zip((level_array(self.dataset.name, f) for f in factors), tile_levels(data, factors, self.dataset)))
+        if self.dataset.zarr_counts(self.grid):
+            made[count_array(self.dataset.name)] = valid_counts(data, factors[-1], self.dataset.settings.dst_nodata)
+        made[self.dataset.name] = data
+        encoded = {path: shard.encode(made[path], self.compressor) for path, shard in self.files.items()}
+        at = (index.row - self.origin[0], index.col - self.origin[1])
         with self.lock:
-            try:
-                offset = self.file.tell()
-                self.file.write(encoded)
-            except OSError as exc:
-                raise OutputWriteError(self.path, exc) from exc
-            self.index[at] = (offset, len(encoded))
+            for path, shard in self.files.items():
+                shard.append(at, encoded[path])
             self.written.add(index)
 
     def fill_missing(self, tiles) -> list[TileIndex]:
-        """Append the chunks of ``tiles`` (kept on disk, not made by this job): the shard is
+        """Append the chunks of ``tiles`` (kept on disk, not made by this job): the shards are
         rewritten whole, so every tile of the batch goes in."""
         missing = [t for t in tiles if t not in self.written]
         for index in missing:
@@ -495,21 +540,19 @@ class ShardWriter:
         return missing
 
     def close(self, complete: bool) -> None:
+        current = self.path
         try:
             if complete:
-                raw = self.index.tobytes()
-                self.file.write(raw + struct.pack("<I", _crc32c(raw)))
-                self.file.close()
-                os.chmod(self.tmp, shared_mode())
-                os.replace(self.tmp, self.path)
-                log.info("zarr shard %s: %d chunk(s)", self.path, len(self.written))
-                return
+                for shard in self.files.values():  # the full resolution's last
+                    current = shard.path
+                    shard.finish()
+                log.info("zarr shard %s: %d chunk(s)%s", self.path, len(self.written),
+                         f", and {len(self.files) - 1} of its overview levels" if len(self.files) > 1 else "")
         except OSError as exc:
-            raise OutputWriteError(self.path, exc) from exc
+            raise OutputWriteError(current, exc) from exc
         finally:
-            self.file.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
+            for shard in self.files.values():
+                shard.discard()
 
 
 def _crc32c(data: bytes) -> int:

@@ -109,9 +109,8 @@ class DatasetPlan:
 
     def zarr_levels(self, grid: TargetGrid) -> tuple[int, ...]:
         """The overview levels of its Zarr array that each tile's batch job writes its part of
-        (TargetGrid.tile_level_factors); none for a sharded array yet (each level's parts would be a
-        file per tile)."""
-        return () if self.shard else grid.tile_level_factors()
+        (TargetGrid.tile_level_factors)."""
+        return grid.tile_level_factors()
 
     def zarr_counts(self, grid: TargetGrid) -> bool:
         """Whether its tiles also write their counts of valid pixels at the last of those levels: the
