@@ -13,7 +13,8 @@ the peak RSS of Snakemake's process, and the number of resample jobs.
 Zarr store (--store N, 1,000,000 by default): the store of the dry run's plan of about N tiles as
 the jobs write it (the array made as the register job makes it, each batch's shard written by
 ShardWriter, all tiles nodata since the input is sparse, then consolidated as rule zarr_store
-does), its number of files, and `xarray.open_zarr` timed in a fresh process.
+does, with its overview levels), its number of files, and `xarray.open_zarr` of the root and of the
+coarsest level timed in a fresh process.
 
 End to end: 1,024 tiles of 32 x 32 pixels (a 1,024 x 1,024 grid from a 2,048 x 2,048 input,
 average x2), `snakemake --cores 2` from scratch, register, tiles, mosaic and stack.
@@ -122,14 +123,23 @@ def store_case(workdir: str) -> dict:
                     tile = plan.grid.tile(index).window
                     writer.write_array(index, nodata[:, :int(tile.height), :int(tile.width)])
                 writer.close(True)
+        batches = time.perf_counter() - started
         finish_store(store, plan.grid, list(plan.datasets))
         written = time.perf_counter() - started
         files = sum(len(names) for _, _, names in os.walk(store))
-        probe = ("import time, xarray; t = time.perf_counter(); ds = xarray.open_zarr('results/stack.zarr'); "
+        level_files = sum(len(names) for _, _, names in os.walk(os.path.join(store, "overviews")))
+        probe = ("import sys, time, xarray; t = time.perf_counter(); "
+                 "ds = xarray.open_zarr('results/stack.zarr', group=sys.argv[1] or None); "
                  "print(time.perf_counter() - t, dict(ds.sizes))")
-        opened = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        opened = {}
+        for group in ("", *(f"overviews/{f}" for f in plan.grid.overview_factors()[-1:])):
+            out = subprocess.run([sys.executable, "-c", probe, group], capture_output=True, text=True,
+                                 check=True).stdout
+            opened[group or "root"] = (float(out.split()[0]), out.split(" ", 1)[1].strip())
         return {"tiles": plan.tile_count, "shards": [d.shard for d in plan.datasets.values()], "files": files,
-                "write_s": written, "open_s": float(opened.split()[0]), "sizes": opened.split(" ", 1)[1].strip()}
+                "level_files": level_files, "levels": plan.grid.overview_factors(),
+                "batches_s": batches, "write_s": written, "open_s": opened["root"][0], "sizes": opened["root"][1],
+                "opened": opened}
     finally:
         os.chdir(cwd)
 
@@ -178,6 +188,12 @@ def main() -> None:
         r = store_case(os.path.join(root, f"dry-{args.store}-auto"))
         print(f"zarr store of {r['tiles']:,} tiles (shards of {r['shards']} tiles): {r['files']:,} files, written in "
               f"{r['write_s']:.0f} s; xarray.open_zarr {r['open_s']:.2f} s ({r['sizes']})", flush=True)
+        coarsest = {k: v for k, v in r["opened"].items() if k != "root"}
+        print(f"  overview levels 1/{', 1/'.join(map(str, r['levels']))}: {r['level_files']:,} of the files; the "
+              f"batches' shards {r['batches_s']:.0f} s, the coarser levels and metadata (rule zarr_store) "
+              f"{r['write_s'] - r['batches_s']:.0f} s; "
+              + "; ".join(f"open_zarr(group={g!r}) {t:.2f} s ({sizes})" for g, (t, sizes) in coarsest.items()),
+              flush=True)
     if not args.no_end_to_end:
         for per_job in ["auto"] + ([1] if args.per_tile_jobs else []):
             r = tiny_tiles_case(os.path.join(root, f"tiny-{per_job}"), per_job)

@@ -407,6 +407,11 @@ def test_overview_levels_are_block_reductions_of_the_full_resolution(tmp_path, m
         files = [f for _, _, names in os.walk(os.path.join(sharded_store, "overviews", "2", name)) for f in names]
         assert len(files) == len(cut) + 1, (name, files)  # a shard per batch, and zarr.json
     assert finish_store(sharded_store, grid, list(plan.datasets)) == []
+    # Level 4 was made from level 2 read shard by shard (not through zarr-python: zarr_store._ChunkRows).
+    import zarr
+    from workflow_lib.mosaics.zarr_store import _ChunkRows
+
+    assert _ChunkRows(zarr.open_array(os.path.join(sharded_store, "overviews/2/shares")), "").sharded
     for group in ("overviews/2", "overviews/4"):
         assert xr.open_zarr(sharded_store, group=group).equals(xr.open_zarr(store, group=group)), group
     # Levels down to 16 pixels (factors 4 to 32, each made from the one before in sums and counts,
