@@ -56,3 +56,22 @@ def test_grid_round_trips_through_its_dict():
 def test_non_positive_resolution_is_refused():
     with pytest.raises(ValueError, match="resolution must be positive"):
         TargetGrid.from_bounds(CRS3035, (0.0, 0.0, 10.0, 10.0), (0.0, 1.0), (0.0, 0.0), 4)
+
+
+@pytest.mark.parametrize("size, tile_size, by_tiles, levels", [
+    # Levels while the level before is larger than 128 pixels; the tiles make those whose chunk (a
+    # tile's part) keeps 32 pixels a side, the others are made from the last of these.
+    ((40000, 30000), 256, (2, 4, 8), (2, 4, 8, 16, 32, 64, 128, 256, 512)),
+    ((783, 793), 256, (2, 4, 8), (2, 4, 8)),
+    ((461, 440), 100, (2,), (2, 4)),  # a quarter of a tile is 25 pixels: the tiles stop at 2
+    ((461, 440), 66, (2,), (2, 4)),  # 66 / 4 is not whole: at 2 as well
+    ((461, 440), 48, (), ()),  # no level from the tiles: none at all
+    ((128, 100), 256, (), ()),  # small enough already
+])
+def test_overview_levels_of_a_grid(size, tile_size, by_tiles, levels):
+    grid = TargetGrid(CRS.from_epsg(3035), Affine(10, 0, 0, 0, -10, 0), size[0], size[1], tile_size)
+    assert grid.tile_level_factors() == by_tiles
+    assert grid.overview_factors() == levels
+    level = grid.level(4)
+    assert (level.width, level.height, level.tile_size) == (-(-size[0] // 4), -(-size[1] // 4), tile_size // 4)
+    assert level.transform == Affine(40, 0, 0, 0, -40, 0)

@@ -7,6 +7,7 @@ tiles of ``tile_size`` output pixels; the last row and column of tiles may be sm
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -114,22 +115,19 @@ class TargetGrid:
         """The Zarr store's overview levels (mosaics.zarr_store): factors 2, 4, 8, ... while the level
         before is larger than LEVEL_MIN_SIDE on its longest side; none if no level can be made from
         the tiles (tile_level_factors), from which the coarser ones are made."""
-        if not self.tile_level_factors():
-            return ()
-        factors, f = [], 2
-        while max(-(-self.width // (f // 2)), -(-self.height // (f // 2))) > LEVEL_MIN_SIDE:
-            factors.append(f)
-            f *= 2
-        return tuple(factors)
+        return self._level_candidates() if self.tile_level_factors() else ()
 
     def tile_level_factors(self) -> tuple[int, ...]:
         """The overview levels that each tile's batch job writes its part of (a chunk of
-        ``tile_size / factor`` pixels): those whose chunks keep at least LEVEL_MIN_CHUNK pixels a
-        side. The coarser ones are made at the end, from the last of these (and its counts of valid
-        pixels), by the job that finishes the store."""
+        ``tile_size / factor`` pixels): the first of them whose chunks keep at least
+        LEVEL_MIN_CHUNK pixels a side. The coarser ones are made at the end, from the last of these
+        (and its counts of valid pixels), by the job that finishes the store."""
+        return tuple(itertools.takewhile(
+            lambda f: self.tile_size % f == 0 and self.tile_size // f >= LEVEL_MIN_CHUNK, self._level_candidates()))
+
+    def _level_candidates(self) -> tuple[int, ...]:
         factors, f = [], 2
-        while (self.tile_size % f == 0 and self.tile_size // f >= LEVEL_MIN_CHUNK
-               and max(-(-self.width // (f // 2)), -(-self.height // (f // 2))) > LEVEL_MIN_SIDE):
+        while max(-(-self.width // (f // 2)), -(-self.height // (f // 2))) > LEVEL_MIN_SIDE:
             factors.append(f)
             f *= 2
         return tuple(factors)
