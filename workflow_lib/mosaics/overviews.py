@@ -119,12 +119,11 @@ def average_levels(data: np.ndarray, nodata: float | None, factors: list[int], d
 def nearest_levels(data: np.ndarray, factors: list[int]) -> list[np.ndarray]:
     """Each factor's level of ``data``: the pixel at the centre of each block (of the part of the
     block inside ``data`` at its edges)."""
-    levels = []
-    for f in factors:
-        rows = [i + min(f, data.shape[0] - i) // 2 for i in range(0, data.shape[0], f)]
-        cols = [j + min(f, data.shape[1] - j) // 2 for j in range(0, data.shape[1], f)]
-        levels.append(data[np.ix_(rows, cols)])
-    return levels
+    def centres(n: int, f: int) -> np.ndarray:
+        starts = np.arange(0, n, f)
+        return starts + np.minimum(f, n - starts) // 2
+
+    return [data[np.ix_(centres(data.shape[0], f), centres(data.shape[1], f))] for f in factors]
 
 
 @contextlib.contextmanager
