@@ -432,12 +432,14 @@ def digest(path):
 
 
 def zarr_digest(store) -> dict:
-    """Every array of a Zarr store (its metadata and values), by name: what a reader gets."""
+    """Every array of a Zarr store (its metadata and values), by path, its overview levels' too:
+    what a reader gets."""
     import zarr
 
     group = zarr.open_group(str(store), mode="r")
     out = {}
-    for name, array in sorted(group.arrays()):
+    for name, array in sorted((path, node) for path, node in group.members(max_depth=None)
+                              if isinstance(node, zarr.Array)):
         values = array[...]
         # Not the spec's digest: it names the input files, whose folder differs from run to run.
         attrs = {k: v for k, v in array.attrs.items() if k != "onegrid:spec"}
@@ -715,3 +717,34 @@ def refused_batch(dataset, grid, tiles, out: str) -> str:
     assert not os.path.exists(out) or os.listdir(out) == []
     [message] = set(result.failed.values())
     return message
+
+
+def level_reference(mosaic: str, factor: int, categorical: bool, base: int | None = None) -> np.ndarray:
+    """An overview level by NumPy from the mosaic's full-resolution pixels, independently of the
+    workflow's code: the mean of each factor x factor block's valid pixels (NaN where none), or
+    for classes the pixel at the centre of each block (of its part inside the raster at the
+    right and bottom edges); for a level made from the level ``base`` (coarser than the tiles'
+    levels), the centre pixel of the centre base block. Returns (bands, rows, columns) in
+    float64, NaN for nodata."""
+    with rasterio.open(mosaic) as src:
+        data = src.read().astype("float64")
+        data[data == src.nodata] = np.nan
+    bands, h, w = data.shape
+
+    def centres(size, f):
+        return [i + min(f, size - i) // 2 for i in range(0, size, f)]
+
+    if categorical:
+        if base:
+            k = factor // base
+            rows = [j * base + min(base, h - j * base) // 2 for j in centres(-(-h // base), k)]
+            cols = [j * base + min(base, w - j * base) // 2 for j in centres(-(-w // base), k)]
+        else:
+            rows, cols = centres(h, factor), centres(w, factor)
+        return data[:, rows][:, :, cols]
+    padded = np.full((bands, -(-h // factor) * factor, -(-w // factor) * factor), np.nan)
+    padded[:, :h, :w] = data
+    blocks = padded.reshape(bands, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        return np.nanmean(blocks, axis=(2, 4))

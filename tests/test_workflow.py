@@ -18,8 +18,8 @@ import yaml
 from workflow_lib.config import validate_config
 from workflow_lib.planning.plan import build_plan
 
-from .helpers import (REAL_DATA, REPO, compare, control, reference_for, results_digests, snakemake, synthetic_config,
-                      valid_mask, write_config, write_raster)
+from .helpers import (REAL_DATA, REPO, compare, control, level_reference, reference_for, results_digests, snakemake,
+                      synthetic_config, valid_mask, write_config, write_raster)
 
 pytestmark = pytest.mark.integration
 
@@ -394,6 +394,31 @@ def test_the_readmes_own_data_config_gives_the_same_outputs_with_onegrid_run_and
     assert np.nanmin(shares) >= 0 and np.nanmax(shares) <= 1 + 1e-6
     with open(folders["onegrid"] / "results" / "statistics" / "land.json") as f:
         assert 0 < json.load(f)["valid_share"] <= 1
+    # The Zarr store's overview levels (1/2, 1/4, 1/8 on this grid, made by the batch job with the
+    # chunks): block means of the mosaics' full-resolution pixels, each band of the fractions too.
+    xr = pytest.importorskip("xarray")
+    out = folders["snakemake"]
+    store = out / "results" / "stack.zarr"
+    layout = xr.open_zarr(store).attrs["multiscales"]["layout"]
+    assert [e["asset"] for e in layout] == ["overviews/2", "overviews/4", "overviews/8"], layout
+    for f in (2, 8):
+        level = xr.open_zarr(store, group=f"overviews/{f}")
+        for name in ("elevation", "land"):
+            got = level[name].values.astype("float64")
+            got = got if got.ndim == 3 else got[np.newaxis]
+            expected = level_reference(str(out / "results" / "mosaics" / f"{name}.tif"), f, False)
+            assert np.allclose(got, expected, rtol=1e-6, atol=1e-7, equal_nan=True), (name, f)
+    # A chunk of a level removed by hand: the next run reopens its batch, which writes the missing
+    # parts from the tiles on disk (no tile is made again) and leaves the rest as it was.
+    lost = store / "overviews" / "4" / "elevation" / "c" / "0" / "0"
+    tiles = sorted((out / "results" / "tiles" / "elevation").iterdir())
+    before = {t: t.stat().st_mtime_ns for t in tiles}
+    os.unlink(lost)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *snakefile, "--configfile", "config/mine.yaml",
+                           "--cores", "2"], cwd=out, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lost.is_file() and {t: t.stat().st_mtime_ns for t in tiles} == before
+    assert results_digests(folders["onegrid"]) == results_digests(out)
 
 
 def test_a_union_extent_clipped_to_the_crs_area_of_use_is_said_in_the_dry_run_and_the_register_log(tmp_path):

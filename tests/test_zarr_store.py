@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import rasterio
 
-from .helpers import (read_band, run_tiles_and_mosaics, snakemake, synthetic_config,
+from .helpers import (level_reference, read_band, run_tiles_and_mosaics, snakemake, synthetic_config,
                       write_config, zarr_digest)
 from workflow_lib.domain import (OutputFormat, chunk_path, manifest_path, tile_dir, tiles_without_chunks,
                                  zarr_store_path)
@@ -298,37 +298,6 @@ def test_a_missing_shard_reopens_its_batch(made, tmp_path, monkeypatch):
     assert sorted(removed) == sorted(manifest_path("dem", b.id, str(results)) for b in cut[1:])
 
 
-def block_reference(mosaic: str, factor: int, categorical: bool, base: int | None = None) -> np.ndarray:
-    """An overview level by NumPy from the mosaic's full-resolution pixels, independently of the
-    workflow's code: the mean of each factor x factor block's valid pixels (NaN where none), or
-    for classes the pixel at the centre of each block (of its part inside the raster at the
-    right and bottom edges); for a level made from the level ``base`` (coarser than the tiles'
-    levels), the centre pixel of the centre base block. Returns (bands, rows, columns) in
-    float64, NaN for nodata."""
-    with rasterio.open(mosaic) as src:
-        data = src.read().astype("float64")
-        data[data == src.nodata] = np.nan
-    bands, h, w = data.shape
-
-    def centres(size, f):
-        return [i + min(f, size - i) // 2 for i in range(0, size, f)]
-
-    if categorical:
-        if base:
-            k = factor // base
-            rows = [j * base + min(base, h - j * base) // 2 for j in centres(-(-h // base), k)]
-            cols = [j * base + min(base, w - j * base) // 2 for j in centres(-(-w // base), k)]
-        else:
-            rows, cols = centres(h, factor), centres(w, factor)
-        return data[:, rows][:, :, cols]
-    padded = np.full((bands, -(-h // factor) * factor, -(-w // factor) * factor), np.nan)
-    padded[:, :h, :w] = data
-    blocks = padded.reshape(bands, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
-        return np.nanmean(blocks, axis=(2, 4))
-
-
 def test_overview_levels_are_block_reductions_of_the_full_resolution(tmp_path, monkeypatch):
     """A grid large enough for overview levels (461 x 440 pixels, tiles of 64: factors 2 and 4):
     each tile's part of level 2 (chunks of 32 pixels) is written with its chunk, level 4 (whose
@@ -371,7 +340,7 @@ def test_overview_levels_are_block_reductions_of_the_full_resolution(tmp_path, m
             assert var.rio.transform() == grid.transform @ grid.transform.scale(f), name
             got = var.values.astype("float64")
             got = got if got.ndim == 3 else got[np.newaxis]
-            expected = block_reference(mosaics[name], f, dataset.settings.method.is_categorical,
+            expected = level_reference(mosaics[name], f, dataset.settings.method.is_categorical,
                                        base=2 if f == 4 else None)
             assert got.shape == expected.shape, name
             assert np.array_equal(np.isnan(got), np.isnan(expected)), (name, f)
@@ -427,7 +396,7 @@ def test_overview_levels_are_block_reductions_of_the_full_resolution(tmp_path, m
         for name, dataset in plan.datasets.items():
             got = level[name].values.astype("float64")
             got = got if got.ndim == 3 else got[np.newaxis]
-            expected = block_reference(mosaics[name], f, dataset.settings.method.is_categorical, base=2)
+            expected = level_reference(mosaics[name], f, dataset.settings.method.is_categorical, base=2)
             assert got.shape == expected.shape and np.allclose(got, expected, rtol=1e-6, atol=0, equal_nan=True), \
                 (name, f)
     monkeypatch.undo()
