@@ -332,15 +332,10 @@ def write_tile_chunk(array, grid: TargetGrid, index: TileIndex, tile_file: str, 
     with rasterio.open(tile_file) as src:
         data = src.read()
     window = grid.tile(index).window
-    parts = open_parts(store, grid, dataset) if parts is None else parts
-    factors = dataset.zarr_levels(grid)
-    made = dict(zip((level_array(dataset.name, f) for f in factors), tile_levels(data, factors, dataset)))
-    if dataset.zarr_counts(grid):
-        made[count_array(dataset.name)] = valid_counts(data, factors[-1], dataset.settings.dst_nodata)
-    writes = [(parts[path], path, pixels, factor) for path, (factor, _) in _tile_part_arrays(grid, dataset).items()
-              if (pixels := made.get(path)) is not None]
-    writes.append((array, dataset.name, data, 1))
-    for target_array, name, pixels, f in writes:
+    parts = {**(open_parts(store, grid, dataset) if parts is None else parts), dataset.name: array}
+    made = tile_parts(data, grid, dataset)
+    for name, (f, _) in _tile_part_arrays(grid, dataset).items():  # the full resolution last
+        target_array, pixels = parts[name], made[name]
         target = chunk_path(store, name, index, multiband)
         for stale in glob.glob(glob.escape(target) + ".*.partial"):  # a chunk writer killed outright
             with contextlib.suppress(FileNotFoundError):
@@ -354,6 +349,16 @@ def write_tile_chunk(array, grid: TargetGrid, index: TileIndex, tile_file: str, 
                 target_array[rows, cols] = pixels[0]
         except OSError as exc:
             raise OutputWriteError(target, exc) from exc
+
+
+def tile_parts(data: np.ndarray, grid: TargetGrid, dataset: DatasetPlan) -> dict[str, np.ndarray]:
+    """What a tile of pixels ``data`` (bands, rows, columns) puts into each array of the store, by
+    path (_tile_part_arrays): its pixels, its part of each overview level, their counts."""
+    factors = dataset.zarr_levels(grid)
+    made = dict(zip((level_array(dataset.name, f) for f in factors), tile_levels(data, factors, dataset)))
+    if dataset.zarr_counts(grid):
+        made[count_array(dataset.name)] = valid_counts(data, factors[-1], dataset.settings.dst_nodata)
+    return made | {dataset.name: data}
 
 
 def tile_levels(data: np.ndarray, factors: tuple[int, ...], dataset: DatasetPlan) -> list[np.ndarray]:
@@ -524,11 +529,7 @@ class ShardWriter:
 
     def write_array(self, index: TileIndex, data: np.ndarray) -> None:
         """Append a tile's chunks from its pixels, (bands, rows, columns)."""
-        factors = self.dataset.zarr_levels(self.grid)
-        made = dict(zip((level_array(self.dataset.name, f) for f in factors), tile_levels(data, factors, self.dataset)))
-        if self.dataset.zarr_counts(self.grid):
-            made[count_array(self.dataset.name)] = valid_counts(data, factors[-1], self.dataset.settings.dst_nodata)
-        made[self.dataset.name] = data
+        made = tile_parts(data, self.grid, self.dataset)
         encoded = {path: shard.encode(made[path], self.compressor) for path, shard in self.files.items()}
         at = (index.row - self.origin[0], index.col - self.origin[1])
         with self.lock:
