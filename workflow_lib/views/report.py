@@ -43,8 +43,8 @@ def quicklook_array(path: str, method: str, longest: int = QUICKLOOK_PIXELS) -> 
     """The mosaic at most ``longest`` pixels on its longest side, masked where nodata, and the
     factor it was reduced by. Read through GDAL's overview machinery: a COG mosaic serves it from
     its overviews (averaged, or nearest for classes), not from its full resolution. ``path`` may
-    also be a dataset's array in the Zarr store (output.formats: [zarr]), sampled every
-    ``factor``-th pixel (its first band)."""
+    also be a dataset's array in the Zarr store (output.formats: [zarr]), read from its coarsest
+    overview level at least ``longest`` pixels, every n-th pixel (its first band)."""
     if path_is_zarr_array(path):
         return zarr_quicklook(path, longest)
     with rasterio.open(path) as src:
