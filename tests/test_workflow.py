@@ -400,7 +400,7 @@ def test_the_readmes_own_data_config_gives_the_same_outputs_with_onegrid_run_and
     out = folders["snakemake"]
     store = out / "results" / "stack.zarr"
     layout = xr.open_zarr(store).attrs["multiscales"]["layout"]
-    assert [e["asset"] for e in layout] == ["overviews/2", "overviews/4", "overviews/8"], layout
+    assert [e["asset"] for e in layout] == ["elevation", "overviews/2", "overviews/4", "overviews/8"], layout
     for f in (2, 8):
         level = xr.open_zarr(store, group=f"overviews/{f}")
         for name in ("elevation", "land"):

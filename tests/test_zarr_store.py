@@ -324,9 +324,10 @@ def test_overview_levels_are_block_reductions_of_the_full_resolution(tmp_path, m
         assert writer.fill_missing(dataset.tiles) == list(dataset.tiles)
     assert finish_store(store, grid, list(plan.datasets)) == []
     root = xr.open_zarr(store)
+    # As GDAL 3.13 writes it: one of the root's arrays first (the full resolution), then each level.
     layout = root.attrs["multiscales"]["layout"]
-    assert [(e["asset"], e["transform"]["scale"]) for e in layout] == [("overviews/2", [2.0, 2.0]),
-                                                                      ("overviews/4", [4.0, 4.0])]
+    assert [(e["asset"], e.get("derived_from"), e["transform"]["scale"]) for e in layout] == [
+        ("dem", None, [1.0, 1.0]), ("overviews/2", "dem", [2.0, 2.0]), ("overviews/4", "dem", [4.0, 4.0])]
     assert root.attrs["zarr_conventions"][0]["name"] == "multiscales"
     assert "overviews" not in root.data_vars
     for f in (2, 4):

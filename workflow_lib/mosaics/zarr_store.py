@@ -19,7 +19,7 @@ Overview levels (docs/how-it-works.md, "The Zarr store"): the group ``overviews/
 dataset at pixels f times larger. Each tile's batch job writes its part of the finer levels (those
 whose chunk, a tile's part, keeps LEVEL_MIN_CHUNK pixels) from its full-resolution pixels, before
 its own chunk; rule zarr_store makes the coarser levels from the last of those and its counts of
-valid pixels (coarse_levels). The root's ``multiscales`` attribute lists them.
+valid pixels (coarse_levels). The root's ``multiscales`` attribute lists them, as GDAL 3.13 does.
 """
 
 from __future__ import annotations
@@ -100,9 +100,11 @@ def spec_digest(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def root_attributes(grid: TargetGrid, factor: int = 1) -> dict:
+def root_attributes(grid: TargetGrid, factor: int = 1, level_0: tuple[str, int] | None = None) -> dict:
     """GeoZarr's projection and spatial attributes of the whole store (all arrays share the grid),
-    or of an overview level's group (``factor``); the root's also say where the levels are."""
+    or of an overview level's group (``factor``). ``level_0``: the array that the root's
+    ``multiscales`` names as its full resolution, and its number of dimensions (the store's
+    finished: finish_store)."""
     level = grid.level(factor) if factor > 1 else grid
     t = level.transform
     left, bottom, right, top = level.bounds
@@ -113,27 +115,31 @@ def root_attributes(grid: TargetGrid, factor: int = 1) -> dict:
     code = grid.crs.to_string() if grid.crs.to_epsg() else None
     if code:
         attrs["proj:code"] = code
-    if factor == 1 and grid.overview_factors():
-        attrs |= {"zarr_conventions": [MULTISCALES_CONVENTION], "multiscales": multiscales(grid)}
+    if factor == 1 and level_0 and grid.overview_factors():
+        attrs |= {"zarr_conventions": [MULTISCALES_CONVENTION], "multiscales": multiscales(grid, *level_0)}
     return attrs
 
 
-def multiscales(grid: TargetGrid) -> dict:
-    """The root's ``multiscales`` attribute: a layout entry per overview group, its scale against the
-    root's own arrays (the full resolution), and its absolute shape and transform. The root's arrays
-    are level 0 but are not listed: the convention's paths name children of the group that holds
-    the attribute, never the group itself (and open_zarr of the store must keep giving them)."""
-    layout = []
+def multiscales(grid: TargetGrid, base: str, ndim: int) -> dict:
+    """The root's ``multiscales`` attribute, as GDAL 3.13's Zarr driver writes one for arrays in a
+    group with their overviews in child groups (ZarrV3Group::GenerateMultiscalesMetadata): the
+    first entry names one of the root's own arrays, ``base`` (the convention's paths name children
+    of the group that holds it, so the root itself cannot be named), and each overview group
+    follows, derived from it (every level is made from the full resolution), with its scale and
+    its absolute ``spatial:shape`` and ``spatial:transform``. Readers find every other dataset by
+    its name in each group."""
+    lead = [1.0] * (ndim - 2)
+    layout = [{"asset": base, "transform": {"scale": [*lead, 1.0, 1.0]}}]
     for f in grid.overview_factors():
         level = grid.level(f)
         t = level.transform
-        layout.append({"asset": f"{ZARR_OVERVIEWS}/{f}", "transform": {"scale": [float(f), float(f)],
-                                                                       "translation": [0.0, 0.0]},
+        layout.append({"asset": f"{ZARR_OVERVIEWS}/{f}", "derived_from": base,
+                       "transform": {"scale": [*lead, float(f), float(f)], "translation": [0.0] * ndim},
                        "spatial:shape": [level.height, level.width],
                        "spatial:transform": [t.a, t.b, t.c, t.d, t.e, t.f], "onegrid:factor": f})
     return {"layout": layout, "resampling_method": "average",
-            "onegrid:level_0": "the root group's own arrays; categorical datasets' levels are made by "
-                               "nearest (each array's resampling_method says)"}
+            "onegrid:levels": "each overview group holds every dataset of the root, made from its full "
+                              "resolution; categorical datasets by nearest (each array's resampling_method)"}
 
 
 def _grid_mapping_attributes(grid: TargetGrid) -> dict:
@@ -598,8 +604,14 @@ def finish_store(store: str, grid: TargetGrid, names: list[str]) -> list[str]:
                           lambda root, name, **spec: root.create_array(name, overwrite=True, **spec))
     ensure_store(store, grid)
     # The root's attributes, whatever made it (they list the levels of this grid); no other job runs.
+    level_0 = None
+    if names:  # the first dataset by name, as GDAL names one array of the group (multiscales)
+        base = sorted(names)[0]
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            with open(os.path.join(store, base, "zarr.json")) as f:
+                level_0 = (base, len(json.load(f)["shape"]))
     write_json_atomic(os.path.join(store, "zarr.json"),
-                      {"zarr_format": 3, "node_type": "group", "attributes": root_attributes(grid)})
+                      {"zarr_format": 3, "node_type": "group", "attributes": root_attributes(grid, level_0=level_0)})
     keep = set(names) | set(ZARR_COORDINATES) | {f"{n}{ZARR_BAND_SUFFIX}" for n in names}
     counts = os.path.dirname(count_array(""))
     for group, allowed in [("", keep | ({ZARR_OVERVIEWS} if factors else set())),
