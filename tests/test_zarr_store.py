@@ -409,3 +409,37 @@ def test_overview_levels_are_block_reductions_of_the_full_resolution(tmp_path, m
     for longest, factor in ((-(-side // 4), 4.0), (-(-side // 2), 2.0), (-(-side // 2) - 1, 4.0), (side, 1.0)):
         data, got_factor = zarr_quicklook(os.path.join(store, "dem"), longest)
         assert got_factor == factor and max(data.shape) <= longest, (longest, got_factor, data.shape)
+
+
+def _make_groups(store, grid, barrier):
+    from workflow_lib.mosaics.zarr_store import ensure_store
+
+    barrier.wait()
+    ensure_store(store, grid)
+
+
+def test_register_jobs_making_the_stores_groups_at_once_all_succeed(tmp_path):
+    """The register jobs of several datasets make the root and every overview level's group at
+    the same moment: none fails because another made a group first (zarr-python's ContainsGroupError
+    between its look and its write; 13 of 60 such processes failed before), and the groups are
+    whole."""
+    import multiprocessing
+
+    from affine import Affine
+    from rasterio.crs import CRS
+    from workflow_lib.planning.grid import TargetGrid
+
+    grid = TargetGrid(CRS.from_epsg(3035), Affine(10, 0, 0, 0, -10, 0), 4000, 3000, 256)
+    context = multiprocessing.get_context("fork")
+    for attempt in range(10):
+        store = str(tmp_path / f"s{attempt}.zarr")
+        barrier = context.Barrier(3)
+        jobs = [context.Process(target=_make_groups, args=(store, grid, barrier)) for _ in range(3)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(60)
+        assert [job.exitcode for job in jobs] == [0, 0, 0], attempt
+        for f in grid.overview_factors():
+            level = xr.open_zarr(store, group=f"overviews/{f}", consolidated=False)
+            assert level.sizes == {"y": -(-grid.height // f), "x": -(-grid.width // f)}, (attempt, f)

@@ -44,6 +44,7 @@ from rasterio.enums import WktVersion
 from workflow_lib.atomic import remove_stale_temporaries, shared_mode, temporary_prefix, write_json_atomic
 from workflow_lib.domain import (ZARR_BAND_SUFFIX, ZARR_COORDINATES, ZARR_OVERVIEWS, TileIndex, chunk_path,
                                  count_array, level_array, tiles_without_chunks)
+from workflow_lib.engines.blocks import to_output
 from workflow_lib.errors import OutputWriteError
 from workflow_lib.planning.batches import shard_index
 from workflow_lib.planning.digest import tile_digest
@@ -159,15 +160,26 @@ def ensure_store(store: str, grid: TargetGrid) -> None:
     """The store's root group and its coordinates, if missing. Several jobs may make them at once:
     none replaces what another made, and each writes the same bytes, each file atomically. (If the
     grid changed, rule zarr_store rewrites them at the end: write_coordinates.)"""
-    zarr = _zarr()
     for factor in (1, *grid.overview_factors()):
         path = store if factor == 1 else os.path.join(store, ZARR_OVERVIEWS, str(factor))
         if os.path.exists(os.path.join(path, "zarr.json")) and all(_has_chunks(path, n) for n in ZARR_COORDINATES):
             continue
-        group = zarr.open_group(store, path="" if factor == 1 else f"{ZARR_OVERVIEWS}/{factor}", mode="a",
-                                zarr_format=3, attributes=root_attributes(grid, factor))
+        group = _open_group(store, "" if factor == 1 else f"{ZARR_OVERVIEWS}/{factor}", root_attributes(grid, factor))
         write_coordinates(group, grid.level(factor) if factor > 1 else grid, _create,
                           skip=lambda name, path=path: _has_chunks(path, name))
+
+
+def _open_group(store: str, path: str, attributes: dict):
+    """The group at ``path``: created with ``attributes``, or the one another job created
+    meanwhile (the register jobs of several datasets make the same groups at once; zarr-python
+    refuses to create a group that appeared between its look and its write)."""
+    zarr = _zarr()
+    from zarr.errors import ContainsGroupError
+
+    try:
+        return zarr.open_group(store, path=path, mode="a", zarr_format=3, attributes=attributes)
+    except ContainsGroupError:
+        return zarr.open_group(store, path=path, mode="r+", zarr_format=3)
 
 
 def write_coordinates(root, grid: TargetGrid, create, skip=lambda name: False) -> None:
@@ -369,19 +381,29 @@ def tile_parts(data: np.ndarray, grid: TargetGrid, dataset: DatasetPlan) -> dict
 
 def tile_levels(data: np.ndarray, factors: tuple[int, ...], dataset: DatasetPlan) -> list[np.ndarray]:
     """A tile's part of each overview level, (bands, rows, columns) each, from its full-resolution
-    pixels (never from the level before): the mean of each block's valid pixels, or for
-    categorical methods the pixel at its centre, as the mosaic's overviews (mosaics.overviews).
-    Tiles start on multiples of the tile size, which every factor divides: a tile's blocks are
-    the level's, and only the grid's last row and column of tiles have partial ones."""
-    from workflow_lib.mosaics.overviews import average_levels, nearest_levels
-
-    if not factors:
-        return []
+    pixels (never from the level before's values): the mean of each block's valid pixels (each
+    level's sums and counts from the finer one's, in double precision), or for categorical methods
+    the pixel at its centre, as the mosaic's overviews (mosaics.overviews). Tiles start on
+    multiples of the tile size, which every factor divides: a tile's blocks are the level's, and
+    only the grid's last row and column of tiles have partial ones. NumPy only: a batch job that
+    does not use the compiled kernels must not load numba (its memory is not budgeted for it)."""
     settings = dataset.settings
-    per_band = [nearest_levels(band, list(factors)) if settings.method.is_categorical
-                else average_levels(band, settings.dst_nodata, list(factors), settings.dst_dtype, settings.dst_nodata)
-                for band in data]
-    return [np.stack([levels[k] for levels in per_band]) for k in range(len(factors))]
+    if settings.method.is_categorical:
+        def centres(n: int, f: int) -> np.ndarray:
+            starts = np.arange(0, n, f)
+            return starts + np.minimum(f, n - starts) // 2
+
+        return [data[:, centres(data.shape[1], f)][:, :, centres(data.shape[2], f)] for f in factors]
+    valid = ~_missing_mask(data, settings.dst_nodata)
+    sums, counts = np.where(valid, data, 0).astype(np.float64), valid.astype(np.int64)
+    levels, done = [], 1
+    for f in factors:
+        sums, counts = _block_sums(sums, f // done), _block_sums(counts, f // done)
+        done = f
+        with np.errstate(invalid="ignore", divide="ignore"):
+            levels.append(to_output(sums / np.maximum(counts, 1), counts > 0, settings.dst_dtype,
+                                    settings.dst_nodata))
+    return levels
 
 
 def _missing_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -645,8 +667,6 @@ def coarse_levels(store: str, grid: TargetGrid, name: str) -> list[int]:
     it in sums and counts, a pair of rows at a time: memory follows a row of chunks of the base
     and a row of chunks of each level (written whole), whatever the grid's height. Returns the
     factors made (none where the tiles made no level)."""
-    from workflow_lib.engines.blocks import to_output  # numba: not for every importer of this module
-
     zarr = _zarr()
     made_by_tiles, factors = grid.tile_level_factors(), grid.overview_factors()
     coarse = factors[len(made_by_tiles):]
