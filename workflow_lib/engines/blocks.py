@@ -53,6 +53,13 @@ def valid_mask(data: np.ndarray, src_nodata: float | None) -> np.ndarray | None:
     return mask
 
 
+def block_centres(n: int, k: int) -> np.ndarray:
+    """The centre of each run of ``k`` of ``n`` positions (the last run may be shorter: the centre
+    of its part): the pixels that overview levels take for categorical data."""
+    starts = np.arange(0, n, k)
+    return starts + np.minimum(k, n - starts) // 2
+
+
 def block_shape(data: np.ndarray, kx: int, ky: int) -> tuple[int, int]:
     """The (rows, columns) of blocks in ``data``, whose shape must be a multiple of the block."""
     h, w = data.shape[0] // ky, data.shape[1] // kx

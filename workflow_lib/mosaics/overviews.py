@@ -42,7 +42,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from workflow_lib.atomic import temporary_prefix
-from workflow_lib.engines.blocks import to_output
+from workflow_lib.engines.blocks import block_centres, to_output
 from workflow_lib.gtiff import TILE_CODEC, compression_options
 
 WINDOW = 2048
@@ -119,11 +119,7 @@ def average_levels(data: np.ndarray, nodata: float | None, factors: list[int], d
 def nearest_levels(data: np.ndarray, factors: list[int]) -> list[np.ndarray]:
     """Each factor's level of ``data``: the pixel at the centre of each block (of the part of the
     block inside ``data`` at its edges)."""
-    def centres(n: int, f: int) -> np.ndarray:
-        starts = np.arange(0, n, f)
-        return starts + np.minimum(f, n - starts) // 2
-
-    return [data[np.ix_(centres(data.shape[0], f), centres(data.shape[1], f))] for f in factors]
+    return [data[np.ix_(block_centres(data.shape[0], f), block_centres(data.shape[1], f))] for f in factors]
 
 
 @contextlib.contextmanager

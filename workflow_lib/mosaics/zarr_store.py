@@ -44,7 +44,7 @@ from rasterio.enums import WktVersion
 from workflow_lib.atomic import remove_stale_temporaries, shared_mode, temporary_prefix, write_json_atomic
 from workflow_lib.domain import (ZARR_BAND_SUFFIX, ZARR_COORDINATES, ZARR_OVERVIEWS, TileIndex, chunk_path,
                                  count_array, level_array, tiles_without_chunks)
-from workflow_lib.engines.blocks import to_output
+from workflow_lib.engines.blocks import block_centres, to_output, valid_mask
 from workflow_lib.errors import OutputWriteError
 from workflow_lib.planning.batches import shard_index
 from workflow_lib.planning.digest import tile_digest
@@ -230,9 +230,10 @@ def _spec_of(folder: str) -> str | None:
 def _tile_part_arrays(grid: TargetGrid, dataset: DatasetPlan) -> dict[str, tuple[int, bool]]:
     """The arrays each tile of the dataset writes its part of, finest first, the dataset's own
     last: path -> (factor, whether it is a count of valid pixels)."""
-    parts = {level_array(dataset.name, f): (f, False) for f in dataset.zarr_levels(grid)}
+    factors = grid.tile_level_factors()
+    parts = {level_array(dataset.name, f): (f, False) for f in factors}
     if dataset.zarr_counts(grid):
-        parts[count_array(dataset.name)] = (dataset.zarr_levels(grid)[-1], True)
+        parts[count_array(dataset.name)] = (factors[-1], True)
     return parts | {dataset.name: (1, False)}
 
 
@@ -288,6 +289,16 @@ def prepare_array(store: str, grid: TargetGrid, dataset: DatasetPlan, replace: b
     return True
 
 
+def _ensure_arrays(store: str, grid: TargetGrid, dataset: DatasetPlan) -> None:
+    """What a batch job does first: the dataset's arrays that were removed since its register job
+    ran (or zarr was not among the formats then) are made as that job makes them, never replacing
+    one that another batch job of it has just made."""
+    missing = [p for p in _tile_part_arrays(grid, dataset) if not os.path.exists(os.path.join(store, p, "zarr.json"))]
+    if missing:
+        log.info("zarr array(s) %s missing from %s: made again", ", ".join(missing), store)
+        prepare_array(store, grid, dataset, replace=False)
+
+
 def open_parts(store: str, grid: TargetGrid, dataset: DatasetPlan) -> dict:
     """The arrays of the dataset's overview levels made from the tiles and of their counts, by
     path (opened as open_array)."""
@@ -311,13 +322,7 @@ class ChunkWriter:
 
     def __init__(self, store: str, grid: TargetGrid, dataset: DatasetPlan, tile_folder: str):
         self.store, self.grid, self.dataset, self.tile_folder = store, grid, dataset, tile_folder
-        missing = [p for p in (dataset.name, *dataset.level_arrays(grid))
-                   if not os.path.exists(os.path.join(store, p, "zarr.json"))]
-        if missing:
-            # Removed since its register job ran (or zarr was not among the formats then): made as
-            # that job makes it, never replacing one that another batch job of it has just made.
-            log.info("zarr array(s) %s missing from %s: made again", ", ".join(missing), store)
-            prepare_array(store, grid, dataset, replace=False)
+        _ensure_arrays(store, grid, dataset)
         self.array = open_array(store, dataset)
         self.parts = open_parts(store, grid, dataset)
 
@@ -371,46 +376,37 @@ def write_tile_chunk(array, grid: TargetGrid, index: TileIndex, tile_file: str, 
 
 def tile_parts(data: np.ndarray, grid: TargetGrid, dataset: DatasetPlan) -> dict[str, np.ndarray]:
     """What a tile of pixels ``data`` (bands, rows, columns) puts into each array of the store, by
-    path (_tile_part_arrays): its pixels, its part of each overview level, their counts."""
-    factors = dataset.zarr_levels(grid)
-    made = dict(zip((level_array(dataset.name, f) for f in factors), tile_levels(data, factors, dataset)))
-    if dataset.zarr_counts(grid):
-        made[count_array(dataset.name)] = valid_counts(data, factors[-1], dataset.settings.dst_nodata)
-    return made | {dataset.name: data}
+    path (_tile_part_arrays): its pixels, its part of each overview level made from the tiles, the
+    counts of valid pixels at the last of them.
 
-
-def tile_levels(data: np.ndarray, factors: tuple[int, ...], dataset: DatasetPlan) -> list[np.ndarray]:
-    """A tile's part of each overview level, (bands, rows, columns) each, from its full-resolution
-    pixels (never from the level before's values): the mean of each block's valid pixels (each
-    level's sums and counts from the finer one's, in double precision), or for categorical methods
-    the pixel at its centre, as the mosaic's overviews (mosaics.overviews). Tiles start on
-    multiples of the tile size, which every factor divides: a tile's blocks are the level's, and
-    only the grid's last row and column of tiles have partial ones. NumPy only: a batch job that
-    does not use the compiled kernels must not load numba (its memory is not budgeted for it)."""
+    Each level pixel comes from the tile's full-resolution pixels (never from the level before's
+    values): the mean of its block's valid pixels (each level's sums and counts from the finer
+    one's, in double precision), or for categorical methods the pixel at the block's centre, as
+    the mosaic's overviews (mosaics.overviews). Tiles start on multiples of the tile size, which
+    every factor divides: a tile's blocks are the level's, and only the grid's last row and column
+    of tiles have partial ones. NumPy only: a batch job that does not use the compiled kernels
+    must not load numba (its memory is not budgeted for it)."""
     settings = dataset.settings
+    factors = grid.tile_level_factors()
+    made = {dataset.name: data}
     if settings.method.is_categorical:
-        def centres(n: int, f: int) -> np.ndarray:
-            starts = np.arange(0, n, f)
-            return starts + np.minimum(f, n - starts) // 2
-
-        return [data[:, centres(data.shape[1], f)][:, :, centres(data.shape[2], f)] for f in factors]
-    valid = ~_missing_mask(data, settings.dst_nodata)
+        for f in factors:
+            made[level_array(dataset.name, f)] = data[:, block_centres(data.shape[1], f)][
+                :, :, block_centres(data.shape[2], f)]
+        return made
+    valid = valid_mask(data, settings.dst_nodata)
+    valid = np.ones(data.shape, bool) if valid is None else valid
     sums, counts = np.where(valid, data, 0).astype(np.float64), valid.astype(np.int64)
-    levels, done = [], 1
+    done = 1
     for f in factors:
         sums, counts = _block_sums(sums, f // done), _block_sums(counts, f // done)
         done = f
         with np.errstate(invalid="ignore", divide="ignore"):
-            levels.append(to_output(sums / np.maximum(counts, 1), counts > 0, settings.dst_dtype,
-                                    settings.dst_nodata))
-    return levels
-
-
-def _missing_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    missing = np.isnan(data) if data.dtype.kind == "f" else np.zeros(data.shape, bool)
-    if nodata is not None and not math.isnan(nodata):
-        missing |= data == data.dtype.type(nodata)
-    return missing
+            made[level_array(dataset.name, f)] = to_output(sums / np.maximum(counts, 1), counts > 0,
+                                                           settings.dst_dtype, settings.dst_nodata)
+    if dataset.zarr_counts(grid):
+        made[count_array(dataset.name)] = counts.astype(np.uint32)
+    return made
 
 
 def _block_sums(a: np.ndarray, k: int) -> np.ndarray:
@@ -421,11 +417,6 @@ def _block_sums(a: np.ndarray, k: int) -> np.ndarray:
         padded[:, :h, :w] = a
         a = padded
     return a.reshape(b, a.shape[1] // k, k, a.shape[2] // k, k).sum(axis=(2, 4))
-
-
-def valid_counts(data: np.ndarray, factor: int, nodata: float | None) -> np.ndarray:
-    """How many of each factor x factor block's pixels are valid (not NaN, not nodata)."""
-    return _block_sums((~_missing_mask(data, nodata)).astype(np.uint32), factor)
 
 
 def shard_shape(grid: TargetGrid, dataset: DatasetPlan, factor: int = 1) -> tuple[int, ...] | None:
@@ -520,11 +511,9 @@ class ShardWriter:
     def __init__(self, store: str, grid: TargetGrid, dataset: DatasetPlan, tile_folder: str, batch: str):
         from numcodecs import Zstd
 
-        self.grid, self.dataset, self.tile_folder, self.store = grid, dataset, tile_folder, store
+        self.grid, self.dataset, self.tile_folder = grid, dataset, tile_folder
         parts = _tile_part_arrays(grid, dataset)  # the full resolution last
-        if any(not os.path.exists(os.path.join(store, path, "zarr.json")) for path in parts):
-            log.info("zarr array(s) of %s missing from %s: made again", dataset.name, store)
-            prepare_array(store, grid, dataset, replace=False)
+        _ensure_arrays(store, grid, dataset)
         zarr = _zarr()
         self.compressor = Zstd(level=ZSTD_LEVEL)
         self.shard = shard_index(batch, dataset.shard)
@@ -791,9 +780,11 @@ class _LevelWriter:
     are written a row of chunks at a time."""
 
     def __init__(self, array, k: int, base_height: int, base_width: int, chunk_rows: int):
-        self.array, self.k, self.base_height, self.base_width = array, k, base_height, base_width
+        self.array, self.k = array, k
         self.chunk_rows, self.written, self.pending = chunk_rows, 0, []
         self.carry: tuple[np.ndarray, np.ndarray] | None = None  # a row of the level before, unpaired
+        # For a categorical level: the base rows and columns at its blocks' centres.
+        self.rows, self.cols = block_centres(base_height, k), block_centres(base_width, k)
 
     def add(self, sums: np.ndarray, counts: np.ndarray, last: bool) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the level before (or the base), as sums and counts: this level's rows that they
@@ -809,12 +800,9 @@ class _LevelWriter:
     def pick(self, strip: np.ndarray, r0: int) -> None:
         """For a categorical level: the base pixels at its blocks' centres that are in ``strip``
         (base rows from ``r0``)."""
-        k, h, w = self.k, self.base_height, self.base_width
-        # Blocks that start in the strip, or the one that starts before it and reaches into it.
-        centres = (i + min(k, h - i) // 2 for i in range(r0 - r0 % k, r0 + strip.shape[1], k))
-        rows = [r - r0 for r in centres if r0 <= r < r0 + strip.shape[1]]
-        if rows:
-            self.emit(strip[:, rows][:, :, [j + min(k, w - j) // 2 for j in range(0, w, k)]])
+        rows = self.rows[(self.rows >= r0) & (self.rows < r0 + strip.shape[1])] - r0
+        if rows.size:
+            self.emit(strip[:, rows][:, :, self.cols])
 
     def emit(self, rows: np.ndarray) -> None:
         if rows.shape[1]:

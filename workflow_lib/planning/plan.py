@@ -107,21 +107,16 @@ class DatasetPlan:
         """The tiles' ids, without making a TileIndex of each (as the plan file holds them)."""
         return tuple(t for b in self.batches for t in b.tile_ids)
 
-    def zarr_levels(self, grid: TargetGrid) -> tuple[int, ...]:
-        """The overview levels of its Zarr array that each tile's batch job writes its part of
-        (TargetGrid.tile_level_factors)."""
-        return grid.tile_level_factors()
-
     def zarr_counts(self, grid: TargetGrid) -> bool:
         """Whether its tiles also write their counts of valid pixels at the last of those levels: the
         coarser levels of a continuous method are the means weighted by them."""
-        levels = self.zarr_levels(grid)
+        levels = grid.tile_level_factors()
         return (bool(levels) and not self.settings.method.is_categorical
                 and len(grid.overview_factors()) > len(levels))
 
     def level_arrays(self, grid: TargetGrid) -> tuple[str, ...]:
         """The store's arrays, beside its own, whose chunks are its tiles' parts (finest first)."""
-        return (*(level_array(self.name, f) for f in self.zarr_levels(grid)),
+        return (*(level_array(self.name, f) for f in grid.tile_level_factors()),
                 *((count_array(self.name),) if self.zarr_counts(grid) else ()))
 
     @cached_property
