@@ -256,3 +256,31 @@ def test_missing_tiles_are_nodata_in_the_mosaic(tmp_path, inputs):
     assert (partial[rows, cols] == -9999).all() and (full[rows, cols] != -9999).any()
     partial[rows, cols] = full[rows, cols]
     assert np.array_equal(partial, full)
+
+
+@pytest.mark.parametrize("method", ["average", "bilinear", "mode"])
+def test_a_tile_made_in_one_chunk_hands_over_the_pixels_it_wrote(tmp_path, inputs, method):
+    """The batch job's Zarr chunks come from the pixels the engine kept (keep_pixels) instead of the
+    tile's file read back: they must be the file's pixels, and there must be none when the tile
+    was made in several chunks (the memory bound keeps no whole tile then)."""
+    from workflow_lib.config import validate_config
+    from workflow_lib.engines.resample import resample_tile
+    from workflow_lib.planning.plan import build_plan
+
+    plan = build_plan(validate_config({"target": {"crs": "EPSG:32632", "resolution": 40}, "tile_size": 24,
+                                       "datasets": {"d": {"path": inputs["float"], "method": method}}}))
+    d, grid = plan.datasets["d"], plan.grid
+    handed = 0
+    for i, index in enumerate(d.tiles):
+        out = str(tmp_path / f"{index}.tif")
+        whole = resample_tile("d", d.header, d.settings, grid, grid.tile(index), out, mem_mb=400, keep_pixels=True)
+        with rasterio.open(out) as src:
+            written = src.read()
+        if whole["pixels"] is not None:
+            handed += 1
+            assert whole["pixels"].dtype == written.dtype and np.array_equal(whole["pixels"], written, equal_nan=True)
+        if i < 1:  # tiny chunks are slow with GDAL's warper: one tile
+            split = resample_tile("d", d.header, d.settings, grid, grid.tile(index), out, mem_mb=400,
+                                  keep_pixels=True, max_chunk_bytes=2000)
+            assert split["chunks"] > 1 and split["pixels"] is None
+    assert handed == len(d.tiles)

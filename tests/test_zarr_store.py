@@ -20,8 +20,7 @@ from .helpers import (level_reference, read_band, run_tiles_and_mosaics, snakema
 from workflow_lib.domain import (OutputFormat, chunk_path, manifest_path, tile_dir, tiles_without_chunks,
                                  zarr_store_path)
 from workflow_lib.engines.batch import forget_incomplete_batches
-from workflow_lib.mosaics.zarr_store import (ChunkWriter, ShardWriter, finish_store, open_array, prepare_array,
-                                             write_tile_chunk)
+from workflow_lib.mosaics.zarr_store import ChunkWriter, ShardWriter, finish_store, prepare_array
 from workflow_lib.planning.batches import make_batches, shard_index
 from workflow_lib.planning.plan import Plan
 
@@ -44,10 +43,9 @@ def made(tmp_path_factory):
         store = str(folder / "stack.zarr")
         for dataset in plan.datasets.values():
             assert prepare_array(store, plan.grid, dataset)
-            array = open_array(store, dataset)
+            writer = ChunkWriter(store, plan.grid, dataset, str(folder / "tiles" / dataset.name))
             for index in dataset.tiles:
-                write_tile_chunk(array, plan.grid, index, str(index.path(folder / "tiles" / dataset.name)), store,
-                                 dataset)
+                writer.write(index)
         assert finish_store(store, plan.grid, list(plan.datasets)) == []
     finally:
         os.chdir(cwd)
@@ -108,16 +106,16 @@ def test_chunks_are_tiles_and_a_changed_dataset_loses_only_its_own(made, tmp_pat
         with rasterio.open(empty, "w", **profile) as dst:
             dst.write(np.full((src.count, src.height, src.width), src.nodata, dtype=src.dtypes[0]))
     os.unlink(chunk_path(store, "landcover", first, False))
-    write_tile_chunk(open_array(store, landcover), plan.grid, first, empty, store, landcover)
+    writer = ChunkWriter(store, plan.grid, landcover, os.path.join(os.path.dirname(store), "tiles", "landcover"))
+    with rasterio.open(empty) as src:
+        writer.write(first, src.read())
     assert tiles_without_chunks(store, "landcover", False, landcover.tiles) == []
-    write_tile_chunk(open_array(store, landcover), plan.grid, first,
-                     first.path(os.path.join(os.path.dirname(store), "tiles", "landcover")), store, landcover)
+    writer.write(first)
     # Put it back for the other tests of this module.
     assert prepare_array(store, plan.grid, dem)
-    array = open_array(store, dem)
+    writer = ChunkWriter(store, plan.grid, dem, os.path.join(os.path.dirname(store), "tiles", "dem"))
     for index in dem.tiles:
-        write_tile_chunk(array, plan.grid, index, str(index.path(os.path.join(os.path.dirname(store), "tiles", "dem"))),
-                         store, dem)
+        writer.write(index)
     finish_store(store, plan.grid, list(plan.datasets))
     assert np.array_equal(xr.open_zarr(store)["dem"].values, np.where(
         read_band(mosaics["dem"]) == -9999, np.nan, read_band(mosaics["dem"])), equal_nan=True)

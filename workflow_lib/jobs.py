@@ -102,7 +102,7 @@ def run_batch_job(snakemake) -> None:
                 store, folder = zarr_store_path(), snakemake.params.tile_dir
                 chunks = (ShardWriter(store, grid, dataset, folder, batch) if dataset.shard
                           else ChunkWriter(store, grid, dataset, folder))
-                hooks = dataclasses.replace(hooks, made=chunks.write)
+                hooks = dataclasses.replace(hooks, made=chunks.write, wants_pixels=True)
             complete = False
             try:
                 with job_memory_limit(snakemake, f"batch {batch} of dataset '{dataset.name}'"), \

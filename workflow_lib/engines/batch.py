@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import rasterio
 
 from workflow_lib.atomic import remove_stale_temporaries
@@ -119,14 +120,17 @@ class BatchResult:
 class TileHooks:
     """What the job is told as each tile starts and ends (the status database, heartbeats); called
     from the batch's worker threads. ``progress(tile, done, total, pixels_read)``: ``done`` of the
-    tile's ``total`` chunks are written. ``made(tile)``: the tile's file is in place, for the
-    job's other outputs of it (its Zarr chunk); if it raises, the tile fails."""
+    tile's ``total`` chunks are written. ``made(tile, pixels)``: the tile's file is in place, for
+    the job's other outputs of it (its Zarr chunk), with its pixels when the engine held them all at
+    once (else None: read the file); if it raises, the tile fails."""
 
     started: Callable[[TileIndex], None] = lambda tile: None
-    made: Callable[[TileIndex], None] = lambda tile: None
+    made: Callable[[TileIndex, np.ndarray | None], None] = lambda tile, pixels: None
     finished: Callable[[TileIndex, dict], None] = lambda tile, figures: None
     failed: Callable[[TileIndex, str], None] = lambda tile, error: None
     progress: Callable[[TileIndex, int, int, int], None] = lambda tile, done, total, pixels_read: None
+    # Whether ``made`` uses the pixels: the engine then keeps a tile made in one chunk for it.
+    wants_pixels: bool = False
 
 
 def concurrency(threads: int, tiles: int, mem_mb: int, fixed_mb: int = BASELINE_MB) -> int:
@@ -205,14 +209,15 @@ def run_batch(
                     figures = make_tile(dataset, grid, tile, index.path(folder), share_mb, **options)
                 else:
                     figures = resample_tile(dataset.name, dataset.header, dataset.settings, grid, tile,
-                                            index.path(folder), mem_mb=share_mb, **options)
+                                            index.path(folder), mem_mb=share_mb, keep_pixels=hooks.wants_pixels,
+                                            **options)
             try:
                 inputs_unchanged(dataset)  # replaced while the tile read it: the tile may mix both
             except InputRasterError:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(index.path(folder))
                 raise
-            hooks.made(index)
+            hooks.made(index, figures.pop("pixels", None))
         except Exception as exc:  # noqa: BLE001 - one tile's failure must not lose the others
             if out_of_memory(exc):
                 exc = JobMemoryError(what, share_mb, exc)

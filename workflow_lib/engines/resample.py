@@ -56,6 +56,7 @@ def resample_tile(
     tags: dict[str, str] | None = None,
     on_chunk: Callable[[int, int, int], None] | None = None,
     compiled: bool | None = None,
+    keep_pixels: bool = False,
 ) -> dict:
     """Warp one tile of ``dataset`` into ``out_path`` (written atomically). Returns figures.
 
@@ -67,7 +68,9 @@ def resample_tile(
     NumPy (the same pixels, bit for bit); None: the kernels where ``mem_mb`` holds them as well
     (engines.chunks.uses_kernels; a batch job decides once for all its tiles, engines.batch).
     The figures include the statistics of the pixels written (workflow_lib.statistics), also kept in the
-    tile's STATS_TAG.
+    tile's STATS_TAG. ``keep_pixels``: the figures' "pixels" are also the tile's pixels (bands, rows,
+    columns) when one chunk made them all (its memory was budgeted for them anyway), for the job's
+    other outputs of the tile (its Zarr chunk), which then need not read the file back; else None.
     """
     progress = progress or (lambda: None)
     if compiled is None:
@@ -100,6 +103,7 @@ def resample_tile(
     started = time.monotonic()
     pixels_read = 0
     stats = PixelStats()
+    pixels = None
     env = {"GDAL_CACHEMAX": budget.cache_mb, "GDAL_NUM_THREADS": max(threads, 1), **gdal_options(header.path)}
     with rasterio.Env(**env), atomic_path(out_path) as tmp:
         try:
@@ -128,6 +132,8 @@ def resample_tile(
                 except GDAL_ERRORS as exc:
                     raise OutputWriteError(out_path, exc) from exc
                 stats.add(out, settings.dst_nodata)
+                if keep_pixels and _whole_tile(chunk, tile) and out.dtype == np.dtype(settings.dst_dtype):
+                    pixels = out if out.ndim == 3 else out[np.newaxis]  # as written: no cast by GDAL
                 del out
                 progress()
                 if on_chunk:
@@ -139,7 +145,12 @@ def resample_tile(
     seconds = time.monotonic() - started
     log.debug("tile %s of %s written in %.2f s (%d source pixels read)", tile.id, dataset, seconds, pixels_read)
     return {"chunks": len(chunks), "seconds": seconds, "pixels_read": pixels_read, "compiled": compiled,
-            "pixels_written": tile.width * tile.height, "stats": stats}
+            "pixels_written": tile.width * tile.height, "stats": stats, "pixels": pixels}
+
+
+def _whole_tile(chunk: Chunk, tile: Tile) -> bool:
+    w = chunk.window
+    return (w.col_off, w.row_off, w.width, w.height) == (0, 0, tile.width, tile.height)
 
 
 def _block_chunk(

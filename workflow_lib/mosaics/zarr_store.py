@@ -7,13 +7,13 @@ so that ``xarray.open_zarr`` with rioxarray (or odc-geo) gives them; the same as
 and ``spatial:`` attributes on the root group.
 
 Chunks are tiles: the batch job that makes a tile writes its chunk, and no other job ever writes
-it, so no lock is needed and no step after the batches reads every pixel. zarr-python writes each
-chunk under a temporary name and renames it. A dataset's array is (re)created by its register job,
-before its batches; when what shapes its chunks changed (the grid, the data type, the tiles'
-digest: the array's attribute SPEC_ATTRIBUTE says), its old chunks are removed, so a changed
-dataset invalidates its own array and no other. The root's consolidated metadata (what
-``open_zarr`` reads at once) is written last, by rule zarr_store, which reads no full-resolution
-pixel.
+it, so no lock is needed and no step after the batches reads every pixel. The job encodes each
+chunk itself (as zarr-python would) and writes it under a temporary name, then renames it. A
+dataset's array is (re)created by its register job, before its batches; when what shapes its
+chunks changed (the grid, the data type, the tiles' digest: the array's attribute SPEC_ATTRIBUTE
+says), its old chunks are removed, so a changed dataset invalidates its own array and no other.
+The root's consolidated metadata (what ``open_zarr`` reads at once) is written last, by rule
+zarr_store, which reads no full-resolution pixel.
 
 Overview levels (docs/how-it-works.md, "The Zarr store"): the group ``overviews/<f>`` holds every
 dataset at pixels f times larger. Each tile's batch job writes its part of the finer levels (those
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import glob
 import hashlib
 import json
 import logging
@@ -299,40 +298,80 @@ def _ensure_arrays(store: str, grid: TargetGrid, dataset: DatasetPlan) -> None:
         prepare_array(store, grid, dataset, replace=False)
 
 
-def open_parts(store: str, grid: TargetGrid, dataset: DatasetPlan) -> dict:
-    """The arrays of the dataset's overview levels made from the tiles and of their counts, by
-    path (opened as open_array)."""
-    zarr = _zarr()
-    return {path: zarr.open_array(os.path.join(store, path), mode="r+", zarr_format=3
-                                  ).with_config({"write_empty_chunks": True})
-            for path in dataset.level_arrays(grid)}
+def chunk_codecs(dtype) -> list[dict]:
+    """The codecs of a chunk as zarr-python 3.1 writes them by default for prepare_array's
+    arguments: bytes (little-endian) then ZSTD. ChunkWriter and ShardWriter encode chunks so."""
+    one_byte = np.dtype(dtype).itemsize == 1  # no byte order to say
+    return [{"name": "bytes"} if one_byte else {"name": "bytes", "configuration": {"endian": "little"}},
+            {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}]
 
 
-def open_array(store: str, dataset: DatasetPlan):
-    # A tile of nodata is a chunk too (zarr-python skips writing those by default): a chunk's
-    # presence is what says that its tile is done.
-    array = _zarr().open_array(os.path.join(store, dataset.name), mode="r+", zarr_format=3)
-    return array.with_config({"write_empty_chunks": True})
+def _written_array(store: str, path: str, codecs: list[dict], dtype) -> tuple[object, np.dtype]:
+    """The fill value and little-endian data type of the array at ``path``, whose chunks a batch
+    job encodes itself; read from its zarr.json (a batch job never imports zarr-python, which
+    would cost it a third of a second). Raises OutputWriteError if the array is not encoded as
+    ``codecs`` with ``dtype``: an array made by another version of this workflow or by hand."""
+    folder = os.path.join(store, path)
+    try:
+        with open(os.path.join(folder, "zarr.json")) as f:
+            meta = json.load(f)
+        found = (meta["codecs"], meta["data_type"])
+        fill = meta["fill_value"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OutputWriteError(folder, exc) from exc
+    if found != (codecs, np.dtype(dtype).name):
+        raise OutputWriteError(folder, RuntimeError(
+            f"its codecs and data type are {found}, not {(codecs, np.dtype(dtype).name)}, which this workflow writes"))
+    # Zarr v3 writes the floats JSON cannot hold as strings ("NaN", "Infinity", "-Infinity").
+    return np.dtype(dtype).type(float(fill) if isinstance(fill, str) else fill), np.dtype(dtype).newbyteorder("<")
+
+
+def _encode_chunk(data: np.ndarray, side: int, fill, dtype: np.dtype, multiband: bool, compressor) -> bytes:
+    """A tile's part of an array (bands, rows, columns) as its chunk's bytes (chunk_codecs)."""
+    if data.shape[1:] != (side, side):  # an edge tile: its chunk is whole, padded with the fill value
+        full = np.full((data.shape[0], side, side), fill, dtype=data.dtype)
+        full[:, :data.shape[1], :data.shape[2]] = data
+        data = full
+    data = data if multiband else data[0]
+    return compressor.encode(np.ascontiguousarray(data, dtype=dtype).tobytes())
 
 
 class ChunkWriter:
-    """What a batch job does for the store: copy each tile it makes (and each tile it keeps whose
-    chunk is missing: the store was removed, or the job was killed between the two) into its chunk,
-    and its part of each overview level into theirs."""
+    """What a batch job does for the store: write each tile it makes (and each tile it keeps whose
+    chunk is missing: the store was removed, or the job was killed between the two) as its chunk,
+    and its part of each overview level and of their counts as theirs, the full resolution's last,
+    so that its presence says that the tile's parts are written too.
+
+    The chunks are encoded here (chunk_codecs) and each written under a temporary name and renamed,
+    as zarr-python would, without its per-write cost (2 ms a chunk, five or more chunks a tile).
+    A tile of nodata is a chunk too (zarr-python skips writing those by default): a chunk's presence
+    is what says that its tile is done."""
 
     def __init__(self, store: str, grid: TargetGrid, dataset: DatasetPlan, tile_folder: str):
+        from numcodecs import Zstd
+
         self.store, self.grid, self.dataset, self.tile_folder = store, grid, dataset, tile_folder
         _ensure_arrays(store, grid, dataset)
-        self.array = open_array(store, dataset)
-        self.parts = open_parts(store, grid, dataset)
+        self.multiband = bool(band_dimension(dataset))
+        self.compressor = Zstd(level=ZSTD_LEVEL)
+        self.arrays = {}  # path -> (chunk side, fill value, data type), the full resolution last
+        for path, (factor, counts) in _tile_part_arrays(grid, dataset).items():
+            dtype = "uint32" if counts else dataset.settings.dst_dtype
+            self.arrays[path] = (grid.tile_size // factor, *_written_array(store, path, chunk_codecs(dtype), dtype))
 
-    def write(self, index: TileIndex) -> None:
-        write_tile_chunk(self.array, self.grid, index, index.path(self.tile_folder), self.store, self.dataset,
-                         self.parts)
+    def write(self, index: TileIndex, pixels: np.ndarray | None = None) -> None:
+        """Write the chunks of a tile from its pixels (bands, rows, columns), or from its file."""
+        if pixels is None:
+            with rasterio.open(index.path(self.tile_folder)) as src:
+                pixels = src.read()
+        made = tile_parts(pixels, self.grid, self.dataset)
+        for path, (side, fill, dtype) in self.arrays.items():
+            target = chunk_path(self.store, path, index, self.multiband)
+            _write_chunk(target, _encode_chunk(made[path], side, fill, dtype, self.multiband, self.compressor))
 
     def fill_missing(self, tiles) -> list[TileIndex]:
         """Write the chunks of ``tiles`` (on disk already) that are missing; returns them."""
-        missing = tiles_without_chunks(self.store, self.dataset.name, bool(band_dimension(self.dataset)), tiles,
+        missing = tiles_without_chunks(self.store, self.dataset.name, self.multiband, tiles,
                                        self.dataset.level_arrays(self.grid))
         for index in missing:
             self.write(index)
@@ -345,33 +384,23 @@ class ChunkWriter:
         """Each chunk is complete once written: nothing is left to do."""
 
 
-def write_tile_chunk(array, grid: TargetGrid, index: TileIndex, tile_file: str, store: str,
-                     dataset: DatasetPlan, parts: dict | None = None) -> None:
-    """Copy a tile's pixels (all its bands) into its chunk, after its part of each overview level
-    made from the tiles and of their counts (``parts``: open_parts' arrays, opened here if not
-    given). The full-resolution chunk comes last, so that its presence says that the tile's parts
-    are written too."""
-    multiband = bool(band_dimension(dataset))
-    with rasterio.open(tile_file) as src:
-        data = src.read()
-    window = grid.tile(index).window
-    parts = {**(open_parts(store, grid, dataset) if parts is None else parts), dataset.name: array}
-    made = tile_parts(data, grid, dataset)
-    for name, (f, _) in _tile_part_arrays(grid, dataset).items():  # the full resolution last
-        target_array, pixels = parts[name], made[name]
-        target = chunk_path(store, name, index, multiband)
-        for stale in glob.glob(glob.escape(target) + ".*.partial"):  # a chunk writer killed outright
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale)
-        rows = slice(int(window.row_off // f), int(window.row_off // f + pixels.shape[1]))
-        cols = slice(int(window.col_off // f), int(window.col_off // f + pixels.shape[2]))
+def _write_chunk(target: str, encoded: bytes) -> None:
+    # One temporary name per chunk: only the job that makes a tile writes its chunks (one thread a
+    # tile), and a killed writer's leftover is overwritten when its chunk is written again.
+    tmp = f"{target}.partial"
+    try:
         try:
-            if multiband:
-                target_array[:, rows, cols] = pixels
-            else:
-                target_array[rows, cols] = pixels[0]
-        except OSError as exc:
-            raise OutputWriteError(target, exc) from exc
+            f = open(tmp, "wb")
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            f = open(tmp, "wb")
+        with f:
+            f.write(encoded)
+        os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputWriteError(target, exc) from exc
 
 
 def tile_parts(data: np.ndarray, grid: TargetGrid, dataset: DatasetPlan) -> dict[str, np.ndarray]:
@@ -395,11 +424,10 @@ def tile_parts(data: np.ndarray, grid: TargetGrid, dataset: DatasetPlan) -> dict
                 :, :, block_centres(data.shape[2], f)]
         return made
     valid = valid_mask(data, settings.dst_nodata)
-    valid = np.ones(data.shape, bool) if valid is None else valid
-    sums, counts = np.where(valid, data, 0).astype(np.float64), valid.astype(np.int64)
+    sums, counts = (data, np.ones(data.shape, bool)) if valid is None else (np.where(valid, data, 0), valid)
     done = 1
-    for f in factors:
-        sums, counts = _block_sums(sums, f // done), _block_sums(counts, f // done)
+    for f in factors:  # sums in double precision from the first level on, without a copy of the tile in it
+        sums, counts = _block_sums(sums, f // done, np.float64), _block_sums(counts, f // done, np.int64)
         done = f
         with np.errstate(invalid="ignore", divide="ignore"):
             made[level_array(dataset.name, f)] = to_output(sums / np.maximum(counts, 1), counts > 0,
@@ -409,14 +437,22 @@ def tile_parts(data: np.ndarray, grid: TargetGrid, dataset: DatasetPlan) -> dict
     return made
 
 
-def _block_sums(a: np.ndarray, k: int) -> np.ndarray:
-    """Sums over k x k blocks of (bands, rows, columns), partial at the right and bottom."""
+def _block_sums(a: np.ndarray, k: int, dtype=None) -> np.ndarray:
+    """Sums over k x k blocks of (bands, rows, columns), partial at the right and bottom, in
+    ``dtype`` (``a``'s own by default)."""
+    dtype = a.dtype if dtype is None else np.dtype(dtype)
     b, h, w = a.shape
     if h % k or w % k:
         padded = np.zeros((b, -(-h // k) * k, -(-w // k) * k), a.dtype)
         padded[:, :h, :w] = a
         a = padded
-    return a.reshape(b, a.shape[1] // k, k, a.shape[2] // k, k).sum(axis=(2, 4))
+    if k == 2:  # every level's step: four strided additions, several times faster than a reshaped sum
+        out = a[:, 0::2, 0::2].astype(dtype)
+        out += a[:, 1::2, 0::2]
+        out += a[:, 0::2, 1::2]
+        out += a[:, 1::2, 1::2]
+        return out
+    return a.reshape(b, a.shape[1] // k, k, a.shape[2] // k, k).sum(axis=(2, 4), dtype=dtype)
 
 
 def shard_shape(grid: TargetGrid, dataset: DatasetPlan, factor: int = 1) -> tuple[int, ...] | None:
@@ -439,14 +475,10 @@ def _sharding_layout(grid: TargetGrid, dataset: DatasetPlan, factor: int = 1, dt
 
 def _layout(chunk: list[int], dtype) -> dict:
     """The sharding codec as zarr-python 3.1 writes it by default for prepare_array's arguments:
-    chunks encoded as bytes (little-endian) then ZSTD, an index of (offset, length) pairs at the
-    end, itself little-endian with a CRC32C."""
-    little = {"name": "bytes", "configuration": {"endian": "little"}}
-    one_byte = np.dtype(dtype).itemsize == 1  # no byte order to say
+    chunks encoded as chunk_codecs, an index of (offset, length) pairs at the end, itself
+    little-endian with a CRC32C."""
     return {"name": "sharding_indexed", "configuration": {
-        "chunk_shape": list(chunk),
-        "codecs": [{"name": "bytes"} if one_byte else little,
-                   {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}],
+        "chunk_shape": list(chunk), "codecs": chunk_codecs(dtype),
         "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
         "index_location": "end"}}
 
@@ -469,12 +501,7 @@ class _ShardFile:
         self.file = open(self.tmp, "wb")
 
     def encode(self, data: np.ndarray, compressor) -> bytes:
-        if data.shape[1:] != (self.side, self.side):  # an edge tile: its chunk is whole, padded with the fill value
-            full = np.full((data.shape[0], self.side, self.side), self.fill, dtype=data.dtype)
-            full[:, :data.shape[1], :data.shape[2]] = data
-            data = full
-        data = data if self.multiband else data[0]
-        return compressor.encode(np.ascontiguousarray(data, dtype=self.dtype).tobytes())
+        return _encode_chunk(data, self.side, self.fill, self.dtype, self.multiband, compressor)
 
     def append(self, at: tuple[int, int], encoded: bytes) -> None:
         """Under the writer's lock."""
@@ -514,7 +541,6 @@ class ShardWriter:
         self.grid, self.dataset, self.tile_folder = grid, dataset, tile_folder
         parts = _tile_part_arrays(grid, dataset)  # the full resolution last
         _ensure_arrays(store, grid, dataset)
-        zarr = _zarr()
         self.compressor = Zstd(level=ZSTD_LEVEL)
         self.shard = shard_index(batch, dataset.shard)
         self.origin = (self.shard.row * dataset.shard[0], self.shard.col * dataset.shard[1])
@@ -522,15 +548,10 @@ class ShardWriter:
         self.files: dict[str, _ShardFile] = {}
         try:
             for path, (factor, counts) in parts.items():
-                array = zarr.open_array(os.path.join(store, path), mode="r", zarr_format=3)
                 dtype = "uint32" if counts else dataset.settings.dst_dtype
-                codecs = json.loads(json.dumps([c.to_dict() for c in array.metadata.codecs]))  # tuples as lists
-                if codecs != [_sharding_layout(grid, dataset, factor, dtype)]:
-                    raise OutputWriteError(os.path.join(store, path), RuntimeError(
-                        f"its codecs are {codecs}, not the sharding layout this workflow writes"))
+                fill, little = _written_array(store, path, [_sharding_layout(grid, dataset, factor, dtype)], dtype)
                 self.files[path] = _ShardFile(chunk_path(store, path, self.shard, multiband), grid.tile_size // factor,
-                                              array.metadata.fill_value, np.dtype(dtype).newbyteorder("<"), multiband,
-                                              dataset.shard)
+                                              fill, little, multiband, dataset.shard)
         except BaseException:
             for shard in self.files.values():
                 shard.discard()
@@ -539,10 +560,13 @@ class ShardWriter:
         self.lock = threading.Lock()
         self.written: set[TileIndex] = set()
 
-    def write(self, index: TileIndex) -> None:
-        """Append the chunks of a tile on disk (what the batch's worker threads call)."""
-        with rasterio.open(index.path(self.tile_folder)) as src:
-            self.write_array(index, src.read())
+    def write(self, index: TileIndex, pixels: np.ndarray | None = None) -> None:
+        """Append the chunks of a tile from its pixels, or from its file (what the batch's worker
+        threads call)."""
+        if pixels is None:
+            with rasterio.open(index.path(self.tile_folder)) as src:
+                pixels = src.read()
+        self.write_array(index, pixels)
 
     def write_array(self, index: TileIndex, data: np.ndarray) -> None:
         """Append a tile's chunks from its pixels, (bands, rows, columns)."""
