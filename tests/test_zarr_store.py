@@ -110,7 +110,15 @@ def test_chunks_are_tiles_and_a_changed_dataset_loses_only_its_own(made, tmp_pat
     with rasterio.open(empty) as src:
         writer.write(first, src.read())
     assert tiles_without_chunks(store, "landcover", False, landcover.tiles) == []
+    # A chunk writer killed while it rewrote a chunk that was there: its temporary file makes the
+    # tile's chunks count as missing, and writing them again removes it.
+    leftover = chunk_path(store, "landcover", first, False) + ".partial"
+    with open(leftover, "wb") as f:
+        f.write(b"half a chunk")
+    assert tiles_without_chunks(store, "landcover", False, landcover.tiles) == [first]
     writer.write(first)
+    assert not os.path.exists(leftover)
+    assert tiles_without_chunks(store, "landcover", False, landcover.tiles) == []
     # Put it back for the other tests of this module.
     assert prepare_array(store, plan.grid, dem)
     writer = ChunkWriter(store, plan.grid, dem, os.path.join(os.path.dirname(store), "tiles", "dem"))

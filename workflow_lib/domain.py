@@ -230,10 +230,15 @@ def chunk_path(store: str, dataset: str, index: TileIndex, multiband: bool) -> s
     return os.path.join(store, dataset, *parts, str(index.row), str(index.col))
 
 
+# The temporary name of a chunk being written (mosaics.zarr_store.ChunkWriter): <chunk>.partial.
+CHUNK_TEMPORARY_SUFFIX = ".partial"
+
+
 def tiles_without_chunks(store: str, dataset: str, multiband: bool, tiles, others=()) -> list[TileIndex]:
     """Which of ``tiles`` have no chunk in the dataset's array, or in one of the ``others`` arrays
-    (paths in the store whose chunks are tiles' parts too: its overview levels), one directory
-    listing per row of tiles and array: cheap for a million."""
+    (paths in the store whose chunks are tiles' parts too: its overview levels), or a chunk's
+    temporary file left by a killed writer; one directory listing per row of tiles and array:
+    cheap for a million."""
     arrays = [dataset, *others]
     rows: dict[tuple[str, int], set[str]] = {}
     missing = []
@@ -242,7 +247,9 @@ def tiles_without_chunks(store: str, dataset: str, multiband: bool, tiles, other
             if (name, index.row) not in rows:
                 folder = os.path.dirname(chunk_path(store, name, index, multiband))
                 rows[name, index.row] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
-            if str(index.col) not in rows[name, index.row]:
+            listed = rows[name, index.row]
+            # A chunk's temporary file (ChunkWriter): its writer was killed; written again, it goes.
+            if str(index.col) not in listed or f"{index.col}{CHUNK_TEMPORARY_SUFFIX}" in listed:
                 missing.append(index)
                 break
     return missing

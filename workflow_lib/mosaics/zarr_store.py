@@ -41,8 +41,8 @@ import rasterio
 from rasterio.enums import WktVersion
 
 from workflow_lib.atomic import remove_stale_temporaries, shared_mode, temporary_prefix, write_json_atomic
-from workflow_lib.domain import (ZARR_BAND_SUFFIX, ZARR_COORDINATES, ZARR_OVERVIEWS, TileIndex, chunk_path,
-                                 count_array, level_array, tiles_without_chunks)
+from workflow_lib.domain import (CHUNK_TEMPORARY_SUFFIX, ZARR_BAND_SUFFIX, ZARR_COORDINATES, ZARR_OVERVIEWS,
+                                 TileIndex, chunk_path, count_array, level_array, tiles_without_chunks)
 from workflow_lib.engines.blocks import block_centres, to_output, valid_mask
 from workflow_lib.errors import OutputWriteError
 from workflow_lib.planning.batches import shard_index
@@ -386,8 +386,9 @@ class ChunkWriter:
 
 def _write_chunk(target: str, encoded: bytes) -> None:
     # One temporary name per chunk: only the job that makes a tile writes its chunks (one thread a
-    # tile), and a killed writer's leftover is overwritten when its chunk is written again.
-    tmp = f"{target}.partial"
+    # tile), and a killed writer's leftover makes the tile's chunks count as missing
+    # (tiles_without_chunks), so they are written again and the leftover is renamed away.
+    tmp = f"{target}{CHUNK_TEMPORARY_SUFFIX}"
     try:
         try:
             f = open(tmp, "wb")
