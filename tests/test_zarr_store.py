@@ -129,6 +129,33 @@ def test_chunks_are_tiles_and_a_changed_dataset_loses_only_its_own(made, tmp_pat
         read_band(mosaics["dem"]) == -9999, np.nan, read_band(mosaics["dem"])), equal_nan=True)
 
 
+def test_a_batch_job_refuses_an_array_it_would_not_encode_as_its_metadata_says(made, tmp_path):
+    """The batch job encodes chunks itself (as zarr-python would): an array whose zarr.json says
+    another codec or a fill value it cannot read (made by another tool or version) gets a one-line
+    error naming the array, and no chunk is written into it."""
+    import shutil
+
+    from workflow_lib.errors import OutputWriteError
+
+    plan, _, store = made
+    copy = str(tmp_path / "copy.zarr")
+    shutil.copytree(store, copy)
+    dem = plan.datasets["dem"]
+    meta_path = os.path.join(copy, "dem", "zarr.json")
+    with open(meta_path) as f:
+        original = json.load(f)
+    for change, words in ((lambda m: m["codecs"][1]["configuration"].update(level=3), "codecs"),
+                          (lambda m: m.update(fill_value="0x7fc00000"), "fill value")):
+        meta = json.loads(json.dumps(original))
+        change(meta)
+        with open(meta_path, "w") as f:
+            json.dump(meta, f)
+        with pytest.raises(OutputWriteError) as error:
+            ChunkWriter(copy, plan.grid, dem, str(tmp_path / "tiles"))
+        assert os.path.join(copy, "dem") in str(error.value) and words in str(error.value)
+        assert "\n" not in str(error.value)
+
+
 def test_arrays_of_datasets_no_longer_in_the_run_are_removed(made, tmp_path):
     plan, _, store = made
     import shutil

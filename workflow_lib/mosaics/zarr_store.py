@@ -322,8 +322,12 @@ def _written_array(store: str, path: str, codecs: list[dict], dtype) -> tuple[ob
     if found != (codecs, np.dtype(dtype).name):
         raise OutputWriteError(folder, RuntimeError(
             f"its codecs and data type are {found}, not {(codecs, np.dtype(dtype).name)}, which this workflow writes"))
-    # Zarr v3 writes the floats JSON cannot hold as strings ("NaN", "Infinity", "-Infinity").
-    return np.dtype(dtype).type(float(fill) if isinstance(fill, str) else fill), np.dtype(dtype).newbyteorder("<")
+    try:  # Zarr v3 writes the floats JSON cannot hold as strings ("NaN", "Infinity", "-Infinity")
+        fill = np.dtype(dtype).type(float(fill) if isinstance(fill, str) else fill)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise OutputWriteError(folder, RuntimeError(f"its fill value {fill!r} is not one this workflow writes")
+                               ) from exc
+    return fill, np.dtype(dtype).newbyteorder("<")
 
 
 def _encode_chunk(data: np.ndarray, side: int, fill, dtype: np.dtype, multiband: bool, compressor) -> bytes:
