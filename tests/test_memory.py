@@ -65,3 +65,41 @@ def test_tile_job_peak_rss_stays_below_its_mem_mb(tmp_path, big_source, method, 
     assert figures["chunks"] > 1 and figures["engine"] == engine
     assert figures["compiled"] == (engine == "numpy" and mem_mb > 300), figures
     assert figures["peak_rss_mb"] <= mem_mb, figures
+
+
+RESTART_SCRIPT = """
+import os, sys
+import numpy as np
+from workflow_lib.runtime import RESTARTED_ENV, data_mb, job_logging, restart_after_compiling
+with job_logging(sys.argv[1]):
+    print("start", os.getpid(), bool(os.environ.get(RESTARTED_ENV)), flush=True)
+    if not os.environ.get(RESTARTED_ENV):
+        held = np.ones(600 * 2**20, np.uint8)  # what LLVM leaves behind after compiling kernels
+        assert data_mb() > 600
+    restart_after_compiling("batch b0 of dataset 'x'")
+    print("went on", os.getpid(), round(data_mb()), flush=True)
+"""
+
+
+def test_a_job_whose_kernels_were_compiled_in_it_starts_again_and_keeps_its_log(tmp_path):
+    """Compiling numba kernels that are not cached leaves a job's data segment about 700 MB large,
+    more than its memory limit lets it keep (make run on a fresh checkout failed so: "can't start
+    new thread"). The job then starts its own program again, once, in the same process (same PID),
+    which loads the kernels from the cache, and its log keeps both starts."""
+    script, log_file = tmp_path / "job.py", tmp_path / "job.log"
+    script.write_text(RESTART_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(log_file)], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    first_pid, second_pid = lines[1], lines[4]
+    assert lines[0] == "start" and lines[2] == "False" and lines[3] == "start" and lines[5] == "True"
+    assert first_pid == second_pid  # the same job process, as Snakemake and SLURM see it
+    from workflow_lib.runtime import BASELINE_MB, COMPILE_SLACK_MB, KERNELS_MB
+
+    assert lines[6:8] == ["went", "on"] and lines[8] == first_pid
+    assert int(lines[9]) <= BASELINE_MB + KERNELS_MB + COMPILE_SLACK_MB
+    assert out.stdout.count("went on") == 1  # the first start never went on
+    text = log_file.read_text()
+    assert "batch b0 of dataset 'x': numba compiled its kernels in this process" in text
+    assert text.count("peak RSS") == 1  # the second start's last line, after the first start's

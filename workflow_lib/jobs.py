@@ -22,7 +22,7 @@ from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import output_formats
 from workflow_lib.planning.registration import load_dataset, register_dataset
 from workflow_lib.planning.table import Area
-from workflow_lib.runtime import STOP_STARTING, THREAD_STACK_BYTES, job_logging, memory_limit
+from workflow_lib.runtime import STOP_STARTING, THREAD_STACK_BYTES, job_logging, memory_limit, restart_after_compiling
 from workflow_lib.status import DEFAULT_SPOOL_DIR, StatusStore, redact, resolve_url
 from workflow_lib.status.events import DatasetStatistics
 from workflow_lib.status.reporter import BatchReporter
@@ -91,6 +91,7 @@ def run_batch_job(snakemake) -> None:
         mem_mb = granted_mem_mb(snakemake)
         # Before the limit: numba's compiler cannot run under it (engines.kernels.warm_up).
         compiled = prepare_kernels(dataset, mem_mb, grid)
+        restart_after_compiling(f"batch {batch} of dataset '{dataset.name}'")
         with status_store(snakemake) as store:
             reporter = BatchReporter(store, dataset.name, batch, dataset.settings.engine, mem_mb)
             hooks = reporter.hooks

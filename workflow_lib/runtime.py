@@ -74,11 +74,54 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+# Set in a job's process that restart_after_compiling started again: it never restarts twice, and
+# its log goes on after the first start's.
+RESTARTED_ENV = "ONEGRID_JOB_RESTARTED"
+# What a job's data segment (RLIMIT_DATA's measure) may hold beyond what it plans for before any
+# tile (BASELINE_MB + KERNELS_MB) without being started again.
+COMPILE_SLACK_MB = 64
+
+
+def data_mb() -> float | None:
+    """This process's data segment (VmData: what RLIMIT_DATA bounds), in MB; None where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        return None
+    return None
+
+
+def restart_after_compiling(what: str) -> None:
+    """Start this job's process again (the same program and arguments, the same PID) when loading
+    its kernels compiled them: a kernel that is not in numba's cache yet (a fresh checkout, changed
+    kernel code) is compiled by LLVM, which leaves the process's data segment about 700 MB large
+    where the same kernels loaded from the cache leave it at about 160 MB (measured 2026-12-07).
+    Under its memory limit the job could then not even start a thread. The kernels are in numba's
+    cache now, so the new process loads them from there. Call it after the kernels are prepared and
+    before the limit; once only."""
+    size = data_mb()
+    if size is None or size <= BASELINE_MB + KERNELS_MB + COMPILE_SLACK_MB or os.environ.get(RESTARTED_ENV):
+        return
+    log.info("%s: numba compiled its kernels in this process, which now holds %.0f MB of data; starting "
+             "it again to load them from numba's cache", what, size)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.environ[RESTARTED_ENV] = "1"
+    # Ignored until the new process installs its own handler (job_logging): an ignored signal stays
+    # ignored across exec, a handled one would kill it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 @contextlib.contextmanager
 def job_logging(log_path: str | None) -> Iterator[None]:
     """Send the library's log to the job's log file (Snakemake shows it when the job fails; the
     console keeps to Snakemake's own progress); record any failure there before re-raising."""
-    handler = logging.FileHandler(log_path, mode="w") if log_path else logging.StreamHandler(sys.stderr)
+    mode = "a" if os.environ.get(RESTARTED_ENV) else "w"  # a restarted job keeps its first start's lines
+    handler = logging.FileHandler(log_path, mode=mode) if log_path else logging.StreamHandler(sys.stderr)
     logging.basicConfig(
         level=logging.INFO, handlers=[handler], force=True,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
