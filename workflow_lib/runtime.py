@@ -54,11 +54,10 @@ def peak_rss_mb() -> float:
     job started by a 200 MB Snakemake would report at least 200 MB. VmHWM belongs to the process's
     own address space.
     """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: the best there is
+    peak = _status_mb("VmHWM")
+    if peak is None:  # not Linux: the best there is
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak
 
 
 def cpu_seconds() -> float:
@@ -84,11 +83,16 @@ COMPILE_SLACK_MB = 64
 
 def data_mb() -> float | None:
     """This process's data segment (VmData: what RLIMIT_DATA bounds), in MB; None where unknown."""
+    return _status_mb("VmData")
+
+
+def _status_mb(field: str) -> float | None:
+    """A field of /proc/self/status (in kB there), in MB; None where there is no such file."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) / 1024.0  # kB
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024.0
     except OSError:
         return None
     return None

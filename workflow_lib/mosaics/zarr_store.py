@@ -330,6 +330,18 @@ def _written_array(store: str, path: str, codecs: list[dict], dtype) -> tuple[ob
     return fill, np.dtype(dtype).newbyteorder("<")
 
 
+def _written_parts(store: str, grid: TargetGrid, dataset: DatasetPlan, sharded: bool) -> dict[str, tuple]:
+    """The arrays a batch job writes each tile's parts of (_tile_part_arrays, the full resolution
+    last), each as (chunk side, fill value, little-endian data type), checked against their
+    zarr.json (_written_array): plain chunks, or ``sharded`` as ShardWriter writes them."""
+    parts = {}
+    for path, (factor, counts) in _tile_part_arrays(grid, dataset).items():
+        dtype = "uint32" if counts else dataset.settings.dst_dtype
+        codecs = [_sharding_layout(grid, dataset, factor, dtype)] if sharded else chunk_codecs(dtype)
+        parts[path] = (grid.tile_size // factor, *_written_array(store, path, codecs, dtype))
+    return parts
+
+
 def _encode_chunk(data: np.ndarray, side: int, fill, dtype: np.dtype, multiband: bool, compressor) -> bytes:
     """A tile's part of an array (bands, rows, columns) as its chunk's bytes (chunk_codecs)."""
     if data.shape[1:] != (side, side):  # an edge tile: its chunk is whole, padded with the fill value
@@ -358,10 +370,7 @@ class ChunkWriter:
         _ensure_arrays(store, grid, dataset)
         self.multiband = bool(band_dimension(dataset))
         self.compressor = Zstd(level=ZSTD_LEVEL)
-        self.arrays = {}  # path -> (chunk side, fill value, data type), the full resolution last
-        for path, (factor, counts) in _tile_part_arrays(grid, dataset).items():
-            dtype = "uint32" if counts else dataset.settings.dst_dtype
-            self.arrays[path] = (grid.tile_size // factor, *_written_array(store, path, chunk_codecs(dtype), dtype))
+        self.arrays = _written_parts(store, grid, dataset, sharded=False)
 
     def write(self, index: TileIndex, pixels: np.ndarray | None = None) -> None:
         """Write the chunks of a tile from its pixels (bands, rows, columns), or from its file."""
@@ -544,19 +553,17 @@ class ShardWriter:
         from numcodecs import Zstd
 
         self.grid, self.dataset, self.tile_folder = grid, dataset, tile_folder
-        parts = _tile_part_arrays(grid, dataset)  # the full resolution last
         _ensure_arrays(store, grid, dataset)
+        parts = _written_parts(store, grid, dataset, sharded=True)  # checked before any file is opened
         self.compressor = Zstd(level=ZSTD_LEVEL)
         self.shard = shard_index(batch, dataset.shard)
         self.origin = (self.shard.row * dataset.shard[0], self.shard.col * dataset.shard[1])
         multiband = bool(band_dimension(dataset))
         self.files: dict[str, _ShardFile] = {}
         try:
-            for path, (factor, counts) in parts.items():
-                dtype = "uint32" if counts else dataset.settings.dst_dtype
-                fill, little = _written_array(store, path, [_sharding_layout(grid, dataset, factor, dtype)], dtype)
-                self.files[path] = _ShardFile(chunk_path(store, path, self.shard, multiband), grid.tile_size // factor,
-                                              fill, little, multiband, dataset.shard)
+            for path, (side, fill, dtype) in parts.items():
+                self.files[path] = _ShardFile(chunk_path(store, path, self.shard, multiband), side, fill, dtype,
+                                              multiband, dataset.shard)
         except BaseException:
             for shard in self.files.values():
                 shard.discard()
