@@ -14,8 +14,8 @@ from workflow_lib.errors import WorkflowLibError
 from workflow_lib.planning.digest import TilesToMake, tile_digest
 from workflow_lib.planning.plan import load_plan, plan_cache_path
 from workflow_lib.planning.table import AREA_ID_PATTERN, table_areas
-from workflow_lib.snakemake_fixes import (graceful_sigterm_without_deadlock, slurm_cancelled_by_user_is_cancelled,
-                                          status_snapshot_on_sigusr1)
+from workflow_lib.snakemake_fixes import (exit_without_waiting_for_the_rate_timer, graceful_sigterm_without_deadlock,
+                                          slurm_cancelled_by_user_is_cancelled, status_snapshot_on_sigusr1)
 from workflow_lib.sources.paths import local_file
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
 from workflow_lib.status.store import check_url as check_database_url
@@ -46,6 +46,8 @@ if workflow.is_main_process:
     write_run_context(PLAN_PATH, resolve_url(config["database"]["url"]), DEFAULT_SPOOL_DIR)
     # SIGTERM must pause the run, never hang it (see the function).
     graceful_sigterm_without_deadlock()
+    # The run ends when its last job does, not up to a second later (see the function).
+    exit_without_waiting_for_the_rate_timer()
     # SIGUSR1: the status report into the console (onegrid logs).
     status_snapshot_on_sigusr1(resolve_url(config["database"]["url"]))
     # A SLURM job cancelled by pause (or by hand) must end as failed, not run forever.

@@ -3,13 +3,17 @@ the version it was written for (and says so otherwise)."""
 
 import asyncio
 import re
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from snakemake.scheduling.job_scheduler import JobScheduler
 
 from workflow_lib import snakemake_fixes
-from workflow_lib.snakemake_fixes import graceful_sigterm_without_deadlock, slurm_cancelled_by_user_is_cancelled
+from workflow_lib.snakemake_fixes import (exit_without_waiting_for_the_rate_timer, graceful_sigterm_without_deadlock,
+                                         slurm_cancelled_by_user_is_cancelled)
 from workflow_lib.status.run import BATCH_RULE, REGISTER_RULE
 
 from .helpers import REPO
@@ -48,6 +52,40 @@ def test_sigterm_while_the_scheduler_holds_its_lock_pauses_instead_of_hanging(mo
     assert scheduler._open_jobs.acquire(timeout=5)  # and the scheduler is woken to see it
 
 
+# A process whose scheduler has just started its rate timer (of 2 s), then ends its script.
+RATE_TIMER_EXIT = """
+import sys, threading, time
+from snakemake.scheduling.job_scheduler import JobScheduler
+from workflow_lib.snakemake_fixes import exit_without_waiting_for_the_rate_timer
+if sys.argv[1] == "patched":
+    assert exit_without_waiting_for_the_rate_timer()
+class Scheduler:
+    _open_jobs = threading.Semaphore(0)
+JobScheduler._schedule_reevalutation(Scheduler(), 2)
+print(time.monotonic())
+"""
+
+
+def seconds_to_exit(variant: str) -> float:
+    """From the end of the script to the end of its process (one monotonic clock for both)."""
+    done = subprocess.run([sys.executable, "-c", RATE_TIMER_EXIT, variant], check=True, cwd=REPO, timeout=60,
+                          capture_output=True, text=True)
+    return time.monotonic() - float(done.stdout)
+
+
+def test_snakemake_exits_without_waiting_for_its_rate_timer(monkeypatch):
+    # Unpatched, the process waits for the timer before it exits; patched, it exits at once.
+    assert seconds_to_exit("unpatched") > 1.5
+    assert seconds_to_exit("patched") < 1.0
+    # And the timer still wakes the scheduler when it fires.
+    monkeypatch.setattr(JobScheduler, "_schedule_reevalutation", JobScheduler._schedule_reevalutation)
+    assert exit_without_waiting_for_the_rate_timer()
+    scheduler = Scheduler()
+    JobScheduler._schedule_reevalutation(scheduler, 0.05)
+    assert not scheduler._open_jobs.acquire(timeout=0.01)
+    assert scheduler._open_jobs.acquire(timeout=5)
+
+
 def test_a_patch_is_not_applied_to_another_version_and_says_so(monkeypatch, capsys):
     original = JobScheduler.exit_gracefully
     monkeypatch.setattr(JobScheduler, "exit_gracefully", original)
@@ -55,6 +93,7 @@ def test_a_patch_is_not_applied_to_another_version_and_says_so(monkeypatch, caps
     assert not graceful_sigterm_without_deadlock()
     assert JobScheduler.exit_gracefully is original
     assert not slurm_cancelled_by_user_is_cancelled()
+    assert not exit_without_waiting_for_the_rate_timer()
     said = capsys.readouterr().err
     assert "written for snakemake 9.27.1, but 99.0.0 is installed: it is not applied" in said
     assert "written for snakemake-executor-plugin-slurm 2.8.0, but 99.0.0 is installed" in said
