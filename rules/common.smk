@@ -75,6 +75,7 @@ TILE_MEM_MB = config["memory"]["tile_mb"]
 BATCH_THREADS = config["threads_per_job"]
 MOSAIC_MEM_MB = config["memory"]["mosaic_mb"]
 MERGE_MAX_THREADS = 8
+PIXELS_PER_MERGE_THREAD = 4_000_000
 
 
 def dataset_priority(wildcards):
@@ -151,15 +152,19 @@ def cluster_overhead_mb():
     return config["memory"]["cluster_overhead_mb"] if on_cluster else 0
 
 
-def merge_threads():
+def merge_threads(pixels):
     # The jobs after the batches (a mosaic, the stack) read, compress and make overview levels on
     # their threads: on a machine of many cores, up to 8 of them, so that no single-threaded tail
     # follows the batches (more than 8: their share that runs in parallel, about two thirds,
-    # gains little more). On a cluster 2, what a node slot asks for.
+    # gains little more). On a cluster 2, what a node slot asks for. One per few million pixels
+    # of output (about 0.3 s of one core's work each): a small mosaic holding every core would
+    # keep the Zarr store and the run's figures waiting for nothing.
     if workflow.non_local_exec or workflow.remote_exec:
-        return 2
-    cores = workflow.global_resources["_cores"].value
-    return max(2, min(int(cores), MERGE_MAX_THREADS)) if cores else 2
+        cap = 2
+    else:
+        cores = workflow.global_resources["_cores"].value
+        cap = max(2, min(int(cores), MERGE_MAX_THREADS)) if cores else 2
+    return max(1, min(cap, -(-pixels // PIXELS_PER_MERGE_THREAD)))
 
 
 def tile_mem_mb(wildcards, attempt):

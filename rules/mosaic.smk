@@ -18,7 +18,7 @@ if OutputFormat.COG in PLAN.formats:
             level=OUTPUT["compress_level"],
             cog=OUTPUT["cog"],
         priority: dataset_priority
-        threads: merge_threads()
+        threads: merge_threads(PLAN.grid.width * PLAN.grid.height)
         resources:
             mem_mb=mosaic_mem_mb,
         conda:

@@ -13,7 +13,7 @@ rule stack:
         compress=OUTPUT["compress"],
         level=OUTPUT["compress_level"],
         cog=OUTPUT["cog"],
-    threads: merge_threads()
+    threads: merge_threads(PLAN.grid.width * PLAN.grid.height * len(DATASETS))
     resources:
         mem_mb=mosaic_mem_mb,
     conda:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 
 from workflow_lib.atomic import write_json_atomic
-from workflow_lib.domain import REPORT_PAGES, RESULTS_DIR, OutputFormat, TileIndex, tile_dir, zarr_store_path
+from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, tile_dir, zarr_store_path
 from workflow_lib.engines.batch import manifest, manifest_tiles, prepare_kernels, run_batch
 from workflow_lib.errors import BatchError
 from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack, write_virtual_mosaic
@@ -228,21 +228,15 @@ def run_table_job(snakemake) -> None:
         log.info("table %s: %d file(s), schema written", folder, len(snakemake.params.areas))
 
 
-def run_summary_job(snakemake) -> None:
-    """The run's summary, once every product is there: each dataset's quicklook, the report's pages,
-    then the STAC catalog (which hashes the quicklooks too). One process for all: each of these
-    costs less than a Python process's start."""
-    # matplotlib (views.report) and pystac (mosaics.stac): only this job needs them.
-    from workflow_lib.mosaics.stac import write_catalog
-    from workflow_lib.views.report import (tile_frame, write_config_page, write_job_figures, write_quicklook,
-                                           write_statistics_page, write_tile_map)
+def run_figures_job(snakemake) -> None:
+    """The report's pages of the run, once every batch is done: the map of tiles, the per-tile
+    figures (both from the status database) and the config. Beside the mosaics and the store, not
+    after them: they need the tiles only."""
+    # matplotlib and pandas (views.report): only the report's jobs need them.
+    from workflow_lib.views.report import tile_frame, write_config_page, write_job_figures, write_tile_map
 
     out = snakemake.output
     with job_logging(snakemake.log[0]):
-        for source, statistics, path in zip(snakemake.params.sources, snakemake.input.statistics, out.quicklooks):
-            write_quicklook(source, statistics, path)
-        write_statistics_page(list(snakemake.input.statistics), out.statistics)
-        # The map of tiles and the per-tile figures, from the status database (read only).
         with status_store(snakemake, read_only=True) as store:
             try:
                 frame = tile_frame(store)
@@ -255,7 +249,23 @@ def run_summary_job(snakemake) -> None:
         write_tile_map(frame, out.tile_map)
         write_job_figures(frame, out.figures)
         write_config_page(snakemake.config, out.config)
-        log.info("report: %d quicklook(s) and %d page(s)", len(out.quicklooks), len(REPORT_PAGES))
+        log.info("report: the tile map and figures of %d tile(s), the config page", len(frame))
+
+
+def run_summary_job(snakemake) -> None:
+    """The run's summary, once every product is there: each dataset's quicklook, the statistics
+    page, then the STAC catalog (which hashes the quicklooks too). One process for all: each of
+    these costs less than a Python process's start."""
+    # matplotlib (views.report) and pystac (mosaics.stac): only the report's jobs need them.
+    from workflow_lib.mosaics.stac import write_catalog
+    from workflow_lib.views.report import write_quicklook, write_statistics_page
+
+    out = snakemake.output
+    with job_logging(snakemake.log[0]):
+        for source, statistics, path in zip(snakemake.params.sources, snakemake.input.statistics, out.quicklooks):
+            write_quicklook(source, statistics, path)
+        write_statistics_page(list(snakemake.input.statistics), out.statistics)
+        log.info("report: %d quicklook(s) and the statistics page", len(out.quicklooks))
         loaded = [load_dataset(path) for path in snakemake.input.records]
         path = write_catalog(RESULTS_DIR, loaded[0][0], [d for _, d in loaded],
                              tuple(OutputFormat(f) for f in snakemake.params.formats), snakemake.config,

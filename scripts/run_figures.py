@@ -1,0 +1,5 @@
+"""The report's pages of the run: the tile map, the per-tile figures, the config (rule run_figures)."""
+
+from workflow_lib.jobs import run_figures_job
+
+run_figures_job(snakemake)  # noqa: F821 (injected by Snakemake)
