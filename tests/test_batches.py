@@ -10,8 +10,8 @@ import rasterio
 from affine import Affine
 
 from workflow_lib.config import validate_config
-from workflow_lib.engines.batch import (DIGEST_TAG, TileHooks, compiled_kernels, forget_incomplete_batches, run_batch,
-                                        tile_digest)
+from workflow_lib.engines.batch import (DIGEST_TAG, TileHooks, batch_work, compiled_kernels, forget_incomplete_batches,
+                                        run_batch, tile_digest)
 from workflow_lib.planning.batches import (MAX_JOBS, MIN_BATCH_WORK, MIN_SPLIT_WORK, make_batches, rectangle,
                                           tiles_per_batch)
 from workflow_lib.domain import TileIndex, chunk_path
@@ -274,6 +274,34 @@ def test_small_jobs_reduce_blocks_with_numpy_and_give_the_same_pixels(tmp_path):
     for tile in tiles:
         a, b = read_band(tmp_path / "compiled" / f"{tile}.tif"), read_band(tmp_path / "numpy" / f"{tile}.tif")
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), tile
+
+
+def test_a_batch_of_little_work_does_without_the_compiled_kernels(tmp_path):
+    """Importing numba and loading its kernels (about 0.6 s) costs a small job more than they save:
+    a batch of less than 10 million source pixels reduces with NumPy (the same pixels, bit for bit:
+    the test above) and never loads numba."""
+    import subprocess
+    import sys
+
+    plan = plan_of(tmp_path)
+    d = plan.datasets["d"]
+    work = batch_work(d, plan.grid, list(d.tiles))
+    assert work == 400 * 300 + 200 * 150  # every source pixel read once, every target pixel written once
+    assert not compiled_kernels(d, 512, work) and compiled_kernels(d, 512, 10e6) and compiled_kernels(d, 512)
+    script = (
+        "import sys\n"
+        "from workflow_lib.config import validate_config\n"
+        "from workflow_lib.engines.batch import batch_work, prepare_kernels\n"
+        "from workflow_lib.planning.plan import build_plan\n"
+        f"config = {{'target': {{'crs': 'EPSG:32632', 'resolution': 20}}, 'tile_size': 32,\n"
+        f"          'datasets': {{'d': {{'path': {str(tmp_path / 'in.tif')!r}, 'method': 'average'}}}}}}\n"
+        "plan = build_plan(validate_config(config))\n"
+        "d = plan.datasets['d']\n"
+        "assert not prepare_kernels(d, 512, plan.grid, batch_work(d, plan.grid, list(d.tiles)))\n"
+        "print('numba loaded' if 'numba' in sys.modules else 'numba not loaded')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "numba not loaded", proc.stdout + proc.stderr
 
 
 def test_an_input_replaced_after_planning_fails_its_tiles_and_leaves_none(tmp_path, monkeypatch):

@@ -36,15 +36,27 @@ def run(tmp_path_factory):
     return {"workdir": workdir, "plan": plan, "dry": dry.stdout + dry.stderr, "log": done.stdout + done.stderr}
 
 
-def test_the_mosaics_and_the_stack_take_the_cores_a_run_has_up_to_8(run):
+def test_the_mosaics_and_the_stack_take_the_cores_a_run_has_up_to_8(run, tmp_path):
     """No single-threaded tail after the batches: a run's mosaic and stack jobs declare the cores
-    it is given, at most 8 (Snakemake shows each job's threads in a dry run)."""
-    for cores, expected in (("3", 3), ("16", 8)):
-        dry = snakemake(run["workdir"], "-n", "--forceall", "--cores", cores).stdout
+    it is given, at most 8, and at most one per 4 million pixels they write, so that a small mosaic
+    leaves the other cores to the jobs beside it (Snakemake shows each job's threads in a dry run)."""
+    def threads(workdir, cores):
+        dry = snakemake(workdir, "-n", "--forceall", "--cores", cores).stdout
         blocks = re.findall(r"^rule (mosaic|stack):\n(.*?)(?=^\S|\Z)", dry, re.M | re.S)
-        assert {rule for rule, _ in blocks} == {"mosaic", "stack"}
-        for rule, block in blocks:
-            assert re.search(r"^\s+threads: (\d+)$", block, re.M).group(1) == str(expected), (cores, rule, block)
+        assert sorted(rule for rule, _ in blocks) == ["mosaic"] * 3 + ["stack"]
+        found = [(rule, re.search(r"^\s+threads: (\d+)$", block, re.M)) for rule, block in blocks]
+        return {(rule, int(m.group(1)) if m else 1) for rule, m in found}  # one value per rule
+
+    # This run's grid, 110 x 116 pixels: one thread each, whatever the cores.
+    assert threads(run["workdir"], "16") == {("mosaic", 1), ("stack", 1)}
+    # The same datasets on a grid of 1 m, 4,381 x 4,615 pixels: a mosaic 5.1 million pixels (6
+    # threads), the stack of three bands 15.2 million (16, but at most the cores and 8).
+    config = yaml.safe_load(open(run["workdir"] / "config" / "config.yaml"))
+    config["target"]["resolution"] = 1
+    config["tile_size"] = 2048
+    write_config(tmp_path, config)
+    assert threads(tmp_path, "3") == {("mosaic", 3), ("stack", 3)}
+    assert threads(tmp_path, "16") == {("mosaic", 6), ("stack", 8)}
 
 
 def test_dry_run_lists_every_batch_job(run):

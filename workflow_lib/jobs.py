@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from workflow_lib.atomic import write_json_atomic
 from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, tile_dir, zarr_store_path
-from workflow_lib.engines.batch import manifest, manifest_tiles, prepare_kernels, run_batch
+from workflow_lib.engines.batch import batch_work, manifest, manifest_tiles, prepare_kernels, run_batch
 from workflow_lib.errors import BatchError
 from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack, write_virtual_mosaic
 from workflow_lib.mosaics.zarr_store import ChunkWriter, ShardWriter, finish_store, prepare_array
@@ -89,8 +89,9 @@ def run_batch_job(snakemake) -> None:
         batch = snakemake.wildcards.batch
         tiles = [TileIndex.parse(t) for t in snakemake.params.tiles]
         mem_mb = granted_mem_mb(snakemake)
-        # Before the limit: numba's compiler cannot run under it (engines.kernels.warm_up).
-        compiled = prepare_kernels(dataset, mem_mb, grid)
+        # Before the limit: numba's compiler cannot run under it (engines.kernels.warm_up). A small
+        # batch does without the compiled kernels (chunks.KERNELS_MIN_WORK).
+        compiled = prepare_kernels(dataset, mem_mb, grid, batch_work(dataset, grid, tiles))
         restart_after_compiling(f"batch {batch} of dataset '{dataset.name}'")
         with status_store(snakemake) as store:
             reporter = BatchReporter(store, dataset.name, batch, dataset.settings.engine, mem_mb)

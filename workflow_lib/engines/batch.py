@@ -58,12 +58,20 @@ def inputs_unchanged(dataset: DatasetPlan) -> None:
             raise InputRasterError(dataset.name, header.path, why)
 
 
-def compiled_kernels(dataset: DatasetPlan, mem_mb: int) -> bool:
-    """Whether this job reduces the dataset's blocks with the compiled kernels (chunks.uses_kernels)."""
-    return uses_kernels(dataset.settings, mem_mb)
+def compiled_kernels(dataset: DatasetPlan, mem_mb: int, work: float | None = None) -> bool:
+    """Whether this job, of ``work`` (its tiles' estimated work; None: unknown), reduces the
+    dataset's blocks with the compiled kernels (chunks.uses_kernels)."""
+    return uses_kernels(dataset.settings, mem_mb, work)
 
 
-def prepare_kernels(dataset: DatasetPlan, mem_mb: int, grid: TargetGrid | None = None) -> bool:
+def batch_work(dataset: DatasetPlan, grid: TargetGrid, tiles: list[TileIndex]) -> float:
+    """The estimated work of making ``tiles`` (DatasetPlan.tile_work_of), from the plan alone."""
+    work = dataset.tile_work_of(grid)
+    return sum(work(t) for t in tiles)
+
+
+def prepare_kernels(dataset: DatasetPlan, mem_mb: int, grid: TargetGrid | None = None,
+                    work: float | None = None) -> bool:
     """compiled_kernels(), with the kernels compiled or loaded now: call it before a memory limit
     is set (engines.kernels.warm_up says why). With ``grid``, the conservative engine's too."""
     if grid is not None:
@@ -76,7 +84,7 @@ def prepare_kernels(dataset: DatasetPlan, mem_mb: int, grid: TargetGrid | None =
                 log.info("conservative kernels for %s %s ready in %.2f s", header.dtype, settings.method,
                          time.monotonic() - started)
                 break
-    if not compiled_kernels(dataset, mem_mb):
+    if not compiled_kernels(dataset, mem_mb, work):
         return False
     from workflow_lib.engines.kernels import warm_up  # numba, only in the jobs that use it
 

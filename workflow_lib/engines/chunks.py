@@ -28,12 +28,21 @@ from workflow_lib.planning.settings import WarpSettings, kernel_padding, rounded
 from workflow_lib.runtime import BASELINE_MB, KERNELS_MB, MIN_TILE_SHARE_MB
 from workflow_lib.sources.header import RasterHeader
 
-def uses_kernels(settings: WarpSettings, mem_mb: int) -> bool:
+# Below this much work (source pixels, as DatasetPlan.tile_work_of counts them) a job reduces its
+# blocks with NumPy: importing numba and loading its kernels takes about 0.6 s, which NumPy's
+# slower reductions (measured 2-70 ns a pixel against the kernels' 1.3-30) lose back only over 14
+# million pixels or more, depending on the method and data type.
+KERNELS_MIN_WORK = 10e6
+
+
+def uses_kernels(settings: WarpSettings, mem_mb: int, work: float | None = None) -> bool:
     """Whether blocks are reduced by the compiled kernels: a block engine dataset whose method they
-    compile, in a job of ``mem_mb`` that can hold numba and its kernels beside one tile's share. A
-    smaller job uses the NumPy reductions, which give the same pixels, bit for bit."""
+    compile, in a job of ``mem_mb`` that can hold numba and its kernels beside one tile's share,
+    with ``work`` worth loading them (None: a job of unknown size, which does). Other jobs use the
+    NumPy reductions, which give the same pixels, bit for bit."""
     return (settings.engine is Engine.BLOCKS and settings.method.is_compiled
-            and mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB)
+            and mem_mb >= BASELINE_MB + KERNELS_MB + MIN_TILE_SHARE_MB
+            and (work is None or work >= KERNELS_MIN_WORK))
 
 
 def loads_numba(settings: WarpSettings, mem_mb: int) -> bool:
