@@ -16,13 +16,13 @@ import io
 import json
 import math
 import os
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import rasterio  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
@@ -34,6 +34,9 @@ from workflow_lib.domain import Method, TileIndex  # noqa: E402
 from workflow_lib.mosaics.zarr_store import path_is_zarr_array, zarr_quicklook  # noqa: E402
 from workflow_lib.status.queries import TileRecord  # noqa: E402
 from workflow_lib.status.store import redact  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 QUICKLOOK_PIXELS = 800  # longest side of a quicklook
 STATE_COLOURS = {"pending": "#d6d6d6", "running": "#f0ad4e", "done": "#2e8b57", "failed": "#d9534f"}
@@ -135,6 +138,8 @@ def _histogram_png(s: dict) -> str:
 
 def tile_frame(store) -> pd.DataFrame:
     """Every tile's row from the status database (``store`` None: none), with its place on the grid."""
+    import pandas as pd  # here, not above: the summary's quicklooks and pages do without it (0.3 s)
+
     records = store.tile_records() if store is not None else []
     frame = pd.DataFrame([dataclasses.astuple(r) for r in records],
                          columns=[f.name for f in dataclasses.fields(TileRecord)])
