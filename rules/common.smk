@@ -15,7 +15,8 @@ from workflow_lib.planning.digest import TilesToMake, tile_digest
 from workflow_lib.planning.plan import load_plan, plan_cache_path
 from workflow_lib.planning.table import AREA_ID_PATTERN, table_areas
 from workflow_lib.snakemake_fixes import (exit_without_waiting_for_the_rate_timer, graceful_sigterm_without_deadlock,
-                                          slurm_cancelled_by_user_is_cancelled, status_snapshot_on_sigusr1)
+                                          no_pandas_import_for_params, slurm_cancelled_by_user_is_cancelled,
+                                          status_snapshot_on_sigusr1)
 from workflow_lib.sources.paths import local_file
 from workflow_lib.status import DEFAULT_SPOOL_DIR, resolve_url
 from workflow_lib.status.store import check_url as check_database_url
@@ -48,6 +49,8 @@ if workflow.is_main_process:
     graceful_sigterm_without_deadlock()
     # The run ends when its last job does, not up to a second later (see the function).
     exit_without_waiting_for_the_rate_timer()
+    # The first job starts without Snakemake importing pandas first (see the function).
+    no_pandas_import_for_params()
     # SIGUSR1: the status report into the console (onegrid logs).
     status_snapshot_on_sigusr1(resolve_url(config["database"]["url"]))
     # A SLURM job cancelled by pause (or by hand) must end as failed, not run forever.

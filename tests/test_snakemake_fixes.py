@@ -13,7 +13,7 @@ from snakemake.scheduling.job_scheduler import JobScheduler
 
 from workflow_lib import snakemake_fixes
 from workflow_lib.snakemake_fixes import (exit_without_waiting_for_the_rate_timer, graceful_sigterm_without_deadlock,
-                                         slurm_cancelled_by_user_is_cancelled)
+                                         no_pandas_import_for_params, slurm_cancelled_by_user_is_cancelled)
 from workflow_lib.status.run import BATCH_RULE, REGISTER_RULE
 
 from .helpers import REPO
@@ -86,6 +86,42 @@ def test_snakemake_exits_without_waiting_for_its_rate_timer(monkeypatch):
     assert scheduler._open_jobs.acquire(timeout=5)
 
 
+PARAMS_WITHOUT_PANDAS = """
+import sys
+import numpy as np
+from snakemake.iocontainers import Params, Snakemake
+from snakemake.persistence import PersistenceBase
+from workflow_lib.snakemake_fixes import no_pandas_import_for_params
+assert "pandas" not in sys.modules
+original = Snakemake._safely_store_params
+assert no_pandas_import_for_params()
+class Persistence(PersistenceBase):  # what _serialize_param needs of Snakemake's metadata store
+    pass
+Persistence.__abstractmethods__ = frozenset()
+job, persistence = Snakemake.__new__(Snakemake), Persistence.__new__(Persistence)
+job._safely_store_params(Params(toclone=[3, "a", np.arange(3)]))
+stored = list(job.params)
+assert stored[:2] == [3, "a"] and stored[2].tolist() == [0, 1, 2] and job._params_types == {2: "np.ndarray"}
+assert persistence._serialize_param(7) == "7"
+print("pandas imported" if "pandas" in sys.modules else "pandas not imported")
+original(job, Params(toclone=[3]))  # Snakemake's own
+print("pandas imported" if "pandas" in sys.modules else "pandas not imported")
+import pandas as pd
+job._safely_store_params(Params(toclone=[pd.Series([1.5])]))  # once imported, its objects are stored as before
+assert job._params_types == {0: "pd.Series"} and isinstance(job.params[0], pd.Series)
+assert persistence._serialize_param(pd.Series([1.5])) == persistence._serialize_param_pandas(pd.Series([1.5]))
+"""
+
+
+def test_snakemake_starts_a_job_without_importing_pandas():
+    """Snakemake imports pandas in its own process to store a script job's params (0.5 s before
+    the first job); patched, it stores the same params without, and pandas objects as before."""
+    done = subprocess.run([sys.executable, "-c", PARAMS_WITHOUT_PANDAS], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["pandas not imported", "pandas imported"], done.stdout
+
+
 def test_a_patch_is_not_applied_to_another_version_and_says_so(monkeypatch, capsys):
     original = JobScheduler.exit_gracefully
     monkeypatch.setattr(JobScheduler, "exit_gracefully", original)
@@ -94,6 +130,7 @@ def test_a_patch_is_not_applied_to_another_version_and_says_so(monkeypatch, caps
     assert JobScheduler.exit_gracefully is original
     assert not slurm_cancelled_by_user_is_cancelled()
     assert not exit_without_waiting_for_the_rate_timer()
+    assert not no_pandas_import_for_params()
     said = capsys.readouterr().err
     assert "written for snakemake 9.27.1, but 99.0.0 is installed: it is not applied" in said
     assert "written for snakemake-executor-plugin-slurm 2.8.0, but 99.0.0 is installed" in said
