@@ -42,15 +42,17 @@ if workflow.is_main_process:
               "mosaics and status there", file=sys.stderr)
         sys.exit(1)
 
+# In every Snakemake process, a cluster job's too: a run (or a cluster job) ends when its last job
+# does, not up to a second later, and starts its first job without importing pandas first (0.5 s);
+# see the functions.
+exit_without_waiting_for_the_rate_timer()
+no_pandas_import_for_params()
+
 if workflow.is_main_process:
     # For the status logger plugin (profiles/default): which plan, which database.
     write_run_context(PLAN_PATH, resolve_url(config["database"]["url"]), DEFAULT_SPOOL_DIR)
     # SIGTERM must pause the run, never hang it (see the function).
     graceful_sigterm_without_deadlock()
-    # The run ends when its last job does, not up to a second later (see the function).
-    exit_without_waiting_for_the_rate_timer()
-    # The first job starts without Snakemake importing pandas first (see the function).
-    no_pandas_import_for_params()
     # SIGUSR1: the status report into the console (onegrid logs).
     status_snapshot_on_sigusr1(resolve_url(config["database"]["url"]))
     # A SLURM job cancelled by pause (or by hand) must end as failed, not run forever.
