@@ -190,3 +190,26 @@ def test_smallest_datasets_first(tmp_path, record):
            f"{ {n: int(plan.estimated_work(n)) for n in plan.datasets} })")
     assert finished == expected
     assert plan.priorities("config") == {n: len(cfg["datasets"]) - i for i, n in enumerate(cfg["datasets"])}
+
+
+def test_a_stop_waits_for_slurm_to_let_its_cancelled_jobs_go(monkeypatch):
+    """A cancelled SLURM job stays COMPLETING while SLURM kills its processes: stop returns once
+    SLURM lists none of the run's jobs, or says which it still lists after its timeout."""
+    from workflow_lib.controller import slurm
+
+    listed = [{"560": ("COMPLETING", "None"), "561": ("COMPLETING", "None")}, {"561": ("COMPLETING", "None")}, {}]
+    looks = []
+    monkeypatch.setattr(slurm, "submitted_jobs", lambda info: ["560", "561", "562"])
+
+    def job_states(ids):
+        looks.append(ids)
+        return listed[min(len(looks), len(listed)) - 1]
+
+    monkeypatch.setattr(slurm, "job_states", job_states)
+    assert slurm.wait_until_gone(None, timeout=10, poll=0.01) == []
+    assert looks == [["560", "561", "562"]] * 3
+    # One that never goes: given up after the timeout, and named.
+    monkeypatch.setattr(slurm, "job_states", lambda ids: {"561": ("COMPLETING", "None")})
+    started = time.monotonic()
+    assert slurm.wait_until_gone(None, timeout=0.2, poll=0.01) == ["561"]
+    assert 0.2 <= time.monotonic() - started < 5

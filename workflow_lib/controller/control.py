@@ -284,6 +284,13 @@ def stop(timeout: float = 120.0) -> int:
     if left:
         _log_line(f"stop: cancelled {len(left)} SLURM job(s) that Snakemake left: {' '.join(left)}")
         _say(f"cancelled {len(left)} SLURM job(s) that Snakemake had left queued or running")
+    # Snakemake exits as soon as it has cancelled its jobs; SLURM may still be killing their
+    # processes (COMPLETING). The stop is over when none is left, so that no tile appears after it.
+    still = _slurm("wait for", slurm.wait_until_gone, info)
+    if still:
+        _log_line(f"stop: SLURM still lists {len(still)} job(s) of the run: {' '.join(still)}")
+        _say(f"warning: SLURM still lists {len(still)} job(s) of the run a minute after the stop "
+             f"({' '.join(still)}); `squeue -j {','.join(still)}` shows them")
     _say("stopped; `onegrid resume` goes on from the tiles on disk")
     return 0
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 
 from workflow_lib.controller.runfile import RunInfo
 
@@ -78,6 +79,19 @@ def cancel_left(info: RunInfo) -> list[str]:
     if left:
         _run(["scancel", *left])
     return left
+
+
+def wait_until_gone(info: RunInfo, timeout: float = 60.0, poll: float = 0.5) -> list[str]:
+    """Wait until SLURM lists none of the jobs the run submitted; returns those still listed after
+    ``timeout`` seconds. A cancelled job stays COMPLETING while SLURM kills its processes (some
+    may still be at work), so a stop is over only once it is gone."""
+    ids = submitted_jobs(info)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = sorted(job_states(ids))
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(poll)
 
 
 def hold_queued(info: RunInfo) -> list[str]:
