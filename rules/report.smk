@@ -13,8 +13,8 @@ localrules:
 
 rule run_figures:
     input:
-        records=expand(dataset_record_path("{dataset}"), dataset=DATASETS),
-        # All tiles of the run are in the status database once their batches are done.
+        # All tiles of the run are in the status database once their batches are done (each batch
+        # follows its dataset's record).
         batches=[batch_manifests(name) for name in DATASETS],
     output:
         tile_map=report(report_page("tiles.png"), caption="../report/tiles.rst", category="Run"),
