@@ -1,6 +1,7 @@
 """Batches: how tiles are grouped into jobs, and what a batch job keeps, remakes and loses."""
 
 import json
+import math
 import os
 import threading
 
@@ -12,8 +13,8 @@ from affine import Affine
 from workflow_lib.config import validate_config
 from workflow_lib.engines.batch import (DIGEST_TAG, TileHooks, batch_work, compiled_kernels, forget_incomplete_batches,
                                         run_batch, tile_digest)
-from workflow_lib.planning.batches import (MAX_JOBS, MIN_BATCH_WORK, MIN_SPLIT_WORK, make_batches, rectangle,
-                                          tiles_per_batch)
+from workflow_lib.planning.batches import (MAX_JOBS, MIN_BATCH_WORK, MIN_SPLIT_WORK, MIN_WAVE_WORK, make_batches,
+                                          rectangle, tiles_per_batch)
 from workflow_lib.domain import TileIndex, chunk_path
 from workflow_lib.planning.plan import build_plan
 
@@ -74,24 +75,33 @@ def test_tiles_per_batch_from_work_and_job_count():
 
 def test_a_machine_of_many_cores_gets_enough_batches_to_keep_them_busy():
     """16 cores and 2 threads per job: 8 jobs at once. The 40,000^2 case (100 tiles of 1.78e7)
-    is one batch on 2 cores; on 16 it is cut down to MIN_SPLIT_WORK a batch (57 tiles: 2 batches).
-    A run of 2,400 such tiles: 11 jobs by work alone, 3 waves of 8 (100 tiles each) on 16 cores;
-    one of 10,000 tiles has 45 jobs by work already. Never less work per job than MIN_SPLIT_WORK,
-    nor more jobs than MAX_JOBS."""
+    is one batch on 2 cores; on 16 it is cut into one job per slot, each keeping MIN_WAVE_WORK
+    (17 tiles: 8 rectangles of the 10 x 10 tile grid). A run of 2,400 such tiles: 11 jobs by work
+    alone, 3 waves of 8 (100 tiles each) on 16 cores; one of 10,000 tiles has 45 jobs by work
+    already. Never less work per job than MIN_WAVE_WORK, nor more jobs than one per slot below
+    MIN_SPLIT_WORK, nor more than MAX_JOBS."""
     tile = 1024**2 * 17
     assert tiles_per_batch(tile_work=tile, tiles_in_dataset=100, tiles_in_run=100, slots=1) == 100
-    assert tiles_per_batch(tile_work=tile, tiles_in_dataset=100, tiles_in_run=100, slots=8) == 57
+    assert tiles_per_batch(tile_work=tile, tiles_in_dataset=100, tiles_in_run=100, slots=8) == 17
+    assert len(make_batches(_grid_tiles(10, 10), 10, 10, 17)) == 8
+    assert tiles_per_batch(tile_work=tile, tiles_in_dataset=100, tiles_in_run=100, slots=2) == 50
     assert tiles_per_batch(tile_work=tile, tiles_in_dataset=2400, tiles_in_run=2400, slots=1) == 225
     assert tiles_per_batch(tile_work=tile, tiles_in_dataset=2400, tiles_in_run=2400, slots=8) == 100
     assert tiles_per_batch(tile_work=tile, tiles_in_dataset=10_000, tiles_in_run=10_000, slots=8) == 225
     for n in (10, 100, 1000, 10**5):
         for slots in (2, 8, 32):
             per_batch = tiles_per_batch(tile_work=tile, tiles_in_dataset=n, tiles_in_run=n, slots=slots)
-            assert per_batch * tile >= min(MIN_SPLIT_WORK, n * tile), (n, slots)
+            assert per_batch * tile >= min(MIN_WAVE_WORK, n * tile), (n, slots)
+            if per_batch * tile < MIN_SPLIT_WORK:
+                assert math.ceil(n / per_batch) <= slots, (n, slots)
     # Small work stays one job whatever the machine: a job's fixed cost would dominate.
     assert tiles_per_batch(tile_work=1e6, tiles_in_dataset=100, tiles_in_run=100, slots=32) == 100
     # Huge runs: the job count bound still holds.
     assert tiles_per_batch(tile_work=1e9, tiles_in_dataset=10**6, tiles_in_run=10**6, slots=32) == 10**6 // MAX_JOBS
+
+
+def _grid_tiles(rows: int, cols: int) -> list[TileIndex]:
+    return [TileIndex(r, c) for r in range(rows) for c in range(cols)]
 
 
 def plan_of(tmp_path, **extra):

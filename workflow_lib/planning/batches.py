@@ -5,8 +5,8 @@ makes the tiles of its rectangle that are missing. Every job has a fixed cost (a
 imports, Snakemake's script preamble, scheduling: 1-2 s measured, docs/how-it-works.md), and
 Snakemake's planning costs grow with the number of jobs (about 4 ms and 20 KB each), so batches are
 sized to make both negligible: at most about ``MAX_JOBS`` resample jobs per run, and each with at
-least ``MIN_BATCH_WORK`` of work; on a machine of many cores, less (down to ``MIN_SPLIT_WORK``)
-where that is what it takes to keep every core busy.
+least ``MIN_BATCH_WORK`` of work; on a machine of many cores, less (down to ``MIN_SPLIT_WORK``,
+or ``MIN_WAVE_WORK`` for one job per slot) where that is what it takes to keep every core busy.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ MIN_SPLIT_WORK = 1e9
 # Jobs per slot (cores / threads per job) that a run on many cores aims for: the last wave of a
 # list schedule leaves cores idle for at most about a third of a job's time.
 WAVES = 3
+# Down to one job per slot, a run is cut further, as long as each job keeps this much work (2-3 s
+# of the block engine, two to three times a job's start): while there are no more jobs than slots,
+# each cut shortens the run by more than the start it adds, on a core that would otherwise idle.
+# bench/makespan.py, 2026-12-08: the 40,000^2 case on 16 cores, 2 batches -> 8 (predicted).
+MIN_WAVE_WORK = 3e8
 _RECTANGLE_ID = re.compile(r"([a-z])(\d+)_(\d+)_(\d+)x(\d+)")
 
 
@@ -99,14 +104,17 @@ def machine_cores() -> int:
 def tiles_per_batch(tile_work: float, tiles_in_dataset: int, tiles_in_run: int, slots: int = 1) -> int:
     """How many tiles one job of this dataset makes: enough work per job, few enough jobs, and, on
     a machine that runs ``slots`` jobs at once (cores / threads per job), enough jobs to keep them
-    all busy to the end, as long as each keeps ``MIN_SPLIT_WORK``.
+    all busy to the end: about ``WAVES`` per slot as long as each keeps ``MIN_SPLIT_WORK``, and at
+    least one per slot as long as each keeps ``MIN_WAVE_WORK``.
 
     ``tile_work`` is the estimated work of one tile (source pixels read plus pixels written).
     """
     tile_work = max(tile_work, 1.0)
     by_work = math.ceil(MIN_BATCH_WORK / tile_work)
     if slots > 1:
-        by_work = min(by_work, max(math.ceil(tiles_in_run / (WAVES * slots)), math.ceil(MIN_SPLIT_WORK / tile_work)))
+        waves = max(math.ceil(tiles_in_run / (WAVES * slots)), math.ceil(MIN_SPLIT_WORK / tile_work))
+        one_wave = max(math.ceil(tiles_in_run / slots), math.ceil(MIN_WAVE_WORK / tile_work))
+        by_work = min(by_work, waves, one_wave)
     by_count = math.ceil(tiles_in_run / MAX_JOBS)
     return max(1, min(tiles_in_dataset, max(by_work, by_count)))
 
