@@ -1,6 +1,8 @@
+# The stack is read from the tiles, as the mosaics are: it runs beside them, not after them.
 rule stack:
     input:
-        mosaics=expand(mosaic_path("{dataset}"), dataset=DATASETS),
+        records=expand(dataset_record_path("{dataset}"), dataset=DATASETS),
+        batches=[batch_manifests(name) for name in DATASETS],
     output:
         stack_path(),
     log:
@@ -8,7 +10,9 @@ rule stack:
     benchmark:
         "benchmarks/stack/stack.tsv"
     params:
-        names=DATASETS,
+        # Each dataset's manifests (the input above, flattened) and tile folder, in DATASETS order.
+        manifests=[batch_manifests(name) for name in DATASETS],
+        tile_dirs=[tile_dir(name) for name in DATASETS],
         grid=PLAN.grid.to_dict(),
         compress=OUTPUT["compress"],
         level=OUTPUT["compress_level"],

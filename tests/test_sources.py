@@ -472,7 +472,7 @@ def _three_bands(path, descriptions=("elevation", None, None)):
 
 @pytest.mark.parametrize("method, crs, resolution", [("average", "EPSG:32633", 120), ("bilinear", "EPSG:4326", 0.001)])
 def test_several_bands_make_one_multiband_mosaic_and_stack(tmp_path, monkeypatch, method, crs, resolution):
-    from workflow_lib.mosaics.mosaic import write_mosaic, write_stack
+    from workflow_lib.mosaics.mosaic import StackLayer, write_mosaic, write_stack
 
     monkeypatch.chdir(tmp_path)
     path = _three_bands(tmp_path / "three.tif")
@@ -492,13 +492,19 @@ def test_several_bands_make_one_multiband_mosaic_and_stack(tmp_path, monkeypatch
     write_mosaic("dem", d.settings, plan.grid, tiles, grouped, mem_mb=400, group_tiles=4, band_names=d.band_names)
     with rasterio.open(grouped) as src:
         assert np.array_equal(src.read(), multi)
-    # The stack: one band per band of the dataset, named as in its mosaic, then the next dataset.
-    _, other = run_tiles_and_mosaics(config_for(path, method, crs, resolution, tile_size=48, band=2), tmp_path / "o")
+    # The stack, from the tiles: one band per band of the dataset, named as in its mosaic, then the
+    # next dataset; the pixels and band metadata of the mosaics.
+    other_plan, other = run_tiles_and_mosaics(config_for(path, method, crs, resolution, tile_size=48, band=2),
+                                              tmp_path / "o")
+    other_tiles = tuple(sorted(glob.glob(str(tmp_path / "o" / "tiles" / "dem" / "*.tif"))))
     stack = str(tmp_path / "stack.tif")
-    write_stack(["dem", "second"], [mosaics["dem"], other["dem"]], plan.grid, stack, mem_mb=400)
-    with rasterio.open(stack) as src:
+    write_stack([StackLayer("dem", d.settings, tuple(tiles), d.band_names),
+                 StackLayer("second", other_plan.datasets["dem"].settings, other_tiles)], plan.grid, stack, mem_mb=400)
+    with rasterio.open(stack) as src, rasterio.open(mosaics["dem"]) as mosaic:
         assert src.count == 3 and src.descriptions == ("elevation", "dem_b3", "second")
-        assert np.array_equal(src.read(2), multi[1]) and np.array_equal(src.read(3), read_band(other["dem"]))
+        assert np.array_equal(src.read(1), multi[0]) and np.array_equal(src.read(2), multi[1])
+        assert np.array_equal(src.read(3), read_band(other["dem"]))
+        assert src.tags(1) == mosaic.tags(1) == {"method": method} and src.tags(3) == {"method": method}
 
 
 def test_all_bands_of_a_netcdf_variable_and_band_errors(tmp_path, monkeypatch):

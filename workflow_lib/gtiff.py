@@ -10,18 +10,19 @@ import rasterio
 from workflow_lib.errors import GDAL_ERRORS, OutputWriteError
 
 BLOCK_SIZE = 256
-# Tiles are intermediates, written once and read by the mosaic (twice, by GDAL's COG driver): ZSTD
-# at level 1 with the same predictor writes a 1024 x 1024 float32 tile 1.5-3x faster than DEFLATE
-# at level 1 and reads it about 1.3x faster, for files of the same size (bench/README.md). The
-# mosaics and the stack keep the codec of output.compress, which any GeoTIFF reader may need.
+# Tiles are intermediates, written once and read by the mosaic (twice, by GDAL's COG driver) and
+# the stack: ZSTD at level 1 with the same predictor writes a 1024 x 1024 float32 tile 1.5-3x
+# faster than DEFLATE at level 1 and reads it about 1.3x faster, for files of the same size
+# (bench/README.md). The mosaics and the stack keep the codec of output.compress, which any
+# GeoTIFF reader may need.
 TILE_CODEC = "zstd"
 
 
 def compression_options(compress: str, dtype: str, threads: int = 1, fast: bool = False,
                         level: int | None = None) -> dict:
     """Creation options (GeoTIFF driver) for ``compress``; ``fast``: the quickest level, for
-    intermediate files (tiles are read once, by the mosaic: their size matters less than the time
-    to write them); else ``level`` (None: GDAL's own default, DEFLATE 6 and ZSTD 9)."""
+    intermediate files (tiles are read by the mosaic and the stack: their size matters less than
+    the time to write them); else ``level`` (None: GDAL's own default, DEFLATE 6 and ZSTD 9)."""
     if compress == "none":
         return {}
     options = {"compress": compress, "num_threads": str(max(threads, 1))}

@@ -16,7 +16,8 @@ from workflow_lib.atomic import write_json_atomic
 from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, tile_dir, zarr_store_path
 from workflow_lib.engines.batch import batch_work, manifest, manifest_tiles, prepare_kernels, run_batch
 from workflow_lib.errors import BatchError
-from workflow_lib.mosaics.mosaic import mosaic_statistics, write_mosaic, write_stack, write_virtual_mosaic
+from workflow_lib.mosaics.mosaic import (StackLayer, mosaic_statistics, write_mosaic, write_stack,
+                                         write_virtual_mosaic)
 from workflow_lib.mosaics.zarr_store import ChunkWriter, ShardWriter, finish_store, prepare_array
 from workflow_lib.planning.grid import TargetGrid
 from workflow_lib.planning.plan import output_formats
@@ -176,11 +177,18 @@ def record_statistics(snakemake, grid: TargetGrid, dataset, stats) -> None:
 
 
 def run_stack_job(snakemake) -> None:
+    """The GeoTIFF stack, from every dataset's tiles (their batches' manifests list them)."""
     with job_logging(snakemake.log[0]):
         grid = TargetGrid.from_dict(snakemake.params.grid)
+        layers = []
+        for record, manifests, folder in zip(snakemake.input.records, snakemake.params.manifests,
+                                             snakemake.params.tile_dirs):
+            _, dataset = load_dataset(record)
+            paths, _ = manifest_tiles(list(manifests), folder, dataset.settings.dst_nodata)
+            layers.append(StackLayer(dataset.name, dataset.settings, tuple(paths), dataset.band_names))
         with job_memory_limit(snakemake, "stack"):
             write_stack(
-                list(snakemake.params.names), list(snakemake.input.mosaics), grid, snakemake.output[0],
+                layers, grid, snakemake.output[0],
                 mem_mb=granted_mem_mb(snakemake), threads=snakemake.threads,
                 compress=snakemake.params.compress, cog=snakemake.params.cog, level=snakemake.params.level,
             )

@@ -66,18 +66,25 @@ def write_mosaic(
         _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview, group_tiles, level,
                   own_overviews=True)
     except OutputWriteError:
-        # Reading a tile may be what failed: find corrupt tiles (only now, so a healthy run never
-        # reads its tiles twice), remove them so that the next run makes them again, and say so.
-        corrupt = [s.path for s in tiles_band.sources if not tile_is_readable(s, settings.dst_dtype)]
-        if not corrupt:
-            raise
-        for path in corrupt:
+        remove_corrupt_tiles(dataset, tiles_band.sources, settings.dst_dtype)
+        raise
+
+
+def remove_corrupt_tiles(dataset: str, sources: list[Source], dtype: str) -> None:
+    """After a copy of tiles failed: reading a tile may be what failed. Find corrupt tiles (only
+    now, so a healthy run never reads its tiles twice), remove them so that the next run makes them
+    again, and say so (InputRasterError); return if every tile reads."""
+    corrupt = [s.path for s in sources if not tile_is_readable(s, dtype)]
+    if not corrupt:
+        return
+    for path in corrupt:
+        with contextlib.suppress(FileNotFoundError):  # the mosaic and the stack may both find it
             os.unlink(path)
-        raise InputRasterError(
-            dataset, corrupt[0],
-            f"{len(corrupt)} corrupt tile file(s) ({', '.join(os.path.basename(p) for p in corrupt)}; left by a "
-            "crash?) were removed: run the workflow again to make them anew",
-        ) from None
+    raise InputRasterError(
+        dataset, corrupt[0],
+        f"{len(corrupt)} corrupt tile file(s) ({', '.join(os.path.basename(p) for p in corrupt)}; left by a "
+        "crash?) were removed: run the workflow again to make them anew",
+    ) from None
 
 
 def tile_bands(dataset: str, settings: WarpSettings, grid: TargetGrid, tile_paths: list[str],
@@ -183,9 +190,18 @@ def stack_dtype_and_nodata(bands: list[tuple[str, float]]) -> tuple[str, float]:
     return str(common), math.nan
 
 
+@dataclasses.dataclass(frozen=True)
+class StackLayer:
+    """One dataset of the stack: its tiles (from its batches' manifests) and how they were made."""
+
+    name: str
+    settings: WarpSettings
+    tile_paths: tuple[str, ...]
+    band_names: tuple[str, ...] = ()
+
+
 def write_stack(
-    names: list[str],
-    mosaic_paths: list[str],
+    layers: list[StackLayer],
     grid: TargetGrid,
     out_path: str,
     mem_mb: int,
@@ -194,29 +210,34 @@ def write_stack(
     cog: bool = True,
     level: int | None = None,
 ) -> None:
-    """All mosaics on the common grid, one band per dataset named after it (one per band of a
+    """All datasets on the common grid, one band per dataset named after it (one per band of a
     dataset of several bands, named as in its mosaic), carrying the mosaic's band metadata (its
-    resampling method)."""
-    found = []  # (mosaic, band, its name, dtype, nodata, tags)
-    for name, path in zip(names, mosaic_paths):
-        with rasterio.open(path) as src:
-            for b in range(1, src.count + 1):
-                label = name if src.count == 1 else (src.descriptions[b - 1] or f"{name}_b{b}")
-                found.append((path, b, label, src.dtypes[b - 1], src.nodata, src.tags(b)))
-    dtype, nodata = stack_dtype_and_nodata([(f[3], f[4]) for f in found])
-    bands = []
-    for path, b, label, src_dtype, src_nodata, band_tags in found:
+    resampling method). Read from the tiles, as the mosaics are, not from the mosaics: the stack
+    is made beside them, not after them (on many cores, the mosaics and the stack are the run's
+    tail), and the tiles' ZSTD decodes faster than the mosaics' codec."""
+    per_layer = [tile_bands(layer.name, layer.settings, grid, list(layer.tile_paths), layer.band_names)
+                 for layer in layers]
+    dtype, nodata = stack_dtype_and_nodata([(layer.settings.dst_dtype, layer.settings.dst_nodata)
+                                            for layer, bands in zip(layers, per_layer) for _ in bands])
+    stacked = []
+    for layer, bands in zip(layers, per_layer):
+        src_dtype, src_nodata = layer.settings.dst_dtype, layer.settings.dst_nodata
         converting = (src_dtype, src_nodata) != (dtype, nodata) and not (
             src_dtype == dtype and math.isnan(src_nodata) and math.isnan(nodata)
         )
-        source = Source(
-            os.path.abspath(path), b, 0, 0, grid.width, grid.height, src_dtype,
-            # Masking the source's own nodata lets the band's NaN show through where it differs.
-            nodata=src_nodata if converting else None,
-        )
-        bands.append(Band(dtype=dtype, nodata=nodata, description=label, sources=[source], metadata=band_tags))
-    log.info("stack of %d datasets as %s, nodata %s", len(bands), dtype, nodata)
-    _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, "NEAREST", level=level)
+        for band in bands:
+            # Masking the tiles' own nodata lets the band's NaN show through where it differs.
+            sources = [dataclasses.replace(s, nodata=src_nodata) for s in band.sources] if converting else band.sources
+            stacked.append(dataclasses.replace(band, dtype=dtype, nodata=nodata, sources=sources,
+                                               description=layer.name if len(bands) == 1 else band.description))
+    log.info("stack of %d datasets (%d bands) from their tiles, as %s, nodata %s", len(layers), len(stacked),
+             dtype, nodata)
+    try:
+        _copy_vrt(grid, stacked, out_path, mem_mb, threads, compress, cog, "NEAREST", level=level)
+    except OutputWriteError:
+        for layer, bands in zip(layers, per_layer):
+            remove_corrupt_tiles(layer.name, bands[0].sources, layer.settings.dst_dtype)
+        raise
 
 
 def _copy_vrt(grid, bands, out_path, mem_mb, threads, compress, cog, overview_resampling,
