@@ -1,5 +1,6 @@
 """Mosaics of many tiles go through VRTs of squares of tiles: the same pixels as one flat VRT."""
 
+import math
 import os
 
 import numpy as np
@@ -116,6 +117,44 @@ def test_mosaic_overviews_are_made_from_the_full_resolution_pixels(tmp_path, mon
     leftovers = [f for root, _, files in os.walk(tmp_path) for f in files if ".tmp-" in f]
     assert leftovers == []
     record(f"{method} {dtype}, pass windows of {window}: overview levels 2, 4, 8 equal the NumPy block reference")
+
+
+def test_stack_from_the_tiles_has_the_mosaics_pixels_and_centre_pixel_overviews(tmp_path):
+    """The GeoTIFF stack is read from the tiles (beside the mosaics, not after them): two datasets
+    of other types, as float32 with NaN; each band the mosaic's pixels, and each overview level of
+    each band the centre pixels of its blocks (an independent NumPy reference)."""
+    from workflow_lib.mosaics.mosaic import StackLayer, write_stack
+
+    h, w = 1000, 2100
+    runs = {}
+    for name, data, nodata in [("dem", smooth_field(h, w).astype("float32"), -9999.0),
+                               ("land", classes_field(h, w), 0)]:
+        data[100:400, 300:700] = nodata
+        path = write_raster(tmp_path / f"{name}.tif", data, "EPSG:32632", Affine(10, 0, 500000, 0, -10, 5200000),
+                            nodata)
+        config = {"target": {"crs": "EPSG:32632", "resolution": 10}, "tile_size": 512,
+                  "datasets": {name: {"path": path, "method": "average" if name == "dem" else "mode"}}}
+        runs[name] = run_tiles_and_mosaics(config, tmp_path / name)
+    layers = [StackLayer(name, plan.datasets[name].settings,
+                         tuple(sorted(str(p) for p in (tmp_path / name / "tiles" / name).glob("*.tif"))))
+              for name, (plan, _) in runs.items()]
+    stack = str(tmp_path / "stack.tif")
+    write_stack(layers, runs["dem"][0].grid, stack, mem_mb=400, threads=2)
+    with rasterio.open(stack) as src:
+        assert src.descriptions == ("dem", "land") and src.dtypes[0] == "float32" and math.isnan(src.nodata)
+        assert src.overviews(1) == src.overviews(2) == [2, 4, 8]
+        full = src.read()
+        for k, f in enumerate([2, 4, 8]):
+            with rasterio.open(stack, overview_level=k) as level:
+                for b in (0, 1):
+                    np.testing.assert_array_equal(level.read(b + 1), _block_reference(full[b], f, math.nan, True),
+                                                  err_msg=f"band {b + 1}, level {f}")
+    for b, (name, (_, mosaics)) in enumerate(runs.items()):
+        with rasterio.open(mosaics[name]) as mosaic:
+            expected = mosaic.read(1).astype("float32")
+            expected[expected == mosaic.nodata] = np.nan
+        np.testing.assert_array_equal(full[b], expected, err_msg=name)
+    assert np.isnan(full[:, 150, 500]).all() and not np.isnan(full[:, 700, 1500]).any()
 
 
 def test_mosaic_overviews_match_gdal_where_gdal_reads_the_full_resolution(tmp_path, monkeypatch, record):

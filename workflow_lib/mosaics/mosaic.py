@@ -214,7 +214,7 @@ def write_stack(
     dataset of several bands, named as in its mosaic), carrying the mosaic's band metadata (its
     resampling method). Read from the tiles, as the mosaics are, not from the mosaics: the stack
     is made beside them, not after them (on many cores, the mosaics and the stack are the run's
-    tail), and the tiles' ZSTD decodes faster than the mosaics' codec."""
+    tail). Its overview levels are the centre pixels of their blocks, for every dataset."""
     per_layer = [tile_bands(layer.name, layer.settings, grid, list(layer.tile_paths), layer.band_names)
                  for layer in layers]
     dtype, nodata = stack_dtype_and_nodata([(layer.settings.dst_dtype, layer.settings.dst_nodata)
@@ -233,7 +233,9 @@ def write_stack(
     log.info("stack of %d datasets (%d bands) from their tiles, as %s, nodata %s", len(layers), len(stacked),
              dtype, nodata)
     try:
-        _copy_vrt(grid, stacked, out_path, mem_mb, threads, compress, cog, "NEAREST", level=level)
+        # Its own overview levels, as a mosaic's: GDAL's COG driver would read the copy back to make
+        # them (the mosaics' it took as they were, when the stack was read from them).
+        _copy_vrt(grid, stacked, out_path, mem_mb, threads, compress, cog, "NEAREST", level=level, own_overviews=True)
     except OutputWriteError:
         for layer, bands in zip(layers, per_layer):
             remove_corrupt_tiles(layer.name, bands[0].sources, layer.settings.dst_dtype)
