@@ -8,5 +8,7 @@ import os
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 from workflow_lib.jobs import run_batch_job  # noqa: E402
+from workflow_lib.runtime import exit_job_process  # noqa: E402
 
 run_batch_job(snakemake)  # noqa: F821 (injected by Snakemake)
+exit_job_process()  # its outputs are closed: skip the interpreter's teardown

@@ -1,6 +1,7 @@
 """A tile job stays inside the memory it declares, whatever the size of its source region."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -103,3 +104,35 @@ def test_a_job_whose_kernels_were_compiled_in_it_starts_again_and_keeps_its_log(
     text = log_file.read_text()
     assert "batch b0 of dataset 'x': numba compiled its kernels in this process" in text
     assert text.count("peak RSS") == 1  # the second start's last line, after the first start's
+
+
+EXIT_SCRIPT = """
+import sys
+from workflow_lib.runtime import exit_job_process, job_logging
+import logging
+with job_logging(sys.argv[1]):
+    for i in range(2000):  # more than a log file's buffer holds
+        logging.getLogger("job").info("line %d", i)
+    with open(sys.argv[2], "w") as f:
+        f.write("done")
+print("unflushed", end="")  # stdout is a pipe: block-buffered
+sys.stderr.write("also unflushed")
+exit_job_process()
+print("never")
+"""
+
+
+def test_a_job_process_ends_at_once_with_its_log_and_streams_flushed(tmp_path):
+    """A job's script ends with exit_job_process (os._exit: the interpreter's teardown only delays
+    the next job); exit code 0, and nothing the job wrote is lost: its log to the last line, what
+    it printed, and not a line after the call."""
+    script, log_file, out_file = tmp_path / "job.py", tmp_path / "job.log", tmp_path / "out.txt"
+    script.write_text(EXIT_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as Snakemake runs a script
+    out = subprocess.run([sys.executable, str(script), str(log_file), str(out_file)], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "unflushed" and out.stderr == "also unflushed"
+    lines = log_file.read_text().splitlines()
+    assert len(lines) == 2001 and lines[1999].endswith("line 1999") and "peak RSS" in lines[2000]
+    assert out_file.read_text() == "done"

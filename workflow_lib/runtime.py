@@ -146,6 +146,17 @@ def job_logging(log_path: str | None) -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def exit_job_process() -> None:
+    """End a job's process at once, its work done: every output is written and closed, and the
+    log is flushed here. The interpreter's own shutdown (tearing down numba, GDAL, matplotlib and
+    every module, 0.15-0.25 s measured) would only delay the next job of the run, each job in turn.
+    Call it last in a job's script, never in a process that goes on (a test, a library caller)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _finish_first(signum, frame) -> None:
     STOP_STARTING.set()
     log.warning("SIGTERM received: finishing the running tiles, starting no new one (Ctrl-C or SIGKILL "
