@@ -34,10 +34,11 @@ MIN_SPLIT_WORK = 1e9
 # Jobs per slot (cores / threads per job) that a run on many cores aims for: the last wave of a
 # list schedule leaves cores idle for at most about a third of a job's time.
 WAVES = 3
-# Down to one job per slot, a run is cut further, as long as each job keeps this much work (2-3 s
-# of the block engine, two to three times a job's start): while there are no more jobs than slots,
-# each cut shortens the run by more than the start it adds, on a core that would otherwise idle.
-# bench/makespan.py, 2026-12-08: the 40,000^2 case on 16 cores, 2 batches -> 8 (predicted).
+# Down to one job per slot, a run is cut further, as long as each job keeps this much work (about
+# 3 s of a 2-thread job of the block engine, more than a job's start of 1-2 s): while there are no
+# more jobs than slots, each cut shortens the run by more than the start it adds, on a core that
+# would otherwise idle. bench/makespan.py, 2026-12-08: the 40,000^2 case on 16 cores, 2 batches ->
+# 8, 33.9 s -> 18.7 s predicted with the stack beside the mosaic (bench/README.md).
 MIN_WAVE_WORK = 3e8
 _RECTANGLE_ID = re.compile(r"([a-z])(\d+)_(\d+)_(\d+)x(\d+)")
 
