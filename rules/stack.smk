@@ -10,9 +10,6 @@ rule stack:
     benchmark:
         "benchmarks/stack/stack.tsv"
     params:
-        # Each dataset's manifests (the input above, flattened) and tile folder, in DATASETS order.
-        manifests=[batch_manifests(name) for name in DATASETS],
-        tile_dirs=[tile_dir(name) for name in DATASETS],
         grid=PLAN.grid.to_dict(),
         compress=OUTPUT["compress"],
         level=OUTPUT["compress_level"],

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 
 from workflow_lib.atomic import write_json_atomic
-from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, tile_dir, zarr_store_path
+from workflow_lib.domain import RESULTS_DIR, OutputFormat, TileIndex, manifest_dir, tile_dir, zarr_store_path
 from workflow_lib.engines.batch import batch_work, manifest, manifest_tiles, prepare_kernels, run_batch
 from workflow_lib.errors import BatchError
 from workflow_lib.mosaics.mosaic import (StackLayer, mosaic_statistics, write_mosaic, write_stack,
@@ -180,11 +180,15 @@ def run_stack_job(snakemake) -> None:
     """The GeoTIFF stack, from every dataset's tiles (their batches' manifests list them)."""
     with job_logging(snakemake.log[0]):
         grid = TargetGrid.from_dict(snakemake.params.grid)
+        # Each dataset's manifests are those of the run's in its folder (domain.manifest_dir).
+        by_folder: dict[str, list[str]] = {}
+        for path in snakemake.input.batches:
+            by_folder.setdefault(os.path.normpath(os.path.dirname(path)), []).append(path)
         layers = []
-        for record, manifests, folder in zip(snakemake.input.records, snakemake.params.manifests,
-                                             snakemake.params.tile_dirs):
+        for record in snakemake.input.records:
             _, dataset = load_dataset(record)
-            paths, _ = manifest_tiles(list(manifests), folder, dataset.settings.dst_nodata)
+            manifests = by_folder.get(os.path.normpath(manifest_dir(dataset.name)), [])
+            paths, _ = manifest_tiles(manifests, tile_dir(dataset.name), dataset.settings.dst_nodata)
             layers.append(StackLayer(dataset.name, dataset.settings, tuple(paths), dataset.band_names))
         with job_memory_limit(snakemake, "stack"):
             write_stack(
